@@ -1,0 +1,99 @@
+"""The archive's ``manifest.json``: what a model is, how to run it, and what its files hash to."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from torchferry.errors import ArchiveError
+from torchferry.signature import ModelSignature
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+#: Runtime name -> the graph file it runs, by convention.
+DEFAULT_GRAPH_FILES = {"onnxruntime": "model.onnx", "torchscript": "model.pt"}
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    sha256: str
+    size: int
+
+
+class HandlerSpec(BaseModel):
+    """Which handler pre/post-processes requests, and its settings (mean/std, labels file, top-k)."""
+
+    name: str = "tensor"
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class BatchingSpec(BaseModel):
+    max_batch_size: int = Field(default=32, ge=1)
+    max_delay_ms: float = Field(default=2.0, ge=0)
+
+
+class ParityReport(BaseModel):
+    """How far an exported form strays from eager PyTorch on random inputs of one batch size."""
+
+    format: str
+    batch_size: int
+    max_abs_error: float
+    max_rel_error: float
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    version: int = Field(ge=1)
+    #: The runtime served by default; ``graphs`` may offer others.
+    runtime: str
+    #: Runtime name -> graph file name, relative to the archive directory.
+    graphs: dict[str, str]
+    signature: ModelSignature
+    handler: HandlerSpec = Field(default_factory=HandlerSpec)
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    files: dict[str, FileEntry] = Field(default_factory=dict)
+    framework_versions: dict[str, str] = Field(default_factory=dict)
+    parity: list[ParityReport] = Field(default_factory=list)
+    source: str = "export"
+    created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat())
+    #: Hex Ed25519 signature over the manifest without this field (a later issue verifies it).
+    signature_ed25519: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not value or value.startswith(".") or "/" in value or "\\" in value:
+            raise ValueError(f"model name {value!r} must be non-empty, not start with '.', no slashes")
+        return value
+
+    def graph_file(self, runtime: str | None = None) -> str:
+        runtime = runtime or self.runtime
+        try:
+            return self.graphs[runtime]
+        except KeyError:
+            raise ArchiveError(
+                f"model {self.name!r} version {self.version} has no graph for runtime "
+                f"{runtime!r}; it has {sorted(self.graphs)}"
+            ) from None
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def read(cls, directory: Path) -> Manifest:
+        path = directory / MANIFEST_NAME
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ArchiveError(f"{directory} is not a torchferry archive: no {MANIFEST_NAME}") from None
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            raise ArchiveError(f"{path} is not a valid manifest: {exc}") from None

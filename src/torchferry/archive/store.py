@@ -1,0 +1,115 @@
+"""The model store on disk: ``STORE/NAME/VERSION/`` directories, each one archive.
+
+New versions are written into a hidden staging directory and renamed into place, so a
+reader never sees a half-written version and a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torchferry.archive.integrity import hash_file, safe_relative, verify_archive
+from torchferry.archive.manifest import MANIFEST_NAME, Manifest
+from torchferry.errors import ArchiveError, ModelNotFound
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One verified model version on disk."""
+
+    path: Path
+    manifest: Manifest
+
+    def file(self, name: str) -> Path:
+        return self.path / safe_relative(name)
+
+    @classmethod
+    def open(cls, path: Path, verify: bool = True) -> Archive:
+        manifest = Manifest.read(path)
+        if verify:
+            verify_archive(path, manifest)
+        return cls(path=path, manifest=manifest)
+
+
+def _is_version_dir(path: Path) -> bool:
+    return path.is_dir() and path.name.isdigit() and int(path.name) >= 1
+
+
+class ModelStore:
+    """A directory of models, each a directory of integer versions."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and self.versions(p.name)
+        )
+
+    def versions(self, name: str) -> list[int]:
+        model_dir = self.root / name
+        if not model_dir.is_dir():
+            return []
+        return sorted(
+            int(p.name)
+            for p in model_dir.iterdir()
+            if _is_version_dir(p) and (p / MANIFEST_NAME).is_file()
+        )
+
+    def next_version(self, name: str) -> int:
+        model_dir = self.root / name
+        taken = [int(p.name) for p in model_dir.iterdir() if _is_version_dir(p)] if model_dir.is_dir() else []
+        return max(taken, default=0) + 1
+
+    def path(self, name: str, version: int) -> Path:
+        return self.root / name / str(version)
+
+    def open(self, name: str, version: int | None = None, verify: bool = True) -> Archive:
+        versions = self.versions(name)
+        if not versions:
+            raise ModelNotFound(f"model {name!r} is not in the store {self.root}")
+        chosen = max(versions) if version is None else version
+        if chosen not in versions:
+            raise ModelNotFound(f"model {name!r} has no version {chosen}; it has {versions}")
+        return Archive.open(self.path(name, chosen), verify=verify)
+
+    def write(
+        self,
+        manifest: Manifest,
+        populate: Callable[[Path], None],
+    ) -> Archive:
+        """Create ``NAME/VERSION`` from ``manifest``: ``populate(staging_dir)`` writes the files.
+
+        Every file ``populate`` leaves in the staging directory is hashed into the manifest.
+        The version directory appears only once complete; an existing version is never replaced.
+        """
+        target = self.path(manifest.name, manifest.version)
+        if target.exists():
+            raise ArchiveError(f"{target} already exists; versions are never overwritten")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{manifest.version}-", dir=target.parent))
+        try:
+            populate(staging)
+            files = {
+                p.relative_to(staging).as_posix(): hash_file(p)
+                for p in sorted(staging.rglob("*"))
+                if p.is_file() and p.name != MANIFEST_NAME
+            }
+            final = manifest.model_copy(update={"files": files})
+            Manifest.model_validate(final.model_dump())
+            (staging / MANIFEST_NAME).write_text(final.to_json(), encoding="utf-8")
+            verify_archive(staging, final)
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return Archive(path=target, manifest=final)

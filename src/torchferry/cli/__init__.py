@@ -1,0 +1,46 @@
+"""The ``torchferry`` command: thin argument parsing over the library.
+
+Each subcommand is a module with ``register(subparsers)``, which adds its parser and sets
+``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rich.console import Console
+
+from torchferry.errors import TorchferryError
+
+#: Subcommand modules under ``torchferry.cli``; a new command is a new module plus a line here.
+COMMANDS = ["export_cmd", "import_cmd", "inspect_cmd", "serve_cmd", "predict_cmd"]
+
+err_console = Console(stderr=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchferry", description="Export, optimize and serve PyTorch models."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module_name in COMMANDS:
+        module = importlib.import_module(f"torchferry.cli.{module_name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TorchferryError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The ``Runtime`` interface every engine implements."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+
+from torchferry.archive.store import Archive
+
+
+def default_threads() -> int:
+    """Intra-op threads default to the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class Runtime(ABC):
+    """Runs one model version: named numpy arrays in, named numpy arrays out.
+
+    ``infer`` is called from a worker thread, one call at a time per instance, and must
+    release the GIL while computing (ONNX Runtime and PyTorch both do).
+    """
+
+    #: The name manifests use to choose this runtime (``Manifest.runtime``).
+    name: ClassVar[str]
+    #: The V2 ``platform`` string reported in model metadata.
+    platform: ClassVar[str]
+
+    def __init__(self, archive: Archive, device: str = "cpu", threads: int | None = None) -> None:
+        self.archive = archive
+        self.device = device
+        self.threads = threads or default_threads()
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the graph; called once before the first ``infer``."""
+
+    @abstractmethod
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch. Inputs are already validated against the signature."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine's resources."""

@@ -1,0 +1,42 @@
+"""TorchScript, through ``torch.jit.load`` (no arbitrary unpickling)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from torchferry.errors import ArchiveError
+from torchferry.runtimes.base import Runtime
+
+
+class TorchScriptRuntime(Runtime):
+    name = "torchscript"
+    platform = "pytorch_torchscript"
+
+    def load(self) -> None:
+        # torch's thread count is process-wide; the last model loaded sets it.
+        torch.set_num_threads(self.threads)
+        graph = self.archive.file(self.archive.manifest.graph_file(self.name))
+        try:
+            self.module = torch.jit.load(str(graph), map_location=self.device).eval()
+        except Exception as exc:
+            raise ArchiveError(f"TorchScript cannot load {graph}: {exc}") from exc
+        signature = self.archive.manifest.signature
+        self.input_names = signature.input_names
+        self.output_names = signature.output_names
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self.input_names]
+        with torch.inference_mode():
+            result = self.module(*args)
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        elif isinstance(result, dict):
+            result = tuple(result[n] for n in self.output_names)
+        return {
+            name: tensor.detach().cpu().numpy()
+            for name, tensor in zip(self.output_names, result, strict=True)
+        }
+
+    def close(self) -> None:
+        self.module = None  # type: ignore[assignment]
