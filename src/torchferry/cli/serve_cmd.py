@@ -1,0 +1,102 @@
+"""``torchferry serve``: load a model store and serve it over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from torchferry.serving.settings import DEFAULT_MAX_BODY_BYTES, ModelOverride, ServerSettings
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """``64MiB``, ``10m``, ``1048576`` -> bytes (binary units)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 64MiB or 1048576")
+    unit = (match.group(2) or "").lower()[:1]
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def parse_model_batching(text: str) -> tuple[str, ModelOverride]:
+    """``NAME:max_batch_size=16,max_delay_ms=5`` -> per-model batching override."""
+    name, _, rest = text.partition(":")
+    if not name or not rest:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected NAME:max_batch_size=N,max_delay_ms=F"
+        )
+    fields: dict[str, str] = {}
+    for item in rest.split(","):
+        key, _, value = item.partition("=")
+        fields[key.strip()] = value.strip()
+    try:
+        return name, ModelOverride.model_validate(fields)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a model store over HTTP",
+        description="Serve every model and version in a store (or one model's folder).",
+    )
+    parser.add_argument("--store", type=Path, help="model store directory (STORE/NAME/VERSION/)")
+    parser.add_argument("--model", action="append", default=[], help="serve only this model")
+    parser.add_argument("--model-name", help="TorchServe style: the name to serve --model-dir as")
+    parser.add_argument("--model-dir", type=Path, help="TorchServe style: one model's folder")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", "--rest-port", dest="port", type=int, default=8080)
+    parser.add_argument("--threads", type=int, help="intra-op threads per model (default: cores)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runtime", help="serve this runtime where archives have its graph")
+    parser.add_argument("--max-batch-size", type=int, help="batching for every model")
+    parser.add_argument("--max-delay-ms", type=float, help="batching for every model")
+    parser.add_argument(
+        "--batching",
+        action="append",
+        type=parse_model_batching,
+        default=[],
+        metavar="NAME:max_batch_size=N,max_delay_ms=F",
+        help="batching for one model (repeatable)",
+    )
+    parser.add_argument(
+        "--max-body-size",
+        type=parse_size,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest request body (default 64MiB)",
+    )
+    parser.add_argument("--max-queue-rows", type=int, default=4096)
+    parser.add_argument("--request-timeout", type=float, help="seconds before 504")
+    parser.add_argument("--log-level", default="info")
+    parser.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    return ServerSettings(
+        store=args.store,
+        models=args.model,
+        model_name=args.model_name,
+        model_dir=args.model_dir,
+        host=args.host,
+        port=args.port,
+        threads=args.threads,
+        device=args.device,
+        runtime=args.runtime,
+        max_body_bytes=args.max_body_size,
+        max_queue_rows=args.max_queue_rows,
+        request_timeout_s=args.request_timeout,
+        batching=ModelOverride(max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms),
+        per_model=dict(args.batching),
+        log_level=args.log_level,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from torchferry.serving.server import serve
+
+    serve(settings_from_args(args))
+    return 0

@@ -1,0 +1,1 @@
+"""Serving: the model repository, batching, protocols and the server's lifecycle."""

@@ -1,0 +1,273 @@
+"""Dynamic batching: one queue per model version, coalesced along dimension 0.
+
+Requests wait at most ``max_delay`` after the oldest queued one arrived, or until
+``max_batch_size`` rows are queued; then one inference runs on the batcher's own worker
+thread and its outputs are split back, row for row, to each request. While a batch
+computes, new requests queue up, so under load batches fill without waiting at all.
+
+Only requests whose tensors agree on everything but dimension 0 are merged; others run in
+a batch of their own. A request with more rows than ``max_batch_size`` runs alone. When a
+merged batch raises, each of its requests is retried alone so that only the request that
+causes the failure sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from torchferry.errors import InferenceTimeout, ModelError, Overloaded, TorchferryError
+
+InferFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass
+class _Request:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    key: tuple[object, ...]
+    future: asyncio.Future[dict[str, np.ndarray]]
+    arrived: float
+
+
+@dataclass
+class BatchSizeStats:
+    count: int = 0
+    compute_ns: int = 0
+
+
+@dataclass
+class BatcherStats:
+    """Counters in the spirit of Triton's statistics extension."""
+
+    inference_count: int = 0  # rows answered successfully
+    execution_count: int = 0  # batches run
+    success_count: int = 0  # requests answered
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    queue_ns: int = 0
+    compute_ns: int = 0
+    last_inference_ms: int = 0
+    by_batch_size: dict[int, BatchSizeStats] = field(default_factory=dict)
+
+
+def _shape_key(inputs: dict[str, np.ndarray]) -> tuple[object, ...]:
+    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items())
+
+
+class Batcher:
+    def __init__(
+        self,
+        infer: InferFn,
+        *,
+        name: str,
+        max_batch_size: int = 32,
+        max_delay_ms: float = 2.0,
+        max_queue_rows: int = 4096,
+        timeout_s: float | None = None,
+    ) -> None:
+        self._infer = infer
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_delay_ms / 1000.0
+        self.max_queue_rows = max_queue_rows
+        self.timeout_s = timeout_s
+        self.stats = BatcherStats()
+        self._queue: deque[_Request] = deque()
+        self._queued_rows = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        if self._task is None:
+            self._wakeup = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"batcher-{self.name}"
+            )
+
+    async def close(self) -> None:
+        """Stop taking requests, finish every queued one, then stop the loop and the worker."""
+        self._closing = True
+        if self._task is not None and self._wakeup is not None:
+            self._wakeup.set()
+            await self._task
+            self._task = None
+        self._executor.shutdown(wait=True)
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Queue one request's validated inputs and wait for its outputs."""
+        if self._closing or self._task is None or self._wakeup is None:
+            raise Overloaded(f"model {self.name!r} is shutting down", retry_after=1.0)
+        rows = next(iter(inputs.values())).shape[0]
+        if self._queued_rows + rows > self.max_queue_rows and self._queued_rows > 0:
+            raise Overloaded(
+                f"model {self.name!r} is overloaded: {self._queued_rows} rows already queued",
+                retry_after=max(0.1, self.max_delay * 2),
+            )
+        loop = asyncio.get_running_loop()
+        request = _Request(inputs, rows, _shape_key(inputs), loop.create_future(), time.perf_counter())
+        self._queue.append(request)
+        self._queued_rows += rows
+        self._wakeup.set()
+        if self.timeout_s is None:
+            return await request.future
+        try:
+            return await asyncio.wait_for(asyncio.shield(request.future), self.timeout_s)
+        except TimeoutError:
+            request.future.cancel()
+            raise InferenceTimeout(
+                f"model {self.name!r} did not answer within {self.timeout_s:g} s"
+            ) from None
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            self._drop_abandoned()
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._wait_to_fill(loop)
+            batch = self._take_batch()
+            if batch:
+                await self._execute(loop, batch)
+
+    def _drop_abandoned(self) -> None:
+        while self._queue and self._queue[0].future.done():
+            self._queued_rows -= self._queue.popleft().rows
+
+    async def _wait_to_fill(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._wakeup is not None
+        deadline = self._queue[0].arrived + self.max_delay
+        while self._queued_rows < self.max_batch_size and not self._closing:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Request]:
+        first = self._queue.popleft()
+        self._queued_rows -= first.rows
+        if first.future.done():
+            return []
+        batch, rows = [first], first.rows
+        skipped: list[_Request] = []
+        while self._queue and rows < self.max_batch_size:
+            candidate = self._queue[0]
+            if candidate.future.done():
+                self._queued_rows -= self._queue.popleft().rows
+                continue
+            if candidate.rows + rows > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued_rows -= candidate.rows
+            if candidate.key == first.key:
+                batch.append(candidate)
+                rows += candidate.rows
+            else:
+                skipped.append(candidate)
+        for request in reversed(skipped):
+            self._queue.appendleft(request)
+            self._queued_rows += request.rows
+        return batch
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
+        started = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._compute, batch)
+        except Exception as exc:  # the model raised: isolate the request responsible
+            if len(batch) > 1:
+                for request in batch:
+                    await self._execute(loop, [request])
+                return
+            self._fail(batch[0], exc, started)
+            return
+        self._record(batch, started)
+        self._answer(batch, outputs)
+
+    def _compute(self, batch: list[_Request]) -> dict[str, np.ndarray]:
+        if len(batch) == 1:
+            inputs = batch[0].inputs
+        else:
+            inputs = {
+                name: np.concatenate([r.inputs[name] for r in batch], axis=0)
+                for name in batch[0].inputs
+            }
+        rows = sum(r.rows for r in batch)
+        outputs = self._infer(inputs)
+        for name, array in outputs.items():
+            if array.ndim == 0 or array.shape[0] != rows:
+                raise ModelError(
+                    f"model {self.name!r} output {name!r} has shape {list(array.shape)}, "
+                    f"which does not keep the batch dimension of {rows} rows"
+                )
+        return outputs
+
+    def _answer(self, batch: list[_Request], outputs: dict[str, np.ndarray]) -> None:
+        offset = 0
+        for request in batch:
+            end = offset + request.rows
+            if not request.future.done():
+                if len(batch) == 1:
+                    request.future.set_result(outputs)
+                else:
+                    request.future.set_result({n: a[offset:end] for n, a in outputs.items()})
+            offset = end
+
+    def _fail(self, request: _Request, exc: Exception, started: float) -> None:
+        now = time.perf_counter()
+        self.stats.fail_count += 1
+        self.stats.fail_ns += int((now - request.arrived) * 1e9)
+        if request.future.done():
+            return
+        if isinstance(exc, TorchferryError):
+            request.future.set_exception(exc)
+        else:
+            message = str(exc) or type(exc).__name__
+            request.future.set_exception(
+                ModelError(f"model {self.name!r} failed: {type(exc).__name__}: {message}")
+            )
+
+    def _record(self, batch: list[_Request], started: float) -> None:
+        now = time.perf_counter()
+        compute_ns = int((now - started) * 1e9)
+        rows = sum(r.rows for r in batch)
+        stats = self.stats
+        stats.execution_count += 1
+        stats.inference_count += rows
+        stats.success_count += len(batch)
+        stats.compute_ns += compute_ns
+        stats.last_inference_ms = int(time.time() * 1000)
+        for request in batch:
+            stats.success_ns += int((now - request.arrived) * 1e9)
+            stats.queue_ns += int((started - request.arrived) * 1e9)
+        per_size = stats.by_batch_size.setdefault(rows, BatchSizeStats())
+        per_size.count += 1
+        per_size.compute_ns += compute_ns

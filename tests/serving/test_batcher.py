@@ -1,0 +1,177 @@
+"""The batcher: merging, splitting, isolation of failures, backpressure, timeouts, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from torchferry.errors import InferenceTimeout, ModelError, Overloaded
+from torchferry.serving.batcher import Batcher
+
+
+class Recorder:
+    """A deterministic 'model': y = 2x + row-sum, recording every batch size it is given."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.sizes: list[int] = []
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        with self.lock:
+            self.sizes.append(x.shape[0])
+        if self.delay:
+            time.sleep(self.delay)
+        if np.any(x < 0):
+            raise ValueError("negative input")
+        return {"y": 2 * x, "s": x.sum(axis=1)}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _with_batcher(model, body, **kwargs):
+    batcher = Batcher(model, name="m:1", **kwargs)
+    batcher.start()
+    try:
+        return await body(batcher)
+    finally:
+        await batcher.close()
+
+
+def test_concurrent_requests_are_merged_and_split_exactly():
+    model = Recorder()
+    rng = np.random.default_rng(0)
+    requests = [rng.uniform(size=(int(rng.integers(1, 4)), 3)).astype(np.float32) for _ in range(40)]
+
+    async def body(batcher):
+        return await asyncio.gather(*(batcher.submit({"x": r}) for r in requests))
+
+    answers = run(_with_batcher(model, body, max_batch_size=16, max_delay_ms=50))
+    for request, answer in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(answer["y"], 2 * request)
+        np.testing.assert_allclose(answer["s"], request.sum(axis=1), rtol=1e-6)
+    assert len(model.sizes) < len(requests)
+    assert max(model.sizes) <= 16
+    assert sum(model.sizes) == sum(r.shape[0] for r in requests)
+
+
+def test_stats_count_rows_batches_and_sizes():
+    model = Recorder()
+
+    async def body(batcher):
+        await asyncio.gather(*(batcher.submit({"x": np.ones((2, 3), np.float32)}) for _ in range(8)))
+        return batcher.stats
+
+    stats = run(_with_batcher(model, body, max_batch_size=8, max_delay_ms=50))
+    assert stats.inference_count == 16
+    assert stats.success_count == 8
+    assert stats.execution_count == len(model.sizes)
+    assert sum(size * s.count for size, s in stats.by_batch_size.items()) == 16
+
+
+def test_a_request_is_never_split_and_oversized_requests_run_alone():
+    model = Recorder()
+
+    async def body(batcher):
+        big = batcher.submit({"x": np.ones((10, 3), np.float32)})
+        small = [batcher.submit({"x": np.ones((3, 3), np.float32)}) for _ in range(3)]
+        return await asyncio.gather(big, *small)
+
+    answers = run(_with_batcher(model, body, max_batch_size=4, max_delay_ms=20))
+    assert answers[0]["y"].shape == (10, 3)
+    assert 10 in model.sizes
+    assert all(a["y"].shape == (3, 3) for a in answers[1:])
+
+
+def test_requests_with_different_trailing_shapes_are_not_merged():
+    model = Recorder()
+
+    async def body(batcher):
+        return await asyncio.gather(
+            batcher.submit({"x": np.ones((1, 3), np.float32)}),
+            batcher.submit({"x": np.ones((1, 5), np.float32)}),
+            batcher.submit({"x": np.ones((1, 3), np.float32)}),
+        )
+
+    answers = run(_with_batcher(model, body, max_batch_size=8, max_delay_ms=20))
+    assert [a["y"].shape for a in answers] == [(1, 3), (1, 5), (1, 3)]
+    assert sorted(model.sizes) == [1, 2]
+
+
+def test_a_failing_request_fails_alone_and_the_others_are_answered():
+    model = Recorder()
+
+    async def body(batcher):
+        good = [batcher.submit({"x": np.ones((1, 3), np.float32)}) for _ in range(5)]
+        bad = batcher.submit({"x": -np.ones((1, 3), np.float32)})
+        return await asyncio.gather(*good, bad, return_exceptions=True)
+
+    results = run(_with_batcher(model, body, max_batch_size=8, max_delay_ms=20))
+    assert all(isinstance(r, dict) for r in results[:5])
+    assert isinstance(results[5], ModelError)
+    assert "negative input" in results[5].message
+
+
+def test_a_full_queue_refuses_with_overloaded():
+    model = Recorder(delay=0.2)
+
+    async def body(batcher):
+        results = await asyncio.gather(
+            *(batcher.submit({"x": np.ones((4, 3), np.float32)}) for _ in range(6)),
+            return_exceptions=True,
+        )
+        return results
+
+    results = run(_with_batcher(model, body, max_batch_size=4, max_delay_ms=0, max_queue_rows=8))
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    assert refused and refused[0].retry_after > 0
+    assert any(isinstance(r, dict) for r in results)
+
+
+def test_a_slow_model_times_out_with_inference_timeout():
+    model = Recorder(delay=0.5)
+
+    async def body(batcher):
+        with pytest.raises(InferenceTimeout, match="did not answer"):
+            await batcher.submit({"x": np.ones((1, 3), np.float32)})
+
+    run(_with_batcher(model, body, timeout_s=0.05))
+
+
+def test_close_answers_every_queued_request():
+    model = Recorder(delay=0.05)
+
+    async def main():
+        batcher = Batcher(model, name="m:1", max_batch_size=2, max_delay_ms=1)
+        batcher.start()
+        pending = [
+            asyncio.ensure_future(batcher.submit({"x": np.ones((1, 3), np.float32)}))
+            for _ in range(6)
+        ]
+        await asyncio.sleep(0)
+        await batcher.close()
+        return await asyncio.gather(*pending)
+
+    answers = run(main())
+    assert len(answers) == 6
+    with pytest.raises(Overloaded):
+        run(Batcher(model, name="closed").submit({"x": np.ones((1, 3), np.float32)}))
+
+
+def test_a_lone_request_waits_no_longer_than_max_delay():
+    model = Recorder()
+
+    async def body(batcher):
+        started = time.perf_counter()
+        await batcher.submit({"x": np.ones((1, 3), np.float32)})
+        return time.perf_counter() - started
+
+    elapsed = run(_with_batcher(model, body, max_batch_size=64, max_delay_ms=30))
+    assert 0.025 <= elapsed < 1.0
