@@ -48,7 +48,9 @@ async def _with_batcher(model, body, **kwargs):
 def test_concurrent_requests_are_merged_and_split_exactly():
     model = Recorder()
     rng = np.random.default_rng(0)
-    requests = [rng.uniform(size=(int(rng.integers(1, 4)), 3)).astype(np.float32) for _ in range(40)]
+    requests = [
+        rng.uniform(size=(int(rng.integers(1, 4)), 3)).astype(np.float32) for _ in range(40)
+    ]
 
     async def body(batcher):
         return await asyncio.gather(*(batcher.submit({"x": r}) for r in requests))
@@ -66,7 +68,9 @@ def test_stats_count_rows_batches_and_sizes():
     model = Recorder()
 
     async def body(batcher):
-        await asyncio.gather(*(batcher.submit({"x": np.ones((2, 3), np.float32)}) for _ in range(8)))
+        await asyncio.gather(
+            *(batcher.submit({"x": np.ones((2, 3), np.float32)}) for _ in range(8))
+        )
         return batcher.stats
 
     stats = run(_with_batcher(model, body, max_batch_size=8, max_delay_ms=50))

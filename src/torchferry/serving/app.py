@@ -81,4 +81,3 @@ def build_app(settings: ServerSettings, repository: ModelRepository) -> FastAPI:
         app.include_router(protocol.router)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     return app
-

@@ -123,7 +123,9 @@ class Batcher:
                 retry_after=max(0.1, self.max_delay * 2),
             )
         loop = asyncio.get_running_loop()
-        request = _Request(inputs, rows, _shape_key(inputs), loop.create_future(), time.perf_counter())
+        request = _Request(
+            inputs, rows, _shape_key(inputs), loop.create_future(), time.perf_counter()
+        )
         self._queue.append(request)
         self._queued_rows += rows
         self._wakeup.set()

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import uvicorn
 from rich.console import Console
-
-from pathlib import Path
 
 from torchferry.archive.manifest import MANIFEST_NAME
 from torchferry.archive.store import Archive, ModelStore
@@ -58,7 +57,9 @@ def load_repository(settings: ServerSettings) -> ModelRepository:
 
 def serve(settings: ServerSettings) -> None:
     """Serve until SIGINT/SIGTERM; uvicorn then stops accepting, and queued requests finish."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
     repository = load_repository(settings)
     for model in repository.all():
         console.print(
