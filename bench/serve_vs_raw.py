@@ -1,0 +1,260 @@
+"""How close is served throughput to the raw in-process throughput of the same runtime?
+
+For the digits demo model and for ResNet-18 (random weights, image handler, JPEG input), in
+one run on this machine:
+
+- raw: the runtime called in-process at batch sizes 1..32 (for ResNet-18 each timed batch
+  includes JPEG decode and preprocessing by the image handler, as the server must do);
+- served: ``torchferry serve`` in its own process, driven over HTTP ``/predict`` at
+  concurrency 1, 8 and 32, with p50 and p99 latency;
+
+and prints a table with each served row's ratio to the best raw batch. Each figure is the
+median of ``--repeats`` runs. Usage: ``python bench/serve_vs_raw.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Request, drive, machine_line, median, served
+
+import torchferry
+from torchferry.archive.store import Archive
+from torchferry.handlers import load_handler
+from torchferry.handlers.base import HandlerInput
+from torchferry.runtimes import load_runtime
+from torchferry.zoo.digits import train_digits
+from torchferry.zoo.resnet import resnet18
+
+console = Console()
+BATCH_SIZES = [1, 2, 4, 8, 16, 32]
+CONCURRENCIES = [1, 8, 32]
+
+
+@dataclass
+class Row:
+    model: str
+    mode: str
+    setting: int
+    throughput: float
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+
+
+def make_jpeg(seed: int, size: tuple[int, int] = (500, 375)) -> bytes:
+    """A photo-sized JPEG with smooth structure and noise, so it compresses like a photo."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack(
+        [128 + 100 * np.sin(xx / (20 + 10 * c) + yy / (30 + 7 * c) + seed) for c in range(3)], -1
+    )
+    pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def build_store(root: Path) -> tuple[Archive, Archive, np.ndarray]:
+    console.print("[bold]building models[/] (digits: train + export; resnet18: export)")
+    digits, accuracy = train_digits(seed=0)
+    console.print(f"  digits test accuracy {accuracy:.3f}")
+    from sklearn.datasets import load_digits
+
+    sample = load_digits().data.astype(np.float32)
+    digits_archive = torchferry.export(
+        digits,
+        torch.from_numpy(sample[:2]),
+        name="digits",
+        store=root,
+        format="onnx",
+        input_names=["pixels"],
+    )
+    resnet_archive = torchferry.export(
+        resnet18(),
+        torch.randn(2, 3, 224, 224),
+        name="resnet18",
+        store=root,
+        format="onnx",
+        input_names=["image"],
+        handler="image",
+        tolerance=1e-2,
+    )
+    return digits_archive, resnet_archive, sample
+
+
+def raw_rows(
+    name: str,
+    archive: Archive,
+    make_batch: Callable[[int], Callable[[], None]],
+    seconds: float,
+    repeats: int,
+) -> list[Row]:
+    rows = []
+    for size in BATCH_SIZES:
+        step = make_batch(size)
+        step()  # warm-up: first run allocates
+        rates = []
+        for _ in range(repeats):
+            done, started = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - started) < seconds or done == 0:
+                step()
+                done += size
+            rates.append(done / elapsed)
+        rows.append(Row(name, "raw", size, median(rates)))
+        console.print(f"  raw {name} batch {size}: {rows[-1].throughput:.1f}/s")
+    return rows
+
+
+def raw_resnet(archive: Archive, jpegs: list[bytes], seconds: float, repeats: int) -> list[Row]:
+    runtime, handler = load_runtime(archive), load_handler(archive)
+
+    def make(size: int) -> Callable[[], None]:
+        blobs = [jpegs[i % len(jpegs)] for i in range(size)]
+
+        def step() -> None:
+            runtime.infer(handler.preprocess(HandlerInput(blobs=blobs)))
+
+        return step
+
+    try:
+        return raw_rows("resnet18", archive, make, seconds, repeats)
+    finally:
+        runtime.close()
+
+
+def raw_digits(archive: Archive, sample: np.ndarray, seconds: float, repeats: int) -> list[Row]:
+    runtime = load_runtime(archive)
+
+    def make(size: int) -> Callable[[], None]:
+        batch = {"pixels": np.ascontiguousarray(sample[:size])}
+
+        def step() -> None:
+            runtime.infer(batch)
+
+        return step
+
+    try:
+        return raw_rows("digits", archive, make, seconds, repeats)
+    finally:
+        runtime.close()
+
+
+def served_rows(name: str, port: int, request: Request, seconds: float, repeats: int) -> list[Row]:
+    rows = []
+    for concurrency in CONCURRENCIES:
+        results = [drive(port, request, concurrency, seconds) for _ in range(repeats)]
+        results.sort(key=lambda r: r.throughput)
+        middle = results[len(results) // 2]
+        errors = sum(r.errors for r in results)
+        if errors:
+            console.print(
+                f"  [red]{errors} failed requests[/] for {name} at concurrency {concurrency}"
+            )
+        rows.append(
+            Row(
+                name,
+                "served",
+                concurrency,
+                middle.throughput,
+                middle.percentile(50),
+                middle.percentile(99),
+            )
+        )
+        console.print(f"  served {name} c={concurrency}: {middle.throughput:.1f}/s")
+    return rows
+
+
+def print_table(rows: list[Row]) -> dict[str, float]:
+    best = {
+        m: max(r.throughput for r in rows if r.model == m and r.mode == "raw")
+        for m in {r.model for r in rows}
+    }
+    table = Table(title=f"served vs raw — {machine_line()}")
+    for column in (
+        "model",
+        "mode",
+        "batch / concurrency",
+        "items/s",
+        "p50 ms",
+        "p99 ms",
+        "vs raw best",
+    ):
+        table.add_column(column, justify="right" if column not in ("model", "mode") else "left")
+    ratios = {}
+    for row in rows:
+        ratio = row.throughput / best[row.model]
+        if row.mode == "served":
+            ratios[f"{row.model} c={row.setting}"] = ratio
+        table.add_row(
+            row.model,
+            row.mode,
+            str(row.setting),
+            f"{row.throughput:.1f}",
+            "" if row.mode == "raw" else f"{row.p50_ms:.1f}",
+            "" if row.mode == "raw" else f"{row.p99_ms:.1f}",
+            f"{ratio:.2f}",
+        )
+    console.print(table)
+    return ratios
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=6.0, help="per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="median of this many runs")
+    parser.add_argument("--quick", action="store_true", help="2 s, 1 repeat: a smoke run")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.repeats = 2.0, 1
+    jpegs = [make_jpeg(seed) for seed in range(8)]
+    with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp:
+        store = Path(tmp)
+        digits, resnet, sample = build_store(store)
+        rows = raw_digits(digits, sample, args.seconds, args.repeats)
+        rows += raw_resnet(resnet, jpegs, args.seconds, args.repeats)
+        digits_body = orjson.dumps({"data": sample[:1].tolist()})
+        with served(store, ["--max-batch-size", "32"]) as port:
+            rows += served_rows(
+                "digits",
+                port,
+                Request("/predict/digits", digits_body, "application/json"),
+                args.seconds,
+                args.repeats,
+            )
+            rows += served_rows(
+                "resnet18",
+                port,
+                Request("/predict/resnet18", jpegs[0], "image/jpeg"),
+                args.seconds,
+                args.repeats,
+            )
+    ratios = print_table(rows)
+    target = ratios["resnet18 c=32"]
+    verdict = "[green]meets[/]" if target >= 0.8 else "[red]misses[/]"
+    console.print(
+        f"ResNet-18 served at c=32 reaches {target:.0%} of raw best: {verdict} the 80% target"
+    )
+    if args.json:
+        args.json.write_bytes(orjson.dumps([r.__dict__ for r in rows], option=orjson.OPT_INDENT_2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
