@@ -70,7 +70,9 @@ class Manifest(BaseModel):
     @classmethod
     def _safe_name(cls, value: str) -> str:
         if not value or value.startswith(".") or "/" in value or "\\" in value:
-            raise ValueError(f"model name {value!r} must be non-empty, not start with '.', no slashes")
+            raise ValueError(
+                f"model name {value!r} must be non-empty, not start with '.', no slashes"
+            )
         return value
 
     def graph_file(self, runtime: str | None = None) -> str:
@@ -92,7 +94,9 @@ class Manifest(BaseModel):
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ArchiveError(f"{directory} is not a torchferry archive: no {MANIFEST_NAME}") from None
+            raise ArchiveError(
+                f"{directory} is not a torchferry archive: no {MANIFEST_NAME}"
+            ) from None
         try:
             return cls.model_validate_json(text)
         except ValidationError as exc:

@@ -67,7 +67,11 @@ class ModelStore:
 
     def next_version(self, name: str) -> int:
         model_dir = self.root / name
-        taken = [int(p.name) for p in model_dir.iterdir() if _is_version_dir(p)] if model_dir.is_dir() else []
+        taken = (
+            [int(p.name) for p in model_dir.iterdir() if _is_version_dir(p)]
+            if model_dir.is_dir()
+            else []
+        )
         return max(taken, default=0) + 1
 
     def path(self, name: str, version: int) -> Path:

@@ -25,9 +25,7 @@ def parse_model_batching(text: str) -> tuple[str, ModelOverride]:
     """``NAME:max_batch_size=16,max_delay_ms=5`` -> per-model batching override."""
     name, _, rest = text.partition(":")
     if not name or not rest:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected NAME:max_batch_size=N,max_delay_ms=F"
-        )
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:max_batch_size=N,max_delay_ms=F")
     fields: dict[str, str] = {}
     for item in rest.split(","):
         key, _, value = item.partition("=")
