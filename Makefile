@@ -1,0 +1,47 @@
+# torchferry: `make demo` serves a freshly trained model; `make test` runs the test suite.
+# Both create ./.venv on first use and reinstall only when pyproject.toml changes.
+
+PYTHON ?= $(if $(shell command -v python3.11 2>/dev/null),python3.11,python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# The exact pin matters: a CPU build of this version lies on the machine's disk, and any
+# looser spec would download gigabytes of CUDA wheels.
+TORCH := torch==2.13.0
+STORE := ./model-store
+HOST := 127.0.0.1
+PORT := 8080
+
+.PHONY: demo test lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# One stamp per extra ("demo", "test"): redone when pyproject.toml changes.
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[$*]'
+	touch $@
+
+demo: $(VENV)/.installed-demo
+	$(BIN)/python -m torchferry.demo build --store $(STORE)
+	@echo
+	@$(BIN)/python -m torchferry.demo curl --url http://$(HOST):$(PORT)
+	@echo
+	$(BIN)/torchferry serve --store $(STORE) --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.installed-test
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/serve_vs_raw.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
