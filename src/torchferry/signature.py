@@ -110,13 +110,17 @@ class TensorSpec(BaseModel):
         """
         parts = text.split(":")
         if len(parts) not in (2, 3):
-            raise ValueError(f"--input {text!r}: expected NAME:SHAPE[:DTYPE], e.g. x:-1,3,224,224:float32")
+            raise ValueError(
+                f"--input {text!r}: expected NAME:SHAPE[:DTYPE], e.g. x:-1,3,224,224:float32"
+            )
         name, shape_text = parts[0], parts[1]
         dtype = parts[2] if len(parts) == 3 else "FP32"
         try:
             dims = [int(d) for d in shape_text.replace("x", ",").split(",") if d.strip()]
         except ValueError:
-            raise ValueError(f"--input {text!r}: shape {shape_text!r} is not a list of integers") from None
+            raise ValueError(
+                f"--input {text!r}: shape {shape_text!r} is not a list of integers"
+            ) from None
         if not name or not dims:
             raise ValueError(f"--input {text!r}: needs a name and at least one dimension")
         return cls(name=name, datatype=dtype, shape=(-1, *dims[1:]))

@@ -26,7 +26,9 @@ def load_runtime(
     try:
         cls = RUNTIMES[name]
     except KeyError:
-        raise ArchiveError(f"unknown runtime {name!r}; known runtimes are {sorted(RUNTIMES)}") from None
+        raise ArchiveError(
+            f"unknown runtime {name!r}; known runtimes are {sorted(RUNTIMES)}"
+        ) from None
     engine = cls(archive, device=device, threads=threads)
     engine.load()
     return engine

@@ -8,6 +8,19 @@ import onnxruntime as ort
 from torchferry.errors import ArchiveError
 from torchferry.runtimes.base import Runtime
 
+_decode = np.frompyfunc(lambda x: x.decode("utf-8", "replace") if isinstance(x, bytes) else x, 1, 1)
+_encode = np.frompyfunc(lambda x: x.encode("utf-8") if isinstance(x, str) else x, 1, 1)
+
+
+def _to_str(array: np.ndarray) -> np.ndarray:
+    """BYTES (an object array of bytes) as ONNX Runtime wants strings: utf-8 ``str``."""
+    return np.asarray(_decode(array), dtype=object).reshape(array.shape)
+
+
+def _to_bytes(array: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's string outputs (``str``) back to BYTES (``bytes``)."""
+    return np.asarray(_encode(array), dtype=object).reshape(array.shape)
+
 
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
@@ -29,8 +42,13 @@ class OnnxRuntime(Runtime):
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.session.run(self.output_names, inputs)
-        return dict(zip(self.output_names, results, strict=True))
+        # ONNX Runtime takes string tensors as str objects (it would str() a bytes object)
+        feed = {n: _to_str(a) if a.dtype.kind == "O" else a for n, a in inputs.items()}
+        results = self.session.run(self.output_names, feed)
+        return {
+            name: _to_bytes(array) if array.dtype.kind == "O" else array
+            for name, array in zip(self.output_names, results, strict=True)
+        }
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]

@@ -26,7 +26,10 @@ class TorchScriptRuntime(Runtime):
         self.output_names = signature.output_names
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self.input_names]
+        args = [
+            torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device)
+            for n in self.input_names
+        ]
         with torch.inference_mode():
             result = self.module(*args)
         if isinstance(result, torch.Tensor):

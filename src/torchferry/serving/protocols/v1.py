@@ -1,0 +1,240 @@
+"""TF-Serving / KServe V1 REST: ``:predict`` with rows (``instances``) or columns (``inputs``).
+
+Values are JSON numbers or nested lists whose datatype comes from the model's signature;
+binary values are ``{"b64": "..."}``. Answers are ``{"predictions": [one per row]}`` for
+rows and ``{"outputs": ...}`` for columns; a non-utf-8 ``BYTES`` output is sent as
+``{"b64": ...}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+
+from torchferry.errors import InvalidInput, ModelError
+from torchferry.serving.jsonio import JSONResponse, loads
+from torchferry.serving.protocols.codec import json_to_array, to_jsonable
+from torchferry.serving.protocols.common import repository_of
+from torchferry.serving.repository import LoadedModel, ModelRepository
+from torchferry.signature import ModelSignature, TensorSpec
+
+router = APIRouter(tags=["TF-Serving / KServe V1 REST"])
+
+_PREDICT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": 'Exactly one of "instances" (rows) or "inputs" (columns).',
+                    "properties": {
+                        "signature_name": {"type": "string"},
+                        "instances": {
+                            "type": "array",
+                            "description": "One value per row, or one {input_name: value} "
+                            'object per row; binary values as {"b64": "..."}.',
+                            "items": {},
+                        },
+                        "inputs": {
+                            "description": "The single input's batch, or {input_name: batch}.",
+                        },
+                    },
+                },
+                "example": {"instances": [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]},
+            }
+        },
+    }
+}
+_PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": '{"predictions": [one per row]} for instances, {"outputs": ...} for inputs',
+        "content": {"application/json": {"example": {"predictions": [[3.0, 5.0], [11.0, 13.0]]}}},
+    },
+    400: {"description": "Bad JSON, both or neither of instances/inputs, wrong shape or type"},
+    404: {"description": "Unknown model or version"},
+}
+
+
+def _is_b64(value: object) -> bool:
+    return isinstance(value, Mapping) and set(value) == {"b64"}
+
+
+def _column(spec: TensorSpec, value: Any, *, columnar: bool) -> np.ndarray:
+    array = json_to_array(value, spec.datatype, f"input {spec.name!r}", allow_b64=True)
+    if columnar and array.ndim == len(spec.shape) - 1:
+        array = array[np.newaxis]  # a single unbatched row
+    return array
+
+
+def inputs_from_rows(signature: ModelSignature, instances: Any) -> dict[str, np.ndarray]:
+    """``instances``: one value per row, or one ``{input_name: value}`` object per row."""
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput('"instances" must be a non-empty list, one entry per row')
+    names = signature.input_names
+    named = [isinstance(row, Mapping) and not _is_b64(row) for row in instances]
+    if not any(named) and len(names) == 1:
+        return {names[0]: _column(signature.inputs[0], instances, columnar=False)}
+    if not all(named):
+        row = named.index(False)
+        raise InvalidInput(
+            f"instance {row} is not an object {{input_name: value}}; the model has inputs "
+            f"{names}, so each instance must name them"
+            if len(names) > 1
+            else f"instance {row} is a plain value while others are objects; use one form"
+        )
+    for index, row in enumerate(instances):
+        unknown = [k for k in row if k not in names]
+        if unknown:
+            signature.input(unknown[0])
+        missing = [n for n in names if n not in row]
+        if missing:
+            raise InvalidInput(
+                f"instance {index} has no input {missing[0]!r}; the model needs {names}"
+            )
+    return {
+        spec.name: _column(spec, [row[spec.name] for row in instances], columnar=False)
+        for spec in signature.inputs
+    }
+
+
+def inputs_from_columns(signature: ModelSignature, inputs: Any) -> dict[str, np.ndarray]:
+    """``inputs``: the single input's batch, or ``{input_name: batch}``."""
+    if isinstance(inputs, Mapping) and not _is_b64(inputs):
+        if not inputs:
+            raise InvalidInput(f'"inputs" is empty; the model needs {signature.input_names}')
+        return {
+            str(k): _column(signature.input(str(k)), v, columnar=True) for k, v in inputs.items()
+        }
+    if len(signature.inputs) != 1:
+        raise InvalidInput(
+            f'the model has several inputs {signature.input_names}; send "inputs" as an '
+            "object mapping each input name to its batch"
+        )
+    return {signature.inputs[0].name: _column(signature.inputs[0], inputs, columnar=True)}
+
+
+def output_names(signature: ModelSignature, outputs: Mapping[str, np.ndarray]) -> list[str]:
+    known = [name for name in signature.output_names if name in outputs]
+    return known + [name for name in outputs if name not in known]
+
+
+def predictions(outputs: Mapping[str, np.ndarray], names: list[str]) -> Any:
+    """One prediction per row: the row itself, or ``{output_name: row}`` for several outputs."""
+    columns = {name: to_jsonable(outputs[name], b64_fallback=True) for name in names}
+    if len(columns) == 1:
+        return next(iter(columns.values()))
+    rows = min(len(c) for c in columns.values())
+    return [{name: column[i] for name, column in columns.items()} for i in range(rows)]
+
+
+def columns(outputs: Mapping[str, np.ndarray], names: list[str]) -> Any:
+    if len(names) == 1:
+        return to_jsonable(outputs[names[0]], b64_fallback=True)
+    return {name: to_jsonable(outputs[name], b64_fallback=True) for name in names}
+
+
+async def _predict(request: Request, model_name: str, model_version: str | None) -> JSONResponse:
+    model: LoadedModel = repository_of(request).get(model_name, model_version)
+    body = loads(await request.body())
+    if not isinstance(body, dict):
+        raise InvalidInput('the request body must be a JSON object with "instances" or "inputs"')
+    has_rows, has_columns = "instances" in body, "inputs" in body
+    if has_rows == has_columns:
+        raise InvalidInput(
+            'send exactly one of "instances" (row format) or "inputs" (columnar format)'
+            + ("; the request has both" if has_rows else "")
+        )
+    signature = model.signature
+    if has_rows:
+        arrays = inputs_from_rows(signature, body["instances"])
+    else:
+        arrays = inputs_from_columns(signature, body["inputs"])
+    outputs = await model.infer(arrays)
+    names = output_names(signature, outputs)
+    if not names:
+        raise ModelError(f"model {model.name!r} returned no outputs")
+    if has_rows:
+        return JSONResponse({"predictions": predictions(outputs, names)})
+    return JSONResponse({"outputs": columns(outputs, names)})
+
+
+def _status(repository: ModelRepository, name: str, versions: list[int]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "ready": repository.started,
+        "model_version_status": [
+            {
+                "version": str(v),
+                "state": "AVAILABLE" if repository.started else "LOADING",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
+            for v in versions
+        ],
+    }
+
+
+@router.get("/v1/models", summary="Names of the loaded models (KServe V1)")
+async def list_models(request: Request) -> JSONResponse:
+    return JSONResponse({"models": repository_of(request).names()})
+
+
+@router.post(
+    "/v1/models/{model_name}:predict",
+    summary="Predict with the default version (rows or columns)",
+    openapi_extra=_PREDICT_BODY,
+    responses=_PREDICT_RESPONSES,
+)
+async def predict(request: Request, model_name: str) -> JSONResponse:
+    return await _predict(request, model_name, None)
+
+
+@router.post(
+    "/v1/models/{model_name}/versions/{model_version}:predict",
+    summary="Predict with one model version (rows or columns)",
+    openapi_extra=_PREDICT_BODY,
+    responses=_PREDICT_RESPONSES,
+)
+async def version_predict(request: Request, model_name: str, model_version: str) -> JSONResponse:
+    return await _predict(request, model_name, model_version)
+
+
+@router.post(
+    "/v1/models/{model_name}/predictions",
+    summary="Alias of :predict with the default version",
+    openapi_extra=_PREDICT_BODY,
+    responses=_PREDICT_RESPONSES,
+)
+async def predictions_alias(request: Request, model_name: str) -> JSONResponse:
+    return await _predict(request, model_name, None)
+
+
+@router.post(
+    "/v1/models/{model_name}/versions/{model_version}/predictions",
+    summary="Alias of :predict with one model version",
+    openapi_extra=_PREDICT_BODY,
+    responses=_PREDICT_RESPONSES,
+)
+async def version_predictions_alias(
+    request: Request, model_name: str, model_version: str
+) -> JSONResponse:
+    return await _predict(request, model_name, model_version)
+
+
+@router.get("/v1/models/{model_name}", summary="Model status: every loaded version")
+async def model_status(request: Request, model_name: str) -> JSONResponse:
+    repository = repository_of(request)
+    repository.get(model_name)
+    return JSONResponse(_status(repository, model_name, repository.versions(model_name)))
+
+
+@router.get(
+    "/v1/models/{model_name}/versions/{model_version}", summary="Status of one model version"
+)
+async def version_status(request: Request, model_name: str, model_version: str) -> JSONResponse:
+    repository = repository_of(request)
+    model = repository.get(model_name, model_version)
+    return JSONResponse(_status(repository, model_name, [model.version]))

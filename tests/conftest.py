@@ -1,0 +1,286 @@
+"""Shared fixtures: a small model store built once per session, and live servers over it.
+
+``live_server`` runs the real ``python -m torchferry.cli serve`` in a subprocess on a free
+port and waits for ``/v2/health/ready``; tests talk HTTP to ``live_server.url``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from torchferry.archive import BatchingSpec, HandlerSpec, Manifest, ModelStore
+from torchferry.signature import ModelSignature, TensorSpec
+
+Specs = list[tuple[str, str, tuple[int, ...]]]
+#: Every V2 datatype, for the identity model ``alltypes``.
+ALL_TYPES = [
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+_ONNX_TYPES = {
+    "BOOL": TensorProto.BOOL, "UINT8": TensorProto.UINT8, "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32, "UINT64": TensorProto.UINT64, "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16, "INT32": TensorProto.INT32, "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}  # fmt: skip
+IMAGE_LABELS = ["cat", "dog", "bird"]
+
+
+def _signature(inputs: Specs, outputs: Specs) -> ModelSignature:
+    return ModelSignature(
+        inputs=tuple(TensorSpec(name=n, datatype=d, shape=s) for n, d, s in inputs),
+        outputs=tuple(TensorSpec(name=n, datatype=d, shape=s) for n, d, s in outputs),
+    )
+
+
+def write_model(
+    store: ModelStore,
+    name: str,
+    version: int,
+    graph: onnx.ModelProto | torch.jit.ScriptModule,
+    inputs: Specs,
+    outputs: Specs,
+    handler: HandlerSpec | None = None,
+    files: dict[str, Any] | None = None,
+    batching: BatchingSpec | None = None,
+) -> None:
+    """One archive written through ``ModelStore.write``, ONNX or TorchScript by graph type."""
+    is_onnx = isinstance(graph, onnx.ModelProto)
+    runtime, graph_file = ("onnxruntime", "model.onnx") if is_onnx else ("torchscript", "model.pt")
+    manifest = Manifest(
+        name=name,
+        version=version,
+        runtime=runtime,
+        graphs={runtime: graph_file},
+        signature=_signature(inputs, outputs),
+        handler=handler or HandlerSpec(),
+        batching=batching or BatchingSpec(max_batch_size=32, max_delay_ms=1.0),
+        source="tests",
+    )
+
+    def populate(directory: Path) -> None:
+        if is_onnx:
+            onnx.save(graph, str(directory / graph_file))
+        else:
+            graph.save(str(directory / graph_file))
+        for file_name, content in (files or {}).items():
+            (directory / file_name).write_text(json.dumps(content), encoding="utf-8")
+
+    store.write(manifest, populate)
+
+
+def _onnx(nodes: list, inputs: Specs, outputs: Specs, inits: list | None = None) -> onnx.ModelProto:
+    def info(name: str, datatype: str, shape: tuple[int, ...]) -> onnx.ValueInfoProto:
+        dims = ["N" if d == -1 else d for d in shape]
+        return helper.make_tensor_value_info(name, _ONNX_TYPES[datatype], dims)
+
+    graph = helper.make_graph(
+        nodes, "g", [info(*s) for s in inputs], [info(*s) for s in outputs], inits or []
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9)
+    onnx.checker.check_model(model)
+    return model
+
+
+def adder_graph(scale: float) -> onnx.ModelProto:
+    """y = x * scale + 1 and total = row sums of x, for x of shape [N, 4]."""
+    inits = [
+        numpy_helper.from_array(np.array(scale, np.float32), "scale"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array([1], np.int64), "axes"),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["x", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "one"], ["y"]),
+        helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=0),
+    ]
+    return _onnx(nodes, ADDER_IN, ADDER_OUT, inits)
+
+
+ADDER_IN: Specs = [("x", "FP32", (-1, 4))]
+ADDER_OUT: Specs = [("y", "FP32", (-1, 4)), ("total", "FP32", (-1,))]
+
+
+class _Multi(torch.nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return a + b.to(torch.float32), b * 2
+
+
+class _Faulty(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x.sum(dim=1) < 0).any()):
+            raise RuntimeError("negative sum not allowed")
+        return x * 2
+
+
+def mlp_module() -> torch.nn.Module:
+    """A small MLP with fixed random weights, exported into the store as ``mlp``."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+
+def build_store(root: Path) -> ModelStore:
+    """mlp (through ``torchferry.export``), adder v1+v2, batchy (adder for the batching test), strings, alltypes, multi (TorchScript,
+    two inputs), faulty (TorchScript that raises on a negative sum), tiny_image (image handler)."""
+    store = ModelStore(root)
+    from torchferry.export import export
+
+    export(
+        mlp_module(), torch.zeros(1, 4), name="mlp", store=root,
+        input_names=["features"], output_names=["scores"],
+    )  # fmt: skip
+    write_model(store, "adder", 1, adder_graph(2.0), ADDER_IN, ADDER_OUT)
+    write_model(store, "adder", 2, adder_graph(3.0), ADDER_IN, ADDER_OUT)
+    write_model(store, "batchy", 1, adder_graph(2.0), ADDER_IN, ADDER_OUT)
+    text_in: Specs = [("text", "BYTES", (-1,))]
+    text_out: Specs = [("shout", "BYTES", (-1,)), ("same", "BYTES", (-1,))]
+    bang = helper.make_tensor("bang", TensorProto.STRING, [1], [b"!"])
+    text_nodes = [
+        helper.make_node("StringConcat", ["text", "bang"], ["shout"]),
+        helper.make_node("Identity", ["text"], ["same"]),
+    ]
+    write_model(
+        store, "strings", 1, _onnx(text_nodes, text_in, text_out, [bang]), text_in, text_out
+    )
+    all_in: Specs = [(f"in_{t}", t, (-1, 2)) for t in ALL_TYPES]
+    all_out: Specs = [(f"out_{t}", t, (-1, 2)) for t in ALL_TYPES]
+    nodes = [helper.make_node("Identity", [f"in_{t}"], [f"out_{t}"]) for t in ALL_TYPES]
+    write_model(store, "alltypes", 1, _onnx(nodes, all_in, all_out), all_in, all_out)
+    multi_in: Specs = [("a", "FP32", (-1, 3)), ("b", "INT64", (-1, 3))]
+    multi_out: Specs = [("sum", "FP32", (-1, 3)), ("twice", "INT64", (-1, 3))]
+    write_model(store, "multi", 1, torch.jit.script(_Multi()), multi_in, multi_out)
+    faulty_io: Specs = [("x", "FP32", (-1, 2))]
+    write_model(
+        store, "faulty", 1, torch.jit.script(_Faulty()), faulty_io, [("y", "FP32", (-1, 2))]
+    )
+    weights = np.arange(64 * 3, dtype=np.float32).reshape(64, 3) % 7 - 3
+    image_in: Specs = [("pixels", "FP32", (-1, 1, 8, 8))]
+    image_out: Specs = [("logits", "FP32", (-1, 3))]
+    image_nodes = [
+        helper.make_node("Flatten", ["pixels"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+    ]
+    graph = _onnx(image_nodes, image_in, image_out, [numpy_helper.from_array(weights, "w")])
+    config = {"color": "L", "resize": 8, "crop": 8, "top_k": 2, "labels": "labels.json"}
+    write_model(
+        store, "tiny_image", 1, graph, image_in, image_out,
+        handler=HandlerSpec(name="image", config=config), files={"labels.json": IMAGE_LABELS},
+    )  # fmt: skip
+    return store
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30.0, **kwargs)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@contextmanager
+def serving(
+    args: list[str], log: Path, port_flag: str = "--port", timeout: float = 90.0
+) -> Iterator[LiveServer]:
+    """Run ``torchferry serve ARGS --port FREE`` until the block ends; ready on entry."""
+    port = free_port()
+    command = [sys.executable, "-m", "torchferry.cli", "serve", *args, port_flag, str(port)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    server = LiveServer(f"http://127.0.0.1:{port}", process, log)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{server.url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready after {timeout} s:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def start_server() -> Callable[..., AbstractContextManager[LiveServer]]:
+    """``with start_server(args, log_path, port_flag="--port") as server:`` runs another server
+    (a fixture, because test modules cannot import from this conftest by name)."""
+    return serving
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    return build_store(tmp_path_factory.mktemp("store") / "models")
+
+
+@pytest.fixture(scope="session")
+def mlp() -> torch.nn.Module:
+    """The eager twin of the store's exported ``mlp`` model."""
+    return mlp_module().eval()
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """The whole test store served with defaults, plus slow batching for ``batchy``."""
+    args = [
+        "--store", str(model_store.root), "--threads", "1", "--log-level", "warning",
+        "--batching", "batchy:max_batch_size=16,max_delay_ms=50",
+    ]  # fmt: skip
+    with serving(args, tmp_path_factory.mktemp("logs") / "server.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def http(live_server: LiveServer) -> Iterator[httpx.Client]:
+    with live_server.client() as client:
+        yield client
+
+
+@pytest.fixture
+def assert_alive(live_server: LiveServer) -> Callable[[], None]:
+    def check() -> None:
+        assert live_server.alive(), live_server.log.read_text()
+        assert httpx.get(f"{live_server.url}/v2/health/live", timeout=5).status_code == 200
+
+    return check

@@ -1,0 +1,153 @@
+"""The V2 JSON tensor codec: every datatype both ways, nested and flat data, and refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from torchferry.errors import InvalidInput
+from torchferry.serving.jsonio import dumps
+from torchferry.serving.protocols.codec import (
+    bytes_to_str,
+    decode_v2_data,
+    element_count,
+    encode_v2_tensor,
+    json_to_array,
+)
+from torchferry.signature import V2_TO_NUMPY
+
+SAMPLES: dict[str, list] = {
+    "BOOL": [True, False, True, True, False, False],
+    "UINT8": [0, 1, 2, 253, 254, 255],
+    "UINT16": [0, 1, 2, 3, 65534, 65535],
+    "UINT32": [0, 1, 2, 3, 4, 2**32 - 1],
+    "UINT64": [0, 1, 2, 3, 2**63, 2**64 - 1],
+    "INT8": [-128, -1, 0, 1, 2, 127],
+    "INT16": [-(2**15), -1, 0, 1, 2, 2**15 - 1],
+    "INT32": [-(2**31), -1, 0, 1, 2, 2**31 - 1],
+    "INT64": [-(2**63), -1, 0, 1, 2, 2**63 - 1],
+    "FP16": [-1.5, 0.0, 0.25, 2.0, 65504.0, -0.125],
+    "FP32": [-1.5, 0.0, 0.1, 2.0, 3.4e38, -1e-30],
+    "FP64": [-1.5, 0.0, 0.1, 2.0, 1.7e308, -1e-300],
+    "BYTES": ["a", "", "héllo", "tab\t", "nul\x00", "末"],
+}
+
+
+def _wire(tensor: dict) -> dict:
+    """Through real JSON, as a client would read it."""
+    return orjson.loads(dumps(tensor))
+
+
+@pytest.mark.parametrize("datatype", list(SAMPLES))
+def test_every_datatype_round_trips_flat_and_nested(datatype):
+    flat = SAMPLES[datatype]
+    nested = [flat[0:3], flat[3:6]]
+    a = decode_v2_data(flat, datatype, [2, 3], "input 'x'")
+    b = decode_v2_data(nested, datatype, [2, 3], "input 'x'")
+    assert a.dtype == V2_TO_NUMPY[datatype] and a.shape == (2, 3)
+    np.testing.assert_array_equal(a, b)
+    if datatype == "BYTES":
+        assert a.reshape(-1).tolist() == [s.encode("utf-8") for s in flat]
+    encoded = _wire(encode_v2_tensor("y", a))
+    assert encoded["name"] == "y" and encoded["datatype"] == datatype
+    assert encoded["shape"] == [2, 3]
+    assert encoded["data"] == flat  # flat, row-major, same values back
+    again = decode_v2_data(encoded["data"], datatype, encoded["shape"], "output 'y'")
+    np.testing.assert_array_equal(again, a)
+
+
+def test_nesting_of_any_depth_is_flattened_row_major():
+    nested = [[[1, 2], [3, 4]], [[5, 6], [7, 8]]]
+    array = decode_v2_data(nested, "INT32", [2, 4], "input 'x'")
+    assert array.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+
+
+def test_non_contiguous_output_is_encoded_row_major():
+    array = np.arange(6, dtype=np.float32).reshape(2, 3).T
+    assert _wire(encode_v2_tensor("t", array))["data"] == array.reshape(-1).tolist()
+
+
+@pytest.mark.parametrize(
+    ("data", "shape", "message"),
+    [
+        ([1, 2, 3], [2, 2], "shape [2, 2] needs 4 elements, received 3"),
+        ([1, 2, 3, 4, 5], [2, 2], "needs 4 elements, received 5"),
+        ([1], [1000000, 1000000, 1000000], "needs 1000000000000000000 elements, received 1"),
+        ([1, 2], [2, -1], "negative dimension"),
+        ([1, 2], "2", '"shape" must be a list of integers'),
+        ([1, 2], [2.0], '"shape" must be a list of integers'),
+        ([1, 2], None, '"shape" must be a list of integers'),
+        ([[1, 2], [3]], [3], "ragged"),
+        (5, [1], '"data" must be a JSON array'),
+        ({"a": 1}, [1], '"data" must be a JSON array'),
+    ],
+)
+def test_shape_and_count_errors_name_the_input(data, shape, message):
+    with pytest.raises(InvalidInput) as info:
+        decode_v2_data(data, "FP32", shape, "input 'x'")
+    assert "input 'x'" in info.value.message
+    assert message in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("value", "datatype", "received"),
+    [
+        ([1, "a"], "FP32", "strings"),
+        (["1.5"], "FP32", "strings"),
+        ([None, 1], "FP32", "not all numbers"),
+        ([{"a": 1}], "INT32", "not all numbers"),
+        ([True, False], "FP32", "booleans"),
+        ([1, 0], "BOOL", "send true/false"),
+        ([1.5], "INT64", "fractional part"),
+        ([256], "UINT8", "outside UINT8's range"),
+        ([-1], "UINT64", "outside UINT64's range"),
+        ([2**64], "UINT64", "not all numbers"),
+        ([2**63], "INT64", "outside INT64's range"),
+        ([1, 2], "BYTES", "not all valid strings"),
+        ([["a"], ["b", "c"]], "BYTES", "not all valid strings"),
+        ("abc", "FP32", "a string"),
+        (None, "FP32", "null"),
+    ],
+)
+def test_values_that_do_not_fit_the_datatype_are_refused(value, datatype, received):
+    with pytest.raises(InvalidInput) as info:
+        json_to_array(value, datatype, "input 'x'")
+    message = info.value.message
+    assert message.startswith(f"input 'x': expected {datatype} data")
+    assert received in message
+
+
+def test_integral_floats_are_accepted_for_integer_types():
+    array = json_to_array([1.0, 2.0, 2**53], "INT64", "input 'x'")
+    assert array.dtype == np.int64 and array.tolist() == [1, 2, 2**53]
+
+
+def test_empty_data_with_empty_shape():
+    array = decode_v2_data([], "FP32", [0, 3], "input 'x'")
+    assert array.shape == (0, 3) and array.dtype == np.float32
+
+
+def test_element_count_uses_exact_integers():
+    assert element_count([2**40, 2**40], "x") == ((2**40, 2**40), 2**80)
+
+
+def test_b64_values_only_where_allowed():
+    value = [{"b64": "AAEC"}, "text"]
+    array = json_to_array(value, "BYTES", "input 'x'", allow_b64=True)
+    assert array.tolist() == [b"\x00\x01\x02", b"text"]
+    with pytest.raises(InvalidInput, match="not all valid strings"):
+        json_to_array(value, "BYTES", "input 'x'")
+    with pytest.raises(InvalidInput, match="invalid"):
+        json_to_array([{"b64": "not base64!"}], "BYTES", "input 'x'", allow_b64=True)
+
+
+def test_bytes_outputs_become_strings_or_b64():
+    array = np.array([b"ok", b"\xff\xfe"], dtype=object)
+    assert bytes_to_str(array).tolist() == ["ok", "\ufffd\ufffd"]
+    assert bytes_to_str(array, b64_fallback=True).tolist() == ["ok", {"b64": "//4="}]
+
+
+def test_output_of_unknown_dtype_is_refused():
+    with pytest.raises(InvalidInput, match="complex"):
+        encode_v2_tensor("z", np.zeros(2, dtype=np.complex64))
