@@ -16,9 +16,10 @@ __all__ = ["Client", "__version__", "export"]
 def __getattr__(name: str) -> Any:
     # Lazy, so that `import torchferry` does not pull in torch for the client alone.
     if name == "export":
-        from torchferry.export import export
+        # The subpackage is callable: torchferry.export(...) works before and after its import.
+        import torchferry.export
 
-        return export
+        return torchferry.export
     if name == "Client":
         from torchferry.client import Client
 

@@ -13,9 +13,9 @@ from torchferry.serving.protocols.codec import (
     decode_v2_data,
     element_count,
     encode_v2_tensor,
-    json_to_array,
 )
 from torchferry.signature import V2_TO_NUMPY
+from torchferry.tensorjson import json_to_array
 
 SAMPLES: dict[str, list] = {
     "BOOL": [True, False, True, True, False, False],

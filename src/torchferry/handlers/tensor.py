@@ -16,21 +16,7 @@ from torchferry.errors import InvalidInput
 from torchferry.handlers.base import Handler, HandlerInput
 from torchferry.handlers.topk import TopK
 from torchferry.signature import ModelSignature, TensorSpec
-
-_KIND_NAMES = {
-    "b": "booleans",
-    "U": "strings",
-    "S": "strings",
-    "O": "values that are not all numbers",
-}
-
-
-def _encode_text(item: object) -> bytes:
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, str):
-        return item.encode("utf-8")
-    raise TypeError(type(item).__name__)
+from torchferry.tensorjson import json_to_array
 
 
 def to_array(spec: TensorSpec, value: Any) -> np.ndarray:
@@ -39,39 +25,7 @@ def to_array(spec: TensorSpec, value: Any) -> np.ndarray:
     A value one rank short of the spec is taken as a single row and gets the batch dimension.
     Shapes are checked later, by ``ModelSignature.validate_inputs``.
     """
-
-    def invalid(received: str) -> InvalidInput:
-        return InvalidInput(
-            f"input {spec.name!r}: expected shape {list(spec.shape)} of datatype "
-            f"{spec.datatype}, received {received}"
-        )
-
-    if value is None or isinstance(value, Mapping):
-        raise invalid("null" if value is None else "a JSON object")
-    try:
-        array = np.asarray(value)
-    except (ValueError, TypeError):
-        raise invalid("a ragged nested list (rows of different lengths)") from None
-    want, kind = spec.numpy_dtype, array.dtype.kind
-    if want.kind == "O":  # BYTES: strings, kept as an object array of bytes
-        if kind not in "USO":
-            raise invalid(f"{_KIND_NAMES.get(kind, 'numbers')}; send strings")
-        try:
-            array = np.asarray(np.frompyfunc(_encode_text, 1, 1)(array), dtype=object)
-        except TypeError:
-            raise invalid("values that are not all strings") from None
-    elif kind in "USO":
-        raise invalid(_KIND_NAMES[kind])
-    elif (kind == "b") != (want.kind == "b"):
-        raise invalid("booleans" if kind == "b" else "numbers; send true/false")
-    elif want.kind in "iu" and array.size:
-        if kind == "f" and not np.array_equal(array, np.floor(array)):
-            raise invalid("numbers with a fractional part (or NaN/inf)")
-        info = np.iinfo(want)
-        if array.min() < info.min or array.max() > info.max:
-            raise invalid(f"values outside {spec.datatype}'s range [{info.min}, {info.max}]")
-    if want.kind != "O":
-        array = array.astype(want, copy=False)
+    array = json_to_array(value, spec.datatype, f"input {spec.name!r} of shape {list(spec.shape)}")
     if array.ndim == len(spec.shape) - 1:
         array = array[np.newaxis]
     return array

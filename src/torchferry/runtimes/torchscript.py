@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from torchferry.errors import ArchiveError
+from torchferry.errors import ArchiveError, ModelError
 from torchferry.runtimes.base import Runtime
+
+
+def _model_message(exc: Exception) -> str:
+    """The model's own message, without the TorchScript interpreter's traceback around it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    return last.removeprefix("builtins.")
 
 
 class TorchScriptRuntime(Runtime):
@@ -31,7 +38,10 @@ class TorchScriptRuntime(Runtime):
             for n in self.input_names
         ]
         with torch.inference_mode():
-            result = self.module(*args)
+            try:
+                result = self.module(*args)
+            except torch.jit.Error as exc:
+                raise ModelError(_model_message(exc)) from exc
         if isinstance(result, torch.Tensor):
             result = (result,)
         elif isinstance(result, dict):

@@ -227,7 +227,7 @@ class Batcher:
         for name, array in outputs.items():
             if array.ndim == 0 or array.shape[0] != rows:
                 raise ModelError(
-                    f"model {self.name!r} output {name!r} has shape {list(array.shape)}, "
+                    f"output {name!r} has shape {list(array.shape)}, "
                     f"which does not keep the batch dimension of {rows} rows"
                 )
         return outputs
@@ -249,13 +249,14 @@ class Batcher:
         self.stats.fail_ns += int((now - request.arrived) * 1e9)
         if request.future.done():
             return
-        if isinstance(exc, TorchferryError):
-            request.future.set_exception(exc)
+        if isinstance(exc, ModelError):  # the runtime already put the model's message in words
+            error: TorchferryError = ModelError(f"model {self.name!r} failed: {exc.message}")
+        elif isinstance(exc, TorchferryError):
+            error = exc
         else:
             message = str(exc) or type(exc).__name__
-            request.future.set_exception(
-                ModelError(f"model {self.name!r} failed: {type(exc).__name__}: {message}")
-            )
+            error = ModelError(f"model {self.name!r} failed: {type(exc).__name__}: {message}")
+        request.future.set_exception(error)
 
     def _record(self, batch: list[_Request], started: float) -> None:
         now = time.perf_counter()

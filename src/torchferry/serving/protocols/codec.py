@@ -9,110 +9,14 @@ numeric arrays go through numpy in one call, never element by element in Python.
 from __future__ import annotations
 
 import base64
-import binascii
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from torchferry.errors import InvalidInput
-from torchferry.signature import NUMPY_TO_V2, V2_TO_NUMPY
-
-_KIND_NAMES = {
-    "b": "booleans",
-    "U": "strings",
-    "S": "strings",
-    "O": "values that are not all numbers (null, objects, or integers too large)",
-}
-
-
-def _invalid(where: str, datatype: str, received: str) -> InvalidInput:
-    return InvalidInput(f"{where}: expected {datatype} data, received {received}")
-
-
-def _to_bytes(item: Any, allow_b64: bool) -> bytes:
-    if isinstance(item, str):
-        return item.encode("utf-8")
-    if isinstance(item, bytes):
-        return item
-    if allow_b64 and isinstance(item, Mapping) and set(item) == {"b64"}:
-        encoded = item["b64"]
-        if not isinstance(encoded, str):
-            raise TypeError("b64")
-        try:
-            return base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise TypeError("b64") from None
-    raise TypeError(type(item).__name__)
-
-
-def _bytes_array(value: Any, where: str, allow_b64: bool) -> np.ndarray:
-    """Strings (utf-8), or ``{"b64": ...}`` objects with ``allow_b64``, to ``bytes`` objects."""
-    # dtype=object keeps strings whole (fixed-width numpy strings drop trailing NULs); a
-    # ragged nesting leaves lists as elements, which _to_bytes refuses below.
-    try:
-        array = np.asarray(value, dtype=object)
-    except (ValueError, TypeError):
-        raise _invalid(where, "BYTES", "a ragged nested list") from None
-    flat = array.reshape(-1)
-    out = np.empty(flat.shape, dtype=object)
-    try:
-        for i, item in enumerate(flat):
-            out[i] = _to_bytes(item, allow_b64)
-    except (TypeError, UnicodeEncodeError) as exc:
-        what = (
-            'an invalid {"b64": ...} value'
-            if str(exc) == "b64"
-            else "values that are not all valid strings (or a ragged nested list)"
-        )
-        raise _invalid(where, "BYTES", what) from None
-    return out.reshape(array.shape)
-
-
-def json_to_array(value: Any, datatype: str, where: str, *, allow_b64: bool = False) -> np.ndarray:
-    """Convert one JSON value (a number, or nested lists) to an array of V2 ``datatype``.
-
-    The array's shape is the nesting's; ``where`` names the tensor in error messages
-    (``"input 'x'"``). ``allow_b64`` lets ``BYTES`` values be ``{"b64": "..."}`` (V1).
-    """
-    want = V2_TO_NUMPY[datatype]
-    if want.kind == "O":
-        return _bytes_array(value, where, allow_b64)
-    if value is None or isinstance(value, Mapping | str):
-        received = {type(None): "null", str: "a string"}.get(type(value), "a JSON object")
-        raise _invalid(where, datatype, received)
-    try:
-        array = np.asarray(value)
-    except (ValueError, TypeError):
-        raise _invalid(
-            where, datatype, "a ragged nested list (rows of different lengths)"
-        ) from None
-    kind = array.dtype.kind
-    if kind in "USO":
-        raise _invalid(where, datatype, _KIND_NAMES[kind])
-    if want.kind == "b":
-        if kind != "b" and array.size:
-            raise _invalid(where, datatype, "numbers; send true/false")
-        return array.astype(want, copy=False)
-    if kind == "b" and array.size:
-        raise _invalid(where, datatype, "booleans")
-    if want.kind in "iu" and array.size:
-        if kind == "f" and not np.array_equal(array, np.floor(array)):
-            raise _invalid(where, datatype, "numbers with a fractional part")
-        info = np.iinfo(want)
-        low, high = array.min(), array.max()
-        if low < info.min or high > info.max:
-            raise _invalid(
-                where, datatype, f"values outside {datatype}'s range [{info.min}, {info.max}]"
-            )
-        if kind == "f" and want.itemsize == 8:
-            # float64 cannot hold every 64-bit integer: convert the JSON numbers directly
-            try:
-                return np.asarray(value, dtype=want)
-            except (OverflowError, ValueError, TypeError):
-                raise _invalid(where, datatype, f"values outside {datatype}'s range") from None
-    return array.astype(want, copy=False)
+from torchferry.signature import NUMPY_TO_V2
+from torchferry.tensorjson import json_to_array
 
 
 def element_count(shape: Any, where: str) -> tuple[tuple[int, ...], int]:

@@ -16,10 +16,11 @@ from fastapi import APIRouter, Request
 
 from torchferry.errors import InvalidInput, ModelError
 from torchferry.serving.jsonio import JSONResponse, loads
-from torchferry.serving.protocols.codec import json_to_array, to_jsonable
+from torchferry.serving.protocols.codec import to_jsonable
 from torchferry.serving.protocols.common import repository_of
 from torchferry.serving.repository import LoadedModel, ModelRepository
 from torchferry.signature import ModelSignature, TensorSpec
+from torchferry.tensorjson import json_to_array
 
 router = APIRouter(tags=["TF-Serving / KServe V1 REST"])
 
