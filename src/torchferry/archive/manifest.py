@@ -32,8 +32,12 @@ class HandlerSpec(BaseModel):
 
 
 class BatchingSpec(BaseModel):
+    """Dynamic batching defaults. With no delay (the default, as in Triton) a batch is what
+    queued while the previous one computed: no added latency when idle, full batches under
+    load. A delay trades latency for fuller batches under light, bursty traffic."""
+
     max_batch_size: int = Field(default=32, ge=1)
-    max_delay_ms: float = Field(default=2.0, ge=0)
+    max_delay_ms: float = Field(default=0.0, ge=0)
 
 
 class ParityReport(BaseModel):

@@ -69,7 +69,7 @@ class Batcher:
         *,
         name: str,
         max_batch_size: int = 32,
-        max_delay_ms: float = 2.0,
+        max_delay_ms: float = 0.0,
         max_queue_rows: int = 4096,
         timeout_s: float | None = None,
     ) -> None:
