@@ -1,18 +1,34 @@
-"""Engines behind the ``Runtime`` interface, chosen by the manifest's ``runtime`` field."""
+"""Engines behind the ``Runtime`` interface, chosen by the manifest's ``runtime`` field.
+
+Engines are imported only when a model needs them: a server of ONNX models never imports
+torch, and the CLI's client commands start without either engine.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 from torchferry.archive.store import Archive
 from torchferry.errors import ArchiveError
 from torchferry.runtimes.base import Runtime, default_threads
-from torchferry.runtimes.onnx import OnnxRuntime
-from torchferry.runtimes.torchscript import TorchScriptRuntime
 
-#: One line per engine: a new runtime is a new file plus an entry here.
-RUNTIMES: dict[str, type[Runtime]] = {
-    OnnxRuntime.name: OnnxRuntime,
-    TorchScriptRuntime.name: TorchScriptRuntime,
+#: Runtime name -> "module:Class". A new engine is a new file plus an entry here.
+RUNTIMES: dict[str, str] = {
+    "onnxruntime": "torchferry.runtimes.onnx:OnnxRuntime",
+    "torchscript": "torchferry.runtimes.torchscript:TorchScriptRuntime",
 }
+
+
+def runtime_class(name: str) -> type[Runtime]:
+    try:
+        target = RUNTIMES[name]
+    except KeyError:
+        raise ArchiveError(
+            f"unknown runtime {name!r}; known runtimes are {sorted(RUNTIMES)}"
+        ) from None
+    module_name, _, class_name = target.partition(":")
+    cls: type[Runtime] = getattr(importlib.import_module(module_name), class_name)
+    return cls
 
 
 def load_runtime(
@@ -22,16 +38,11 @@ def load_runtime(
     threads: int | None = None,
 ) -> Runtime:
     """Instantiate and load the archive's runtime (or ``runtime`` when given)."""
-    name = runtime or archive.manifest.runtime
-    try:
-        cls = RUNTIMES[name]
-    except KeyError:
-        raise ArchiveError(
-            f"unknown runtime {name!r}; known runtimes are {sorted(RUNTIMES)}"
-        ) from None
-    engine = cls(archive, device=device, threads=threads)
+    engine = runtime_class(runtime or archive.manifest.runtime)(
+        archive, device=device, threads=threads
+    )
     engine.load()
     return engine
 
 
-__all__ = ["RUNTIMES", "Runtime", "default_threads", "load_runtime"]
+__all__ = ["RUNTIMES", "Runtime", "default_threads", "load_runtime", "runtime_class"]
