@@ -59,7 +59,8 @@ def test_malformed_bodies_are_400(http, body, message):
         ({"inputs": [GOOD["inputs"][0], GOOD["inputs"][0]]}, "input 'x' is given twice"),
         (
             with_x(parameters={"binary_data_size": 16}),
-            "binary tensor data extension is not supported",
+            "input 'x' has parameters.binary_data_size but the request has no "
+            "Inference-Header-Content-Length header",
         ),
     ],
 )
@@ -76,12 +77,13 @@ def test_missing_input_of_a_multi_input_model(http):
     assert "missing input 'b'; the model needs ['a', 'b']" in answer.json()["error"]
 
 
-def test_binary_request_header_is_refused_clearly(http):
+def test_bytes_after_the_json_header_need_a_binary_input(http):
     answer = http.post(
         V2, content=json.dumps(GOOD).encode() + b"\x00" * 16,
         headers={"Inference-Header-Content-Length": str(len(json.dumps(GOOD)))},
     )  # fmt: skip
-    assert answer.status_code == 400 and "binary_data=False" in answer.json()["error"]
+    assert answer.status_code == 400
+    assert "16 bytes after the JSON header but no input has" in answer.json()["error"]
 
 
 def test_unknown_route_is_404_json(http):

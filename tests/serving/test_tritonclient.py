@@ -1,5 +1,5 @@
-"""The real V2 client, tritonclient's HTTP client, unchanged against the live server (JSON
-tensors: the binary extension is a later issue)."""
+"""The real V2 client, tritonclient's HTTP client, unchanged against the live server, with
+JSON tensors (its binary default is covered in test_binary_http.py)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def test_server_health_and_metadata(triton):
     assert not triton.is_model_ready("nope")
     meta = triton.get_server_metadata()
     assert meta["name"] == "torchferry" and "model_configuration" in meta["extensions"]
+    assert "binary_tensor_data" in meta["extensions"]
 
 
 def test_model_metadata_and_config(triton):
@@ -58,10 +59,11 @@ def test_infer_fp32_with_requested_outputs(triton):
     assert response["id"] == "abc" and response["model_version"] == "1"
 
 
-def test_infer_without_requested_outputs_gets_json_back(triton):
-    # tritonclient then asks for binary_data_output; a JSON answer is still read correctly
+def test_infer_without_requested_outputs_gets_binary_back(triton):
+    # tritonclient then asks for binary_data_output: the outputs come back binary
     x = np.ones((1, 4), dtype=np.float32)
     result = triton.infer("adder", [json_input("x", x, "FP32")])
+    assert result.get_output("y")["parameters"] == {"binary_data_size": 16}
     np.testing.assert_allclose(result.as_numpy("y"), x * 3 + 1)
 
 
@@ -100,6 +102,9 @@ def test_errors_raise_inference_server_exception(triton):
     with pytest.raises(InferenceServerException, match="expected datatype FP32, received FP64"):
         triton.infer("adder", [json_input("x", x.astype(np.float64), "FP64")])
     binary = httpclient.InferInput("x", [1, 4], "FP32")
-    binary.set_data_from_numpy(x)  # binary by default: refused with a clear message
-    with pytest.raises(InferenceServerException, match="binary_data=False"):
-        triton.infer("adder", [binary])
+    binary.set_data_from_numpy(x)  # binary by default: served
+    np.testing.assert_allclose(triton.infer("adder", [binary]).as_numpy("y"), x * 3 + 1)
+    bad = httpclient.InferInput("x", [1, 4], "INT32")
+    bad.set_data_from_numpy(x.astype(np.int32))
+    with pytest.raises(InferenceServerException, match="expected datatype FP32, received INT32"):
+        triton.infer("adder", [bad])

@@ -21,7 +21,7 @@ def test_health_and_server_metadata(http):
     assert ready.status_code == 200 and ready.json() == {"ready": True}
     meta = http.get("/v2").json()
     assert meta["name"] == "torchferry" and meta["version"]
-    assert meta["extensions"] == ["model_configuration", "statistics"]
+    assert meta["extensions"] == ["binary_tensor_data", "model_configuration", "statistics"]
 
 
 def test_model_metadata_default_and_versioned(http):

@@ -9,6 +9,14 @@ from torchferry.errors import ArchiveError, ModelError
 from torchferry.runtimes.base import Runtime
 
 
+def _writable(array: np.ndarray) -> np.ndarray:
+    """torch tensors may be written in place by the model: binary request bodies arrive as
+    read-only views, which are copied (ONNX Runtime, which never writes, takes them as is)."""
+    if array.flags.writeable and array.flags.c_contiguous:
+        return array
+    return np.array(array, order="C")
+
+
 def _model_message(exc: Exception) -> str:
     """The model's own message, without the TorchScript interpreter's traceback around it."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -33,10 +41,7 @@ class TorchScriptRuntime(Runtime):
         self.output_names = signature.output_names
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [
-            torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device)
-            for n in self.input_names
-        ]
+        args = [torch.from_numpy(_writable(inputs[n])).to(self.device) for n in self.input_names]
         with torch.inference_mode():
             try:
                 result = self.module(*args)

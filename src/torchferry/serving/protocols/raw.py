@@ -43,6 +43,11 @@ def decode_raw(
     count = math.prod(shape)
     dtype = _wire_dtype(datatype, where)
     if dtype.kind == "O":
+        if count * _LENGTH.size > len(buffer):  # before allocating ``count`` objects
+            raise InvalidInput(
+                f"{where}: shape {list(shape)} of BYTES needs at least {count * _LENGTH.size} "
+                f"bytes (a 4-byte length per element), received {len(buffer)}"
+            )
         return _decode_bytes(memoryview(buffer), count, where).reshape(shape)
     expected = count * dtype.itemsize
     if len(buffer) != expected:
@@ -102,5 +107,5 @@ def encode_raw(array: np.ndarray) -> bytes | memoryview:
         array = array.view(np.uint8)
     elif array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    contiguous = np.ascontiguousarray(array)
-    return memoryview(contiguous).cast("B")
+    # one flat byte view (also for empty and 0-d arrays, which memoryview.cast refuses)
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))

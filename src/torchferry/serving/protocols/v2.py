@@ -1,8 +1,7 @@
-"""KServe V2 / Open Inference Protocol over HTTP/JSON, with Triton's ``model_configuration``
-and ``statistics`` extensions (what tritonclient and perf_analyzer ask for).
-
-The binary tensor extension is not implemented yet: a binary request gets a 400 that says
-how to send JSON instead.
+"""KServe V2 / Open Inference Protocol over HTTP, with Triton's ``binary_tensor_data``
+(tensors as raw bytes after the JSON, tritonclient's default; see ``v2_binary.py``),
+``model_configuration`` and ``statistics`` extensions (what tritonclient and perf_analyzer
+ask for).
 """
 
 from __future__ import annotations
@@ -11,12 +10,21 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
+from starlette.responses import Response
 
 import torchferry
 from torchferry.errors import InvalidInput, ModelError
 from torchferry.serving.jsonio import JSONResponse, loads
-from torchferry.serving.protocols.codec import decode_v2_data, encode_v2_tensor
+from torchferry.serving.protocols.codec import decode_v2_data
 from torchferry.serving.protocols.common import repository_of
+from torchferry.serving.protocols.v2_binary import (
+    HEADER,
+    BinaryReader,
+    header_length,
+    raw_request_inputs,
+    render_response,
+    split_body,
+)
 from torchferry.serving.protocols.v2_docs import INFER_BODY, INFER_RESPONSES, METADATA_RESPONSES
 from torchferry.serving.protocols.v2_extensions import model_config, model_stats
 from torchferry.serving.repository import LoadedModel
@@ -24,12 +32,7 @@ from torchferry.signature import V2_TO_NUMPY, TensorSpec
 
 router = APIRouter(tags=["KServe V2 / Open Inference Protocol"])
 
-EXTENSIONS = ["model_configuration", "statistics"]
-_BINARY_HEADER = "inference-header-content-length"
-_NO_BINARY = (
-    "the binary tensor data extension is not supported yet; send tensors as JSON "
-    "(tritonclient: set_data_from_numpy(array, binary_data=False))"
-)
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 
 
 def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
@@ -171,8 +174,44 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def decode_request(model: LoadedModel, body: Any) -> tuple[dict[str, np.ndarray], list[str]]:
-    """A V2 infer request's inputs as named arrays, and the output names to answer."""
+def _flag(params: Any, key: str, where: str, default: bool) -> bool:
+    """A boolean parameter of the binary extension (absent: ``default``)."""
+    value = params.get(key, default) if isinstance(params, dict) else default
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where}: parameters.{key} must be true or false, received {value!r}")
+    return value
+
+
+def _decode_input(
+    spec: TensorSpec, tensor: dict[str, Any], where: str, binary: BinaryReader
+) -> np.ndarray:
+    datatype = tensor.get("datatype")
+    if datatype == "BF16":
+        raise InvalidInput(
+            f"{where}: BF16 is not supported (numpy has no bfloat16); the model expects "
+            f"{spec.datatype}"
+        )
+    if datatype != spec.datatype:
+        raise InvalidInput(
+            f"{where}: expected datatype {spec.datatype}, received {datatype!r}"
+            if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY
+            else f"{where}: expected datatype {spec.datatype}, received {datatype}"
+        )
+    params = tensor.get("parameters")
+    if isinstance(params, dict) and "shared_memory_region" in params:
+        raise InvalidInput(f"{where}: the shared memory extension is not supported")
+    if isinstance(params, dict) and "binary_data_size" in params:
+        return binary.take(tensor, datatype, where)
+    if "data" not in tensor:
+        raise InvalidInput(f'{where} has no "data" and no parameters.binary_data_size')
+    return decode_v2_data(tensor["data"], datatype, tensor.get("shape"), where)
+
+
+def decode_request(
+    model: LoadedModel, body: Any, binary: memoryview | None = None
+) -> tuple[dict[str, np.ndarray], list[tuple[str, bool]]]:
+    """A V2 infer request's inputs as named arrays, and the outputs to answer, each with
+    whether it goes back as binary. ``binary`` is the body after the JSON header, if any."""
     body = _object(body, "the request body")
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -181,35 +220,28 @@ def decode_request(model: LoadedModel, body: Any) -> tuple[dict[str, np.ndarray]
             f"{model.signature.input_names}"
         )
     signature = model.signature
+    reader = BinaryReader(binary)
     arrays: dict[str, np.ndarray] = {}
     for index, item in enumerate(inputs):
         tensor = _object(item, f"inputs[{index}]")
         name = tensor.get("name")
         if not isinstance(name, str):
             raise InvalidInput(f'inputs[{index}] needs a "name" string')
-        where = f"input {name!r}"
         spec = signature.input(name)
         if name in arrays:
-            raise InvalidInput(f"{where} is given twice")
-        params = tensor.get("parameters")
-        if isinstance(params, dict) and "binary_data_size" in params:
-            raise InvalidInput(_NO_BINARY)
-        datatype = tensor.get("datatype")
-        if datatype != spec.datatype:
-            raise InvalidInput(
-                f"{where}: expected datatype {spec.datatype}, received {datatype!r}"
-                if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY
-                else f"{where}: expected datatype {spec.datatype}, received {datatype}"
-            )
-        if "data" not in tensor:
-            raise InvalidInput(f'{where} has no "data"')
-        arrays[name] = decode_v2_data(tensor["data"], datatype, tensor.get("shape"), where)
+            raise InvalidInput(f"input {name!r} is given twice")
+        arrays[name] = _decode_input(spec, tensor, f"input {name!r}", reader)
+    reader.finish()
+    params = body.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise InvalidInput('the request\'s "parameters" must be a JSON object')
+    all_binary = _flag(params, "binary_data_output", "the request", False)
     outputs = body.get("outputs")
     if outputs is None:
-        return arrays, signature.output_names
+        return arrays, [(name, all_binary) for name in signature.output_names]
     if not isinstance(outputs, list):
         raise InvalidInput('"outputs" must be a list of {"name": ...} objects')
-    names: list[str] = []
+    wanted: dict[str, bool] = {}
     for index, item in enumerate(outputs):
         requested = _object(item, f"outputs[{index}]")
         name = requested.get("name")
@@ -219,43 +251,52 @@ def decode_request(model: LoadedModel, body: Any) -> tuple[dict[str, np.ndarray]
         params = requested.get("parameters")
         if isinstance(params, dict) and params.get("classification"):
             raise InvalidInput(f"output {name!r}: the classification extension is not supported")
-        if name not in names:
-            names.append(name)
-    return arrays, names
+        if isinstance(params, dict) and "shared_memory_region" in params:
+            raise InvalidInput(f"output {name!r}: the shared memory extension is not supported")
+        wanted.setdefault(name, _flag(params, "binary_data", f"output {name!r}", all_binary))
+    return arrays, list(wanted.items())
 
 
-async def _infer(request: Request, model_name: str, model_version: str | None) -> JSONResponse:
+async def _infer(request: Request, model_name: str, model_version: str | None) -> Response:
     model = repository_of(request).get(model_name, model_version)
-    if request.headers.get(_BINARY_HEADER) is not None:
-        raise InvalidInput(_NO_BINARY)
-    body = loads(await request.body())
-    arrays, names = decode_request(model, body)
+    body = await request.body()
+    length = header_length(request.headers.get(HEADER), len(body))
+    if length == 0:  # Triton's raw binary request: the body is the one input, all outputs binary
+        arrays = raw_request_inputs(model.name, model.signature, body)
+        header: Any = {}
+        outputs = [(name, True) for name in model.signature.output_names]
+    else:
+        binary: memoryview | None = None
+        if length is None:
+            header = loads(body)
+        else:
+            header, binary = split_body(body, length)
+        arrays, outputs = decode_request(model, header, binary)
     results = await model.infer(arrays)
     response: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
-    if body.get("id") is not None:
-        response["id"] = body["id"]
-    missing = [name for name in names if name not in results]
+    if header.get("id") is not None:
+        response["id"] = header["id"]
+    missing = [name for name, _ in outputs if name not in results]
     if missing:
         raise ModelError(f"model {model.name!r} did not return output {missing[0]!r}")
-    response["outputs"] = [encode_v2_tensor(name, results[name]) for name in names]
-    return JSONResponse(response)
+    return render_response(response, results, outputs)
 
 
 @router.post(
     "/v2/models/{model_name}/infer",
-    summary="Run inference (default version); JSON tensors",
+    summary="Run inference (default version); JSON or binary tensors",
     openapi_extra=INFER_BODY,
     responses=INFER_RESPONSES,
 )
-async def infer(request: Request, model_name: str) -> JSONResponse:
+async def infer(request: Request, model_name: str) -> Response:
     return await _infer(request, model_name, None)
 
 
 @router.post(
     "/v2/models/{model_name}/versions/{model_version}/infer",
-    summary="Run inference on one model version; JSON tensors",
+    summary="Run inference on one model version; JSON or binary tensors",
     openapi_extra=INFER_BODY,
     responses=INFER_RESPONSES,
 )
-async def version_infer(request: Request, model_name: str, model_version: str) -> JSONResponse:
+async def version_infer(request: Request, model_name: str, model_version: str) -> Response:
     return await _infer(request, model_name, model_version)
