@@ -172,10 +172,10 @@ def test_import_errors(tmp_path):
     with pytest.raises(ArchiveError, match="is not a TorchScript file"):
         import_model(pickled, name="n", store=store, inputs=[TensorSpec.parse("x:-1,3")])
 
-    mar = tmp_path / "model.mar"
-    mar.write_bytes(b"PK")
-    with pytest.raises(ArchiveError, match=r"unknown file type '\.mar'; supported: \.onnx, \.pt"):
-        import_model(mar, name="n", store=store)
+    pickle = tmp_path / "model.pkl"
+    pickle.write_bytes(b"PK")
+    with pytest.raises(ArchiveError, match=r"unknown file type '\.pkl'; supported: \.mar, \.onnx"):
+        import_model(pickle, name="n", store=store)
 
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a protobuf")
@@ -188,4 +188,4 @@ def test_import_errors(tmp_path):
 
 
 def test_importer_table_is_the_extension_point():
-    assert {".onnx", ".pt"} <= set(IMPORTERS)
+    assert {".onnx", ".pt", ".mar"} <= set(IMPORTERS)

@@ -1,15 +1,17 @@
-"""Import a foreign model file into the model store: a plain ``.onnx`` or a TorchScript ``.pt``.
+"""Import a foreign model file into the model store: a plain ``.onnx``, a TorchScript ``.pt``,
+or a TorchServe ``.mar`` (see :mod:`torchferry.archive.mar`).
 
 Each file type is one importer function in ``IMPORTERS`` (suffix -> function). A function
-reads the file, works out its signature, and says which files the archive gets; the store
-writes and hashes them. A TorchServe ``.mar`` importer is a later addition to that table.
+reads the file, works out its signature (and, for archives of other servers, the handler and
+extra files), and says which files the archive gets; the store writes and hashes them.
 """
 
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,20 @@ PROBE_BATCH = 2
 
 
 @dataclass(frozen=True)
+class ImportOptions:
+    """What the caller says besides the file."""
+
+    inputs: Sequence[TensorSpec] | None = None
+    output_names: Sequence[str] | None = None
+    #: The handler the caller chose, if any (an importer's own choice is then only a default).
+    handler: str | None = None
+    #: Import a TorchServe archive whose handler is custom Python (kept, never run).
+    trust_custom_handler: bool = False
+    #: A private directory to unpack into; it lives until the archive is written.
+    scratch: Path | None = None
+
+
+@dataclass(frozen=True)
 class Imported:
     """What an importer found: the runtime, the signature, and the files to copy."""
 
@@ -44,9 +60,17 @@ class Imported:
     #: Archive file name -> source file; the runtime's graph file is among them.
     files: dict[str, Path]
     source: str
+    #: The handler the foreign format asks for, when it says (the caller's choice wins).
+    handler: HandlerSpec | None = None
+    #: Further files for the archive (labels, reference copies); the caller's files win.
+    extra_files: Mapping[str, bytes | Path] = field(default_factory=dict)
+    #: The model name the file gives, used when the caller gives none.
+    name: str | None = None
+    #: What the user should know about the import (printed by the CLI).
+    notes: tuple[str, ...] = ()
 
 
-Importer = Callable[[Path, Sequence[TensorSpec] | None, Sequence[str] | None], Imported]
+Importer = Callable[[Path, ImportOptions], Imported]
 
 
 # ----------------------------------------------------------------------------------- ONNX
@@ -130,10 +154,9 @@ def _merge_inputs(
     return merged
 
 
-def import_onnx(
-    path: Path, inputs: Sequence[TensorSpec] | None, output_names: Sequence[str] | None
-) -> Imported:
+def import_onnx(path: Path, options: ImportOptions) -> Imported:
     """Read an ONNX graph's signature; symbolic or missing dims and dim 0 become ``-1``."""
+    inputs, output_names = options.inputs, options.output_names
     try:
         onnx.checker.check_model(str(path))
         model = onnx.load(str(path), load_external_data=False)
@@ -176,10 +199,9 @@ def import_onnx(
 # ---------------------------------------------------------------------------- TorchScript
 
 
-def import_torchscript(
-    path: Path, inputs: Sequence[TensorSpec] | None, output_names: Sequence[str] | None
-) -> Imported:
+def import_torchscript(path: Path, options: ImportOptions) -> Imported:
     """Load a ``torch.jit.save`` file and run it once on random inputs to learn its outputs."""
+    inputs, output_names = options.inputs, options.output_names
     from torchferry.export.inputs import random_inputs
     from torchferry.export.outputs import flatten_outputs, output_names_for, output_specs
 
@@ -220,32 +242,56 @@ def import_torchscript(
     )
 
 
+def import_mar(path: Path, options: ImportOptions) -> Imported:
+    """A TorchServe model archive; see :mod:`torchferry.archive.mar` (imported when used)."""
+    from torchferry.archive.mar import import_mar as read_mar
+
+    return read_mar(path, options)
+
+
 #: File suffix -> importer. A new foreign format is one function plus one line here.
 IMPORTERS: dict[str, Importer] = {
     ".onnx": import_onnx,
     ".pt": import_torchscript,
     ".ts": import_torchscript,
+    ".mar": import_mar,
 }
+
+
+def _handler_spec(
+    imported: Imported, handler: str | None, config: Mapping[str, Any]
+) -> HandlerSpec:
+    """The caller's handler and config over the importer's (its config only for its handler)."""
+    base = imported.handler or HandlerSpec()
+    name = handler or base.name
+    merged = dict(base.config) if name == base.name else {}
+    merged.update(config)
+    return HandlerSpec(name=name, config=merged)
 
 
 def import_model(
     path: Path | str,
     *,
-    name: str,
+    name: str | None = None,
     store: ModelStore | Path | str,
     version: int | None = None,
     inputs: Sequence[TensorSpec] | None = None,
     output_names: Sequence[str] | None = None,
-    handler: str = "tensor",
+    handler: str | None = None,
     handler_config: dict[str, Any] | None = None,
     batching: BatchingSpec | None = None,
     extra_files: Mapping[str, bytes | Path] | None = None,
+    trust_custom_handler: bool = False,
+    report: Callable[[str], None] | None = None,
 ) -> Archive:
     """Import the model file at ``path`` as ``STORE/NAME/VERSION`` (the next version by default).
 
     ``.onnx``: the signature is read from the graph (``inputs`` may override shapes).
     ``.pt``/``.ts`` (TorchScript): ``inputs`` are required; outputs are found by running the
-    model once on random inputs. ``extra_files`` (e.g. ``labels.json``) are copied in.
+    model once on random inputs. ``.mar`` (TorchServe): see :mod:`torchferry.archive.mar`;
+    the name defaults to the archive's ``modelName`` and the handler to the closest built-in.
+    ``extra_files`` (e.g. ``labels.json``) are copied in. ``handler`` defaults to what the
+    file asks for, else ``tensor``. ``report`` receives notes the user should read.
     """
     path = Path(path)
     if not path.is_file():
@@ -257,40 +303,60 @@ def import_model(
             f"supported: {', '.join(sorted(IMPORTERS))}"
         )
     model_store = store if isinstance(store, ModelStore) else ModelStore(store)
-    imported = importer(path, inputs, output_names)
-    files: dict[str, bytes | Path] = dict(imported.files)
-    for extra_name, content in (extra_files or {}).items():
-        relative = safe_relative(extra_name).as_posix()
-        if relative in files or relative == MANIFEST_NAME:
-            raise ArchiveError(f"extra file {extra_name!r} would replace a file of the model")
-        files[relative] = content if isinstance(content, bytes) else Path(content)
-    for archive_name, source in files.items():
-        if isinstance(source, Path) and not source.is_file():
-            raise ArchiveError(f"{path.name} needs {archive_name!r}, but {source} is not a file")
-    from torchferry.export.api import framework_versions
-
-    try:
-        manifest = Manifest(
-            name=name,
-            version=version if version is not None else model_store.next_version(name),
-            runtime=imported.runtime,
-            graphs={imported.runtime: DEFAULT_GRAPH_FILES[imported.runtime]},
-            signature=imported.signature,
-            handler=HandlerSpec(name=handler, config=dict(handler_config or {})),
-            batching=batching or BatchingSpec(),
-            framework_versions=framework_versions(),
-            source=imported.source,
+    model_store.root.mkdir(parents=True, exist_ok=True)
+    # unpacked files stay next to the store (same disk) until the version is written
+    with tempfile.TemporaryDirectory(prefix=".import-", dir=model_store.root) as scratch:
+        options = ImportOptions(
+            inputs=inputs,
+            output_names=output_names,
+            handler=handler,
+            trust_custom_handler=trust_custom_handler,
+            scratch=Path(scratch),
         )
-    except ValidationError as exc:
-        raise ArchiveError(f"cannot import {path.name}: {exc}") from None
-
-    def populate(staging: Path) -> None:
+        imported = importer(path, options)
+        name = name or imported.name
+        if not name:
+            raise ArchiveError(f"cannot import {path.name}: give the model a name (--name)")
+        files: dict[str, bytes | Path] = dict(imported.files)
+        given = {safe_relative(k).as_posix(): v for k, v in (extra_files or {}).items()}
+        for extra_name, content in {**imported.extra_files, **given}.items():
+            relative = safe_relative(extra_name).as_posix()
+            if relative in imported.files or relative == MANIFEST_NAME:
+                raise ArchiveError(f"extra file {extra_name!r} would replace a file of the model")
+            files[relative] = content if isinstance(content, bytes) else Path(content)
         for archive_name, source in files.items():
-            target = staging / safe_relative(archive_name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(source, bytes):
-                target.write_bytes(source)
-            else:
-                shutil.copyfile(source, target)
+            if isinstance(source, Path) and not source.is_file():
+                raise ArchiveError(
+                    f"{path.name} needs {archive_name!r}, but {source} is not a file"
+                )
+        from torchferry.export.api import framework_versions
 
-    return model_store.write(manifest, populate)
+        try:
+            manifest = Manifest(
+                name=name,
+                version=version if version is not None else model_store.next_version(name),
+                runtime=imported.runtime,
+                graphs={imported.runtime: DEFAULT_GRAPH_FILES[imported.runtime]},
+                signature=imported.signature,
+                handler=_handler_spec(imported, handler, handler_config or {}),
+                batching=batching or BatchingSpec(),
+                framework_versions=framework_versions(),
+                source=imported.source,
+            )
+        except ValidationError as exc:
+            raise ArchiveError(f"cannot import {path.name}: {exc}") from None
+
+        def populate(staging: Path) -> None:
+            for archive_name, source in files.items():
+                target = staging / safe_relative(archive_name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(source, bytes):
+                    target.write_bytes(source)
+                else:
+                    shutil.copyfile(source, target)
+
+        archive = model_store.write(manifest, populate)
+    if report is not None:
+        for note in imported.notes:
+            report(note)
+    return archive

@@ -55,9 +55,9 @@ def labels_json(path: Path) -> bytes:
     return json.dumps(value, indent=1).encode("utf-8")
 
 
-def add_archive_options(parser: argparse.ArgumentParser) -> None:
+def add_archive_options(parser: argparse.ArgumentParser, name_required: bool = True) -> None:
     """Options shared by ``export`` and ``import``: where to write, handler, batching."""
-    parser.add_argument("--name", required=True, help="model name in the store")
+    parser.add_argument("--name", required=name_required, help="model name in the store")
     parser.add_argument("--store", required=True, type=Path, help="model store directory")
     parser.add_argument("--version", type=int, help="version to write (default: the next one)")
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""``torchferry import FILE.onnx|FILE.pt``: bring a foreign model file into a store."""
+"""``torchferry import FILE.onnx|FILE.pt|FILE.mar``: bring a foreign model file into a store."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from torchferry.cli.export_cmd import add_archive_options, archive_settings
 
@@ -13,15 +14,26 @@ from torchferry.cli.export_cmd import add_archive_options, archive_settings
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "import",
-        help="import a .onnx or TorchScript .pt file into a model store",
+        help="import a .onnx, TorchScript .pt or TorchServe .mar file into a model store",
         description=(
-            "Copy an ONNX graph (signature read from the graph) or a TorchScript file "
-            "(give --input specs; outputs are found by running it once) into STORE/NAME/VERSION."
+            "Copy an ONNX graph (signature read from the graph), a TorchScript file (give "
+            "--input specs; outputs are found by running it once) or a TorchServe .mar "
+            "(TorchScript or ONNX inside; its built-in image_classifier or base_handler maps to "
+            "torchferry's image or tensor handler) into STORE/NAME/VERSION. Code inside a .mar "
+            "is never run."
         ),
     )
-    parser.add_argument("file", type=Path, metavar="FILE.onnx|FILE.pt")
-    add_archive_options(parser)
-    parser.set_defaults(func=run)
+    parser.add_argument("file", type=Path, metavar="FILE.onnx|FILE.pt|FILE.mar")
+    add_archive_options(parser, name_required=False)
+    parser.add_argument(
+        "--trust-custom-handler",
+        action="store_true",
+        help="import a .mar whose handler is custom Python: the model gets the closest "
+        "built-in handler, and the handler's source is kept in the archive but never run",
+    )
+    # no --handler: the file's own choice (a .mar's handler), else tensor
+    parser.set_defaults(func=run, handler=None)
+    parser.epilog = "--name defaults to a .mar's modelName; other files need it."
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,13 +50,16 @@ def run(args: argparse.Namespace) -> int:
         inputs=args.inputs,
         output_names=args.output_names,
         handler=args.handler,
+        trust_custom_handler=args.trust_custom_handler,
+        report=lambda note: console.print(f"[yellow]note:[/] {escape(note)}"),
         **settings,
     )
     manifest = archive.manifest
     console.print(tensors_table("inputs", manifest.signature.inputs))
     console.print(tensors_table("outputs", manifest.signature.outputs))
     console.print(
-        f"imported {args.file.name} as [bold]{manifest.name}[/] version {manifest.version} "
-        f"to {archive.path} (runtime {manifest.runtime})"
+        f"imported {escape(args.file.name)} as [bold]{manifest.name}[/] version "
+        f"{manifest.version} to {archive.path} (runtime {manifest.runtime}, "
+        f"handler {manifest.handler.name})"
     )
     return 0

@@ -8,6 +8,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from torchferry.serving.protocols import simple, v1, v2
+from torchferry.serving.protocols import simple, torchserve, v1, v2
 
-PROTOCOLS: list[ModuleType] = [v2, v1, simple]
+PROTOCOLS: list[ModuleType] = [v2, v1, simple, torchserve]
