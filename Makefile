@@ -42,6 +42,7 @@ format: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/serve_vs_raw.py
+	$(BIN)/python bench/protocols.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ class Request:
     path: str
     body: bytes
     content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,10 @@ async def _worker(
     host: str, port: int, request: Request, deadline: float, latencies: list[float]
 ) -> int:
     reader, writer = await asyncio.open_connection(host, port)
+    extra = "".join(f"{name}: {value}\r\n" for name, value in request.headers)
     payload = (
         f"POST {request.path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {request.content_type}\r\n"
-        f"Content-Length: {len(request.body)}\r\n\r\n"
+        f"{extra}Content-Length: {len(request.body)}\r\n\r\n"
     ).encode() + request.body
     errors = 0
     try:
@@ -101,6 +103,28 @@ async def _drive(
     )
     elapsed = time.perf_counter() - started
     return LoadResult(len(latencies), sum(errors), elapsed, latencies)
+
+
+async def timed_loop(
+    call: Callable[[], Awaitable[bool]], concurrency: int, seconds: float
+) -> LoadResult:
+    """Run ``call`` from ``concurrency`` tasks until ``seconds`` pass; ``call`` says success."""
+    latencies: list[float] = []
+    errors = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def worker() -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            begun = time.perf_counter()
+            if await call():
+                latencies.append((time.perf_counter() - begun) * 1000)
+            else:
+                errors += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return LoadResult(len(latencies), errors, time.perf_counter() - started, latencies)
 
 
 def drive(

@@ -230,7 +230,7 @@ def main() -> int:
         rows = raw_digits(digits, sample, args.seconds, args.repeats)
         rows += raw_resnet(resnet, jpegs, args.seconds, args.repeats)
         digits_body = orjson.dumps({"data": sample[:1].tolist()})
-        with served(store, ["--max-batch-size", "32"]) as port:
+        with served(store, ["--max-batch-size", "32", "--no-grpc"]) as port:
             rows += served_rows(
                 "digits",
                 port,

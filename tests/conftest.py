@@ -1,7 +1,8 @@
 """Shared fixtures: a small model store built once per session, and live servers over it.
 
-``live_server`` runs the real ``python -m torchferry.cli serve`` in a subprocess on a free
-port and waits for ``/v2/health/ready``; tests talk HTTP to ``live_server.url``.
+``live_server`` runs the real ``python -m torchferry.cli serve`` in a subprocess on free
+ports (HTTP and gRPC) and waits for ``/v2/health/ready``; tests talk HTTP to
+``live_server.url`` and gRPC to ``live_server.grpc_target``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,10 +188,17 @@ def build_store(root: Path) -> ModelStore:
     return store
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (the sockets are held together, so they differ)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 @dataclass
@@ -198,6 +206,14 @@ class LiveServer:
     url: str
     process: subprocess.Popen[bytes]
     log: Path
+    #: The KServe V2 gRPC port; None when the server runs with ``--no-grpc``.
+    grpc_port: int | None = None
+
+    @property
+    def grpc_target(self) -> str:
+        """``host:port`` for gRPC clients (tritonclient's ``url``, ``grpc.insecure_channel``)."""
+        assert self.grpc_port is not None, "this server runs without gRPC"
+        return f"127.0.0.1:{self.grpc_port}"
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30.0, **kwargs)
@@ -210,13 +226,21 @@ class LiveServer:
 def serving(
     args: list[str], log: Path, port_flag: str = "--port", timeout: float = 90.0
 ) -> Iterator[LiveServer]:
-    """Run ``torchferry serve ARGS --port FREE`` until the block ends; ready on entry."""
-    port = free_port()
+    """Run ``torchferry serve ARGS --port FREE --grpc-port FREE`` until the block ends; ready
+    on entry. Never the default gRPC port, so that servers run side by side; ARGS with
+    ``--no-grpc`` or their own ``--grpc-port`` keep it."""
+    port, grpc_port = free_ports(2)
     command = [sys.executable, "-m", "torchferry.cli", "serve", *args, port_flag, str(port)]
+    if "--no-grpc" in args:
+        grpc_port = None
+    elif "--grpc-port" in args:
+        grpc_port = int(args[args.index("--grpc-port") + 1])
+    else:
+        command += ["--grpc-port", str(grpc_port)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    server = LiveServer(f"http://127.0.0.1:{port}", process, log)
+    server = LiveServer(f"http://127.0.0.1:{port}", process, log, grpc_port)
     try:
         deadline = time.monotonic() + timeout
         while True:

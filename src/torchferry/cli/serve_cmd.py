@@ -1,4 +1,4 @@
-"""``torchferry serve``: load a model store and serve it over HTTP."""
+"""``torchferry serve``: load a model store and serve it over HTTP and gRPC."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def parse_model_batching(text: str) -> tuple[str, ModelOverride]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="serve a model store over HTTP",
+        help="serve a model store over HTTP and gRPC",
         description="Serve every model and version in a store (or one model's folder).",
     )
     parser.add_argument("--store", type=Path, help="model store directory (STORE/NAME/VERSION/)")
@@ -48,6 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model-dir", type=Path, help="TorchServe style: one model's folder")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", "--rest-port", dest="port", type=int, default=8080)
+    grpc = parser.add_mutually_exclusive_group()
+    grpc.add_argument(
+        "--grpc-port",
+        type=int,
+        default=7070,
+        help="KServe V2 gRPC port (default 7070; 0 picks a free one)",
+    )
+    grpc.add_argument("--no-grpc", action="store_true", help="serve no gRPC")
     parser.add_argument("--threads", type=int, help="intra-op threads per model (default: cores)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--runtime", help="serve this runtime where archives have its graph")
@@ -81,6 +89,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         model_dir=args.model_dir,
         host=args.host,
         port=args.port,
+        grpc_port=None if args.no_grpc else args.grpc_port,
         threads=args.threads,
         device=args.device,
         runtime=args.runtime,

@@ -1,4 +1,5 @@
-"""Assembles the ASGI app: protocols' routers, error mapping, body limit, lifecycle."""
+"""Assembles the ASGI app: protocols' routers, error mapping, body limit, lifecycle (which
+also starts and stops the gRPC server)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.responses import Response
 
 import torchferry
 from torchferry.errors import Overloaded, TorchferryError
+from torchferry.serving.grpc import start_grpc_server, stop_grpc_server
 from torchferry.serving.jsonio import JSONResponse
 from torchferry.serving.limits import BodySizeLimit
 from torchferry.serving.protocols import PROTOCOLS
@@ -58,10 +60,17 @@ def build_app(settings: ServerSettings, repository: ModelRepository) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # gRPC runs on this same event loop, over the same batchers: it starts once they
+        # run, and stops (finishing its in-flight calls) before they drain
         await repository.start()
+        grpc_server = None
         try:
+            if settings.grpc_port is not None:
+                grpc_server = await start_grpc_server(settings, repository)
             yield
         finally:
+            if grpc_server is not None:
+                await stop_grpc_server(grpc_server)
             await repository.close()
 
     app = FastAPI(

@@ -28,6 +28,8 @@ class ServerSettings(BaseModel):
     models: list[str] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    #: KServe V2 over gRPC on this port (same host, same models and batchers); off when None.
+    grpc_port: int | None = Field(default=7070, ge=0, le=65535)
     #: Intra-op threads per runtime; the machine's cores when unset.
     threads: int | None = Field(default=None, ge=1)
     device: str = "cpu"
