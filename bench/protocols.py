@@ -4,7 +4,7 @@ ResNet-18 (random weights, tensor input 3x224x224 FP32, no image handler) is ser
 ``torchferry serve`` in its own process and driven at concurrency 1, 8 and 32 over each
 protocol; the table gives throughput, p50 and p99 latency, and each protocol's throughput
 relative to V2 JSON at the same concurrency. The same request tensor is sent every time.
-Each figure is the median of ``--repeats`` runs. Usage: ``python bench/protocols.py``.
+Each protocol gets a fresh server; each figure is the median of ``--repeats`` runs. Usage: ``python bench/protocols.py``.
 """
 
 from __future__ import annotations
@@ -128,13 +128,15 @@ def main() -> int:
             resnet18(), torch.randn(2, 3, 224, 224), name=MODEL, store=store, format="onnx",
             input_names=["image"], output_names=["output"], tolerance=1e-2,
         )  # fmt: skip
-        grpc_port = free_port()
-        with served(store, ["--max-batch-size", "32", "--grpc-port", str(grpc_port)]) as port:
-            for protocol in PROTOCOLS:
+        for protocol in PROTOCOLS:
+            # a fresh server per protocol: JSON's large transient heap would otherwise
+            # slow the protocols measured after it
+            grpc_port = free_port()
+            with served(store, ["--max-batch-size", "32", "--grpc-port", str(grpc_port)]) as port:
                 for concurrency in CONCURRENCIES:
                     result = median_result(
-                        lambda p=protocol, c=concurrency: measure(
-                            p, port, grpc_port, tensor, c, args.seconds
+                        lambda p=protocol, c=concurrency, h=port, g=grpc_port: measure(
+                            p, h, g, tensor, c, args.seconds
                         ),
                         args.repeats,
                     )

@@ -29,7 +29,6 @@ def test_curl_subcommand_prints_the_line(capsys):
 
 @pytest.mark.timeout(180)
 def test_build_exports_a_servable_digits_model(tmp_path):
-    pytest.importorskip("torchferry.export.api", reason="the export API has not landed yet")
     from torchferry.handlers import load_handler
     from torchferry.handlers.base import HandlerInput
     from torchferry.runtimes import load_runtime

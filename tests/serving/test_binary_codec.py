@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+import tritonclient.http as httpclient
 from test_codec import SAMPLES
 
 from torchferry.errors import InvalidInput
@@ -24,8 +25,6 @@ from torchferry.serving.protocols.v2_binary import (
     split_body,
 )
 from torchferry.signature import V2_TO_NUMPY, ModelSignature, TensorSpec
-
-httpclient = pytest.importorskip("tritonclient.http")
 
 
 def signature(inputs: list[tuple[str, str, tuple[int, ...]]]) -> ModelSignature:

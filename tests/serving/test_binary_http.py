@@ -12,14 +12,13 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+import tritonclient.http as httpclient
 from test_codec import SAMPLES
 
 from torchferry.serving.app import build_app
 from torchferry.serving.repository import ModelRepository
 from torchferry.serving.settings import ServerSettings
 from torchferry.signature import V2_TO_NUMPY
-
-httpclient = pytest.importorskip("tritonclient.http")
 
 HEADER = "Inference-Header-Content-Length"
 X = np.arange(8, dtype=np.float32).reshape(2, 4)

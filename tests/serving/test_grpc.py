@@ -8,9 +8,8 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-
-grpcclient = pytest.importorskip("tritonclient.grpc")
-from tritonclient.utils import InferenceServerException  # noqa: E402
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 #: The ``alltypes`` identity model's datatypes (tests/conftest.py) and extreme values for each.
 NUMERIC = {

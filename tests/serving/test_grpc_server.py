@@ -14,6 +14,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc.aio as grpcaio
 
 from torchferry.cli import build_parser
 from torchferry.cli.serve_cmd import settings_from_args
@@ -22,8 +23,6 @@ from torchferry.serving.protos import inference_pb2 as pb
 from torchferry.serving.protos.inference_pb2_grpc import GRPCInferenceServiceStub
 from torchferry.serving.repository import ModelRepository
 from torchferry.serving.settings import ServerSettings
-
-grpcaio = pytest.importorskip("tritonclient.grpc.aio")
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTOS = ROOT / "src" / "torchferry" / "serving" / "protos"
@@ -166,7 +165,8 @@ def test_command_line_flags():
 
 
 def test_committed_stubs_are_what_the_script_generates(tmp_path):
-    grpc_tools = pytest.importorskip("grpc_tools.grpc_version")
+    from grpc_tools import grpc_version as grpc_tools
+
     script = ROOT / "scripts" / "generate_protos.py"
     subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], check=True)
     for name in ("inference_pb2.py", "inference_pb2.pyi", "inference_pb2_grpc.py"):

@@ -7,9 +7,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-
-httpclient = pytest.importorskip("tritonclient.http")
-from tritonclient.utils import InferenceServerException  # noqa: E402
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 
 @pytest.fixture(scope="module")
