@@ -86,6 +86,7 @@ def test_export_subprocess_end_to_end(tmp_path):
     assert manifest.signature.output_names == ["scores"]
     assert manifest.handler.config == {"top_k": 2, "labels": "labels.json"}
     assert manifest.batching.max_batch_size == 8
+    assert manifest.factory == f"{Path(TINY).resolve()}:mlp"  # rebuilds the eager model
     assert json.loads((archive.path / "labels.json").read_text()) == ["cat", "dog", "bird"]
     assert {"model.onnx", "model.pt", "weights.safetensors", "labels.json"} == set(manifest.files)
 

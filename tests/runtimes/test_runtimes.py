@@ -69,3 +69,21 @@ def test_unknown_or_absent_runtime_is_refused(archive):
     only_onnx = exported.manifest.model_copy(update={"graphs": {"onnxruntime": "model.onnx"}})
     with pytest.raises(ArchiveError, match="no graph for runtime 'torchscript'"):
         load_runtime(Archive(exported.path, only_onnx), runtime="torchscript")
+
+
+def test_onnx_graph_optimization_level_comes_from_the_manifest(archive):
+    exported, _ = archive
+    basic = exported.manifest.model_copy(
+        update={"runtime_options": {"graph_optimization_level": "basic"}}
+    )
+    runtime = load_runtime(Archive(exported.path, basic))
+    import onnxruntime as ort
+
+    level = runtime.session.get_session_options().graph_optimization_level
+    assert level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    runtime.close()
+    wrong = exported.manifest.model_copy(
+        update={"runtime_options": {"graph_optimization_level": "max"}}
+    )
+    with pytest.raises(ArchiveError, match="graph_optimization_level 'max'"):
+        load_runtime(Archive(exported.path, wrong))

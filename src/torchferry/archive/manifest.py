@@ -60,12 +60,18 @@ class Manifest(BaseModel):
     #: Runtime name -> graph file name, relative to the archive directory.
     graphs: dict[str, str]
     signature: ModelSignature
+    #: Engine settings that belong to the model (e.g. ONNX Runtime's
+    #: ``graph_optimization_level``: ``disabled``, ``basic``, ``extended`` or ``all``).
+    runtime_options: dict[str, Any] = Field(default_factory=dict)
     handler: HandlerSpec = Field(default_factory=HandlerSpec)
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     files: dict[str, FileEntry] = Field(default_factory=dict)
     framework_versions: dict[str, str] = Field(default_factory=dict)
     parity: list[ParityReport] = Field(default_factory=list)
     source: str = "export"
+    #: ``module:callable`` or ``FILE.py:callable`` that rebuilds the eager ``nn.Module`` whose
+    #: weights are ``weights.safetensors`` (what PyTorch-side optimizations start from).
+    factory: str | None = None
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat())
     #: Hex Ed25519 signature over the manifest without this field (a later issue verifies it).
     signature_ed25519: str | None = None

@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         opset=args.opset,
         torchscript=args.torchscript,
+        factory=_portable_target(args.target),
         **settings,
     )
     manifest = archive.manifest
@@ -168,3 +169,11 @@ def run(args: argparse.Namespace) -> int:
         f"(runtime {manifest.runtime}, {manifest.source})"
     )
     return 0
+
+
+def _portable_target(target: str) -> str:
+    """A ``FILE.py:FACTORY`` target with the file made absolute, so it resolves from anywhere."""
+    path, sep, attribute = target.rpartition(":")
+    if sep and path.endswith(".py"):
+        return f"{Path(path).resolve()}:{attribute}"
+    return target

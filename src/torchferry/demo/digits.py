@@ -77,6 +77,7 @@ def build_demo(
         handler="tensor",
         handler_config={"top_k": 3, "labels": LABELS_FILE},
         extra_files={LABELS_FILE: labels},
+        factory="torchferry.zoo.digits:DigitsCNN",
     )
     manifest = archive.manifest
     log(f"exported {manifest.name} version {manifest.version} to {archive.path}")

@@ -116,6 +116,7 @@ def export(
     tolerance: float = DEFAULT_TOLERANCE,
     opset: int | None = None,
     torchscript: TorchScriptMethod = "trace",
+    factory: str | None = None,
 ) -> Archive:
     """Export ``model`` and write it as ``STORE/NAME/VERSION`` (version defaults to the next).
 
@@ -124,7 +125,9 @@ def export(
     ``weights.safetensors`` is always written. Every exported form is checked against eager
     PyTorch on random inputs of batch sizes 1 and 3 (see ``torchferry.export.parity`` for
     the tolerance rule); a form that strays raises ``ExportError``. Nothing is written to the
-    store unless everything succeeds.
+    store unless everything succeeds. ``factory`` (``module:callable`` or
+    ``FILE.py:callable``, returning the model's ``nn.Module``) is recorded so that tools such
+    as ``torchferry optimize`` can rebuild the eager model from ``weights.safetensors``.
     """
     if format not in ("onnx", "torchscript", "both"):
         raise ExportError(f"unknown format {format!r}; use 'onnx', 'torchscript' or 'both'")
@@ -207,6 +210,7 @@ def export(
                 framework_versions=framework_versions(),
                 parity=reports,
                 source=source,
+                factory=factory,
             )
         except ValidationError as exc:
             raise ExportError(f"invalid archive settings: {exc}") from None

@@ -22,6 +22,15 @@ def _to_bytes(array: np.ndarray) -> np.ndarray:
     return np.asarray(_encode(array), dtype=object).reshape(array.shape)
 
 
+#: The manifest's ``runtime_options.graph_optimization_level`` names.
+GRAPH_OPTIMIZATION_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
     platform = "onnxruntime_onnx"
@@ -30,7 +39,7 @@ class OnnxRuntime(Runtime):
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = self._optimization_level()
         providers = ["CPUExecutionProvider"]
         if self.device.startswith("cuda"):
             providers.insert(0, "CUDAExecutionProvider")
@@ -40,6 +49,16 @@ class OnnxRuntime(Runtime):
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ArchiveError(f"ONNX Runtime cannot load {graph}: {exc}") from exc
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _optimization_level(self) -> ort.GraphOptimizationLevel:
+        level = str(self.archive.manifest.runtime_options.get("graph_optimization_level", "all"))
+        try:
+            return GRAPH_OPTIMIZATION_LEVELS[level]
+        except KeyError:
+            raise ArchiveError(
+                f"runtime option graph_optimization_level {level!r}: expected one of "
+                f"{sorted(GRAPH_OPTIMIZATION_LEVELS)}"
+            ) from None
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # ONNX Runtime takes string tensors as str objects (it would str() a bytes object)
