@@ -45,7 +45,7 @@ from torchferry.export.parity import (
 )
 from torchferry.export.quiet import quiet
 from torchferry.export.torchscript import TorchScriptMethod, export_torchscript
-from torchferry.export.weights import save_weights
+from torchferry.export.weights import has_plain_weights, save_weights
 from torchferry.signature import ModelSignature
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,8 @@ def export(
 
     ``example_inputs`` give the inputs' dtypes and non-batch dimensions (dim 0 is the batch;
     a batch of 1 is repeated to 2 for export). ``format`` chooses ONNX, TorchScript or both;
-    ``weights.safetensors`` is always written. Every exported form is checked against eager
+    ``weights.safetensors`` is written unless the state holds quantized tensors (which no
+    pickle-free format stores; the TorchScript graph then carries them). Every exported form is checked against eager
     PyTorch on random inputs of batch sizes 1 and 3 (see ``torchferry.export.parity`` for
     the tolerance rule); a form that strays raises ``ExportError``. Nothing is written to the
     store unless everything succeeds. ``factory`` (``module:callable`` or
@@ -186,7 +187,10 @@ def export(
             )
         if source == "export":
             source = f"export (torchscript {torchscript})"
-        save_weights(model, work / WEIGHTS_NAME)
+        if has_plain_weights(model):
+            save_weights(model, work / WEIGHTS_NAME)
+        else:
+            log.info("%s: the state holds quantized tensors; the graph carries the weights", name)
 
         reports = check_parity(
             model,
