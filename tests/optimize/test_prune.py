@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -144,21 +142,28 @@ def test_channels_digits_exports_with_parity(digits, tmp_path):
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def median_latencies(models: list[nn.Module], x: torch.Tensor, runs: int = 5) -> list[float]:
-    """Median seconds per forward of each model, runs interleaved so load hits all alike."""
-    times: list[list[float]] = [[] for _ in models]
-    with torch.no_grad():
-        for model in models:
-            model(x)  # warm-up
-        for _ in range(runs):
-            for model, spent in zip(models, times, strict=True):
-                started = time.perf_counter()
-                model(x)
-                spent.append(time.perf_counter() - started)
-    return [statistics.median(spent) for spent in times]
+def conv_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of every Conv2d in one forward: the work channel removal cuts
+    (counted, not timed: speed belongs in benchmarks, not in unit tests)."""
+    total = 0
+
+    def hook(module: nn.Module, _: object, output: torch.Tensor) -> None:
+        nonlocal total
+        assert isinstance(module, nn.Conv2d)
+        per_output = module.in_channels // module.groups * module.weight[0, 0].numel()
+        total += output.numel() * per_output
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
 
 
-def test_channels_resnet18_prunes_inner_convs_only_and_is_faster(tmp_path):
+def test_channels_resnet18_prunes_inner_convs_only_and_does_less_work(tmp_path):
     torch.manual_seed(0)
     model = resnet18()
     pruned = prune_channels(model, 0.5, (torch.randn(1, 3, 64, 64),))
@@ -181,9 +186,9 @@ def test_channels_resnet18_prunes_inner_convs_only_and_is_faster(tmp_path):
     for batch in (1, 5):
         assert pruned(torch.randn(batch, 3, 64, 64)).shape == (batch, 1000)
 
-    x = torch.randn(8, 3, 128, 128)
-    original, faster = median_latencies([model, pruned], x)
-    assert faster < original, (faster, original)
+    x = torch.randn(1, 3, 64, 64)
+    # each inner conv pair loses half its work (conv1 half the outputs, conv2 half the inputs)
+    assert conv_macs(pruned, x) < 0.65 * conv_macs(model, x)
 
     archive = export(pruned, torch.randn(1, 3, 64, 64), name="r18", store=tmp_path, format="both")
     assert {r.format for r in archive.manifest.parity} == {"onnx", "torchscript"}

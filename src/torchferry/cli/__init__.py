@@ -11,11 +11,12 @@ import importlib
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from torchferry.errors import TorchferryError
 
 #: Subcommand modules under ``torchferry.cli``; a new command is a new module plus a line here.
-COMMANDS = ["export_cmd", "import_cmd", "inspect_cmd", "serve_cmd", "predict_cmd"]
+COMMANDS = ["export_cmd", "import_cmd", "inspect_cmd", "serve_cmd", "predict_cmd", "optimize_cmd"]
 
 err_console = Console(stderr=True)
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TorchferryError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}")
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}")
         return 1
     except KeyboardInterrupt:
         return 130
