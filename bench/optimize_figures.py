@@ -13,7 +13,6 @@ winner and ``optimize-report.html`` into the store (a temporary one unless ``--s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -32,25 +31,14 @@ RESNET_ROWS = 32
 
 
 def build_digits(store: Path, scratch: Path, log: Console) -> tuple[Path, Path]:
+    from torchferry.demo.digits import export_digits, write_test_data
     from torchferry.zoo.digits import digits_split, train_digits
 
     started = time.perf_counter()
     model, accuracy = train_digits()
-    _, x_test, _, y_test = digits_split()
-    archive = export(
-        model,
-        torch.from_numpy(x_test[:8]),
-        name="digits",
-        store=store,
-        input_names=["pixels"],
-        output_names=["probabilities"],
-        handler="tensor",
-        handler_config={"top_k": 3, "labels": "labels.json"},
-        extra_files={"labels.json": json.dumps([str(d) for d in range(10)]).encode()},
-        factory="torchferry.zoo.digits:DigitsCNN",
-    )
-    data = scratch / "digits-test.npz"
-    np.savez(data, pixels=x_test, labels=y_test)
+    archive = export_digits(model, store)
+    data = write_test_data(scratch / "digits-test.npz")
+    x_test = digits_split()[1]
     log.print(
         f"digits: trained (test accuracy {accuracy:.2%}) and exported in "
         f"{time.perf_counter() - started:.1f} s; data: {len(x_test)} test images with labels"

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from torchferry.archive import ModelStore
 from torchferry.cli import main
@@ -24,25 +22,12 @@ PATTERNS = "fp32-*,ort-*,prune-l1-30,prune-channels-50"
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> tuple[Path, Path]:
-    from torchferry.export import export
-    from torchferry.zoo.digits import digits_split, train_digits
+    from torchferry.demo.digits import export_digits, write_test_data
+    from torchferry.zoo.digits import train_digits
 
     store = tmp_path_factory.mktemp("optimize-cmd") / "store"
-    model, _ = train_digits(epochs=3)
-    _, x_test, _, y_test = digits_split()
-    export(
-        model,
-        torch.from_numpy(x_test[:8]),
-        name="digits",
-        store=store,
-        input_names=["pixels"],
-        output_names=["probabilities"],
-        handler_config={"top_k": 3, "labels": "labels.json"},
-        extra_files={"labels.json": json.dumps([str(d) for d in range(10)]).encode()},
-        factory="torchferry.zoo.digits:DigitsCNN",
-    )
-    data = store.parent / "digits.npz"
-    np.savez(data, pixels=x_test, labels=y_test)
+    export_digits(train_digits(epochs=3)[0], store)
+    data = write_test_data(store.parent / "digits.npz")
     return store, data
 
 

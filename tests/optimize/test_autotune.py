@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import shutil
 from pathlib import Path
 
@@ -27,26 +26,11 @@ pytestmark = pytest.mark.timeout(300)
 
 def build_digits(store: Path, epochs: int = 3) -> Path:
     """The digits model (briefly trained) exported with its factory, and its test split."""
-    from torchferry.export import export
-    from torchferry.zoo.digits import digits_split, train_digits
+    from torchferry.demo.digits import export_digits, write_test_data
+    from torchferry.zoo.digits import train_digits
 
-    model, _ = train_digits(epochs=epochs)
-    _, x_test, _, y_test = digits_split()
-    export(
-        model,
-        torch.from_numpy(x_test[:8]),
-        name="digits",
-        store=store,
-        input_names=["pixels"],
-        output_names=["probabilities"],
-        handler="tensor",
-        handler_config={"top_k": 3, "labels": "labels.json"},
-        extra_files={"labels.json": json.dumps([str(d) for d in range(10)]).encode()},
-        factory="torchferry.zoo.digits:DigitsCNN",
-    )
-    data = store.parent / "digits.npz"
-    np.savez(data, pixels=x_test, labels=y_test)
-    return data
+    export_digits(train_digits(epochs=epochs)[0], store)
+    return write_test_data(store.parent / "digits.npz")
 
 
 @pytest.fixture(scope="module")

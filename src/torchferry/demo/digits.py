@@ -7,9 +7,12 @@ import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchferry.archive.store import Archive, ModelStore
+
+if TYPE_CHECKING:
+    from torch import nn
 
 DEMO_MODEL = "digits"
 INPUT_NAME = "pixels"
@@ -35,6 +38,42 @@ def sample_request(count: int = 1, start: int = 0) -> tuple[dict[str, Any], list
     return {"data": rows}, labels
 
 
+def export_digits(model: nn.Module, store: Path, *, format: str = "both") -> Archive:
+    """Export a trained :class:`DigitsCNN` into ``store`` as the demo's ``digits`` model: its
+    input and output names, labels and top-3 handler, and its factory (for optimization)."""
+    import torch
+
+    from torchferry.export import export
+    from torchferry.zoo.digits import digits_split
+
+    _, x_test, _, _ = digits_split()
+    labels = json.dumps([str(digit) for digit in range(10)]).encode()
+    return export(
+        model,
+        torch.from_numpy(x_test[:8]),
+        name=DEMO_MODEL,
+        store=store,
+        format=format,  # type: ignore[arg-type]
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        handler="tensor",
+        handler_config={"top_k": 3, "labels": LABELS_FILE},
+        extra_files={LABELS_FILE: labels},
+        factory="torchferry.zoo.digits:DigitsCNN",
+    )
+
+
+def write_test_data(path: Path) -> Path:
+    """The held-out digits as ``torchferry optimize`` data: ``pixels`` and ``labels``."""
+    import numpy as np
+
+    from torchferry.zoo.digits import digits_split
+
+    _, x_test, _, y_test = digits_split()
+    np.savez(path, **{INPUT_NAME: x_test, "labels": y_test})
+    return path
+
+
 def build_demo(
     store: Path,
     *,
@@ -56,29 +95,12 @@ def build_demo(
         )
         return model_store.open(DEMO_MODEL)
 
-    import torch
-
-    from torchferry.export import export
-    from torchferry.zoo.digits import digits_split, train_digits
+    from torchferry.zoo.digits import train_digits
 
     started = time.perf_counter()
     model, accuracy = train_digits(seed=seed)
     log(f"trained DigitsCNN: test accuracy {accuracy:.1%} ({time.perf_counter() - started:.1f} s)")
-    _, x_test, _, _ = digits_split()
-    labels = json.dumps([str(digit) for digit in range(10)]).encode()
-    archive = export(
-        model,
-        torch.from_numpy(x_test[:8]),
-        name=DEMO_MODEL,
-        store=store,
-        format="both",
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        handler="tensor",
-        handler_config={"top_k": 3, "labels": LABELS_FILE},
-        extra_files={LABELS_FILE: labels},
-        factory="torchferry.zoo.digits:DigitsCNN",
-    )
+    archive = export_digits(model, store)
     manifest = archive.manifest
     log(f"exported {manifest.name} version {manifest.version} to {archive.path}")
     worst: dict[str, float] = {}
