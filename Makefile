@@ -43,6 +43,7 @@ format: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/serve_vs_raw.py
 	$(BIN)/python bench/protocols.py
+	$(BIN)/python bench/optimize_figures.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
