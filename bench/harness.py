@@ -10,16 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from torchferry.serving.process import free_ports, serve_in_subprocess
 
 
 @dataclass(frozen=True)
@@ -49,9 +47,7 @@ class LoadResult:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 async def _read_response(reader: asyncio.StreamReader) -> int:
@@ -139,39 +135,9 @@ def drive(
 @contextlib.contextmanager
 def served(store: Path, extra_args: list[str] | None = None) -> Iterator[int]:
     """Run ``torchferry serve`` on a free port in its own process; yield the port once ready."""
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "torchferry.cli",
-        "serve",
-        "--store",
-        str(store),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        *(extra_args or []),
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become ready in 120 s")
-            time.sleep(0.2)
-        yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    args = ["--store", str(store), "--log-level", "warning", *(extra_args or [])]
+    with serve_in_subprocess(args, timeout=120) as server:
+        yield server.port
 
 
 def median(values: list[float]) -> float:

@@ -8,14 +8,8 @@ ports (HTTP and gRPC) and waits for ``/v2/health/ready``; tests talk HTTP to
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +21,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from torchferry.archive import BatchingSpec, HandlerSpec, Manifest, ModelStore
+from torchferry.serving.process import ServerProcess, serve_in_subprocess
 from torchferry.signature import ModelSignature, TensorSpec
 
 Specs = list[tuple[str, str, tuple[int, ...]]]
@@ -188,87 +183,11 @@ def build_store(root: Path) -> ModelStore:
     return store
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports (the sockets are held together, so they differ)."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-@dataclass
-class LiveServer:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    #: The KServe V2 gRPC port; None when the server runs with ``--no-grpc``.
-    grpc_port: int | None = None
-
-    @property
-    def grpc_target(self) -> str:
-        """``host:port`` for gRPC clients (tritonclient's ``url``, ``grpc.insecure_channel``)."""
-        assert self.grpc_port is not None, "this server runs without gRPC"
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30.0, **kwargs)
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-
-@contextmanager
-def serving(
-    args: list[str], log: Path, port_flag: str = "--port", timeout: float = 90.0
-) -> Iterator[LiveServer]:
-    """Run ``torchferry serve ARGS --port FREE --grpc-port FREE`` until the block ends; ready
-    on entry. Never the default gRPC port, so that servers run side by side; ARGS with
-    ``--no-grpc`` or their own ``--grpc-port`` keep it."""
-    port, grpc_port = free_ports(2)
-    command = [sys.executable, "-m", "torchferry.cli", "serve", *args, port_flag, str(port)]
-    if "--no-grpc" in args:
-        grpc_port = None
-    elif "--grpc-port" in args:
-        grpc_port = int(args[args.index("--grpc-port") + 1])
-    else:
-        command += ["--grpc-port", str(grpc_port)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    server = LiveServer(f"http://127.0.0.1:{port}", process, log, grpc_port)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{server.url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready after {timeout} s:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="session")
-def start_server() -> Callable[..., AbstractContextManager[LiveServer]]:
+def start_server() -> Callable[..., AbstractContextManager[ServerProcess]]:
     """``with start_server(args, log_path, port_flag="--port") as server:`` runs another server
     (a fixture, because test modules cannot import from this conftest by name)."""
-    return serving
+    return serve_in_subprocess
 
 
 @pytest.fixture(scope="session")
@@ -285,24 +204,24 @@ def mlp() -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def live_server(
     model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
+) -> Iterator[ServerProcess]:
     """The whole test store served with defaults, plus slow batching for ``batchy``."""
     args = [
         "--store", str(model_store.root), "--threads", "1", "--log-level", "warning",
         "--batching", "batchy:max_batch_size=16,max_delay_ms=50",
     ]  # fmt: skip
-    with serving(args, tmp_path_factory.mktemp("logs") / "server.log") as server:
+    with serve_in_subprocess(args, tmp_path_factory.mktemp("logs") / "server.log") as server:
         yield server
 
 
 @pytest.fixture(scope="session")
-def http(live_server: LiveServer) -> Iterator[httpx.Client]:
+def http(live_server: ServerProcess) -> Iterator[httpx.Client]:
     with live_server.client() as client:
         yield client
 
 
 @pytest.fixture
-def assert_alive(live_server: LiveServer) -> Callable[[], None]:
+def assert_alive(live_server: ServerProcess) -> Callable[[], None]:
     def check() -> None:
         assert live_server.alive(), live_server.log.read_text()
         assert httpx.get(f"{live_server.url}/v2/health/live", timeout=5).status_code == 200

@@ -1,0 +1,101 @@
+"""``torchferry serve`` in a child process, ready on entry: for end-to-end tests, benchmarks
+and scripts that need a real server on real ports.
+
+Each server gets free HTTP and gRPC ports unless its arguments say otherwise, so servers
+run side by side and never take the default ports.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (the sockets are held together, so they differ)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    #: Where the server's output goes; None when it is discarded.
+    log: Path | None
+    #: The KServe V2 gRPC port; None when the server runs with ``--no-grpc``.
+    grpc_port: int | None = None
+
+    @property
+    def grpc_target(self) -> str:
+        """``host:port`` for gRPC clients (tritonclient's ``url``, ``grpc.insecure_channel``)."""
+        assert self.grpc_port is not None, "this server runs without gRPC"
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30.0, **kwargs)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log else ""
+
+
+@contextmanager
+def serve_in_subprocess(
+    args: list[str], log: Path | None = None, port_flag: str = "--port", timeout: float = 90.0
+) -> Iterator[ServerProcess]:
+    """Run ``torchferry serve ARGS --port FREE --grpc-port FREE`` until the block ends.
+
+    ARGS with ``--no-grpc`` or their own ``--grpc-port`` keep that. On exit the server gets
+    SIGTERM (a graceful drain), then SIGKILL after 30 s.
+    """
+    port, grpc_port = free_ports(2)
+    command = [sys.executable, "-m", "torchferry.cli", "serve", *args, port_flag, str(port)]
+    if "--no-grpc" in args:
+        grpc_port = None
+    elif "--grpc-port" in args:
+        grpc_port = int(args[args.index("--grpc-port") + 1])
+    else:
+        command += ["--grpc-port", str(grpc_port)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with ExitStack() as files:
+        sink = files.enter_context(log.open("wb")) if log else subprocess.DEVNULL
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    server = ServerProcess(f"http://127.0.0.1:{port}", port, process, log, grpc_port)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{server.output()}")
+            try:
+                if httpx.get(f"{server.url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready after {timeout} s:\n{server.output()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
