@@ -97,9 +97,8 @@ def ts_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ts_server(
     ts_store: Path, start_server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
-    args = ["--store", str(ts_store), "--threads", "1", "--log-level", "warning"]
-    if "grpc_port" in ServerSettings.model_fields:  # a second server must not take gRPC's port
-        args.append("--no-grpc")
+    # TorchServe's API is HTTP only
+    args = ["--store", str(ts_store), "--threads", "1", "--log-level", "warning", "--no-grpc"]
     with start_server(args, tmp_path_factory.mktemp("logs") / "ts.log") as server:
         yield server
 
