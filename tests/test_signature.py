@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from torchferry.codecs.datatypes import datatype_of, normalize_datatype
 from torchferry.errors import InvalidInput
-from torchferry.signature import ModelSignature, TensorSpec, datatype_of, normalize_datatype
+from torchferry.signature import ModelSignature, TensorSpec
 
 
 def test_parse_name_shape_dtype():

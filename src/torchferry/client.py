@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import orjson
 
+from torchferry.codecs.datatypes import V2_TO_NUMPY, datatype_of
 from torchferry.errors import (
     InferenceTimeout,
     InvalidInput,
@@ -18,7 +19,6 @@ from torchferry.errors import (
     PayloadTooLarge,
     TorchferryError,
 )
-from torchferry.signature import V2_TO_NUMPY, datatype_of
 
 _ERRORS: dict[int, type[TorchferryError]] = {
     400: InvalidInput,

@@ -1,70 +1,104 @@
-"""Errors a user can cause, each with the HTTP status it maps to (DESIGN.md, Errors).
+"""Errors a user can cause, each with the status it maps to on every protocol (DESIGN.md, Errors).
 
-Protocols turn these into their own error bodies; nothing else needs to know about HTTP.
+Each class names its HTTP status and its gRPC status code; protocols read these two and
+nothing else, so one fault gets one class of answer everywhere. Nothing here imports a
+protocol library: gRPC codes are their names (``grpc.StatusCode[name]``).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class TorchferryError(Exception):
     """Base of every error torchferry raises on purpose."""
 
-    status_code = 500
+    status_code: ClassVar[int] = 500
+    grpc_code: ClassVar[str] = "INTERNAL"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        #: Seconds after which a retry may succeed (503s); None when retrying will not help.
+        self.retry_after = retry_after
 
 
 class InvalidInput(TorchferryError):
     """Bad JSON, unknown or missing input, wrong dtype or shape."""
 
     status_code = 400
+    grpc_code = "INVALID_ARGUMENT"
 
 
 class ModelNotFound(TorchferryError):
     """Unknown model or version."""
 
     status_code = 404
+    grpc_code = "NOT_FOUND"
 
 
 class PayloadTooLarge(TorchferryError):
     status_code = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
 
 
 class UnsupportedMediaType(TorchferryError):
     status_code = 415
+    grpc_code = "INVALID_ARGUMENT"
 
 
 class ModelNotReady(TorchferryError):
+    """The model exists but cannot take requests now (starting, draining, stopped)."""
+
     status_code = 503
+    grpc_code = "UNAVAILABLE"
 
 
 class Overloaded(TorchferryError):
     """The model's queue is full; the client should retry after ``retry_after`` seconds."""
 
     status_code = 503
+    grpc_code = "RESOURCE_EXHAUSTED"
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+        super().__init__(message, retry_after)
 
 
 class InferenceTimeout(TorchferryError):
     status_code = 504
+    grpc_code = "DEADLINE_EXCEEDED"
 
 
 class ModelError(TorchferryError):
-    """The model itself raised while computing; the message is the model's."""
+    """The model (or its handler) raised while computing; the message is the model's."""
 
     status_code = 500
+    grpc_code = "INTERNAL"
 
 
 class ArchiveError(TorchferryError):
     """A model archive is malformed, incomplete, or fails its integrity check."""
 
     status_code = 500
+    grpc_code = "INTERNAL"
+
+
+class UntrustedCode(ArchiveError):
+    """An archive carries Python code (a handler, an eager model) that the operator has not
+    allowed to run: ``torchferry serve --trust-code`` allows it."""
 
 
 class ExportError(TorchferryError):
     """Export failed, or an exported form disagrees with eager PyTorch beyond the tolerance."""
+
+
+def retry_after_header(error: TorchferryError) -> str | None:
+    """The ``Retry-After`` value (whole seconds, at least 1) for an error that has one."""
+    if error.retry_after is None:
+        return None
+    return str(max(1, round(error.retry_after)))
+
+
+def internal_error(exc: BaseException) -> ModelError:
+    """An exception nobody expected, as the 500 / INTERNAL every protocol answers with."""
+    return ModelError(f"internal error: {type(exc).__name__}: {exc}")

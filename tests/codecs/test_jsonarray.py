@@ -1,37 +1,22 @@
-"""The V2 JSON tensor codec: every datatype both ways, nested and flat data, and refusals."""
+"""JSON values <-> arrays: every V2 datatype both ways, nested and flat data, and refusals."""
 
 from __future__ import annotations
 
 import numpy as np
 import orjson
 import pytest
+from value_samples import SAMPLES
 
-from torchferry.errors import InvalidInput
-from torchferry.serving.jsonio import dumps
-from torchferry.serving.protocols.codec import (
-    bytes_to_str,
-    decode_v2_data,
-    element_count,
-    encode_v2_tensor,
-)
-from torchferry.signature import V2_TO_NUMPY
-from torchferry.tensorjson import json_to_array
+from torchferry.codecs.datatypes import V2_TO_NUMPY, output_datatype
+from torchferry.codecs.jsonarray import bytes_to_str, decode_v2_data, element_count, json_to_array
+from torchferry.codecs.jsonio import dumps
+from torchferry.errors import InvalidInput, ModelError
+from torchferry.serving.dataplane import OutputTensor
+from torchferry.serving.protocols.v2_binary import json_output
 
-SAMPLES: dict[str, list] = {
-    "BOOL": [True, False, True, True, False, False],
-    "UINT8": [0, 1, 2, 253, 254, 255],
-    "UINT16": [0, 1, 2, 3, 65534, 65535],
-    "UINT32": [0, 1, 2, 3, 4, 2**32 - 1],
-    "UINT64": [0, 1, 2, 3, 2**63, 2**64 - 1],
-    "INT8": [-128, -1, 0, 1, 2, 127],
-    "INT16": [-(2**15), -1, 0, 1, 2, 2**15 - 1],
-    "INT32": [-(2**31), -1, 0, 1, 2, 2**31 - 1],
-    "INT64": [-(2**63), -1, 0, 1, 2, 2**63 - 1],
-    "FP16": [-1.5, 0.0, 0.25, 2.0, 65504.0, -0.125],
-    "FP32": [-1.5, 0.0, 0.1, 2.0, 3.4e38, -1e-30],
-    "FP64": [-1.5, 0.0, 0.1, 2.0, 1.7e308, -1e-300],
-    "BYTES": ["a", "", "héllo", "tab\t", "nul\x00", "末"],
-}
+
+def encode_v2_tensor(name: str, array: np.ndarray) -> dict:
+    return json_output(OutputTensor(name, output_datatype(name, array), array))
 
 
 def _wire(tensor: dict) -> dict:
@@ -47,8 +32,8 @@ def test_every_datatype_round_trips_flat_and_nested(datatype):
     b = decode_v2_data(nested, datatype, [2, 3], "input 'x'")
     assert a.dtype == V2_TO_NUMPY[datatype] and a.shape == (2, 3)
     np.testing.assert_array_equal(a, b)
-    if datatype == "BYTES":
-        assert a.reshape(-1).tolist() == [s.encode("utf-8") for s in flat]
+    if datatype == "BYTES":  # text stays str: encoded to bytes only where bytes are needed
+        assert a.reshape(-1).tolist() == flat
     encoded = _wire(encode_v2_tensor("y", a))
     assert encoded["name"] == "y" and encoded["datatype"] == datatype
     assert encoded["shape"] == [2, 3]
@@ -135,7 +120,7 @@ def test_element_count_uses_exact_integers():
 def test_b64_values_only_where_allowed():
     value = [{"b64": "AAEC"}, "text"]
     array = json_to_array(value, "BYTES", "input 'x'", allow_b64=True)
-    assert array.tolist() == [b"\x00\x01\x02", b"text"]
+    assert array.tolist() == [b"\x00\x01\x02", "text"]  # text stays str
     with pytest.raises(InvalidInput, match="not all valid strings"):
         json_to_array(value, "BYTES", "input 'x'")
     with pytest.raises(InvalidInput, match="invalid"):
@@ -148,6 +133,6 @@ def test_bytes_outputs_become_strings_or_b64():
     assert bytes_to_str(array, b64_fallback=True).tolist() == ["ok", {"b64": "//4="}]
 
 
-def test_output_of_unknown_dtype_is_refused():
-    with pytest.raises(InvalidInput, match="complex"):
+def test_output_of_unknown_dtype_is_the_models_fault():
+    with pytest.raises(ModelError, match="complex"):
         encode_v2_tensor("z", np.zeros(2, dtype=np.complex64))

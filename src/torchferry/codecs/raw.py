@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import struct
+from typing import Any
 
 import numpy as np
 
+from torchferry.codecs.datatypes import V2_TO_NUMPY
 from torchferry.errors import InvalidInput
-from torchferry.signature import V2_TO_NUMPY
 
 _LENGTH = struct.Struct("<I")
 
@@ -108,4 +109,5 @@ def encode_raw(array: np.ndarray) -> bytes | memoryview:
     elif array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     # one flat byte view (also for empty and 0-d arrays, which memoryview.cast refuses)
-    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    flat: Any = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    return memoryview(flat)

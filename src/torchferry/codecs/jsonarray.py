@@ -1,4 +1,4 @@
-"""JSON values to numpy arrays, strictly: shared by the tensor protocols and the handlers.
+"""JSON values <-> numpy arrays, strictly: shared by the tensor protocols and the handlers.
 
 The datatype comes from the wire (V2) or the model's signature (V1, ``/predict``); values
 that do not fit it (strings in numeric data, fractions in integer data, numbers out of
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from torchferry.codecs.datatypes import V2_TO_NUMPY
 from torchferry.errors import InvalidInput
-from torchferry.signature import V2_TO_NUMPY
 
 _KIND_NAMES = {
     "b": "booleans",
@@ -30,10 +31,10 @@ def _invalid(where: str, datatype: str, received: str) -> InvalidInput:
     return InvalidInput(f"{where}: expected {datatype} data, received {received}")
 
 
-def _to_bytes(item: Any, allow_b64: bool) -> bytes:
-    if isinstance(item, str):
-        return item.encode("utf-8")
-    if isinstance(item, bytes):
+def _element(item: Any, allow_b64: bool) -> str | bytes:
+    """A BYTES element as it stays: text as ``str`` (encoded once, where bytes are needed),
+    ``{"b64": ...}`` as the ``bytes`` it stands for."""
+    if isinstance(item, str | bytes):
         return item
     if allow_b64 and isinstance(item, Mapping) and set(item) == {"b64"}:
         encoded = item["b64"]
@@ -47,9 +48,9 @@ def _to_bytes(item: Any, allow_b64: bool) -> bytes:
 
 
 def _bytes_array(value: Any, where: str, allow_b64: bool) -> np.ndarray:
-    """Strings (utf-8), or ``{"b64": ...}`` objects with ``allow_b64``, to ``bytes`` objects."""
+    """Strings, or ``{"b64": ...}`` objects with ``allow_b64``, to an object array."""
     # dtype=object keeps strings whole (fixed-width numpy strings drop trailing NULs); a
-    # ragged nesting leaves lists as elements, which _to_bytes refuses below.
+    # ragged nesting leaves lists as elements, which _element refuses below.
     try:
         array = np.asarray(value, dtype=object)
     except (ValueError, TypeError):
@@ -58,8 +59,8 @@ def _bytes_array(value: Any, where: str, allow_b64: bool) -> np.ndarray:
     out = np.empty(flat.shape, dtype=object)
     try:
         for i, item in enumerate(flat):
-            out[i] = _to_bytes(item, allow_b64)
-    except (TypeError, UnicodeEncodeError) as exc:
+            out[i] = _element(item, allow_b64)
+    except TypeError as exc:
         what = (
             'an invalid {"b64": ...} value'
             if str(exc) == "b64"
@@ -112,3 +113,56 @@ def json_to_array(value: Any, datatype: str, where: str, *, allow_b64: bool = Fa
             except (OverflowError, ValueError, TypeError):
                 raise _invalid(where, datatype, f"values outside {datatype}'s range") from None
     return array.astype(want, copy=False)
+
+
+def element_count(shape: Any, where: str) -> tuple[tuple[int, ...], int]:
+    """Check a declared V2 shape (a list of non-negative integers); return it and its size."""
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape
+    ):
+        raise InvalidInput(f'{where}: "shape" must be a list of integers, received {shape!r}')
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f'{where}: "shape" {shape} has a negative dimension')
+    return tuple(shape), math.prod(shape)
+
+
+def decode_v2_data(value: Any, datatype: str, shape: Any, where: str) -> np.ndarray:
+    """A V2 JSON tensor's ``data`` (flat or nested) to an array of its declared shape."""
+    dims, count = element_count(shape, where)
+    if not isinstance(value, list):
+        raise InvalidInput(f'{where}: "data" must be a JSON array, received {type(value).__name__}')
+    array = json_to_array(value, datatype, where)
+    if array.size != count:
+        raise InvalidInput(
+            f"{where}: shape {list(dims)} needs {count} elements, received {array.size}"
+        )
+    return array.reshape(dims)
+
+
+def bytes_to_str(array: np.ndarray, b64_fallback: bool = False) -> np.ndarray:
+    """An object array of ``bytes`` to one of ``str`` (utf-8), JSON-serializable as it is.
+
+    Bytes that are not utf-8 become ``{"b64": ...}`` with ``b64_fallback``, else are decoded
+    with replacement characters.
+    """
+
+    def convert(item: object) -> object:
+        if not isinstance(item, bytes):
+            return item if isinstance(item, str) else str(item)
+        try:
+            return item.decode("utf-8")
+        except UnicodeDecodeError:
+            if b64_fallback:
+                return {"b64": base64.b64encode(item).decode("ascii")}
+            return item.decode("utf-8", "replace")
+
+    return np.asarray(np.frompyfunc(convert, 1, 1)(array), dtype=object).reshape(array.shape)
+
+
+def to_jsonable(array: np.ndarray, b64_fallback: bool = False) -> Any:
+    """An output array in a form orjson writes natively (numpy) or as lists (strings)."""
+    if array.dtype.kind == "O":
+        return bytes_to_str(array, b64_fallback).tolist()
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    return array

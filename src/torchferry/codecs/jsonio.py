@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.responses import Response
 
 from torchferry.errors import InvalidInput
 
@@ -25,17 +24,11 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_default, option=_DUMP_OPTIONS)
 
 
-def loads(body: bytes) -> Any:
+def loads(body: bytes | bytearray | memoryview | str, what: str = "the request body") -> Any:
+    """Parse JSON; an empty or malformed body is a 400 that says which part was wrong."""
     if not body:
-        raise InvalidInput("the request body is empty; expected JSON")
+        raise InvalidInput(f"{what} is empty; expected JSON")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
-
-
-class JSONResponse(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return dumps(content)
+        raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
