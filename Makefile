@@ -1,5 +1,6 @@
-# torchferry: `make demo` serves a freshly trained model; `make test` runs the test suite.
-# Both create ./.venv on first use and reinstall only when pyproject.toml changes.
+# torchferry: `make demo` serves a freshly trained model; `make test` runs the test suite;
+# `make lint` checks style, types and import layers.
+# Each creates ./.venv on first use and reinstall only when pyproject.toml changes.
 
 PYTHON ?= $(if $(shell command -v python3.11 2>/dev/null),python3.11,python3)
 VENV := .venv
@@ -32,9 +33,13 @@ demo: $(VENV)/.installed-demo
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
+# ruff (style and bugs), mypy (types, see [tool.mypy]) and import-linter (the layers of
+# DESIGN.md, see [tool.importlinter]); all configured in pyproject.toml.
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix .

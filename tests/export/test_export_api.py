@@ -148,14 +148,14 @@ def test_dict_outputs_and_named_inputs(tmp_path):
         {"x": torch.randn(3, 4)},
         name="dict",
         store=tmp_path,
-        handler="image",
+        handler="tensor",  # the image handler would refuse this [N, 4] input at export
         handler_config={"top_k": 2},
         extra_files={"labels.json": b'["a", "b", "c"]'},
         batching=BatchingSpec(max_batch_size=4, max_delay_ms=1.5),
     )
     manifest = archive.manifest
     assert manifest.signature.output_names == ["logits", "probs"]
-    assert manifest.handler.name == "image"
+    assert manifest.handler.name == "tensor"
     assert manifest.handler.config == {"top_k": 2}
     assert manifest.batching == BatchingSpec(max_batch_size=4, max_delay_ms=1.5)
     assert (archive.path / "labels.json").read_bytes() == b'["a", "b", "c"]'

@@ -13,8 +13,6 @@ from torchferry.signature import ModelSignature
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
-#: Runtime name -> the graph file it runs, by convention.
-DEFAULT_GRAPH_FILES = {"onnxruntime": "model.onnx", "torchscript": "model.pt"}
 
 
 class FileEntry(BaseModel):
@@ -55,9 +53,11 @@ class Manifest(BaseModel):
     format_version: int = FORMAT_VERSION
     name: str
     version: int = Field(ge=1)
-    #: The runtime served by default; ``graphs`` may offer others.
+    #: The runtime served by default (a name of :mod:`torchferry.archive.formats`);
+    #: ``graphs`` may offer others.
     runtime: str
-    #: Runtime name -> graph file name, relative to the archive directory.
+    #: Runtime name -> the file it loads, relative to the archive directory (by convention
+    #: ``formats.GRAPH_FILES``; ``eager`` -> ``weights.safetensors``).
     graphs: dict[str, str]
     signature: ModelSignature
     #: Engine settings that belong to the model (e.g. ONNX Runtime's
@@ -69,8 +69,11 @@ class Manifest(BaseModel):
     framework_versions: dict[str, str] = Field(default_factory=dict)
     parity: list[ParityReport] = Field(default_factory=list)
     source: str = "export"
-    #: ``module:callable`` or ``FILE.py:callable`` that rebuilds the eager ``nn.Module`` whose
-    #: weights are ``weights.safetensors`` (what PyTorch-side optimizations start from).
+    #: The callable that rebuilds the eager ``nn.Module`` whose weights are
+    #: ``weights.safetensors`` (what PyTorch-side optimizations start from). Either
+    #: ``code/FILE.py:callable``, a source file carried (and hashed) in the archive, which
+    #: the ``eager`` runtime requires; or ``module:callable`` / ``/abs/FILE.py:callable`` on
+    #: the exporting machine, which only ``torchferry optimize`` uses.
     factory: str | None = None
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat())
     #: Hex Ed25519 signature over the manifest without this field (a later issue verifies it).

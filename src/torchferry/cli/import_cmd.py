@@ -37,8 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchferry.archive.importer import import_model
     from torchferry.cli.inspect_cmd import tensors_table
+    from torchferry.importers import import_model
 
     console = Console()
     settings = archive_settings(args)

@@ -70,7 +70,8 @@ def write_test_data(path: Path) -> Path:
     from torchferry.zoo.digits import digits_split
 
     _, x_test, _, y_test = digits_split()
-    np.savez(path, **{INPUT_NAME: x_test, "labels": y_test})
+    arrays: dict[str, Any] = {INPUT_NAME: x_test, "labels": y_test}
+    np.savez(path, **arrays)
     return path
 
 

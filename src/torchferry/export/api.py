@@ -6,7 +6,7 @@ import logging
 import platform
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,9 +17,16 @@ from pydantic import ValidationError
 from torch import nn
 
 import torchferry
+from torchferry.archive.formats import (
+    EAGER,
+    ONNX_FILE,
+    ONNXRUNTIME,
+    TORCHSCRIPT,
+    TORCHSCRIPT_FILE,
+    WEIGHTS_FILE,
+)
 from torchferry.archive.integrity import safe_relative
 from torchferry.archive.manifest import (
-    DEFAULT_GRAPH_FILES,
     MANIFEST_NAME,
     BatchingSpec,
     HandlerSpec,
@@ -27,6 +34,7 @@ from torchferry.archive.manifest import (
 )
 from torchferry.archive.store import Archive, ModelStore
 from torchferry.errors import ArchiveError, ExportError
+from torchferry.export.eager import archive_factory, eager_runner, require_factory
 from torchferry.export.inputs import (
     ExampleInputs,
     batched,
@@ -46,14 +54,17 @@ from torchferry.export.parity import (
 from torchferry.export.quiet import quiet
 from torchferry.export.torchscript import TorchScriptMethod, export_torchscript
 from torchferry.export.weights import has_plain_weights, save_weights
+from torchferry.handlers import stage_handler
+from torchferry.handlers.base import Handler
 from torchferry.signature import ModelSignature
 
 log = logging.getLogger(__name__)
 
-Format = Literal["onnx", "torchscript", "both"]
-WEIGHTS_NAME = "weights.safetensors"
-ONNX_GRAPH = DEFAULT_GRAPH_FILES["onnxruntime"]
-TORCHSCRIPT_GRAPH = DEFAULT_GRAPH_FILES["torchscript"]
+Format = Literal["onnx", "torchscript", "both", "eager"]
+FORMATS: tuple[Format, ...] = ("onnx", "torchscript", "both", "eager")
+WEIGHTS_NAME = WEIGHTS_FILE
+ONNX_GRAPH = ONNX_FILE
+TORCHSCRIPT_GRAPH = TORCHSCRIPT_FILE
 _RESERVED = {MANIFEST_NAME, ONNX_GRAPH, TORCHSCRIPT_GRAPH, WEIGHTS_NAME}
 
 
@@ -72,7 +83,7 @@ def _check_name(name: str) -> None:
         Manifest(
             name=name,
             version=1,
-            runtime="onnxruntime",
+            runtime=ONNXRUNTIME,
             graphs={},
             signature=ModelSignature(inputs=(), outputs=()),
         )
@@ -80,8 +91,26 @@ def _check_name(name: str) -> None:
         raise ExportError(f"invalid model name {name!r}: {exc.errors()[0]['msg']}") from None
 
 
-def _write_extra_files(extra_files: Mapping[str, bytes | Path], directory: Path) -> None:
-    for name, content in extra_files.items():
+ExtraFiles = Mapping[str, bytes | Path] | Sequence[str | Path]
+
+
+def _extra_files_by_name(extra_files: ExtraFiles) -> Mapping[str, bytes | Path]:
+    """``{name: path or bytes}`` as given, or a list of paths, each named by its base name."""
+    if isinstance(extra_files, Mapping):
+        return extra_files
+    if isinstance(extra_files, str | bytes):
+        raise ExportError("extra_files must be a list of paths or a mapping name -> content")
+    by_name: dict[str, bytes | Path] = {}
+    for item in extra_files:
+        path = Path(item)
+        if path.name in by_name:
+            raise ExportError(f"two extra files are named {path.name!r}; rename one of them")
+        by_name[path.name] = path
+    return by_name
+
+
+def _write_extra_files(extra_files: ExtraFiles, directory: Path) -> None:
+    for name, content in _extra_files_by_name(extra_files).items():
         try:
             relative = safe_relative(name)
         except ArchiveError as exc:
@@ -109,9 +138,9 @@ def export(
     format: Format = "both",
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
-    handler: str = "tensor",
+    handler: str | type[Handler] = "tensor",
     handler_config: dict[str, Any] | None = None,
-    extra_files: Mapping[str, bytes | Path] | None = None,
+    extra_files: ExtraFiles | None = None,
     batching: BatchingSpec | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     opset: int | None = None,
@@ -129,9 +158,24 @@ def export(
     store unless everything succeeds. ``factory`` (``module:callable`` or
     ``FILE.py:callable``, returning the model's ``nn.Module``) is recorded so that tools such
     as ``torchferry optimize`` can rebuild the eager model from ``weights.safetensors``.
+
+    ``format="eager"`` compiles nothing, for models whose Python control flow neither
+    tracing nor ONNX capture: it requires ``factory``, whose source file is copied into the
+    archive as ``code/FILE.py`` (the manifest's factory becomes ``code/FILE.py:NAME``, the
+    runtime ``eager``, ``graphs`` ``{"eager": "weights.safetensors"}``), and the parity check
+    runs the model rebuilt from the archive. Serving it runs that file: ``--trust-code``.
+
+    ``handler`` is a built-in handler (``"tensor"``, ``"image"``), an installed one (entry
+    point group ``torchferry.handlers``), or your own ``Handler`` subclass as ``FILE.py:Class``,
+    ``package.module:Class`` or the class itself: its source file is copied into the archive
+    as ``code/FILE.py`` (serving it needs ``--trust-code``). The handler is created and its
+    ``setup`` run once at export, over ``extra_files`` (``{name: path or bytes}``, or a list
+    of paths stored under their base names), so that a broken handler fails here.
     """
-    if format not in ("onnx", "torchscript", "both"):
-        raise ExportError(f"unknown format {format!r}; use 'onnx', 'torchscript' or 'both'")
+    if format not in FORMATS:
+        raise ExportError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+    if format == EAGER:
+        require_factory(factory)
     if not isinstance(model, nn.Module):
         raise ExportError(f"expected a torch.nn.Module, got a {type(model).__name__}")
     if torchscript not in ("trace", "script"):
@@ -167,6 +211,14 @@ def export(
         runners: dict[str, Runner] = {}
         source = "export"
         _write_extra_files(extra_files or {}, work)  # first: a bad one fails fast
+        handler_name = stage_handler(
+            handler,
+            work,
+            config=handler_config or {},
+            signature=signature,
+            model_name=name,
+            model_version=version if version is not None else model_store.next_version(name),
+        )
         if format in ("onnx", "both"):
             result_onnx = export_onnx(
                 model, args, work, input_names=names, output_names=out_names, opset=opset
@@ -177,20 +229,25 @@ def export(
                     result_onnx.fallback_reason,
                 )
             source = f"export ({result_onnx.exporter})"
-            graphs["onnxruntime"] = ONNX_GRAPH
+            graphs[ONNXRUNTIME] = ONNX_GRAPH
             runners["onnx"] = onnx_runner(work / ONNX_GRAPH, signature)
         if format in ("torchscript", "both"):
             export_torchscript(model, args, work / TORCHSCRIPT_GRAPH, torchscript)
-            graphs["torchscript"] = TORCHSCRIPT_GRAPH
+            graphs[TORCHSCRIPT] = TORCHSCRIPT_GRAPH
             runners["torchscript"] = torchscript_runner(
                 work / TORCHSCRIPT_GRAPH, signature, str(device)
             )
-        if source == "export":
+        if source == "export" and format != EAGER:
             source = f"export (torchscript {torchscript})"
         if has_plain_weights(model):
             save_weights(model, work / WEIGHTS_NAME)
         else:
             log.info("%s: the state holds quantized tensors; the graph carries the weights", name)
+        if format == EAGER:
+            factory = archive_factory(factory, work)
+            source = "export (eager)"
+            graphs[EAGER] = WEIGHTS_NAME
+            runners[EAGER] = eager_runner(work, name, signature, factory, str(device))
 
         reports = check_parity(
             model,
@@ -206,10 +263,10 @@ def export(
             manifest = Manifest(
                 name=name,
                 version=version if version is not None else model_store.next_version(name),
-                runtime="onnxruntime" if "onnxruntime" in graphs else "torchscript",
+                runtime=next(iter(graphs)),  # the first written: ONNX when there is ONNX
                 graphs=graphs,
                 signature=signature,
-                handler=HandlerSpec(name=handler, config=dict(handler_config or {})),
+                handler=HandlerSpec(name=handler_name, config=dict(handler_config or {})),
                 batching=batching or BatchingSpec(),
                 framework_versions=framework_versions(),
                 parity=reports,

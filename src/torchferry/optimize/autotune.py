@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from torchferry.archive.formats import EAGER
 from torchferry.archive.manifest import MANIFEST_NAME
 from torchferry.archive.store import Archive, ModelStore
 from torchferry.errors import ArchiveError, InvalidInput, ModelNotFound, TorchferryError
@@ -162,6 +163,11 @@ def autotune(
     begun = time.perf_counter()
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     source = resolve_archive(archive_or_path)
+    if source.manifest.runtime == EAGER:
+        raise InvalidInput(
+            f"{source.path} is an eager archive (Python code and weights, for control flow "
+            "that no graph captures); autotune starts from an ONNX or TorchScript export"
+        )
     target = _target_store(source, store)
     evaluation = load_data(data, source.manifest.signature)
     metric = _choose_metric(metric, evaluation)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from torchferry.archive.formats import ONNXRUNTIME, TORCHSCRIPT
 from torchferry.archive.manifest import Manifest
 from torchferry.archive.store import Archive
 from torchferry.errors import InvalidInput
@@ -35,12 +36,12 @@ class Candidate:
 # -- builders ---------------------------------------------------------------------------
 def _ort_level(level: str, ctx: BuildContext) -> Archive:
     name = "fp32-onnxruntime" if level == "all" else f"ort-level-{level}"
-    return ctx.variant(name, ctx.onnx_base(), "onnxruntime", {"graph_optimization_level": level})
+    return ctx.variant(name, ctx.onnx_base(), ONNXRUNTIME, {"graph_optimization_level": level})
 
 
 def _fp32_torchscript(ctx: BuildContext) -> Archive:
-    if "torchscript" in ctx.source.manifest.graphs:
-        return ctx.variant("fp32-torchscript", ctx.source, "torchscript", {})
+    if TORCHSCRIPT in ctx.source.manifest.graphs:
+        return ctx.variant("fp32-torchscript", ctx.source, TORCHSCRIPT, {})
     try:
         model = ctx.eager()
     except Skipped as exc:
@@ -53,7 +54,7 @@ def _ort_dynamic(ctx: BuildContext) -> Archive:
 
     base = ctx.onnx_base()
     graph = ctx.scratch_file("ort-dynamic-int8")
-    quantize_dynamic_onnx(base.file(base.manifest.graph_file("onnxruntime")), graph)
+    quantize_dynamic_onnx(base.file(base.manifest.graph_file(ONNXRUNTIME)), graph)
     return ctx.onnx_graph_archive("ort-dynamic-int8", graph)
 
 
@@ -63,7 +64,7 @@ def _ort_static(method: str, ctx: BuildContext) -> Archive:
     name = f"ort-static-int8-{method}"
     base = ctx.onnx_base()
     graph = ctx.scratch_file(name)
-    source = base.file(base.manifest.graph_file("onnxruntime"))
+    source = base.file(base.manifest.graph_file(ONNXRUNTIME))
     quantize_static_onnx(source, graph, ctx.calibration_feeds(), method)  # type: ignore[arg-type]
     return ctx.onnx_graph_archive(name, graph)
 
@@ -146,7 +147,7 @@ CANDIDATES: list[Candidate] = [
 
 def original_name(manifest: Manifest) -> str:
     """The candidate that serves the source exactly as it is served now."""
-    if manifest.runtime == "torchscript":
+    if manifest.runtime == TORCHSCRIPT:
         return "fp32-torchscript"
     level = str(manifest.runtime_options.get("graph_optimization_level", "all"))
     return "fp32-onnxruntime" if level == "all" else f"ort-level-{level}"

@@ -13,29 +13,39 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchferry.archive.manifest import DEFAULT_GRAPH_FILES, Manifest
+from torchferry.archive.code import is_archived_reference
+from torchferry.archive.formats import (
+    ONNX_FILE,
+    ONNXRUNTIME,
+    TORCHSCRIPT,
+    TORCHSCRIPT_FILE,
+    WEIGHTS_FILE,
+)
+from torchferry.archive.manifest import Manifest
 from torchferry.archive.store import Archive, ModelStore
+from torchferry.errors import UntrustedCode
 from torchferry.optimize.data import EvalData
 from torchferry.optimize.errors import Skipped
 
-WEIGHTS = "weights.safetensors"
-ONNX_GRAPH = DEFAULT_GRAPH_FILES["onnxruntime"]
-TORCHSCRIPT_GRAPH = DEFAULT_GRAPH_FILES["torchscript"]
+WEIGHTS = WEIGHTS_FILE
+ONNX_GRAPH = ONNX_FILE
+TORCHSCRIPT_GRAPH = TORCHSCRIPT_FILE
 #: Calibration uses at most this many rows, and at most this many bytes of input.
 CALIBRATION_ROWS = 128
 CALIBRATION_BYTES = 16 << 20
 CALIBRATION_BATCH = 8
 
 
-def load_eager(archive: Archive) -> nn.Module:
+def load_eager(archive: Archive, *, trust_code: bool = False) -> nn.Module:
     """Rebuild the archive's eager ``nn.Module``: ``factory()`` + ``weights.safetensors``.
 
-    Raises :class:`Skipped` when the manifest has no factory or the archive no weights. The
-    factory is imported and called: run this only on archives you trust.
+    Raises :class:`Skipped` when the manifest has no factory or the archive no weights. A
+    factory carried in the archive (``code/FILE.py:NAME``, an eager export's) runs only with
+    ``trust_code`` (else :class:`Skipped`); one named on this machine at export
+    (``module:callable``, ``/abs/FILE.py:callable``) is imported from there and called.
     """
-    import safetensors.torch
-
     from torchferry.export.loader import load_model
+    from torchferry.runtimes.eager import load_eager_model, load_weights
 
     manifest = archive.manifest
     if not manifest.factory:
@@ -45,11 +55,12 @@ def load_eager(archive: Archive) -> nn.Module:
         )
     if WEIGHTS not in manifest.files:
         raise Skipped(f"the archive has no {WEIGHTS} to rebuild the eager model from")
-    model = load_model(manifest.factory)
-    missing, unexpected = safetensors.torch.load_model(model, str(archive.file(WEIGHTS)))
-    if missing or unexpected:  # pragma: no cover - load_model is strict and raises first
-        raise ValueError(f"weights do not fit the factory's model: {missing or unexpected}")
-    return model.eval()
+    if is_archived_reference(manifest.factory):
+        try:
+            return load_eager_model(archive, trust_code=trust_code)
+        except UntrustedCode as exc:
+            raise Skipped(exc.message) from None
+    return load_weights(load_model(manifest.factory), archive.file(WEIGHTS))
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -112,7 +123,7 @@ class BuildContext:
 
     def onnx_base(self) -> Archive:
         """The source when it has an ONNX graph, else an ONNX export of its eager model."""
-        if "onnxruntime" in self.source.manifest.graphs:
+        if ONNXRUNTIME in self.source.manifest.graphs:
             return self.source
         if self._onnx_base is None:
             try:
@@ -169,8 +180,8 @@ class BuildContext:
             name,
             self.source.manifest,
             files,
-            runtime="onnxruntime",
-            graphs={"onnxruntime": ONNX_GRAPH},
+            runtime=ONNXRUNTIME,
+            graphs={ONNXRUNTIME: ONNX_GRAPH},
             runtime_options={},
             parity=[],
             factory=None,
@@ -220,8 +231,8 @@ class BuildContext:
             name,
             manifest,
             {**self.extra_files(), TORCHSCRIPT_GRAPH: graph},
-            runtime="torchscript",
-            graphs={"torchscript": TORCHSCRIPT_GRAPH},
+            runtime=TORCHSCRIPT,
+            graphs={TORCHSCRIPT: TORCHSCRIPT_GRAPH},
             runtime_options={},
             parity=reports,
             factory=None,

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from torchferry.archive.integrity import hash_file
+from torchferry.codecs.datatypes import V2_TO_NUMPY
 from torchferry.errors import InvalidInput
-from torchferry.signature import V2_TO_NUMPY, ModelSignature
+from torchferry.signature import ModelSignature
 
 LABELS = "labels"
 Arrays = dict[str, np.ndarray]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 WIDTH, HEIGHT = 820, 460
@@ -93,7 +94,7 @@ def _first_free(
     px: float,
     py: float,
     width: float,
-    spots: list[tuple[float, float, bool]],
+    spots: Sequence[tuple[float, float, bool]],
     placed: list[tuple[float, float, float, float]],
 ) -> tuple[float, float, bool, tuple[float, float, float, float]]:
     """The first spot (offset from the point) whose label box is in the plot and free;
@@ -111,11 +112,14 @@ def _first_free(
 
 def _place_labels(
     points: list[tuple[float, float, str]],
-    obstacles: list[tuple[float, float, float, float]],
+    obstacles: Sequence[tuple[float, float, float, float]],
 ) -> list[tuple[float, float, str, bool]]:
     """Put each label near its point, over no other label and no point (greedy, nearest
     spot first); ``True`` marks a label placed away from its point, which gets a leader."""
-    placed = [*obstacles, *((px - 6, py - 6, px + 6, py + 6) for px, py, _ in points)]
+    placed: list[tuple[float, float, float, float]] = [
+        *obstacles,
+        *((px - 6, py - 6, px + 6, py + 6) for px, py, _ in points),
+    ]
     result = []
     for px, py, text in points:
         width = len(text) * CHAR_WIDTH

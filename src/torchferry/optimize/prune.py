@@ -167,7 +167,12 @@ def _group_for(node: fx.Node, modules: dict[str, nn.Module]) -> _Group | None:
     """Follow the output of a Conv2d/Linear through channel-wise ops to its consumers."""
     producer = modules[str(node.target)]
     conv = isinstance(producer, nn.Conv2d)
-    channels = producer.out_channels if conv else producer.out_features
+    if isinstance(producer, nn.Conv2d):
+        channels = producer.out_channels
+    elif isinstance(producer, nn.Linear):
+        channels = producer.out_features
+    else:  # pragma: no cover - groups start only at Conv2d and Linear
+        return None
     group = _Group(str(node.target))
     stack: list[tuple[fx.Node, _State, int]] = [(node, "spatial" if conv else "features", 1)]
     while stack:
@@ -205,6 +210,13 @@ def _find_groups(traced: fx.GraphModule) -> list[_Group]:
             if group and all(once(p) for p in (group.producer, *group.norms, *group.consumers)):
                 groups.append(group)
     return groups
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):  # pragma: no cover - Conv2d and Linear have one
+        raise TypeError(f"{type(module).__name__} has no weight tensor")
+    return weight
 
 
 def _select(module: nn.Module, names: tuple[str, ...], dim: int, index: torch.Tensor) -> None:
@@ -280,7 +292,7 @@ def prune_channels(
     # choose every keep set from the original weights, then shrink
     keeps: dict[str, torch.Tensor] = {}
     for group in groups:
-        weight = pruned.get_submodule(group.producer).weight.detach()
+        weight = _weight(pruned.get_submodule(group.producer)).detach()
         total = weight.shape[0]
         kept = max(1, total - round(amount * total))
         norms = weight.abs().reshape(total, -1).sum(dim=1)
@@ -291,18 +303,19 @@ def prune_channels(
         _select(producer, ("weight", "bias"), 0, keep)
         if isinstance(producer, nn.Conv2d):
             producer.out_channels = len(keep)
-        else:
+        elif isinstance(producer, nn.Linear):
             producer.out_features = len(keep)
         for path in group.norms:
             norm = pruned.get_submodule(path)
             _select(norm, ("weight", "bias", "running_mean", "running_var"), 0, keep)
-            norm.num_features = len(keep)
+            if isinstance(norm, nn.BatchNorm1d | nn.BatchNorm2d):
+                norm.num_features = len(keep)
         for path, block in group.consumers.items():
             consumer = pruned.get_submodule(path)
             if isinstance(consumer, nn.Conv2d):
                 _select(consumer, ("weight",), 1, keep)
                 consumer.in_channels = len(keep)
-            else:
+            elif isinstance(consumer, nn.Linear):
                 index = (keep[:, None] * block + torch.arange(block, device=keep.device)).reshape(
                     -1
                 )

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import importlib
 
+from torchferry.archive.formats import EAGER, ONNXRUNTIME, TORCHSCRIPT
 from torchferry.archive.store import Archive
 from torchferry.errors import ArchiveError
 from torchferry.runtimes.base import Runtime, default_threads
 
-#: Runtime name -> "module:Class". A new engine is a new file plus an entry here.
+#: Runtime name -> "module:Class". A new engine is a new file plus an entry here (and its
+#: name and file in :mod:`torchferry.archive.formats`).
 RUNTIMES: dict[str, str] = {
-    "onnxruntime": "torchferry.runtimes.onnx:OnnxRuntime",
-    "torchscript": "torchferry.runtimes.torchscript:TorchScriptRuntime",
+    ONNXRUNTIME: "torchferry.runtimes.onnx:OnnxRuntime",
+    TORCHSCRIPT: "torchferry.runtimes.torchscript:TorchScriptRuntime",
+    EAGER: "torchferry.runtimes.eager:EagerRuntime",
 }
 
 
@@ -36,10 +39,15 @@ def load_runtime(
     runtime: str | None = None,
     device: str = "cpu",
     threads: int | None = None,
+    trust_code: bool = False,
 ) -> Runtime:
-    """Instantiate and load the archive's runtime (or ``runtime`` when given)."""
+    """Instantiate and load the archive's runtime (or ``runtime`` when given).
+
+    ``trust_code`` lets Python carried in the archive run (the eager runtime's factory); a
+    runtime that needs it refuses with ``UntrustedCode`` without it.
+    """
     engine = runtime_class(runtime or archive.manifest.runtime)(
-        archive, device=device, threads=threads
+        archive, device=device, threads=threads, trust_code=trust_code
     )
     engine.load()
     return engine

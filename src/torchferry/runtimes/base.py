@@ -31,10 +31,20 @@ class Runtime(ABC):
     #: The V2 ``platform`` string reported in model metadata.
     platform: ClassVar[str]
 
-    def __init__(self, archive: Archive, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        archive: Archive,
+        device: str = "cpu",
+        threads: int | None = None,
+        *,
+        trust_code: bool = False,
+    ) -> None:
         self.archive = archive
         self.device = device
         self.threads = threads or default_threads()
+        #: Whether the operator lets Python carried in the archive run (``--trust-code``);
+        #: only engines that run such code (eager) read it.
+        self.trust_code = trust_code
 
     @abstractmethod
     def load(self) -> None:

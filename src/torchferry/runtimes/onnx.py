@@ -5,21 +5,19 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from torchferry.archive.formats import ONNXRUNTIME
 from torchferry.errors import ArchiveError
 from torchferry.runtimes.base import Runtime
 
 _decode = np.frompyfunc(lambda x: x.decode("utf-8", "replace") if isinstance(x, bytes) else x, 1, 1)
-_encode = np.frompyfunc(lambda x: x.encode("utf-8") if isinstance(x, str) else x, 1, 1)
 
 
 def _to_str(array: np.ndarray) -> np.ndarray:
-    """BYTES (an object array of bytes) as ONNX Runtime wants strings: utf-8 ``str``."""
+    """BYTES as ONNX Runtime wants them: ``str`` elements. Text from JSON already is; only
+    ``bytes`` elements (raw or base64 inputs) are decoded, once."""
+    if not any(isinstance(x, bytes) for x in array.flat):
+        return array
     return np.asarray(_decode(array), dtype=object).reshape(array.shape)
-
-
-def _to_bytes(array: np.ndarray) -> np.ndarray:
-    """ONNX Runtime's string outputs (``str``) back to BYTES (``bytes``)."""
-    return np.asarray(_encode(array), dtype=object).reshape(array.shape)
 
 
 #: The manifest's ``runtime_options.graph_optimization_level`` names.
@@ -32,7 +30,7 @@ GRAPH_OPTIMIZATION_LEVELS = {
 
 
 class OnnxRuntime(Runtime):
-    name = "onnxruntime"
+    name = ONNXRUNTIME
     platform = "onnxruntime_onnx"
 
     def load(self) -> None:
@@ -61,13 +59,11 @@ class OnnxRuntime(Runtime):
             ) from None
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # ONNX Runtime takes string tensors as str objects (it would str() a bytes object)
+        # ONNX Runtime takes string tensors as str objects (it would str() a bytes object);
+        # its string outputs stay str, which every encoder takes as BYTES
         feed = {n: _to_str(a) if a.dtype.kind == "O" else a for n, a in inputs.items()}
         results = self.session.run(self.output_names, feed)
-        return {
-            name: _to_bytes(array) if array.dtype.kind == "O" else array
-            for name, array in zip(self.output_names, results, strict=True)
-        }
+        return dict(zip(self.output_names, results, strict=True))
 
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
+        self.session = None

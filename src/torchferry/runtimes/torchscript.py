@@ -5,16 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from torchferry.archive.formats import TORCHSCRIPT
 from torchferry.errors import ArchiveError, ModelError
 from torchferry.runtimes.base import Runtime
-
-
-def _writable(array: np.ndarray) -> np.ndarray:
-    """torch tensors may be written in place by the model: binary request bodies arrive as
-    read-only views, which are copied (ONNX Runtime, which never writes, takes them as is)."""
-    if array.flags.writeable and array.flags.c_contiguous:
-        return array
-    return np.array(array, order="C")
+from torchferry.runtimes.torch_io import to_arrays, to_tensors
 
 
 def _model_message(exc: Exception) -> str:
@@ -25,7 +19,7 @@ def _model_message(exc: Exception) -> str:
 
 
 class TorchScriptRuntime(Runtime):
-    name = "torchscript"
+    name = TORCHSCRIPT
     platform = "pytorch_torchscript"
 
     def load(self) -> None:
@@ -41,20 +35,13 @@ class TorchScriptRuntime(Runtime):
         self.output_names = signature.output_names
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [torch.from_numpy(_writable(inputs[n])).to(self.device) for n in self.input_names]
+        args = to_tensors(inputs, self.input_names, self.device)
         with torch.inference_mode():
             try:
                 result = self.module(*args)
             except torch.jit.Error as exc:
                 raise ModelError(_model_message(exc)) from exc
-        if isinstance(result, torch.Tensor):
-            result = (result,)
-        elif isinstance(result, dict):
-            result = tuple(result[n] for n in self.output_names)
-        return {
-            name: tensor.detach().cpu().numpy()
-            for name, tensor in zip(self.output_names, result, strict=True)
-        }
+        return to_arrays(result, self.output_names)
 
     def close(self) -> None:
-        self.module = None  # type: ignore[assignment]
+        self.module = None

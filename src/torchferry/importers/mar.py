@@ -31,15 +31,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from torchferry.archive.importer import (
-    Imported,
-    ImportOptions,
-    import_onnx,
-    import_torchscript,
-)
+import torch
+
 from torchferry.archive.integrity import safe_relative
 from torchferry.archive.manifest import HandlerSpec
 from torchferry.errors import ArchiveError
+from torchferry.importers.base import Imported, ImportOptions
+from torchferry.importers.graph import import_onnx, import_torchscript
 from torchferry.signature import TensorSpec
 
 MANIFEST_PATH = "MAR-INF/MANIFEST.json"
@@ -284,8 +282,6 @@ def _torchscript_inputs(path: Path, handler: str, options: ImportOptions) -> lis
             f"{path.name} is TorchScript, which does not record its inputs; give them, "
             "e.g. --input x:-1,3,224,224:float32"
         )
-    import torch
-
     name = "input"
     try:  # the forward() argument's own name, where the file keeps it
         arguments = torch.jit.load(str(path), map_location="cpu").forward.schema.arguments

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from torchferry.archive import Archive, ModelStore
-from torchferry.archive.importer import IMPORTERS, import_model
 from torchferry.errors import ArchiveError
+from torchferry.importers import IMPORTERS, import_model
 from torchferry.runtimes import load_runtime
 from torchferry.signature import TensorSpec
 

@@ -20,11 +20,11 @@ from torch import nn
 
 import torchferry.cli as cli
 from torchferry.archive import ModelStore
-from torchferry.archive.importer import import_model
-from torchferry.archive.mar import MarFile
 from torchferry.errors import ArchiveError
 from torchferry.handlers import load_handler
-from torchferry.handlers.base import HandlerInput
+from torchferry.handlers.base import HandlerRequest
+from torchferry.importers import import_model
+from torchferry.importers.mar import MarFile
 from torchferry.runtimes import load_runtime
 from torchferry.signature import TensorSpec
 
@@ -104,11 +104,13 @@ def test_image_classifier_mar_maps_to_the_image_handler(tmp_path, cnn_pt):
     assert json.loads(archive.file("labels.json").read_text()) == LABELS
 
     # the stored archive serves: labels from index_to_name.json, softmax top-k in order
-    handler = load_handler(archive)
+    handler = load_handler(archive, trust_code=False)
     runtime = load_runtime(archive, threads=1)
     try:
-        tensors = handler.preprocess(HandlerInput(blobs=[jpeg((200, 30, 30))]))
-        (row,) = handler.postprocess(runtime.infer(tensors))
+        upload = {"file": [jpeg((200, 30, 30))]}
+        request = HandlerRequest(content_type="multipart/form-data; boundary=x", files=upload)
+        tensors, state = handler.preprocess(request)
+        (row,) = handler.postprocess(runtime.infer(tensors), state)
     finally:
         runtime.close()
     pixels = torch.from_numpy(tensors["image"])

@@ -1,0 +1,154 @@
+"""Import a foreign model file into the model store: a plain ``.onnx``, a TorchScript ``.pt``,
+or a TorchServe ``.mar``.
+
+Each file type is one importer function in ``IMPORTERS`` (suffix -> function):
+:mod:`~torchferry.importers.graph` reads bare graphs, :mod:`~torchferry.importers.mar`
+TorchServe archives (using the graph importers for the model inside). An importer says what
+it found (:class:`~torchferry.importers.base.Imported`); :func:`import_model` writes it
+through :meth:`ModelStore.write`, which hashes every file. Imports point one way:
+``__init__`` -> ``mar`` -> ``graph`` -> ``base``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from torchferry.archive.formats import GRAPH_FILES
+from torchferry.archive.integrity import safe_relative
+from torchferry.archive.manifest import MANIFEST_NAME, BatchingSpec, HandlerSpec, Manifest
+from torchferry.archive.store import Archive, ModelStore
+from torchferry.errors import ArchiveError
+from torchferry.export.api import framework_versions
+from torchferry.importers.base import PROBE_BATCH, Imported, Importer, ImportOptions
+from torchferry.importers.graph import import_onnx, import_torchscript
+from torchferry.importers.mar import import_mar
+from torchferry.signature import TensorSpec
+
+#: File suffix -> importer. A new foreign format is one function plus one line here.
+IMPORTERS: dict[str, Importer] = {
+    ".onnx": import_onnx,
+    ".pt": import_torchscript,
+    ".ts": import_torchscript,
+    ".mar": import_mar,
+}
+
+
+def _handler_spec(
+    imported: Imported, handler: str | None, config: Mapping[str, Any]
+) -> HandlerSpec:
+    """The caller's handler and config over the importer's (its config only for its handler)."""
+    base = imported.handler or HandlerSpec()
+    name = handler or base.name
+    merged = dict(base.config) if name == base.name else {}
+    merged.update(config)
+    return HandlerSpec(name=name, config=merged)
+
+
+def import_model(
+    path: Path | str,
+    *,
+    name: str | None = None,
+    store: ModelStore | Path | str,
+    version: int | None = None,
+    inputs: Sequence[TensorSpec] | None = None,
+    output_names: Sequence[str] | None = None,
+    handler: str | None = None,
+    handler_config: dict[str, Any] | None = None,
+    batching: BatchingSpec | None = None,
+    extra_files: Mapping[str, bytes | Path] | None = None,
+    trust_custom_handler: bool = False,
+    report: Callable[[str], None] | None = None,
+) -> Archive:
+    """Import the model file at ``path`` as ``STORE/NAME/VERSION`` (the next version by default).
+
+    ``.onnx``: the signature is read from the graph (``inputs`` may override shapes).
+    ``.pt``/``.ts`` (TorchScript): ``inputs`` are required; outputs are found by running the
+    model once on random inputs. ``.mar`` (TorchServe): see :mod:`torchferry.importers.mar`;
+    the name defaults to the archive's ``modelName`` and the handler to the closest built-in.
+    ``extra_files`` (e.g. ``labels.json``) are copied in. ``handler`` defaults to what the
+    file asks for, else ``tensor``. ``report`` receives notes the user should read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArchiveError(f"cannot import {str(path)!r}: no such file")
+    importer = IMPORTERS.get(path.suffix.lower())
+    if importer is None:
+        raise ArchiveError(
+            f"cannot import {path.name}: unknown file type {path.suffix!r}; "
+            f"supported: {', '.join(sorted(IMPORTERS))}"
+        )
+    model_store = store if isinstance(store, ModelStore) else ModelStore(store)
+    model_store.root.mkdir(parents=True, exist_ok=True)
+    # unpacked files stay next to the store (same disk) until the version is written
+    with tempfile.TemporaryDirectory(prefix=".import-", dir=model_store.root) as scratch:
+        options = ImportOptions(
+            inputs=inputs,
+            output_names=output_names,
+            handler=handler,
+            trust_custom_handler=trust_custom_handler,
+            scratch=Path(scratch),
+        )
+        imported = importer(path, options)
+        name = name or imported.name
+        if not name:
+            raise ArchiveError(f"cannot import {path.name}: give the model a name (--name)")
+        files: dict[str, bytes | Path] = dict(imported.files)
+        given = {safe_relative(k).as_posix(): v for k, v in (extra_files or {}).items()}
+        for extra_name, content in {**imported.extra_files, **given}.items():
+            relative = safe_relative(extra_name).as_posix()
+            if relative in imported.files or relative == MANIFEST_NAME:
+                raise ArchiveError(f"extra file {extra_name!r} would replace a file of the model")
+            files[relative] = content if isinstance(content, bytes) else Path(content)
+        for archive_name, source in files.items():
+            if isinstance(source, Path) and not source.is_file():
+                raise ArchiveError(
+                    f"{path.name} needs {archive_name!r}, but {source} is not a file"
+                )
+        try:
+            manifest = Manifest(
+                name=name,
+                version=version if version is not None else model_store.next_version(name),
+                runtime=imported.runtime,
+                graphs={imported.runtime: GRAPH_FILES[imported.runtime]},
+                signature=imported.signature,
+                handler=_handler_spec(imported, handler, handler_config or {}),
+                batching=batching or BatchingSpec(),
+                framework_versions=framework_versions(),
+                source=imported.source,
+            )
+        except ValidationError as exc:
+            raise ArchiveError(f"cannot import {path.name}: {exc}") from None
+
+        def populate(staging: Path) -> None:
+            for archive_name, source in files.items():
+                target = staging / safe_relative(archive_name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(source, bytes):
+                    target.write_bytes(source)
+                else:
+                    shutil.copyfile(source, target)
+
+        archive = model_store.write(manifest, populate)
+    if report is not None:
+        for note in imported.notes:
+            report(note)
+    return archive
+
+
+__all__ = [
+    "IMPORTERS",
+    "PROBE_BATCH",
+    "ImportOptions",
+    "Imported",
+    "Importer",
+    "import_mar",
+    "import_model",
+    "import_onnx",
+    "import_torchscript",
+]
