@@ -36,7 +36,7 @@ from harness import Request, drive, machine_line, median, served
 import torchferry
 from torchferry.archive.store import Archive
 from torchferry.handlers import load_handler
-from torchferry.handlers.base import HandlerInput
+from torchferry.handlers.base import HandlerRequest
 from torchferry.runtimes import load_runtime
 from torchferry.zoo.digits import train_digits
 from torchferry.zoo.resnet import resnet18
@@ -122,13 +122,13 @@ def raw_rows(
 
 
 def raw_resnet(archive: Archive, jpegs: list[bytes], seconds: float, repeats: int) -> list[Row]:
-    runtime, handler = load_runtime(archive), load_handler(archive)
+    runtime, handler = load_runtime(archive), load_handler(archive, trust_code=False)
 
     def make(size: int) -> Callable[[], None]:
-        blobs = [jpegs[i % len(jpegs)] for i in range(size)]
+        request = HandlerRequest(files={"file": [jpegs[i % len(jpegs)] for i in range(size)]})
 
         def step() -> None:
-            runtime.infer(handler.preprocess(HandlerInput(blobs=blobs)))
+            runtime.infer(handler.preprocess(request)[0])
 
         return step
 

@@ -8,9 +8,26 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from torchferry.client import Client
+    from torchferry.errors import InvalidInput
     from torchferry.export import export
+    from torchferry.handlers.base import Handler, HandlerContext, HandlerRequest
 
-__all__ = ["Client", "__version__", "export"]
+__all__ = [
+    "Client",
+    "Handler",
+    "HandlerContext",
+    "HandlerRequest",
+    "InvalidInput",
+    "__version__",
+    "export",
+]
+#: Names importable from ``torchferry`` -> the module that defines them, imported on first use.
+_LAZY = {
+    "Handler": "torchferry.handlers.base",
+    "HandlerContext": "torchferry.handlers.base",
+    "HandlerRequest": "torchferry.handlers.base",
+    "InvalidInput": "torchferry.errors",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -24,4 +41,8 @@ def __getattr__(name: str) -> Any:
         from torchferry.client import Client
 
         return Client
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'torchferry' has no attribute {name!r}")

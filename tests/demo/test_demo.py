@@ -30,7 +30,8 @@ def test_curl_subcommand_prints_the_line(capsys):
 @pytest.mark.timeout(180)
 def test_build_exports_a_servable_digits_model(tmp_path):
     from torchferry.handlers import load_handler
-    from torchferry.handlers.base import HandlerInput
+    from torchferry.handlers.base import HandlerRequest
+    from torchferry.handlers.payload import PayloadState
     from torchferry.runtimes import load_runtime
 
     store = tmp_path / "store"
@@ -50,12 +51,13 @@ def test_build_exports_a_servable_digits_model(tmp_path):
 
     # the payload path, without a server: handler -> runtime -> handler
     body, truth = sample_request(count=4)
-    handler = load_handler(archive)
+    handler = load_handler(archive, trust_code=False)
+    request = HandlerRequest(body=json.dumps(body).encode(), content_type="application/json")
     for runtime_name in ("onnxruntime", "torchscript"):
         runtime = load_runtime(archive, runtime=runtime_name, threads=1)
-        answers = handler.postprocess(
-            runtime.infer(handler.preprocess(HandlerInput(data=body["data"])))
-        )
+        inputs, state = handler.preprocess(request)
+        answers = handler.postprocess(runtime.infer(inputs), state)
+        assert state == PayloadState("predict")
         runtime.close()
         assert [row[0]["label"] for row in answers] == [str(t) for t in truth]
         assert all(len(row) == 3 for row in answers)

@@ -43,6 +43,7 @@ def make_archive(tmp_path: Path) -> MakeArchive:
             (directory / "model.onnx").write_bytes(b"not a real graph")
             for name, content in (files or {}).items():
                 data = content if isinstance(content, bytes) else json.dumps(content).encode()
+                (directory / name).parent.mkdir(parents=True, exist_ok=True)
                 (directory / name).write_bytes(data)
 
         return ModelStore(tmp_path / "store").write(manifest, populate)

@@ -76,7 +76,14 @@ def add_archive_options(parser: argparse.ArgumentParser, name_required: bool = T
         metavar="NAME",
         help="name of an output, in order; repeat for several",
     )
-    parser.add_argument("--handler", default="tensor", help="request handler (tensor, image...)")
+    parser.add_argument(
+        "--handler",
+        default="tensor",
+        metavar="NAME|FILE.py:CLASS",
+        help="request handler: tensor, image, an installed one, or your Handler subclass as "
+        "FILE.py:CLASS or package.module:CLASS (its file is stored in the archive; serving it "
+        "needs --trust-code)",
+    )
     parser.add_argument(
         "--handler-config", type=json_object, metavar="JSON", help="handler settings, a JSON object"
     )
@@ -85,6 +92,15 @@ def add_archive_options(parser: argparse.ArgumentParser, name_required: bool = T
         type=Path,
         metavar="FILE",
         help=f"class labels (JSON, or one per line), stored as {LABELS_NAME}",
+    )
+    parser.add_argument(
+        "--extra-file",
+        dest="extra_files",
+        action="append",
+        type=Path,
+        metavar="PATH",
+        help="a file to store in the archive under its base name, for the handler "
+        "(a vocabulary, a config); repeat for several",
     )
     parser.add_argument("--max-batch-size", type=int, help="default batching: largest batch")
     parser.add_argument("--max-delay-ms", type=float, help="default batching: longest wait")
@@ -99,6 +115,12 @@ def archive_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.labels is not None:
         extra[LABELS_NAME] = labels_json(args.labels)
         config["labels"] = LABELS_NAME
+    for path in getattr(args, "extra_files", None) or []:
+        if path.name in extra:
+            raise ExportError(
+                f"--extra-file {str(path)!r}: the archive already gets a file named {path.name!r}"
+            )
+        extra[path.name] = path
     batching = None
     if args.max_batch_size is not None or args.max_delay_ms is not None:
         fields = {"max_batch_size": args.max_batch_size, "max_delay_ms": args.max_delay_ms}
@@ -120,7 +142,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("target", metavar="FILE.py:FACTORY", help="or package.module:factory")
     add_archive_options(parser)
-    parser.add_argument("--format", choices=["onnx", "torchscript", "both"], default="both")
+    parser.add_argument(
+        "--format",
+        choices=["onnx", "torchscript", "both", "eager"],
+        default="both",
+        help="eager: no graph; the archive carries FILE.py and the weights, for models with "
+        "Python control flow (serving it needs --trust-code)",
+    )
     parser.add_argument(
         "--torchscript", choices=["trace", "script"], default="trace", help="how to make model.pt"
     )

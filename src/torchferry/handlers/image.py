@@ -6,22 +6,43 @@ Pillow and numpy only. Config keys (all optional): ``resize`` (short side, 256),
 (224), ``mean``, ``std``, ``top_k`` (5), ``labels`` (a JSON file in the archive), ``softmax``
 (true), ``color`` (``"RGB"``, or ``"L"`` for grayscale models). ``resize`` or ``crop`` set to
 null skips that step.
+
+Images come as uploaded files (multipart fields ``file``, ``data`` or ``body``, else every
+upload; several files are several rows), or as the raw body with an ``image/*`` or
+``application/octet-stream`` content type (on TorchServe's route, any body that is not JSON).
+On TorchServe's route a base64 string (a JSON string, ``{"data": "..."}``, or a text field) is
+one image too. JSON tensors (``{"data": ...}``) skip the image pipeline.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from torchferry.archive.store import Archive
+from torchferry.codecs.jsonio import loads
 from torchferry.errors import ArchiveError, InvalidInput
-from torchferry.handlers.base import Handler, HandlerInput
+from torchferry.handlers.base import Handler, HandlerContext, HandlerRequest
+from torchferry.handlers.payload import (
+    TORCHSERVE,
+    PayloadState,
+    base64_file,
+    body_json,
+    form_texts,
+    is_file_media,
+    is_multipart,
+    raw_body,
+    request_data,
+    shape_rows,
+    unsupported,
+    uploads,
+)
 from torchferry.handlers.tensor import output_order, tensors_from_json
-from torchferry.handlers.topk import TopK
-from torchferry.signature import TensorSpec
+from torchferry.handlers.topk import TopK, label_scores
+from torchferry.signature import ModelSignature, TensorSpec
 
 #: Color mode -> (mean, std) defaults: ImageNet's, averaged over channels for grayscale.
 _DEFAULT_NORMALIZE: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -37,7 +58,7 @@ _DECODE_ERRORS = (
 )
 
 
-def _size(config: dict[str, Any], key: str, default: int) -> int | None:
+def _size(config: Mapping[str, Any], key: str, default: int) -> int | None:
     value = config.get(key, default)
     if value is None:
         return None
@@ -46,7 +67,7 @@ def _size(config: dict[str, Any], key: str, default: int) -> int | None:
     return value
 
 
-def _per_channel(config: dict[str, Any], key: str, default: tuple[float, ...]) -> np.ndarray:
+def _per_channel(config: Mapping[str, Any], key: str, default: tuple[float, ...]) -> np.ndarray:
     value = config.get(key, default)
     try:
         array = np.asarray(value, dtype=np.float64).reshape(-1)
@@ -65,9 +86,10 @@ class ImageHandler(Handler):
 
     name = "image"
 
-    def __init__(self, archive: Archive) -> None:
-        super().__init__(archive)
-        config = self.config
+    def setup(self, ctx: HandlerContext) -> None:
+        super().setup(ctx)
+        config = ctx.config
+        self.signature: ModelSignature = ctx.signature
         self.color = str(config.get("color", "RGB"))
         if self.color not in _DEFAULT_NORMALIZE:
             raise ArchiveError(
@@ -84,32 +106,31 @@ class ImageHandler(Handler):
         # (x / 255 - mean) / std == x * scale - shift, computed in float32 per channel
         self.scale = (1.0 / (255.0 * std)).astype(np.float32)
         self.shift = (mean / std).astype(np.float32)
-        self.top_k = TopK.from_config(archive, config, k=5, apply_softmax=True)
+        self.top_k = TopK.from_config(ctx.files, config, k=5, apply_softmax=True)
         self.spec = self._image_input()
 
     def _image_input(self) -> TensorSpec:
         """The model's one input, checked against the color mode and crop size."""
-        model = self.archive.manifest.name
         if len(self.signature.inputs) != 1:
             raise ArchiveError(
-                f"model {model!r}: the image handler needs one image input, the model has "
+                f"the image handler needs one image input, the model has "
                 f"{self.signature.input_names}"
             )
         spec = self.signature.inputs[0]
         channels = len(self.color)
         if len(spec.shape) != 4 or spec.numpy_dtype.kind != "f":
             raise ArchiveError(
-                f"model {model!r}: the image handler needs a float input of shape "
+                f"the image handler needs a float input of shape "
                 f"[N, C, H, W]; input {spec.name!r} is {list(spec.shape)} {spec.datatype}"
             )
         if spec.shape[1] not in (-1, channels):
             raise ArchiveError(
-                f"model {model!r}: input {spec.name!r} takes {spec.shape[1]} channels, "
+                f"input {spec.name!r} takes {spec.shape[1]} channels, "
                 f"the image handler's color mode {self.color!r} gives {channels}"
             )
         if self.crop is not None and any(d not in (-1, self.crop) for d in spec.shape[2:]):
             raise ArchiveError(
-                f"model {model!r}: input {spec.name!r} takes {spec.shape[2]}x{spec.shape[3]} "
+                f"input {spec.name!r} takes {spec.shape[2]}x{spec.shape[3]} "
                 f"images, the image handler crops to {self.crop}x{self.crop}"
             )
         return spec
@@ -117,16 +138,16 @@ class ImageHandler(Handler):
     def _decode(self, blob: bytes, index: int, count: int) -> np.ndarray:
         """One encoded image to a ``(H, W)`` or ``(H, W, C)`` uint8 array, resized and cropped."""
         try:
-            with Image.open(io.BytesIO(blob)) as image:
+            with Image.open(io.BytesIO(blob)) as opened:
                 target = self.resize or self.crop
                 if target is not None:
                     # JPEG only (a no-op elsewhere): decode at 1/2, 1/4 or 1/8 scale while the
                     # short side stays >= target, much faster for photos far larger than it.
-                    ratio = target / max(1, min(image.size))
-                    image.draft(
-                        self.color, (int(image.width * ratio) + 1, int(image.height * ratio) + 1)
+                    ratio = target / max(1, min(opened.size))
+                    opened.draft(
+                        self.color, (int(opened.width * ratio) + 1, int(opened.height * ratio) + 1)
                     )
-                image = image.convert(self.color)
+                image: Image.Image = opened.convert(self.color)
         except _DECODE_ERRORS as exc:
             # Pillow's own message for an unknown format names a BytesIO object: say it plainly
             reason = "unknown format" if isinstance(exc, UnidentifiedImageError) else str(exc)
@@ -149,13 +170,10 @@ class ImageHandler(Handler):
             image = image.crop((left, top, left + self.crop, top + self.crop))
         return np.asarray(image, dtype=np.uint8)
 
-    def preprocess(self, request: HandlerInput) -> dict[str, np.ndarray]:
-        if not request.blobs:
-            return tensors_from_json(self.signature, request.data)
-        if request.data is not None:
-            raise InvalidInput('send either image files or JSON "data", not both')
-        count = len(request.blobs)
-        images = [self._decode(blob, i, count) for i, blob in enumerate(request.blobs)]
+    def _pixels(self, blobs: list[bytes]) -> np.ndarray:
+        """Encoded images to the model's normalized ``(N, C, H, W)`` batch."""
+        count = len(blobs)
+        images = [self._decode(blob, i, count) for i, blob in enumerate(blobs)]
         if any(image.shape != images[0].shape for image in images):
             raise InvalidInput(
                 "the images differ in size after resizing and the handler has no crop set; "
@@ -168,7 +186,47 @@ class ImageHandler(Handler):
             batch[:, channel] -= self.shift[channel]
         if batch.dtype != self.spec.numpy_dtype:
             batch = batch.astype(self.spec.numpy_dtype)
-        return self.signature.validate_inputs({self.spec.name: batch})
+        return batch
 
-    def postprocess(self, outputs: dict[str, np.ndarray]) -> list[Any]:
-        return self.top_k(outputs[output_order(self.signature, outputs)[0]])
+    def _payload(self, request: HandlerRequest) -> tuple[list[bytes] | None, Any]:
+        """The request's image files, or (None, its JSON tensor data)."""
+        torchserve = request.route == TORCHSERVE
+        if is_multipart(request):
+            files = uploads(request)
+            texts = form_texts(request, any_field=not files)
+            if files and texts:
+                raise InvalidInput('send either image files or JSON "data", not both')
+            if files:
+                return files, None
+            if not texts:
+                raise InvalidInput('the multipart body has no file; upload it as field "file"')
+            if torchserve:
+                return [base64_file(texts[-1])], None
+            value = loads(texts[-1].encode("utf-8"), 'the multipart field "data"')
+            return None, request_data(value, self.signature, strict=False)
+        media = request.media_type
+        if request.is_json or (not torchserve and media == ""):
+            data = request_data(body_json(request), self.signature, strict=not torchserve)
+            if torchserve and isinstance(data, str):
+                return [base64_file(data)], None
+            return None, data
+        if torchserve or is_file_media(media):
+            return [raw_body(request)], None
+        raise unsupported(
+            request,
+            'application/json {"data": ...}, multipart/form-data with a "file" field, '
+            "image/*, or application/octet-stream",
+        )
+
+    def preprocess(self, request: HandlerRequest) -> tuple[dict[str, np.ndarray], PayloadState]:
+        state = PayloadState(request.route)
+        blobs, data = self._payload(request)
+        if blobs is None:
+            return tensors_from_json(self.signature, data), state
+        return {self.spec.name: self._pixels(blobs)}, state
+
+    def postprocess(self, outputs: dict[str, np.ndarray], state: PayloadState) -> Any:
+        rows = self.top_k(outputs[output_order(self.signature, outputs)[0]])
+        if state.route == TORCHSERVE:
+            return shape_rows([label_scores(row) for row in rows], state)
+        return rows

@@ -1,4 +1,11 @@
-"""The identity handler: JSON arrays in ``data`` to model tensors, model tensors to JSON rows.
+"""The identity handler: JSON arrays to model tensors, model tensors to JSON rows.
+
+It takes ``{"data": X}``, X being the single input's rows (nested lists) or an object mapping
+each input name to its rows. On TorchServe's route it also takes X bare (a JSON list, or the
+object of inputs), JSON sent without a JSON content type (``curl -T rows.json``, ``curl -d``),
+and JSON in a multipart field (``data``, ``file`` or ``body``, as a file or a text part).
+A value one rank short of its input is one row. Names, datatypes and shapes are checked once,
+after ``preprocess``, by the data plane.
 
 With ``top_k`` in its config (classification models) it answers each row with its best
 classes instead of the raw output row; see :mod:`torchferry.handlers.topk`.
@@ -11,19 +18,31 @@ from typing import Any
 
 import numpy as np
 
-from torchferry.archive.store import Archive
+from torchferry.codecs.jsonarray import json_to_array
+from torchferry.codecs.jsonio import loads
 from torchferry.errors import InvalidInput
-from torchferry.handlers.base import Handler, HandlerInput
-from torchferry.handlers.topk import TopK
+from torchferry.handlers.base import Handler, HandlerContext, HandlerRequest
+from torchferry.handlers.payload import (
+    TORCHSERVE,
+    PayloadState,
+    body_json,
+    form_texts,
+    is_file_media,
+    is_multipart,
+    request_data,
+    shape_rows,
+    unsupported,
+    uploads,
+)
+from torchferry.handlers.topk import TopK, label_scores
 from torchferry.signature import ModelSignature, TensorSpec
-from torchferry.tensorjson import json_to_array
 
 
 def to_array(spec: TensorSpec, value: Any) -> np.ndarray:
     """Convert one input's JSON value (nested lists) to an array of the spec's datatype.
 
     A value one rank short of the spec is taken as a single row and gets the batch dimension.
-    Shapes are checked later, by ``ModelSignature.validate_inputs``.
+    Shapes are checked later, by the data plane.
     """
     array = json_to_array(value, spec.datatype, f"input {spec.name!r} of shape {list(spec.shape)}")
     if array.ndim == len(spec.shape) - 1:
@@ -32,7 +51,7 @@ def to_array(spec: TensorSpec, value: Any) -> np.ndarray:
 
 
 def tensors_from_json(signature: ModelSignature, data: Any) -> dict[str, np.ndarray]:
-    """A ``/predict`` request's ``data`` to validated input arrays, in signature order.
+    """A request's tensor ``data`` to input arrays, in signature order (checked later).
 
     ``data`` is the input's nested lists for a single-input model, or an object mapping each
     input name to its nested lists (accepted for single-input models too).
@@ -49,7 +68,7 @@ def tensors_from_json(signature: ModelSignature, data: Any) -> dict[str, np.ndar
             f'the model has several inputs {names}; send "data" as an object mapping each '
             "input name to its array"
         )
-    return signature.validate_inputs(arrays)
+    return {name: arrays[name] for name in names if name in arrays}
 
 
 def output_order(signature: ModelSignature, outputs: Mapping[str, np.ndarray]) -> list[str]:
@@ -81,22 +100,60 @@ class TensorHandler(Handler):
 
     name = "tensor"
 
-    def __init__(self, archive: Archive) -> None:
-        super().__init__(archive)
+    def setup(self, ctx: HandlerContext) -> None:
+        super().setup(ctx)
+        self.signature = ctx.signature
         self.top_k: TopK | None = None
-        if "top_k" in self.config:
-            self.top_k = TopK.from_config(archive, self.config, k=1, apply_softmax=False)
+        if "top_k" in ctx.config:
+            self.top_k = TopK.from_config(ctx.files, ctx.config, k=1, apply_softmax=False)
 
-    def preprocess(self, request: HandlerInput) -> dict[str, np.ndarray]:
-        if request.blobs:
-            raise InvalidInput(
-                f'model {self.archive.manifest.name!r} takes JSON tensors in "data" '
-                f"(inputs {self.signature.input_names}), not uploaded files"
-            )
-        return tensors_from_json(self.signature, request.data)
+    def _no_files(self) -> InvalidInput:
+        return InvalidInput(
+            f'model {self.ctx.model_name!r} takes JSON tensors in "data" '
+            f"(inputs {self.signature.input_names}), not uploaded files"
+        )
 
-    def postprocess(self, outputs: dict[str, np.ndarray]) -> list[Any]:
+    def _data(self, request: HandlerRequest) -> Any:
+        """The request's tensor data, from its body or a multipart field."""
+        torchserve = request.route == TORCHSERVE
+        if is_multipart(request):
+            files = uploads(request)
+            if files and not torchserve:
+                raise self._no_files()
+            if len(files) > 1:
+                raise InvalidInput(
+                    f"model {self.ctx.model_name!r} takes one JSON file, got {len(files)}"
+                )
+            if files:
+                try:
+                    value = loads(files[0], "the uploaded file")
+                except InvalidInput as exc:
+                    raise InvalidInput(
+                        f"model {self.ctx.model_name!r} takes JSON tensors "
+                        f"(inputs {self.signature.input_names}); {exc.message}"
+                    ) from None
+            else:
+                texts = form_texts(request)
+                if not texts:
+                    raise InvalidInput('the multipart body has no "data" field')
+                value = loads(texts[-1].encode("utf-8"), 'the multipart field "data"')
+            return request_data(value, self.signature, strict=False)
+        if request.is_json or (not torchserve and request.media_type == ""):
+            return request_data(body_json(request), self.signature, strict=not torchserve)
+        if is_file_media(request.media_type):
+            raise self._no_files()
+        if torchserve:
+            return request_data(body_json(request), self.signature, strict=False)
+        raise unsupported(request, 'application/json {"data": ...}')
+
+    def preprocess(self, request: HandlerRequest) -> tuple[dict[str, np.ndarray], PayloadState]:
+        return tensors_from_json(self.signature, self._data(request)), PayloadState(request.route)
+
+    def postprocess(self, outputs: dict[str, np.ndarray], state: PayloadState) -> Any:
         names = output_order(self.signature, outputs)
-        if self.top_k is not None:
-            return self.top_k(outputs[names[0]])
-        return rows_from_outputs(outputs, names)
+        if self.top_k is None:
+            return shape_rows(rows_from_outputs(outputs, names), state)
+        rows = self.top_k(outputs[names[0]])
+        if state.route == TORCHSERVE:
+            return shape_rows([label_scores(row) for row in rows], state)
+        return rows

@@ -8,12 +8,13 @@ Shared by the handlers that answer classification models (``tensor`` with ``top_
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from torchferry.archive.store import Archive
 from torchferry.errors import ArchiveError
 
 
@@ -51,15 +52,15 @@ def parse_labels(value: Any, source: str = "labels") -> list[str | None]:
     return labels
 
 
-def read_labels(archive: Archive, name: str) -> list[str | None]:
-    """Read and parse the labels file ``name`` that the archive carries."""
-    path = archive.file(name)
+def read_labels(files: Mapping[str, Path], name: str) -> list[str | None]:
+    """Read and parse the labels file ``name`` among the archive's ``files``."""
+    path = files.get(name)
+    if path is None:
+        raise ArchiveError(f"labels file {name!r} is not in the archive")
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ArchiveError(
-            f"model {archive.manifest.name!r}: handler labels file {name!r} is not in the archive"
-        ) from None
+        raise ArchiveError(f"labels file {name!r} is not in the archive") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArchiveError(f"{path}: labels file is not valid JSON: {exc}") from None
     return parse_labels(value, source=str(path))
@@ -75,9 +76,10 @@ class TopK:
 
     @classmethod
     def from_config(
-        cls, archive: Archive, config: dict[str, Any], *, k: int, apply_softmax: bool
+        cls, files: Mapping[str, Path], config: Mapping[str, Any], *, k: int, apply_softmax: bool
     ) -> TopK:
-        """Build from a handler config's ``top_k``, ``labels`` and ``softmax`` keys.
+        """Build from a handler config's ``top_k``, ``labels`` and ``softmax`` keys, reading the
+        labels file among ``files`` (``HandlerContext.files``).
 
         ``k`` and ``apply_softmax`` are the defaults where the config does not set them.
         """
@@ -85,7 +87,7 @@ class TopK:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ArchiveError(f"handler config top_k must be a positive integer, got {k!r}")
         labels_file = config.get("labels")
-        labels = read_labels(archive, str(labels_file)) if labels_file else None
+        labels = read_labels(files, str(labels_file)) if labels_file else None
         return cls(k=k, labels=labels, apply_softmax=bool(config.get("softmax", apply_softmax)))
 
     def label(self, index: int) -> str | None:
@@ -115,3 +117,13 @@ class TopK:
             ]
             for row_index, row_score in zip(best, best_scores, strict=True)
         ]
+
+
+def label_scores(classes: list[dict[str, Any]]) -> dict[str, float]:
+    """One top-k row as TorchServe's classifiers answer it: ``{label: score}`` in descending
+    order; an unlabelled class is its index as a string, a repeated label keeps its best score."""
+    scores: dict[str, float] = {}
+    for entry in classes:
+        label = entry["label"]
+        scores.setdefault(str(entry["class"]) if label is None else label, entry["score"])
+    return scores
