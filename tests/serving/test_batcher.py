@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from torchferry.errors import InferenceTimeout, ModelError, Overloaded
+from torchferry.errors import InferenceTimeout, ModelError, ModelNotReady, Overloaded
 from torchferry.serving.batcher import Batcher
 
 
@@ -144,9 +144,9 @@ def test_a_slow_model_times_out_with_inference_timeout():
 
     async def body(batcher):
         with pytest.raises(InferenceTimeout, match="did not answer"):
-            await batcher.submit({"x": np.ones((1, 3), np.float32)})
+            await batcher.submit({"x": np.ones((1, 3), np.float32)}, timeout_s=0.05)
 
-    run(_with_batcher(model, body, timeout_s=0.05))
+    run(_with_batcher(model, body))
 
 
 def test_close_answers_every_queued_request():
@@ -165,7 +165,7 @@ def test_close_answers_every_queued_request():
 
     answers = run(main())
     assert len(answers) == 6
-    with pytest.raises(Overloaded):
+    with pytest.raises(ModelNotReady, match="has not started"):
         run(Batcher(model, name="closed").submit({"x": np.ones((1, 3), np.float32)}))
 
 

@@ -11,10 +11,12 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as httpclient
-from test_codec import SAMPLES
+from value_samples import SAMPLES
 
+from torchferry.codecs.datatypes import V2_TO_NUMPY, output_datatype
+from torchferry.codecs.raw import decode_raw, encode_raw
 from torchferry.errors import InvalidInput
-from torchferry.serving.protocols.raw import decode_raw, encode_raw
+from torchferry.serving.dataplane import InferResponse, OutputTensor, wanted_outputs
 from torchferry.serving.protocols.v2 import decode_request
 from torchferry.serving.protocols.v2_binary import (
     HEADER,
@@ -24,7 +26,7 @@ from torchferry.serving.protocols.v2_binary import (
     render_response,
     split_body,
 )
-from torchferry.signature import V2_TO_NUMPY, ModelSignature, TensorSpec
+from torchferry.signature import ModelSignature, TensorSpec
 
 
 def signature(inputs: list[tuple[str, str, tuple[int, ...]]]) -> ModelSignature:
@@ -205,19 +207,18 @@ def test_mixed_json_and_binary_inputs_and_output_flags():
     }
     body, n = binary_body(header, b.tobytes())
     parsed, rest = split_body(body, n)
-    arrays, outputs = decode_request(MODEL, parsed, rest)
+    request = decode_request(MODEL, None, parsed, rest)
+    arrays = request.inputs
     assert arrays["a"].tolist() == [[0.5, 1.5, 2.5]] and arrays["b"].tolist() == b.tolist()
     assert base_buffer(arrays["b"]) is body
-    assert outputs == [("twice", True), ("sum", False)]
+    assert wanted_outputs(MODEL.signature, request) == [("twice", True), ("sum", False)]
     del header["parameters"]
-    assert decode_request(MODEL, header, memoryview(b.tobytes()))[1] == [
-        ("twice", False), ("sum", False)
-    ]  # fmt: skip
+    request = decode_request(MODEL, None, header, memoryview(b.tobytes()))
+    assert wanted_outputs(MODEL.signature, request) == [("twice", False), ("sum", False)]
     header.pop("outputs")
     header["parameters"] = {"binary_data_output": True}
-    assert decode_request(MODEL, header, memoryview(b.tobytes()))[1] == [
-        ("sum", True), ("twice", True)
-    ]  # fmt: skip
+    request = decode_request(MODEL, None, header, memoryview(b.tobytes()))
+    assert wanted_outputs(MODEL.signature, request) == [("sum", True), ("twice", True)]
 
 
 @pytest.mark.parametrize(
@@ -231,7 +232,7 @@ def test_mixed_json_and_binary_inputs_and_output_flags():
 def test_bad_output_flags_are_400(change, message):
     header = {"inputs": [{"name": "a", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
     with pytest.raises(InvalidInput, match=message):
-        decode_request(MODEL, {**header, **change}, None)
+        decode_request(MODEL, None, {**header, **change}, None)
 
 
 def test_bf16_is_refused_clearly():
@@ -246,7 +247,7 @@ def test_bf16_is_refused_clearly():
         ]
     }
     with pytest.raises(InvalidInput, match="input 'a': BF16 is not supported"):
-        decode_request(MODEL, header, memoryview(bytes(6)))
+        decode_request(MODEL, None, header, memoryview(bytes(6)))
 
 
 # -- raw binary requests (Inference-Header-Content-Length: 0) ----------------------------------
@@ -282,8 +283,16 @@ def test_raw_request_refusals(inputs, body, message):
 # -- output assembly ---------------------------------------------------------------------------
 
 
+def _response(results: dict[str, np.ndarray], outputs: list[tuple[str, bool]]) -> InferResponse:
+    tensors = [
+        OutputTensor(name, output_datatype(name, results[name]), results[name], binary)
+        for name, binary in outputs
+    ]
+    return InferResponse("m", "1", "1", tensors)
+
+
 def test_all_json_outputs_make_a_plain_json_response():
-    response = render_response({"id": "1"}, {"y": np.ones(2, np.float32)}, [("y", False)])
+    response = render_response(_response({"y": np.ones(2, np.float32)}, [("y", False)]))
     assert response.media_type == "application/json" and HEADER.lower() not in response.headers
     assert orjson.loads(response.body)["outputs"][0]["data"] == [1.0, 1.0]
 
@@ -292,7 +301,7 @@ def test_binary_outputs_follow_the_json_header_in_output_order():
     results = {datatype: sample(datatype) for datatype in SAMPLES}
     results["empty"] = np.empty((0, 3), np.float32)
     outputs = [(name, index % 3 != 1) for index, name in enumerate(results)]
-    response = render_response({"model_name": "m"}, results, outputs)
+    response = render_response(_response(results, outputs))
     assert response.media_type == "application/octet-stream"
     length = int(response.headers[HEADER])
     assert int(response.headers["content-length"]) == len(response.body)

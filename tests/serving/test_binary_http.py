@@ -13,12 +13,12 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as httpclient
-from test_codec import SAMPLES
+from value_samples import SAMPLES
 
+from torchferry.codecs.datatypes import V2_TO_NUMPY
 from torchferry.serving.app import build_app
 from torchferry.serving.repository import ModelRepository
 from torchferry.serving.settings import ServerSettings
-from torchferry.signature import V2_TO_NUMPY
 
 HEADER = "Inference-Header-Content-Length"
 X = np.arange(8, dtype=np.float32).reshape(2, 4)

@@ -18,7 +18,8 @@ import tritonclient.grpc.aio as grpcaio
 
 from torchferry.cli import build_parser
 from torchferry.cli.serve_cmd import settings_from_args
-from torchferry.serving.grpc import start_grpc_server, stop_grpc_server
+from torchferry.serving.dataplane import DataPlane
+from torchferry.serving.protocols.grpc import V2Grpc
 from torchferry.serving.protos import inference_pb2 as pb
 from torchferry.serving.protos.inference_pb2_grpc import GRPCInferenceServiceStub
 from torchferry.serving.repository import ModelRepository
@@ -120,7 +121,8 @@ def test_in_process_start_readiness_and_stop(model_store):
     repository.load_store(model_store, ["adder"])
 
     async def scenario() -> None:
-        server = await start_grpc_server(settings, repository)
+        protocol = V2Grpc(DataPlane(repository, None), settings)
+        await protocol.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = GRPCInferenceServiceStub(channel)
@@ -137,7 +139,7 @@ def test_in_process_start_readiness_and_stop(model_store):
                 response = await stub.ModelInfer(request)
                 assert np.frombuffer(response.raw_output_contents[0], "<f4").tolist() == [1.0] * 4
         finally:
-            await stop_grpc_server(server, grace=1)
+            await protocol.stop()
             await repository.close()
 
     asyncio.run(scenario())
@@ -150,7 +152,8 @@ def test_a_taken_port_fails_with_a_clear_message(model_store):
         with pytest.raises(
             OSError, match=rf"127\.0\.0\.1:{port}: is the port taken.*--grpc-port N.*--no-grpc"
         ):
-            asyncio.run(start_grpc_server(settings, ModelRepository(settings)))
+            plane = DataPlane(ModelRepository(settings), None)
+            asyncio.run(V2Grpc(plane, settings).start())
 
 
 def test_command_line_flags():
@@ -178,5 +181,5 @@ def test_committed_stubs_are_what_the_script_generates(tmp_path):
 
 def test_stubs_import_beside_tritonclients():
     # both define 'inference.*' messages; ours live in a private descriptor pool
-    code = "import tritonclient.grpc, torchferry.serving.grpc, tritonclient.grpc.aio"
+    code = "import tritonclient.grpc, torchferry.serving.protocols.grpc, tritonclient.grpc.aio"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -19,7 +19,12 @@ from torchferry.errors import (
     ModelNotReady,
     Overloaded,
 )
-from torchferry.serving.grpc import CONTENTS, InferenceServicer, decode_contents, decode_inputs
+from torchferry.serving.protocols.grpc import (
+    CONTENTS,
+    InferenceServicer,
+    decode_contents,
+    decode_request,
+)
 from torchferry.serving.protos import inference_pb2 as pb
 from torchferry.serving.protos.inference_pb2_grpc import GRPCInferenceServiceStub
 from torchferry.signature import ModelSignature, TensorSpec
@@ -149,11 +154,15 @@ class FakeContext:
         raise Aborted
 
 
-class BrokenRepository:
+class BrokenPlane:
+    """A data plane whose every model lookup fails with ``error``."""
+
+    repository = None
+
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    def get(self, name: str, version: str | None = None) -> None:
+    def resolve(self, name: str, version: str | None = None) -> None:
         raise self.error
 
 
@@ -168,7 +177,7 @@ class BrokenRepository:
     ],
 )
 def test_every_error_ends_the_call_with_its_status(error, code):
-    servicer = InferenceServicer(BrokenRepository(error))  # type: ignore[arg-type]
+    servicer = InferenceServicer(BrokenPlane(error))  # type: ignore[arg-type]
     context = FakeContext()
     with pytest.raises(Aborted):
         asyncio.run(servicer.ModelInfer(pb.ModelInferRequest(model_name="m"), context))
@@ -203,11 +212,11 @@ def test_narrow_integers_out_of_range_are_refused(datatype, value):
 
 def test_raw_numeric_inputs_are_views_of_the_request_bytes():
     spec = TensorSpec(name="x", datatype="FP32", shape=(-1, 4))
-    model = SimpleNamespace(signature=ModelSignature(inputs=(spec,), outputs=(spec,)))
+    model = SimpleNamespace(name="m", signature=ModelSignature(inputs=(spec,), outputs=(spec,)))
     data = np.arange(8, dtype="<f4").tobytes()
     request = pb.ModelInferRequest(
         inputs=[Tensor(name="x", datatype="FP32", shape=[2, 4])], raw_input_contents=[data]
     )
-    (array,) = decode_inputs(model, request).values()  # type: ignore[arg-type]
+    (array,) = decode_request(model, request, None).inputs.values()  # type: ignore[arg-type]
     assert array.tolist() == np.arange(8, dtype=np.float32).reshape(2, 4).tolist()
     assert not array.flags.owndata and not array.flags.writeable  # np.frombuffer, no copy

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from torchferry.archive.importer import import_model
+from torchferry.importers import import_model
 from torchferry.serving.app import build_app
 from torchferry.serving.repository import ModelRepository
 from torchferry.serving.settings import ServerSettings

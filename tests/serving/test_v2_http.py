@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_codec import SAMPLES
+from value_samples import SAMPLES
 
 ALL_TYPES = list(SAMPLES)
 X = [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]

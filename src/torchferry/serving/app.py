@@ -1,11 +1,12 @@
-"""Assembles the ASGI app: protocols' routers, error mapping, body limit, lifecycle (which
-also starts and stops the gRPC server)."""
+"""Assembles the ASGI app from the protocol registry: every protocol's routes over one data
+plane, one error mapping, the body limit, and a lifecycle that starts the protocols' own
+listeners (gRPC) once the models serve and stops them before the models drain."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,80 +14,73 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 import torchferry
-from torchferry.errors import Overloaded, TorchferryError
-from torchferry.serving.grpc import start_grpc_server, stop_grpc_server
-from torchferry.serving.jsonio import JSONResponse
+from torchferry.errors import InvalidInput, TorchferryError, internal_error
+from torchferry.serving.dataplane import DataPlane
 from torchferry.serving.limits import BodySizeLimit
 from torchferry.serving.protocols import PROTOCOLS
+from torchferry.serving.protocols.common import JSONResponse, error_response
 from torchferry.serving.repository import ModelRepository
 from torchferry.serving.settings import ServerSettings
 
 log = logging.getLogger("torchferry.app")
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    """Every protocol's error body is ``{"error": message}``."""
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
 async def _torchferry_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TorchferryError)
-    headers = None
-    if isinstance(exc, Overloaded):
-        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
     if exc.status_code >= 500:
         log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc)
-    return error_response(exc.status_code, exc.message, headers)
+    return error_response(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None)
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-    return error_response(400, "; ".join(parts) or "invalid request")
+    return error_response(InvalidInput("; ".join(parts) or "invalid request"))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+    return error_response(internal_error(exc))
 
 
 def build_app(settings: ServerSettings, repository: ModelRepository) -> FastAPI:
     """The HTTP app over an already loaded repository; batchers start with the app."""
+    plane = DataPlane(repository, settings.request_timeout_s)
+    protocols = [protocol(plane, settings) for protocol in PROTOCOLS]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # gRPC runs on this same event loop, over the same batchers: it starts once they
-        # run, and stops (finishing its in-flight calls) before they drain
         await repository.start()
-        grpc_server = None
-        try:
-            if settings.grpc_port is not None:
-                grpc_server = await start_grpc_server(settings, repository)
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(repository.close)
+            for protocol in protocols:
+                await protocol.start()
+                stack.push_async_callback(protocol.stop)
             yield
-        finally:
-            if grpc_server is not None:
-                await stop_grpc_server(grpc_server)
-            await repository.close()
 
     app = FastAPI(
         title="torchferry",
         version=torchferry.__version__,
-        description="KServe V2 / Open Inference Protocol, TF-Serving/KServe V1 REST, and /predict.",
+        description="KServe V2 / Open Inference Protocol (HTTP and gRPC), TF-Serving/KServe V1 "
+        "REST, TorchServe's API, and /predict.",
         lifespan=lifespan,
         default_response_class=JSONResponse,
     )
     app.state.repository = repository
+    app.state.plane = plane
     app.state.settings = settings
     app.add_exception_handler(TorchferryError, _torchferry_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    for protocol in PROTOCOLS:
-        app.include_router(protocol.router)
+    for protocol in protocols:
+        if protocol.router is not None:
+            app.include_router(protocol.router)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     return app

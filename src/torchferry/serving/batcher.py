@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from torchferry.errors import InferenceTimeout, ModelError, Overloaded, TorchferryError
+from torchferry.errors import (
+    InferenceTimeout,
+    ModelError,
+    ModelNotReady,
+    Overloaded,
+    TorchferryError,
+)
 
 InferFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -71,14 +77,12 @@ class Batcher:
         max_batch_size: int = 32,
         max_delay_ms: float = 0.0,
         max_queue_rows: int = 4096,
-        timeout_s: float | None = None,
     ) -> None:
         self._infer = infer
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue_rows = max_queue_rows
-        self.timeout_s = timeout_s
         self.stats = BatcherStats()
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
@@ -112,10 +116,14 @@ class Batcher:
 
     # -- requests ------------------------------------------------------------------------------
 
-    async def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Queue one request's validated inputs and wait for its outputs."""
+    async def submit(
+        self, inputs: dict[str, np.ndarray], timeout_s: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Queue one request's validated inputs and wait for its outputs, at most
+        ``timeout_s`` seconds (then 504; the request is dropped if it has not started)."""
         if self._closing or self._task is None or self._wakeup is None:
-            raise Overloaded(f"model {self.name!r} is shutting down", retry_after=1.0)
+            state = "is draining" if self._closing else "has not started"
+            raise ModelNotReady(f"model {self.name!r} {state}", retry_after=1.0)
         rows = next(iter(inputs.values())).shape[0]
         if self._queued_rows + rows > self.max_queue_rows and self._queued_rows > 0:
             raise Overloaded(
@@ -129,15 +137,24 @@ class Batcher:
         self._queue.append(request)
         self._queued_rows += rows
         self._wakeup.set()
-        if self.timeout_s is None:
+        if timeout_s is None:
             return await request.future
         try:
-            return await asyncio.wait_for(asyncio.shield(request.future), self.timeout_s)
+            return await asyncio.wait_for(asyncio.shield(request.future), timeout_s)
         except TimeoutError:
-            request.future.cancel()
+            self._abandon(request)
             raise InferenceTimeout(
-                f"model {self.name!r} did not answer within {self.timeout_s:g} s"
+                f"model {self.name!r} did not answer within {timeout_s:.3g} s"
             ) from None
+
+    def _abandon(self, request: _Request) -> None:
+        """A request whose caller gave up: it frees its place in the queue at once (the loop
+        drops it when it reaches it), so that a stuck request cannot hold capacity."""
+        if request.future.cancel():
+            self._queued_rows -= request.rows
+            request.rows = 0
+            if self._wakeup is not None:
+                self._wakeup.set()
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -153,6 +170,8 @@ class Batcher:
                 await self._wakeup.wait()
                 continue
             await self._wait_to_fill(loop)
+            if not self._queue:  # every waiting request gave up
+                continue
             batch = self._take_batch()
             if batch:
                 await self._execute(loop, batch)
@@ -165,6 +184,9 @@ class Batcher:
         assert self._wakeup is not None
         deadline = self._queue[0].arrived + self.max_delay
         while self._queued_rows < self.max_batch_size and not self._closing:
+            self._drop_abandoned()
+            if not self._queue:
+                return
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from torchferry.codecs.jsonio import dumps
 from torchferry.errors import PayloadTooLarge
-from torchferry.serving.jsonio import dumps
 
 
 class BodySizeLimit:

@@ -65,14 +65,15 @@ def serve_in_subprocess(
     ARGS with ``--no-grpc`` or their own ``--grpc-port`` keep that. On exit the server gets
     SIGTERM (a graceful drain), then SIGKILL after 30 s.
     """
-    port, grpc_port = free_ports(2)
+    port, free_grpc_port = free_ports(2)
+    grpc_port: int | None = free_grpc_port
     command = [sys.executable, "-m", "torchferry.cli", "serve", *args, port_flag, str(port)]
     if "--no-grpc" in args:
         grpc_port = None
     elif "--grpc-port" in args:
         grpc_port = int(args[args.index("--grpc-port") + 1])
     else:
-        command += ["--grpc-port", str(grpc_port)]
+        command += ["--grpc-port", str(free_grpc_port)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with ExitStack() as files:
         sink = files.enter_context(log.open("wb")) if log else subprocess.DEVNULL

@@ -1,7 +1,7 @@
 """The loaded models: each model version with its runtime, handler and batcher.
 
-Protocols look models up here by name and optional version; the repository knows nothing
-of wire formats.
+The data plane looks models up here by name and optional version; the repository knows
+nothing of wire formats.
 """
 
 from __future__ import annotations
@@ -10,15 +10,12 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
 
 from torchferry.archive.manifest import Manifest
 from torchferry.archive.store import Archive, ModelStore
 from torchferry.errors import ModelNotFound, TorchferryError
 from torchferry.handlers import load_handler
-from torchferry.handlers.base import Handler, HandlerInput
+from torchferry.handlers.base import Handler
 from torchferry.runtimes import Runtime, load_runtime
 from torchferry.serving.batcher import Batcher
 from torchferry.serving.settings import ServerSettings
@@ -50,17 +47,6 @@ class LoadedModel:
     @property
     def signature(self) -> ModelSignature:
         return self.manifest.signature
-
-    async def infer(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Validate named input arrays against the signature, then run them through the batcher."""
-        return await self.batcher.submit(self.signature.validate_inputs(tensors))
-
-    async def predict(self, request: HandlerInput) -> list[Any]:
-        """The payload path: handler preprocess (on a worker thread), batch, postprocess."""
-        loop = asyncio.get_running_loop()
-        tensors = await loop.run_in_executor(self.preprocess_pool, self.handler.preprocess, request)
-        outputs = await self.infer(tensors)
-        return self.handler.postprocess(outputs)
 
 
 class ModelRepository:
@@ -96,9 +82,10 @@ class ModelRepository:
             runtime=preferred if preferred in manifest.graphs else None,
             device=self.settings.device,
             threads=self.settings.threads,
+            trust_code=self.settings.trust_code,
         )
         try:
-            handler = load_handler(archive)
+            handler = load_handler(archive, trust_code=self.settings.trust_code)
         except TorchferryError:
             runtime.close()
             raise
@@ -108,7 +95,6 @@ class ModelRepository:
             max_batch_size=batching.max_batch_size,
             max_delay_ms=batching.max_delay_ms,
             max_queue_rows=self.settings.max_queue_rows,
-            timeout_s=self.settings.request_timeout_s,
         )
         model = LoadedModel(archive, runtime, handler, batcher, self._preprocess_pool)
         self._models.setdefault(manifest.name, {})[manifest.version] = model

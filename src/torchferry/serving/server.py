@@ -65,7 +65,7 @@ def serve(settings: ServerSettings) -> None:
     for model in repository.all():
         console.print(
             f"[green]loaded[/] {model.name} v{model.version} "
-            f"({model.runtime.name}, handler {model.handler.name})"
+            f"({model.runtime.name}, handler {model.manifest.handler.name})"
         )
     app = build_app(settings, repository)
     # torch and the engines leave millions of long-lived objects; a full collection that

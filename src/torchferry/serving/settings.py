@@ -44,6 +44,8 @@ class ServerSettings(BaseModel):
     batching: ModelOverride = Field(default_factory=ModelOverride)
     per_model: dict[str, ModelOverride] = Field(default_factory=dict)
     log_level: str = "info"
+    #: Run Python code that archives carry (custom handlers, eager models); off by default.
+    trust_code: bool = False
 
     def resolved_threads(self) -> int:
         return self.threads or default_threads()

@@ -1,13 +1,17 @@
-"""Wire protocols, one module each, every one mapping its wire format to named numpy arrays.
+"""Wire protocols, one module each, every one mapping its wire format to the data plane's
+requests and responses.
 
-A new protocol is a new module with a ``router`` plus one line here; the serving core never
-imports a protocol.
+A new protocol is a module with a :class:`~torchferry.serving.protocols.common.Protocol`
+subclass plus one line here; the serving core never imports a protocol.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+from torchferry.serving.protocols.common import Protocol
+from torchferry.serving.protocols.grpc import V2Grpc
+from torchferry.serving.protocols.simple import Predict
+from torchferry.serving.protocols.torchserve import TorchServe
+from torchferry.serving.protocols.v1 import V1
+from torchferry.serving.protocols.v2 import V2Http
 
-from torchferry.serving.protocols import simple, torchserve, v1, v2
-
-PROTOCOLS: list[ModuleType] = [v2, v1, simple, torchserve]
+PROTOCOLS: list[type[Protocol]] = [V2Http, V1, Predict, TorchServe, V2Grpc]

@@ -1,9 +1,8 @@
 """The plain protocol: ``POST /predict[/{model}[/versions/{v}]]`` through the model's handler.
 
-JSON ``{"data": ...}`` goes to the handler as ``HandlerInput(data=...)``; uploaded files
-(multipart fields, several files = several rows) or a raw body with an image or
-``application/octet-stream`` content type go as ``HandlerInput(blobs=[...])``. The answer
-is ``{"result": [one per row]}``.
+The body (JSON ``{"data": ...}``, uploaded files, an image's raw bytes, or whatever a custom
+handler reads) goes to the handler as it came; the answer is ``{"model_name",
+"model_version", "result": <the handler's answer>}``.
 """
 
 from __future__ import annotations
@@ -11,18 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.datastructures import UploadFile
 
-from torchferry.errors import InvalidInput, TorchferryError, UnsupportedMediaType
-from torchferry.handlers.base import HandlerInput
-from torchferry.serving.jsonio import JSONResponse, loads
-from torchferry.serving.protocols.common import repository_of
+from torchferry.errors import InvalidInput
+from torchferry.serving.protocols.common import JSONResponse, Protocol, plane_of
+from torchferry.serving.protocols.payload import read_payload
 from torchferry.serving.repository import LoadedModel
 
 router = APIRouter(tags=["Plain /predict"])
-
-_RAW_TYPES = ("application/octet-stream",)
-_FILE_FIELDS = ("file", "data")
 
 _PREDICT_BODY: dict[str, Any] = {
     "requestBody": {
@@ -78,68 +72,21 @@ _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _default_model(request: Request, model_name: str | None, version: str | None) -> LoadedModel:
-    repository = repository_of(request)
+def _model(request: Request, model_name: str | None, version: str | None) -> LoadedModel:
+    plane = plane_of(request)
     if model_name is None:
-        names = repository.names()
+        names = plane.repository.names()
         if len(names) != 1:
             raise InvalidInput(
                 f"several models are loaded ({names}); name one: POST /predict/{{model}}"
             )
         model_name = names[0]
-    return repository.get(model_name, version)
-
-
-async def _multipart(request: Request) -> HandlerInput:
-    try:
-        form = await request.form()
-    except TorchferryError:
-        raise
-    except Exception as exc:  # malformed multipart bodies raise from the parser
-        raise InvalidInput(f"the multipart body cannot be parsed: {exc}") from None
-    try:
-        uploads = [v for k, v in form.multi_items() if isinstance(v, UploadFile)]
-        preferred = [
-            v for k, v in form.multi_items() if isinstance(v, UploadFile) and k in _FILE_FIELDS
-        ]
-        blobs = [await f.read() for f in (preferred or uploads)]
-        if not blobs:
-            text = form.get("data")
-            if isinstance(text, str):
-                body = loads(text.encode("utf-8"))
-                return HandlerInput(data=body)
-            raise InvalidInput('the multipart body has no file; upload it as field "file"')
-    finally:
-        await form.close()
-    return HandlerInput(blobs=blobs)
-
-
-async def _payload(request: Request) -> HandlerInput:
-    content_type = request.headers.get("content-type", "")
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media in ("", "application/json") or media.endswith("+json"):
-        body = loads(await request.body())
-        if not isinstance(body, dict) or "data" not in body:
-            raise InvalidInput('the JSON body must be an object {"data": ...}')
-        return HandlerInput(data=body["data"])
-    if media == "multipart/form-data":
-        return await _multipart(request)
-    if media.startswith("image/") or media in _RAW_TYPES:
-        body = await request.body()
-        if not body:
-            raise InvalidInput("the request body is empty; send the image's bytes")
-        return HandlerInput(blobs=[body])
-    raise UnsupportedMediaType(
-        f"content type {content_type!r} is not supported; send application/json "
-        '{"data": ...}, multipart/form-data with a "file" field, image/*, or '
-        "application/octet-stream"
-    )
+    return plane.resolve(model_name, version)
 
 
 async def _predict(request: Request, model_name: str | None, version: str | None) -> JSONResponse:
-    model = _default_model(request, model_name, version)
-    payload = await _payload(request)
-    result = await model.predict(payload)
+    model = _model(request, model_name, version)
+    result = await plane_of(request).predict(model, await read_payload(request, "predict"))
     return JSONResponse(
         {"model_name": model.name, "model_version": str(model.version), "result": result}
     )
@@ -173,3 +120,10 @@ async def predict(request: Request, model_name: str) -> JSONResponse:
 )
 async def predict_version(request: Request, model_name: str, model_version: str) -> JSONResponse:
     return await _predict(request, model_name, model_version)
+
+
+class Predict(Protocol):
+    """The plain ``/predict`` route, through each model's handler."""
+
+    name = "predict"
+    router = router

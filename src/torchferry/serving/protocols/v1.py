@@ -14,13 +14,12 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 
-from torchferry.errors import InvalidInput, ModelError
-from torchferry.serving.jsonio import JSONResponse, loads
-from torchferry.serving.protocols.codec import to_jsonable
-from torchferry.serving.protocols.common import repository_of
-from torchferry.serving.repository import LoadedModel, ModelRepository
+from torchferry.codecs.jsonarray import json_to_array, to_jsonable
+from torchferry.codecs.jsonio import loads
+from torchferry.errors import InvalidInput
+from torchferry.serving.dataplane import InferRequest
+from torchferry.serving.protocols.common import JSONResponse, Protocol, plane_of
 from torchferry.signature import ModelSignature, TensorSpec
-from torchferry.tensorjson import json_to_array
 
 router = APIRouter(tags=["TF-Serving / KServe V1 REST"])
 
@@ -118,11 +117,6 @@ def inputs_from_columns(signature: ModelSignature, inputs: Any) -> dict[str, np.
     return {signature.inputs[0].name: _column(signature.inputs[0], inputs, columnar=True)}
 
 
-def output_names(signature: ModelSignature, outputs: Mapping[str, np.ndarray]) -> list[str]:
-    known = [name for name in signature.output_names if name in outputs]
-    return known + [name for name in outputs if name not in known]
-
-
 def predictions(outputs: Mapping[str, np.ndarray], names: list[str]) -> Any:
     """One prediction per row: the row itself, or ``{output_name: row}`` for several outputs."""
     columns = {name: to_jsonable(outputs[name], b64_fallback=True) for name in names}
@@ -139,7 +133,8 @@ def columns(outputs: Mapping[str, np.ndarray], names: list[str]) -> Any:
 
 
 async def _predict(request: Request, model_name: str, model_version: str | None) -> JSONResponse:
-    model: LoadedModel = repository_of(request).get(model_name, model_version)
+    plane = plane_of(request)
+    model = plane.resolve(model_name, model_version)
     body = loads(await request.body())
     if not isinstance(body, dict):
         raise InvalidInput('the request body must be a JSON object with "instances" or "inputs"')
@@ -154,23 +149,24 @@ async def _predict(request: Request, model_name: str, model_version: str | None)
         arrays = inputs_from_rows(signature, body["instances"])
     else:
         arrays = inputs_from_columns(signature, body["inputs"])
-    outputs = await model.infer(arrays)
-    names = output_names(signature, outputs)
-    if not names:
-        raise ModelError(f"model {model.name!r} returned no outputs")
+    response = await plane.infer(
+        model, InferRequest(model.name, model_version, arrays, protocol="v1")
+    )
+    outputs = {tensor.name: tensor.array for tensor in response.outputs}
+    names = list(outputs)
     if has_rows:
         return JSONResponse({"predictions": predictions(outputs, names)})
     return JSONResponse({"outputs": columns(outputs, names)})
 
 
-def _status(repository: ModelRepository, name: str, versions: list[int]) -> dict[str, Any]:
+def _status(ready: bool, name: str, versions: list[int]) -> dict[str, Any]:
     return {
         "name": name,
-        "ready": repository.started,
+        "ready": ready,
         "model_version_status": [
             {
                 "version": str(v),
-                "state": "AVAILABLE" if repository.started else "LOADING",
+                "state": "AVAILABLE" if ready else "LOADING",
                 "status": {"error_code": "OK", "error_message": ""},
             }
             for v in versions
@@ -180,7 +176,7 @@ def _status(repository: ModelRepository, name: str, versions: list[int]) -> dict
 
 @router.get("/v1/models", summary="Names of the loaded models (KServe V1)")
 async def list_models(request: Request) -> JSONResponse:
-    return JSONResponse({"models": repository_of(request).names()})
+    return JSONResponse({"models": plane_of(request).repository.names()})
 
 
 @router.post(
@@ -227,15 +223,23 @@ async def version_predictions_alias(
 
 @router.get("/v1/models/{model_name}", summary="Model status: every loaded version")
 async def model_status(request: Request, model_name: str) -> JSONResponse:
-    repository = repository_of(request)
-    repository.get(model_name)
-    return JSONResponse(_status(repository, model_name, repository.versions(model_name)))
+    plane = plane_of(request)
+    plane.resolve(model_name)
+    versions = plane.repository.versions(model_name)
+    return JSONResponse(_status(plane.ready, model_name, versions))
 
 
 @router.get(
     "/v1/models/{model_name}/versions/{model_version}", summary="Status of one model version"
 )
 async def version_status(request: Request, model_name: str, model_version: str) -> JSONResponse:
-    repository = repository_of(request)
-    model = repository.get(model_name, model_version)
-    return JSONResponse(_status(repository, model_name, [model.version]))
+    plane = plane_of(request)
+    model = plane.resolve(model_name, model_version)
+    return JSONResponse(_status(plane.ready, model_name, [model.version]))
+
+
+class V1(Protocol):
+    """TF-Serving / KServe V1 REST."""
+
+    name = "v1"
+    router = router

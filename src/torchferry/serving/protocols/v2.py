@@ -13,10 +13,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 import torchferry
-from torchferry.errors import InvalidInput, ModelError
-from torchferry.serving.jsonio import JSONResponse, loads
-from torchferry.serving.protocols.codec import decode_v2_data
-from torchferry.serving.protocols.common import repository_of
+from torchferry.codecs.jsonarray import decode_v2_data
+from torchferry.codecs.jsonio import loads
+from torchferry.errors import InvalidInput
+from torchferry.serving.dataplane import InferRequest, RequestedOutput
+from torchferry.serving.protocols.common import JSONResponse, Protocol, plane_of
 from torchferry.serving.protocols.v2_binary import (
     HEADER,
     BinaryReader,
@@ -26,28 +27,18 @@ from torchferry.serving.protocols.v2_binary import (
     split_body,
 )
 from torchferry.serving.protocols.v2_docs import INFER_BODY, INFER_RESPONSES, METADATA_RESPONSES
-from torchferry.serving.protocols.v2_extensions import model_config, model_stats
+from torchferry.serving.protocols.v2_extensions import model_config, model_metadata, model_stats
+from torchferry.serving.protocols.v2_rules import (
+    add_input,
+    check_input,
+    check_output,
+    deadline_from,
+)
 from torchferry.serving.repository import LoadedModel
-from torchferry.signature import V2_TO_NUMPY, TensorSpec
 
 router = APIRouter(tags=["KServe V2 / Open Inference Protocol"])
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
-
-
-def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
-    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
-
-
-def model_metadata(model: LoadedModel, versions: list[int]) -> dict[str, Any]:
-    signature = model.signature
-    return {
-        "name": model.name,
-        "versions": [str(v) for v in versions],
-        "platform": model.runtime.platform,
-        "inputs": [tensor_metadata(s) for s in signature.inputs],
-        "outputs": [tensor_metadata(s) for s in signature.outputs],
-    }
 
 
 # -- health and server metadata ----------------------------------------------------------------
@@ -63,7 +54,7 @@ async def server_live() -> JSONResponse:
     summary="Server readiness (503 until every model is loaded and batching has started)",
 )
 async def server_ready(request: Request) -> JSONResponse:
-    ready = repository_of(request).started
+    ready = plane_of(request).ready
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
@@ -79,13 +70,13 @@ async def server_metadata() -> JSONResponse:
 
 @router.get("/v2/models/stats", summary="Statistics of every model version (Triton's shape)")
 async def all_stats(request: Request) -> JSONResponse:
-    models = repository_of(request).all()
+    models = plane_of(request).repository.all()
     return JSONResponse({"model_stats": [model_stats(m) for m in models]})
 
 
 @router.get("/v2/models/{model_name}/stats", summary="Statistics of every version of a model")
 async def stats(request: Request, model_name: str) -> JSONResponse:
-    repository = repository_of(request)
+    repository = plane_of(request).repository
     models = [repository.get(model_name, v) for v in repository.versions(model_name)]
     return JSONResponse({"model_stats": [model_stats(m) for m in models]})
 
@@ -95,7 +86,7 @@ async def stats(request: Request, model_name: str) -> JSONResponse:
     summary="Statistics of one model version",
 )
 async def version_stats(request: Request, model_name: str, model_version: str) -> JSONResponse:
-    model = repository_of(request).get(model_name, model_version)
+    model = plane_of(request).resolve(model_name, model_version)
     return JSONResponse({"model_stats": [model_stats(model)]})
 
 
@@ -108,7 +99,7 @@ async def version_stats(request: Request, model_name: str, model_version: str) -
     responses=METADATA_RESPONSES,
 )
 async def metadata(request: Request, model_name: str) -> JSONResponse:
-    repository = repository_of(request)
+    repository = plane_of(request).repository
     model = repository.get(model_name)
     return JSONResponse(model_metadata(model, repository.versions(model_name)))
 
@@ -119,12 +110,12 @@ async def metadata(request: Request, model_name: str) -> JSONResponse:
     responses=METADATA_RESPONSES,
 )
 async def version_metadata(request: Request, model_name: str, model_version: str) -> JSONResponse:
-    model = repository_of(request).get(model_name, model_version)
+    model = plane_of(request).resolve(model_name, model_version)
     return JSONResponse(model_metadata(model, [model.version]))
 
 
 def _ready(request: Request, model_name: str, model_version: str | None) -> JSONResponse:
-    repository = repository_of(request)
+    repository = plane_of(request).repository
     model = repository.get(model_name, model_version)
     ready = repository.started
     return JSONResponse(
@@ -150,7 +141,7 @@ async def version_ready(request: Request, model_name: str, model_version: str) -
     summary="Triton-style model configuration (model_configuration extension)",
 )
 async def config(request: Request, model_name: str) -> JSONResponse:
-    repository = repository_of(request)
+    repository = plane_of(request).repository
     model = repository.get(model_name)
     return JSONResponse(model_config(model, len(repository.versions(model_name))))
 
@@ -160,7 +151,7 @@ async def config(request: Request, model_name: str) -> JSONResponse:
     summary="Triton-style model version configuration",
 )
 async def version_config(request: Request, model_name: str, model_version: str) -> JSONResponse:
-    repository = repository_of(request)
+    repository = plane_of(request).repository
     model = repository.get(model_name, model_version)
     return JSONResponse(model_config(model, len(repository.versions(model_name))))
 
@@ -174,44 +165,45 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _flag(params: Any, key: str, where: str, default: bool) -> bool:
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f'{where}: "parameters" must be a JSON object')
+    return value
+
+
+def _flag(params: dict[str, Any], key: str, where: str, default: bool) -> bool:
     """A boolean parameter of the binary extension (absent: ``default``)."""
-    value = params.get(key, default) if isinstance(params, dict) else default
+    value = params.get(key, default)
     if not isinstance(value, bool):
         raise InvalidInput(f"{where}: parameters.{key} must be true or false, received {value!r}")
     return value
 
 
 def _decode_input(
-    spec: TensorSpec, tensor: dict[str, Any], where: str, binary: BinaryReader
-) -> np.ndarray:
+    model: LoadedModel, index: int, item: Any, binary: BinaryReader
+) -> tuple[str, np.ndarray]:
+    tensor = _object(item, f"inputs[{index}]")
+    name = tensor.get("name")
+    if not isinstance(name, str):
+        raise InvalidInput(f'inputs[{index}] needs a "name" string')
+    where = f"input {name!r}"
     datatype = tensor.get("datatype")
-    if datatype == "BF16":
-        raise InvalidInput(
-            f"{where}: BF16 is not supported (numpy has no bfloat16); the model expects "
-            f"{spec.datatype}"
-        )
-    if datatype != spec.datatype:
-        raise InvalidInput(
-            f"{where}: expected datatype {spec.datatype}, received {datatype!r}"
-            if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY
-            else f"{where}: expected datatype {spec.datatype}, received {datatype}"
-        )
-    params = tensor.get("parameters")
-    if isinstance(params, dict) and "shared_memory_region" in params:
-        raise InvalidInput(f"{where}: the shared memory extension is not supported")
-    if isinstance(params, dict) and "binary_data_size" in params:
-        return binary.take(tensor, datatype, where)
+    params = _parameters(tensor.get("parameters"), where)
+    check_input(model, name, datatype if isinstance(datatype, str) else "", params)
+    assert isinstance(datatype, str)
+    if "binary_data_size" in params:
+        return name, binary.take(tensor, datatype, where)
     if "data" not in tensor:
         raise InvalidInput(f'{where} has no "data" and no parameters.binary_data_size')
-    return decode_v2_data(tensor["data"], datatype, tensor.get("shape"), where)
+    return name, decode_v2_data(tensor["data"], datatype, tensor.get("shape"), where)
 
 
 def decode_request(
-    model: LoadedModel, body: Any, binary: memoryview | None = None
-) -> tuple[dict[str, np.ndarray], list[tuple[str, bool]]]:
-    """A V2 infer request's inputs as named arrays, and the outputs to answer, each with
-    whether it goes back as binary. ``binary`` is the body after the JSON header, if any."""
+    model: LoadedModel, version: str | None, body: Any, binary: memoryview | None = None
+) -> InferRequest:
+    """A V2 infer request (JSON header, plus the binary part of the body if any)."""
     body = _object(body, "the request body")
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -219,67 +211,54 @@ def decode_request(
             f'the request needs "inputs", a non-empty list; model {model.name!r} takes '
             f"{model.signature.input_names}"
         )
-    signature = model.signature
     reader = BinaryReader(binary)
     arrays: dict[str, np.ndarray] = {}
     for index, item in enumerate(inputs):
-        tensor = _object(item, f"inputs[{index}]")
-        name = tensor.get("name")
-        if not isinstance(name, str):
-            raise InvalidInput(f'inputs[{index}] needs a "name" string')
-        spec = signature.input(name)
-        if name in arrays:
-            raise InvalidInput(f"input {name!r} is given twice")
-        arrays[name] = _decode_input(spec, tensor, f"input {name!r}", reader)
+        add_input(arrays, *_decode_input(model, index, item, reader))
     reader.finish()
-    params = body.get("parameters")
-    if params is not None and not isinstance(params, dict):
-        raise InvalidInput('the request\'s "parameters" must be a JSON object')
-    all_binary = _flag(params, "binary_data_output", "the request", False)
+    params = _parameters(body.get("parameters"), "the request")
+    request = InferRequest(
+        model.name,
+        version,
+        arrays,
+        binary_outputs=_flag(params, "binary_data_output", "the request", False),
+        parameters=params,
+        id=body.get("id"),
+        deadline=deadline_from(params.get("timeout")),
+        protocol="v2",
+    )
     outputs = body.get("outputs")
     if outputs is None:
-        return arrays, [(name, all_binary) for name in signature.output_names]
+        return request
     if not isinstance(outputs, list):
         raise InvalidInput('"outputs" must be a list of {"name": ...} objects')
-    wanted: dict[str, bool] = {}
     for index, item in enumerate(outputs):
         requested = _object(item, f"outputs[{index}]")
         name = requested.get("name")
         if not isinstance(name, str):
             raise InvalidInput(f'outputs[{index}] needs a "name" string')
-        signature.output(name)
-        params = requested.get("parameters")
-        if isinstance(params, dict) and params.get("classification"):
-            raise InvalidInput(f"output {name!r}: the classification extension is not supported")
-        if isinstance(params, dict) and "shared_memory_region" in params:
-            raise InvalidInput(f"output {name!r}: the shared memory extension is not supported")
-        wanted.setdefault(name, _flag(params, "binary_data", f"output {name!r}", all_binary))
-    return arrays, list(wanted.items())
+        out_params = _parameters(requested.get("parameters"), f"output {name!r}")
+        check_output(name, out_params)
+        wanted = _flag(out_params, "binary_data", f"output {name!r}", request.binary_outputs)
+        request.outputs.append(RequestedOutput(name, wanted))
+    return request
 
 
 async def _infer(request: Request, model_name: str, model_version: str | None) -> Response:
-    model = repository_of(request).get(model_name, model_version)
+    plane = plane_of(request)
+    model = plane.resolve(model_name, model_version)
     body = await request.body()
     length = header_length(request.headers.get(HEADER), len(body))
     if length == 0:  # Triton's raw binary request: the body is the one input, all outputs binary
-        arrays = raw_request_inputs(model.name, model.signature, body)
-        header: Any = {}
-        outputs = [(name, True) for name in model.signature.output_names]
+        inputs = raw_request_inputs(model.name, model.signature, body)
+        infer = InferRequest(
+            model.name, model_version, inputs, binary_outputs=True, protocol="v2-binary"
+        )
+    elif length is None:
+        infer = decode_request(model, model_version, loads(body))
     else:
-        binary: memoryview | None = None
-        if length is None:
-            header = loads(body)
-        else:
-            header, binary = split_body(body, length)
-        arrays, outputs = decode_request(model, header, binary)
-    results = await model.infer(arrays)
-    response: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
-    if header.get("id") is not None:
-        response["id"] = header["id"]
-    missing = [name for name, _ in outputs if name not in results]
-    if missing:
-        raise ModelError(f"model {model.name!r} did not return output {missing[0]!r}")
-    return render_response(response, results, outputs)
+        infer = decode_request(model, model_version, *split_body(body, length))
+    return render_response(await plane.infer(model, infer))
 
 
 @router.post(
@@ -300,3 +279,10 @@ async def infer(request: Request, model_name: str) -> Response:
 )
 async def version_infer(request: Request, model_name: str, model_version: str) -> Response:
     return await _infer(request, model_name, model_version)
+
+
+class V2Http(Protocol):
+    """KServe V2 over HTTP: JSON and binary tensors."""
+
+    name = "v2"
+    router = router

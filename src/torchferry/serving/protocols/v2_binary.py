@@ -25,14 +25,15 @@ import math
 from typing import Any
 
 import numpy as np
-import orjson
 from starlette.responses import Response
 
+from torchferry.codecs.datatypes import V2_TO_NUMPY
+from torchferry.codecs.jsonarray import element_count, to_jsonable
+from torchferry.codecs.jsonio import dumps, loads
+from torchferry.codecs.raw import decode_raw, encode_raw
 from torchferry.errors import InvalidInput
-from torchferry.serving.jsonio import dumps
-from torchferry.serving.protocols.codec import element_count, encode_v2_tensor
-from torchferry.serving.protocols.raw import decode_raw, encode_raw
-from torchferry.signature import NUMPY_TO_V2, V2_TO_NUMPY, ModelSignature
+from torchferry.serving.dataplane import InferResponse, OutputTensor
+from torchferry.signature import ModelSignature
 
 HEADER = "Inference-Header-Content-Length"
 _RAW_REQUEST = f"a raw binary request ({HEADER}: 0)"
@@ -54,14 +55,8 @@ def header_length(value: str | None, body_size: int) -> int | None:
 def split_body(body: bytes, length: int) -> tuple[Any, memoryview]:
     """The parsed JSON header (the first ``length`` bytes) and a view of the rest."""
     view = memoryview(body)
-    try:
-        header = orjson.loads(view[:length])
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(
-            f"the JSON header (the first {length} bytes of the body, per {HEADER}) is not "
-            f"valid JSON: {exc}"
-        ) from None
-    return header, view[length:]
+    what = f"the JSON header (the first {length} bytes of the body, per {HEADER})"
+    return loads(view[:length], what), view[length:]
 
 
 class BinaryReader:
@@ -156,36 +151,47 @@ def raw_request_inputs(name: str, signature: ModelSignature, body: bytes) -> dic
     return {spec.name: decode_raw(memoryview(body), spec.datatype, tuple(shape), where)}
 
 
-def binary_output(name: str, array: np.ndarray) -> tuple[dict[str, Any], bytes | memoryview]:
+def binary_output(tensor: OutputTensor) -> tuple[dict[str, Any], bytes | memoryview]:
     """One output's JSON entry (with ``binary_data_size``, no data) and its raw bytes."""
-    datatype = NUMPY_TO_V2.get(array.dtype)
-    if datatype is None:
-        raise InvalidInput(f"output {name!r} has dtype {array.dtype}, which V2 cannot carry")
-    data = encode_raw(array)
+    data = encode_raw(tensor.array)
     entry = {
-        "name": name,
-        "datatype": datatype,
-        "shape": list(array.shape),
+        "name": tensor.name,
+        "datatype": tensor.datatype,
+        "shape": list(tensor.array.shape),
         "parameters": {"binary_data_size": len(data)},
     }
     return entry, data
 
 
-def render_response(
-    response: dict[str, Any], results: dict[str, np.ndarray], outputs: list[tuple[str, bool]]
-) -> Response:
+def json_output(tensor: OutputTensor) -> dict[str, Any]:
+    """One output as a V2 JSON tensor: ``{name, datatype, shape, data}``, flat and row-major."""
+    return {
+        "name": tensor.name,
+        "datatype": tensor.datatype,
+        "shape": list(tensor.array.shape),
+        "data": to_jsonable(tensor.array.reshape(-1)),
+    }
+
+
+def render_response(response: InferResponse) -> Response:
     """The infer response: plain JSON, or the JSON header then the binary outputs' bytes."""
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes | memoryview] = []
-    for name, binary in outputs:
-        if binary:
-            entry, data = binary_output(name, results[name])
+    for tensor in response.outputs:
+        if tensor.binary:
+            entry, data = binary_output(tensor)
             tensors.append(entry)
             chunks.append(data)
         else:
-            tensors.append(encode_v2_tensor(name, results[name]))
-    response["outputs"] = tensors
-    header = dumps(response)
+            tensors.append(json_output(tensor))
+    document: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+    }
+    if response.id is not None:
+        document["id"] = response.id
+    document["outputs"] = tensors
+    header = dumps(document)
     if not chunks:
         return Response(header, media_type="application/json")
     # one copy of each output, into the body; the header says where the JSON ends

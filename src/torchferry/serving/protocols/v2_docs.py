@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchferry.signature import V2_TO_NUMPY
+from torchferry.codecs.datatypes import V2_TO_NUMPY
 
 _TENSOR_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -1,10 +1,12 @@
-"""Triton's V2 extensions rendered from a loaded model: ``model_configuration`` (the
-``/config`` answer perf_analyzer reads) and ``statistics`` (from the batcher's counters)."""
+"""V2 documents rendered from a loaded model, shared by the HTTP and gRPC bindings: model
+metadata, and Triton's ``model_configuration`` (the ``/config`` answer perf_analyzer reads)
+and ``statistics`` (from the batcher's counters) extensions."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from torchferry.archive.formats import EAGER, ONNXRUNTIME, TORCHSCRIPT
 from torchferry.serving.repository import LoadedModel
 from torchferry.signature import TensorSpec
 
@@ -25,7 +27,22 @@ TRITON_TYPES: dict[str, str] = {
     "BYTES": "TYPE_STRING",
 }
 #: Runtime name -> Triton backend name.
-BACKENDS: dict[str, str] = {"onnxruntime": "onnxruntime", "torchscript": "pytorch"}
+BACKENDS: dict[str, str] = {ONNXRUNTIME: "onnxruntime", TORCHSCRIPT: "pytorch", EAGER: "python"}
+
+
+def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def model_metadata(model: LoadedModel, versions: list[int]) -> dict[str, Any]:
+    signature = model.signature
+    return {
+        "name": model.name,
+        "versions": [str(v) for v in versions],
+        "platform": model.runtime.platform,
+        "inputs": [tensor_metadata(s) for s in signature.inputs],
+        "outputs": [tensor_metadata(s) for s in signature.outputs],
+    }
 
 
 def _config_tensor(spec: TensorSpec, is_input: bool) -> dict[str, Any]:

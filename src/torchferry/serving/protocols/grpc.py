@@ -1,21 +1,22 @@
 """KServe V2 / Open Inference Protocol over gRPC: ``inference.GRPCInferenceService``.
 
 The gRPC server (``grpc.aio``) runs in the HTTP server's process, on uvicorn's event loop,
-over the same repository and batchers, so HTTP and gRPC requests for one model merge into
-shared batches. Inputs arrive raw (``raw_input_contents``, what tritonclient sends) or typed
+over the same data plane, so HTTP and gRPC requests for one model merge into shared
+batches. Inputs arrive raw (``raw_input_contents``, what tritonclient sends) or typed
 (``contents``); outputs always leave raw (``raw_output_contents``), the one form every V2
-client reads. Validation is the HTTP path's: an input's datatype must be the model's, and
-``LoadedModel.infer`` checks names, shapes and batch sizes. Besides the protocol's six
-calls, Triton's ``ModelConfig`` and ``ModelStatistics`` answer from the same data as the
-HTTP extensions. Every error a call raises becomes a gRPC status with its message; none
-leaves the call.
+client reads. The request rules are V2's over HTTP (``v2_rules``), and the data plane
+validates names, dtypes and shapes. Besides the protocol's six calls, Triton's
+``ModelConfig`` and ``ModelStatistics`` answer from the same documents as the HTTP
+extensions. Every error a call raises becomes the gRPC status its class names, with its
+message; none leaves the call.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -26,17 +27,25 @@ from google.protobuf.message import Message
 from grpc import aio
 
 import torchferry
-from torchferry.errors import InvalidInput, ModelError, ModelNotFound, Overloaded, TorchferryError
-from torchferry.serving.protocols.raw import decode_raw, encode_raw
-from torchferry.serving.protocols.v2_extensions import model_config, model_stats
+from torchferry.codecs.datatypes import V2_TO_NUMPY
+from torchferry.codecs.raw import decode_raw, encode_raw
+from torchferry.errors import (
+    InvalidInput,
+    ModelNotFound,
+    TorchferryError,
+    internal_error,
+    retry_after_header,
+)
+from torchferry.serving.dataplane import DataPlane, InferRequest, InferResponse, RequestedOutput
+from torchferry.serving.protocols.common import Protocol
+from torchferry.serving.protocols.v2_extensions import model_config, model_metadata, model_stats
+from torchferry.serving.protocols.v2_rules import add_input, check_input, check_output
 from torchferry.serving.protos import inference_pb2 as pb
 from torchferry.serving.protos.inference_pb2_grpc import (
     GRPCInferenceServiceServicer,
     add_GRPCInferenceServiceServicer_to_server,
 )
-from torchferry.serving.repository import LoadedModel, ModelRepository
-from torchferry.serving.settings import ServerSettings
-from torchferry.signature import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
+from torchferry.serving.repository import LoadedModel
 
 log = logging.getLogger("torchferry.grpc")
 
@@ -59,28 +68,10 @@ CONTENTS: dict[str, tuple[str, np.dtype]] = {
     "FP64": ("fp64_contents", np.dtype(np.float64)),
     "BYTES": ("bytes_contents", np.dtype(object)),
 }
-#: An error's HTTP status -> gRPC status code (``Overloaded`` is RESOURCE_EXHAUSTED).
-_CODES: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    415: grpc.StatusCode.INVALID_ARGUMENT,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-
-def status_code(error: TorchferryError) -> grpc.StatusCode:
-    if isinstance(error, Overloaded):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    return _CODES.get(error.status_code, grpc.StatusCode.INTERNAL)
-
-
 # -- tensors -------------------------------------------------------------------------------------
 
 
-def _shape(dims: Sequence[int], where: str) -> tuple[int, ...]:
+def _shape(dims: Any, where: str) -> tuple[int, ...]:
     shape = tuple(dims)
     if any(d < 0 for d in shape):
         raise InvalidInput(f"{where}: shape {list(shape)} has a negative dimension")
@@ -119,9 +110,11 @@ def decode_contents(
     return array.reshape(shape)
 
 
-def decode_inputs(model: LoadedModel, request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
-    """The request's inputs as named arrays (raw ones are read-only views of their bytes)."""
-    signature = model.signature
+def decode_request(
+    model: LoadedModel, request: pb.ModelInferRequest, deadline: float | None
+) -> InferRequest:
+    """The request's inputs as named arrays (raw ones are read-only views of their bytes) and
+    the outputs it asks for, in order (every output when it names none)."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(
@@ -132,58 +125,42 @@ def decode_inputs(model: LoadedModel, request: pb.ModelInferRequest) -> dict[str
     for index, tensor in enumerate(request.inputs):
         name = tensor.name
         where = f"input {name!r}"
-        spec = signature.input(name)
-        if name in arrays:
-            raise InvalidInput(f"{where} is given twice")
-        if tensor.datatype != spec.datatype:
-            received = tensor.datatype or "no datatype"
-            raise InvalidInput(f"{where}: expected datatype {spec.datatype}, received {received}")
-        if "shared_memory_region" in tensor.parameters:
-            raise InvalidInput(f"{where}: shared memory is not supported; send the tensor's data")
+        check_input(model, name, tensor.datatype, tensor.parameters)
         shape = _shape(tensor.shape, where)
         if raw:
             if tensor.HasField("contents") and tensor.contents.ListFields():
                 raise InvalidInput(f"{where}: give raw_input_contents or contents, not both")
-            arrays[name] = decode_raw(raw[index], tensor.datatype, shape, where)
+            array = decode_raw(raw[index], tensor.datatype, shape, where)
         else:
-            arrays[name] = decode_contents(tensor.contents, tensor.datatype, shape, where)
-    return arrays
-
-
-def requested_outputs(model: LoadedModel, request: pb.ModelInferRequest) -> list[str]:
-    """The output names to answer, in the order asked (every output when none is asked)."""
-    names: list[str] = []
+            array = decode_contents(tensor.contents, tensor.datatype, shape, where)
+        add_input(arrays, name, array)
+    outputs = []
     for output in request.outputs:
-        model.signature.output(output.name)
-        where = f"output {output.name!r}"
-        if "classification" in output.parameters:
-            raise InvalidInput(f"{where}: the classification extension is not supported")
-        if "shared_memory_region" in output.parameters:
-            raise InvalidInput(f"{where}: shared memory is not supported")
-        if output.name not in names:
-            names.append(output.name)
-    return names or model.signature.output_names
+        check_output(output.name, output.parameters)
+        outputs.append(RequestedOutput(output.name, binary=True))
+    return InferRequest(
+        model.name,
+        request.model_version or None,
+        arrays,
+        outputs,
+        binary_outputs=True,
+        id=request.id,
+        deadline=deadline,
+        protocol="v2-grpc",
+    )
 
 
-def encode_response(
-    model: LoadedModel, request_id: str, names: list[str], results: dict[str, np.ndarray]
-) -> pb.ModelInferResponse:
-    response = pb.ModelInferResponse(
-        model_name=model.name, model_version=str(model.version), id=request_id
+def encode_response(response: InferResponse) -> pb.ModelInferResponse:
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
     )
     raw: list[bytes] = []
-    for name in names:
-        if name not in results:
-            raise ModelError(f"model {model.name!r} did not return output {name!r}")
-        array = results[name]
-        datatype = NUMPY_TO_V2.get(array.dtype)
-        if datatype is None:
-            raise ModelError(f"output {name!r} has dtype {array.dtype}, which V2 cannot carry")
-        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        data = encode_raw(array)
+    for tensor in response.outputs:
+        message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.array.shape)
+        data = encode_raw(tensor.array)
         raw.append(data if isinstance(data, bytes) else data.tobytes())
-    response.raw_output_contents.extend(raw)
-    return response
+    message.raw_output_contents.extend(raw)
+    return message
 
 
 # -- the service ---------------------------------------------------------------------------------
@@ -201,35 +178,26 @@ def _rpc(method: _Method[_Req, _Resp]) -> _Method[_Req, _Resp]:
         try:
             return await method(self, request, context)
         except TorchferryError as exc:
-            code = status_code(exc)
-            if code is grpc.StatusCode.INTERNAL:
-                log.warning("%s -> %s: %s", method.__name__, code.name, exc.message)
-            metadata: tuple[tuple[str, str], ...] = ()
-            if isinstance(exc, Overloaded):
-                metadata = (("retry-after", str(max(1, round(exc.retry_after)))),)
-            await context.abort(code, exc.message, metadata)
+            error = exc
+            if error.status_code >= 500:
+                log.warning("%s -> %s: %s", method.__name__, error.grpc_code, error.message)
         except Exception as exc:
             log.exception("unexpected error in %s", method.__name__)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-            )
+            error = internal_error(exc)
+        retry_after = retry_after_header(error)
+        metadata = (("retry-after", retry_after),) if retry_after else ()
+        await context.abort(grpc.StatusCode[error.grpc_code], error.message, metadata)
         raise AssertionError("context.abort returned")  # it always raises
 
     return call
 
 
-def _tensor_metadata(specs: Sequence[TensorSpec]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
-    return [
-        pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
-        for s in specs
-    ]
-
-
 class InferenceServicer(GRPCInferenceServiceServicer):
-    """``inference.GRPCInferenceService`` over a model repository."""
+    """``inference.GRPCInferenceService`` over the data plane."""
 
-    def __init__(self, repository: ModelRepository) -> None:
-        self.repository = repository
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.repository = plane.repository
 
     @_rpc
     async def ServerLive(
@@ -241,7 +209,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: aio.ServicerContext
     ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.repository.started)
+        return pb.ServerReadyResponse(ready=self.plane.ready)
 
     @_rpc
     async def ModelReady(
@@ -249,10 +217,10 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     ) -> pb.ModelReadyResponse:
         # as Triton: an unknown model or version is not ready, rather than an error
         try:
-            self.repository.get(request.name, request.version or None)
+            self.plane.resolve(request.name, request.version or None)
         except ModelNotFound:
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=self.repository.started)
+        return pb.ModelReadyResponse(ready=self.plane.ready)
 
     @_rpc
     async def ServerMetadata(
@@ -266,31 +234,25 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        model = self.repository.get(request.name, request.version or None)
+        model = self.plane.resolve(request.name, request.version or None)
         versions = [model.version] if request.version else self.repository.versions(model.name)
-        return pb.ModelMetadataResponse(
-            name=model.name,
-            versions=[str(v) for v in versions],
-            platform=model.runtime.platform,
-            inputs=_tensor_metadata(model.signature.inputs),
-            outputs=_tensor_metadata(model.signature.outputs),
-        )
+        return json_format.ParseDict(model_metadata(model, versions), pb.ModelMetadataResponse())
 
     @_rpc
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        model = self.repository.get(request.model_name, request.model_version or None)
-        arrays = decode_inputs(model, request)
-        names = requested_outputs(model, request)
-        results = await model.infer(arrays)
-        return encode_response(model, request.id, names, results)
+        model = self.plane.resolve(request.model_name, request.model_version or None)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        response = await self.plane.infer(model, decode_request(model, request, deadline))
+        return encode_response(response)
 
     @_rpc
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: aio.ServicerContext
     ) -> pb.ModelConfigResponse:
-        model = self.repository.get(request.name, request.version or None)
+        model = self.plane.resolve(request.name, request.version or None)
         config = model_config(model, len(self.repository.versions(model.name)))
         response = pb.ModelConfigResponse()
         json_format.ParseDict(config, response.config, ignore_unknown_fields=True)
@@ -304,9 +266,10 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         if not request.name:
             models = repository.all()
         elif request.version:
-            models = [repository.get(request.name, request.version)]
+            models = [self.plane.resolve(request.name, request.version)]
         else:
-            models = [repository.get(request.name, v) for v in repository.versions(request.name)]
+            versions = repository.versions(request.name)
+            models = [self.plane.resolve(request.name, v) for v in versions]
         response = pb.ModelStatisticsResponse()
         for model in models:
             stats = model_stats(model)
@@ -321,36 +284,52 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-async def start_grpc_server(settings: ServerSettings, repository: ModelRepository) -> aio.Server:
-    """Serve ``repository`` over gRPC on ``settings.host:settings.grpc_port``, on the running
-    event loop; returns the started server."""
-    if settings.grpc_port is None:
-        raise ValueError("gRPC is turned off (grpc_port is None)")
+async def start_grpc_server(plane: DataPlane, host: str, port: int, max_receive: int) -> aio.Server:
+    """Serve the data plane over gRPC on ``host:port``, on the running event loop; returns
+    the started server."""
     options = [
         # tritonclient lifts its own limits to the maximum: the server's body limit decides
-        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        ("grpc.max_receive_message_length", max_receive),
         # answers are as large as the model makes them, as over HTTP
         ("grpc.max_send_message_length", -1),
         # a port already taken fails loudly instead of being shared with another server
         ("grpc.so_reuseport", 0),
     ]
     server = aio.server(options=options)
-    add_GRPCInferenceServiceServicer_to_server(InferenceServicer(repository), server)
-    address = _address(settings.host, settings.grpc_port)
+    add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    address = _address(host, port)
     try:
-        port = server.add_insecure_port(address)
+        bound = server.add_insecure_port(address)
     except RuntimeError:  # grpcio raises where older versions returned 0
-        port = 0
-    if not port:
+        bound = 0
+    if not bound:
         raise OSError(
             f"cannot listen for gRPC on {address}: is the port taken? Choose another one with "
             "--grpc-port N, or turn gRPC off with --no-grpc"
         )
     await server.start()
-    log.info("KServe V2 gRPC on %s", _address(settings.host, port))
+    log.info("KServe V2 gRPC on %s", _address(host, bound))
     return server
 
 
-async def stop_grpc_server(server: aio.Server, grace: float = STOP_GRACE_S) -> None:
-    """Refuse new calls, let in-flight ones finish (up to ``grace`` seconds), then stop."""
-    await server.stop(grace)
+class V2Grpc(Protocol):
+    """KServe V2 over gRPC on ``--grpc-port`` (off with ``--no-grpc``), sharing the HTTP
+    server's event loop and data plane; started once the models serve, stopped (finishing
+    its in-flight calls) before they drain."""
+
+    name = "v2-grpc"
+
+    server: aio.Server | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        if settings.grpc_port is not None:
+            self.server = await start_grpc_server(
+                self.plane, settings.host, settings.grpc_port, settings.max_body_bytes
+            )
+
+    async def stop(self) -> None:
+        """Refuse new calls, let in-flight ones finish (up to the grace), then stop."""
+        if self.server is not None:
+            await self.server.stop(STOP_GRACE_S)
+            self.server = None

@@ -1,0 +1,177 @@
+"""The data plane: the one path every protocol's request takes to a model and back.
+
+Each protocol decodes its wire format into an :class:`InferRequest` (or, for the payload
+routes, a :class:`~torchferry.handlers.HandlerRequest`), and the :class:`DataPlane`
+
+1. resolves the model version (``resolve``: the default version when none is named),
+2. validates the named inputs once against the signature (datatype, names, shapes, batch),
+3. queues them on the version's batcher, within the request's deadline, and
+4. returns an :class:`InferResponse` whose outputs carry their V2 datatype, so that each
+   encoder only writes bytes.
+
+Payload routes run the model's handler around the same steps (``predict``): ``preprocess``
+and ``postprocess`` on the preprocessing thread pool, never on the event loop. Every failure
+is a :class:`~torchferry.errors.TorchferryError` whose class fixes the status on every
+protocol. This is the one place where metrics, access logs, traces, auth scopes and traffic
+routing hook in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from torchferry.codecs.datatypes import output_datatype
+from torchferry.errors import InferenceTimeout, ModelError, TorchferryError
+from torchferry.handlers.base import HandlerRequest
+from torchferry.serving.repository import LoadedModel, ModelRepository
+from torchferry.signature import ModelSignature
+
+_T = TypeVar("_T")
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    """One output a request asks for, and whether it goes back as raw bytes."""
+
+    name: str
+    binary: bool = False
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A tensor request, whatever protocol carried it."""
+
+    model_name: str
+    #: The version as the client wrote it; None (or "") for the model's default version.
+    model_version: str | None
+    #: Named input arrays, batch first (raw inputs may be read-only views of the body).
+    inputs: dict[str, np.ndarray]
+    #: Outputs to answer, in order; empty for every output of the signature.
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    #: Whether outputs the request does not name go back binary.
+    binary_outputs: bool = False
+    parameters: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+    #: ``time.monotonic()`` by which the answer must be ready; None for no client deadline.
+    deadline: float | None = None
+    #: Which protocol decoded it (``"v2"``, ``"v2-grpc"``, ``"v1"``...), for logs and metrics.
+    protocol: str = ""
+
+
+@dataclass(slots=True)
+class OutputTensor:
+    name: str
+    #: The V2 datatype, checked once here so that no encoder has to.
+    datatype: str
+    array: np.ndarray
+    binary: bool = False
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str | None
+    outputs: list[OutputTensor]
+
+
+class DataPlane:
+    """Resolves, validates, batches and answers requests for every protocol."""
+
+    def __init__(self, repository: ModelRepository, request_timeout_s: float | None) -> None:
+        self.repository = repository
+        self.request_timeout_s = request_timeout_s
+
+    @property
+    def ready(self) -> bool:
+        return self.repository.started
+
+    def resolve(self, name: str, version: str | int | None = None) -> LoadedModel:
+        """The model version a request names: the default version when none is given."""
+        return self.repository.get(name, version)
+
+    async def infer(self, model: LoadedModel, request: InferRequest) -> InferResponse:
+        """Validate the request's inputs, run them through the batcher, return the outputs."""
+        wanted = wanted_outputs(model.signature, request)
+        inputs = model.signature.validate_inputs(request.inputs)
+        results = await model.batcher.submit(inputs, self._timeout(request.deadline))
+        outputs = []
+        for name, binary in wanted:
+            array = results.get(name)
+            if array is None:
+                raise ModelError(f"model {model.name!r} did not return output {name!r}")
+            outputs.append(OutputTensor(name, output_datatype(name, array), array, binary))
+        return InferResponse(model.name, str(model.version), request.id, outputs)
+
+    async def predict(
+        self, model: LoadedModel, request: HandlerRequest, deadline: float | None = None
+    ) -> Any:
+        """A payload request through the model's handler: preprocess, batch, postprocess."""
+        handler = model.handler
+        prepared = await self._on_pool(model, "preprocess", handler.preprocess, request)
+        inputs, state = _unpack_preprocessed(model, prepared)
+        inputs = model.signature.validate_inputs(inputs)
+        outputs = await model.batcher.submit(inputs, self._timeout(deadline))
+        return await self._on_pool(model, "postprocess", handler.postprocess, outputs, state)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _timeout(self, deadline: float | None) -> float | None:
+        """Seconds the batcher may take: the server's limit or the client's deadline."""
+        timeout = self.request_timeout_s
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise InferenceTimeout("the request's deadline passed before it was queued")
+            timeout = left if timeout is None else min(timeout, left)
+        return timeout
+
+    async def _on_pool(
+        self, model: LoadedModel, step: str, function: Callable[..., _T], *args: Any
+    ) -> _T:
+        """Run a handler method on the preprocessing pool; its own failures become 500s
+        that name the handler, while the errors it raises on purpose keep their class."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(model.preprocess_pool, function, *args)
+        except TorchferryError:
+            raise
+        except Exception as exc:
+            raise ModelError(
+                f"the handler of model {model.name!r} failed in {step}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+def wanted_outputs(signature: ModelSignature, request: InferRequest) -> list[tuple[str, bool]]:
+    """The outputs to answer, each with whether it goes back binary: those the request
+    names, in its order and once each, or every output of the signature."""
+    if not request.outputs:
+        return [(name, request.binary_outputs) for name in signature.output_names]
+    wanted: dict[str, bool] = {}
+    for output in request.outputs:
+        signature.output(output.name)  # an unknown name is the client's fault: 400
+        wanted.setdefault(output.name, output.binary)
+    return list(wanted.items())
+
+
+def _unpack_preprocessed(model: LoadedModel, prepared: Any) -> tuple[dict[str, np.ndarray], Any]:
+    """``preprocess``'s ``(inputs, state)``, checked: a handler bug is a 500 that says so."""
+    if not (isinstance(prepared, tuple) and len(prepared) == 2 and isinstance(prepared[0], dict)):
+        raise ModelError(
+            f"the handler of model {model.name!r}: preprocess must return (inputs, state) "
+            f"with inputs a dict of arrays, returned {type(prepared).__name__}"
+        )
+    inputs, state = prepared
+    for name, array in inputs.items():
+        if not isinstance(array, np.ndarray):
+            raise ModelError(
+                f"the handler of model {model.name!r}: preprocess gave input {name!r} as "
+                f"{type(array).__name__}; give numpy arrays"
+            )
+    return inputs, state

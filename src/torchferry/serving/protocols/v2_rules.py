@@ -1,0 +1,63 @@
+"""The request rules of KServe V2 that its HTTP and gRPC bindings share, written once.
+
+Each binding reads its own wire format (JSON or binary tensors, protobuf), and both ask
+these functions the same questions: is an input given twice, is its datatype one V2 knows
+and numpy can hold, does it use an extension we do not offer, which outputs are wanted.
+Names, dtypes and shapes against the model are checked later, once, by the data plane.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Container
+from typing import Any
+
+import numpy as np
+
+from torchferry.codecs.datatypes import V2_TO_NUMPY
+from torchferry.errors import InvalidInput
+from torchferry.serving.repository import LoadedModel
+
+SHARED_MEMORY = "shared_memory_region"
+
+
+def check_input(model: LoadedModel, name: str, datatype: str, parameters: Container[str]) -> None:
+    """An input's declared datatype and parameters, before its data is decoded."""
+    where = f"input {name!r}"
+    if datatype not in V2_TO_NUMPY:
+        expected = model.signature.input(name).datatype  # an unknown name says so first
+        if datatype == "BF16":
+            raise InvalidInput(
+                f"{where}: BF16 is not supported (numpy has no bfloat16); the model expects "
+                f"{expected}"
+            )
+        received = repr(datatype) if datatype else "no datatype"
+        raise InvalidInput(f"{where}: expected datatype {expected}, received {received}")
+    if SHARED_MEMORY in parameters:
+        raise InvalidInput(f"{where}: the shared memory extension is not supported")
+
+
+def add_input(arrays: dict[str, np.ndarray], name: str, array: np.ndarray) -> None:
+    if name in arrays:
+        raise InvalidInput(f"input {name!r} is given twice")
+    arrays[name] = array
+
+
+def check_output(name: str, parameters: Container[str]) -> None:
+    """A requested output's parameters: extensions we do not offer are refused by name."""
+    if "classification" in parameters:
+        raise InvalidInput(f"output {name!r}: the classification extension is not supported")
+    if SHARED_MEMORY in parameters:
+        raise InvalidInput(f"output {name!r}: the shared memory extension is not supported")
+
+
+def deadline_from(timeout_us: Any) -> float | None:
+    """Triton's ``timeout`` request parameter (microseconds) as a ``time.monotonic`` deadline."""
+    if timeout_us is None:
+        return None
+    if isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 0:
+        raise InvalidInput(
+            f"parameters.timeout must be a non-negative integer of microseconds, received "
+            f"{timeout_us!r}"
+        )
+    return time.monotonic() + timeout_us / 1e6 if timeout_us else None
