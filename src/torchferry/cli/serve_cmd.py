@@ -78,6 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-queue-rows", type=int, default=4096)
     parser.add_argument("--request-timeout", type=float, help="seconds before 504")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="run Python code that archives carry (custom handlers, eager models)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -99,6 +104,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         batching=ModelOverride(max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms),
         per_model=dict(args.batching),
         log_level=args.log_level,
+        trust_code=args.trust_code,
     )
 
 
