@@ -168,7 +168,7 @@ def test_python_export_takes_a_class_and_a_list_of_extra_files(handler_dir, tmp_
         ("word_counts.py:BrokenSetup", True, r"BrokenSetup.*ValueError: the vocabulary is missing"),
         ("word_counts.py:WordCounts", False, r"WordCounts.*KeyError: 'vocab.json'"),
         ("word_counts.py:NotAHandler", True, "not a class derived from torchferry.Handler"),
-        ("word_counts.py:Nowhere", True, "has no 'Nowhere'"),
+        ("word_counts.py:Nowhere", True, "has no attribute 'Nowhere'"),
         ("missing.py:Handler", True, "is not a file"),
         ("text", True, r"handler 'text'.*known handlers are \['image', 'tensor'\]"),
         ("image", True, r"\[N, C, H, W\]"),  # built-ins are checked at export too

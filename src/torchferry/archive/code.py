@@ -70,14 +70,15 @@ def is_archived_reference(reference: str) -> bool:
     return reference.startswith(f"{CODE_DIR}/") and ":" in reference
 
 
-def _import_file(path: Path, label: str) -> ModuleType:
+def import_file(path: Path) -> ModuleType:
+    """Import a Python file by its path, under a private module name derived from it."""
+    if not path.is_file():
+        raise ArchiveError(f"cannot load {str(path)!r}: no such file")
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
     module_name = f"_torchferry_code_{digest}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise ArchiveError(f"{label}: {path} is not an importable Python file")
+        raise ArchiveError(f"cannot load {str(path)!r}: not an importable Python file")
     module = importlib.util.module_from_spec(spec)
     # registered before it runs, so that dataclasses and pickle-free references inside work
     sys.modules[module_name] = module
@@ -85,10 +86,19 @@ def _import_file(path: Path, label: str) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(module_name, None)
-        raise ArchiveError(
-            f"{label}: importing {path.name} failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise ArchiveError(f"importing {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
     return module
+
+
+def attribute_of(module: ModuleType, attribute: str, source: str) -> Any:
+    """``module``'s (dotted) ``attribute``, or an error that names ``source``."""
+    obj: Any = module
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ArchiveError(f"{source!r} has no attribute {attribute!r}") from None
+    return obj
 
 
 def load_archived(archive: Archive, reference: str, *, trust_code: bool, what: str) -> Any:
@@ -105,10 +115,7 @@ def load_archived(archive: Archive, reference: str, *, trust_code: bool, what: s
     safe_relative(file_name)
     if file_name not in manifest.files:
         raise ArchiveError(f"{label}: {what} file {file_name!r} is not listed in the manifest")
-    obj: Any = _import_file(archive.file(file_name), label)
-    for part in attribute.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ArchiveError(f"{label}: {file_name} has no {attribute!r}") from None
-    return obj
+    try:
+        return attribute_of(import_file(archive.file(file_name)), attribute, file_name)
+    except ArchiveError as exc:
+        raise ArchiveError(f"{label}: {exc.message}") from exc

@@ -3,33 +3,26 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from torch import nn
 
-from torchferry.errors import ExportError
+from torchferry.archive.code import (
+    attribute_of,
+    import_file,
+    is_file_reference,
+    split_reference,
+)
+from torchferry.errors import ArchiveError, ExportError
 
 
 def _import_file(path: Path) -> ModuleType:
-    if not path.is_file():
-        raise ExportError(f"cannot load {str(path)!r}: no such file")
-    module_name = f"_torchferry_target_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ExportError(f"cannot load {str(path)!r}: not an importable Python file")
-    module = importlib.util.module_from_spec(spec)
-    # Registered before executing, so that dataclasses and pickling inside the file work.
-    sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(module_name, None)
-        raise ExportError(f"importing {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
-    return module
+        return import_file(path)
+    except ArchiveError as exc:
+        raise ExportError(exc.message) from exc.__cause__
 
 
 def _import_module(name: str) -> ModuleType:
@@ -43,18 +36,17 @@ def _import_module(name: str) -> ModuleType:
 
 def resolve_factory(target: str) -> Any:
     """Return the object ``target`` names (not yet called)."""
-    source, sep, attribute = target.rpartition(":")
-    if not sep or not source or not attribute:
-        raise ExportError(f"target {target!r} must be FILE.py:FACTORY or package.module:factory")
-    is_file = source.endswith(".py") or "/" in source or "\\" in source
-    module = _import_file(Path(source)) if is_file else _import_module(source)
-    obj: Any = module
-    for part in attribute.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ExportError(f"{source!r} has no attribute {attribute!r}") from None
-    return obj
+    try:
+        source, attribute = split_reference(target)
+    except ArchiveError:
+        raise ExportError(
+            f"target {target!r} must be FILE.py:FACTORY or package.module:factory"
+        ) from None
+    module = _import_file(Path(source)) if is_file_reference(source) else _import_module(source)
+    try:
+        return attribute_of(module, attribute, source)
+    except ArchiveError as exc:
+        raise ExportError(exc.message) from None
 
 
 def load_model(target: str) -> nn.Module:
