@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -179,3 +180,50 @@ def test_a_lone_request_waits_no_longer_than_max_delay():
 
     elapsed = run(_with_batcher(model, body, max_batch_size=64, max_delay_ms=30))
     assert 0.025 <= elapsed < 1.0
+
+
+def test_a_request_that_times_out_mid_batch_leaves_the_others_their_own_rows():
+    model = Recorder(delay=0.3)
+    late_x = np.full((2, 3), 1, np.float32)
+    other_x = np.full((3, 3), 2, np.float32)
+
+    async def body(batcher):
+        late = asyncio.ensure_future(batcher.submit({"x": late_x}, timeout_s=0.1))
+        other = asyncio.ensure_future(batcher.submit({"x": other_x}))
+        (late_outcome,) = await asyncio.gather(late, return_exceptions=True)
+        return late_outcome, await other
+
+    late, answer = run(_with_batcher(model, body, max_batch_size=8, max_delay_ms=20))
+    assert isinstance(late, InferenceTimeout)
+    assert model.sizes == [5]  # both ran in one batch; the late one gave up while it ran
+    np.testing.assert_array_equal(answer["y"], 2 * other_x)
+
+
+def test_submit_then_runs_the_finish_step_off_the_event_loop():
+    model = Recorder(delay=0.05)
+    pool = ThreadPoolExecutor(2, thread_name_prefix="post")
+
+    def finish(outputs):
+        if outputs["s"][0] > 100:
+            raise ValueError("too big")
+        return threading.current_thread().name, outputs["y"].tolist()
+
+    async def body(batcher):
+        loop_thread = threading.current_thread().name
+        xs = [np.full((1, 3), i, np.float32) for i in range(1, 4)]
+        answers = await asyncio.gather(
+            *(batcher.submit_then({"x": x}, None, pool, finish) for x in xs)
+        )
+        with pytest.raises(ValueError, match="too big"):
+            await batcher.submit_then({"x": np.full((1, 3), 50, np.float32)}, None, pool, finish)
+        return loop_thread, answers, xs
+
+    # one row a batch: while batches wait, finishing goes to the pool; the last one, with
+    # nothing waiting, finishes on the worker thread without a hand-off
+    loop_thread, answers, xs = run(_with_batcher(model, body, max_batch_size=1))
+    pool.shutdown()
+    threads = [thread for thread, _ in answers]
+    assert loop_thread not in threads
+    assert threads[0].startswith("post") and threads[-1].startswith("infer")
+    for (_, y), x in zip(answers, xs, strict=True):
+        assert y == (2 * x).tolist()

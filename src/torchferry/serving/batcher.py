@@ -9,6 +9,11 @@ Only requests whose tensors agree on everything but dimension 0 are merged; othe
 a batch of their own. A request with more rows than ``max_batch_size`` runs alone. When a
 merged batch raises, each of its requests is retried alone so that only the request that
 causes the failure sees it.
+
+A request may come with a ``finish`` step (a handler's postprocess) and the executor to run
+it on. The step never runs on the event loop: the worker thread runs it right after the
+batch when no other batch waits (no hand-off, the lowest latency when idle), and otherwise
+hands it to the executor at once, so that a slow step never holds up the next batch.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +37,9 @@ from torchferry.errors import (
 )
 
 InferFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+_T = TypeVar("_T")
+#: A step to run on a request's own outputs, and the executor to run it on.
+Finish = tuple[Executor, Callable[[dict[str, np.ndarray]], Any]]
 
 
 @dataclass
@@ -38,8 +47,13 @@ class _Request:
     inputs: dict[str, np.ndarray]
     rows: int
     key: tuple[object, ...]
-    future: asyncio.Future[dict[str, np.ndarray]]
+    future: asyncio.Future[Any]
     arrived: float
+    finish: Finish | None = None
+    #: Whether its rows count in the queue (until taken into a batch, or abandoned).
+    queued: bool = True
+    #: The finish step's result, once the worker thread has handed it to its executor.
+    finishing: Future[Any] | None = None
 
 
 @dataclass
@@ -121,6 +135,24 @@ class Batcher:
     ) -> dict[str, np.ndarray]:
         """Queue one request's validated inputs and wait for its outputs, at most
         ``timeout_s`` seconds (then 504; the request is dropped if it has not started)."""
+        outputs: dict[str, np.ndarray] = await self._submit(inputs, timeout_s, None)
+        return outputs
+
+    async def submit_then(
+        self,
+        inputs: dict[str, np.ndarray],
+        timeout_s: float | None,
+        executor: Executor,
+        finish: Callable[[dict[str, np.ndarray]], _T],
+    ) -> _T:
+        """As ``submit``, then ``finish(outputs)`` on ``executor``, started by the worker
+        thread as soon as the batch is computed; returns what ``finish`` returns."""
+        result: _T = await self._submit(inputs, timeout_s, (executor, finish))
+        return result
+
+    async def _submit(
+        self, inputs: dict[str, np.ndarray], timeout_s: float | None, finish: Finish | None
+    ) -> Any:
         if self._closing or self._task is None or self._wakeup is None:
             state = "is draining" if self._closing else "has not started"
             raise ModelNotReady(f"model {self.name!r} {state}", retry_after=1.0)
@@ -132,7 +164,7 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         request = _Request(
-            inputs, rows, _shape_key(inputs), loop.create_future(), time.perf_counter()
+            inputs, rows, _shape_key(inputs), loop.create_future(), time.perf_counter(), finish
         )
         self._queue.append(request)
         self._queued_rows += rows
@@ -151,10 +183,14 @@ class Batcher:
         """A request whose caller gave up: it frees its place in the queue at once (the loop
         drops it when it reaches it), so that a stuck request cannot hold capacity."""
         if request.future.cancel():
-            self._queued_rows -= request.rows
-            request.rows = 0
+            self._dequeue(request)
             if self._wakeup is not None:
                 self._wakeup.set()
+
+    def _dequeue(self, request: _Request) -> None:
+        if request.queued:
+            request.queued = False
+            self._queued_rows -= request.rows
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -178,7 +214,7 @@ class Batcher:
 
     def _drop_abandoned(self) -> None:
         while self._queue and self._queue[0].future.done():
-            self._queued_rows -= self._queue.popleft().rows
+            self._dequeue(self._queue.popleft())
 
     async def _wait_to_fill(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self._wakeup is not None
@@ -198,7 +234,7 @@ class Batcher:
 
     def _take_batch(self) -> list[_Request]:
         first = self._queue.popleft()
-        self._queued_rows -= first.rows
+        self._dequeue(first)
         if first.future.done():
             return []
         batch, rows = [first], first.rows
@@ -206,12 +242,12 @@ class Batcher:
         while self._queue and rows < self.max_batch_size:
             candidate = self._queue[0]
             if candidate.future.done():
-                self._queued_rows -= self._queue.popleft().rows
+                self._dequeue(self._queue.popleft())
                 continue
             if candidate.rows + rows > self.max_batch_size:
                 break
             self._queue.popleft()
-            self._queued_rows -= candidate.rows
+            self._dequeue(candidate)
             if candidate.key == first.key:
                 batch.append(candidate)
                 rows += candidate.rows
@@ -219,13 +255,14 @@ class Batcher:
                 skipped.append(candidate)
         for request in reversed(skipped):
             self._queue.appendleft(request)
+            request.queued = True
             self._queued_rows += request.rows
         return batch
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
         started = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._compute, batch)
+            answers = await loop.run_in_executor(self._executor, self._compute, batch)
         except Exception as exc:  # the model raised: isolate the request responsible
             if len(batch) > 1:
                 for request in batch:
@@ -234,9 +271,11 @@ class Batcher:
             self._fail(batch[0], exc, started)
             return
         self._record(batch, started)
-        self._answer(batch, outputs)
+        self._answer(loop, batch, answers)
 
-    def _compute(self, batch: list[_Request]) -> dict[str, np.ndarray]:
+    def _compute(self, batch: list[_Request]) -> list[Any]:
+        """On the worker thread: run the batch, split the outputs row for row, and finish each
+        request that has a finish step (see ``_finish``)."""
         if len(batch) == 1:
             inputs = batch[0].inputs
         else:
@@ -252,18 +291,43 @@ class Batcher:
                     f"output {name!r} has shape {list(array.shape)}, "
                     f"which does not keep the batch dimension of {rows} rows"
                 )
-        return outputs
-
-    def _answer(self, batch: list[_Request], outputs: dict[str, np.ndarray]) -> None:
+        answers: list[Any] = []
         offset = 0
         for request in batch:
             end = offset + request.rows
-            if not request.future.done():
-                if len(batch) == 1:
-                    request.future.set_result(outputs)
-                else:
-                    request.future.set_result({n: a[offset:end] for n, a in outputs.items()})
+            mine = outputs if len(batch) == 1 else {n: a[offset:end] for n, a in outputs.items()}
+            answers.append(self._finish(request, mine))
             offset = end
+        return answers
+
+    def _finish(self, request: _Request, outputs: dict[str, np.ndarray]) -> Any:
+        """A request's answer: its outputs, or its finish step run on them. When no batch waits
+        for this thread the step runs here, with no hand-off (the lowest latency when idle);
+        otherwise on its executor, so that a slow step never holds up the next batch."""
+        if request.finish is None:
+            return outputs
+        executor, finish = request.finish
+        if self._queue:
+            request.finishing = executor.submit(finish, outputs)
+            return None
+        try:
+            return finish(outputs)
+        except Exception as exc:
+            return _Failed(exc)
+
+    def _answer(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Request], answers: list[Any]
+    ) -> None:
+        for request, answer in zip(batch, answers, strict=True):
+            if request.future.done():
+                continue
+            if request.finishing is not None:
+                finished = asyncio.wrap_future(request.finishing, loop=loop)
+                finished.add_done_callback(_settle(request.future))
+            elif isinstance(answer, _Failed):
+                request.future.set_exception(answer.error)
+            else:
+                request.future.set_result(answer)
 
     def _fail(self, request: _Request, exc: Exception, started: float) -> None:
         now = time.perf_counter()
@@ -296,3 +360,26 @@ class Batcher:
         per_size = stats.by_batch_size.setdefault(rows, BatchSizeStats())
         per_size.count += 1
         per_size.compute_ns += compute_ns
+
+
+@dataclass
+class _Failed:
+    """A finish step's exception, carried back to the event loop."""
+
+    error: Exception
+
+
+def _settle(future: asyncio.Future[Any]) -> Callable[[asyncio.Future[Any]], None]:
+    """Pass a finish step's outcome on to the request's future, unless the caller gave up."""
+
+    def settle(finished: asyncio.Future[Any]) -> None:
+        if future.done():
+            return
+        if finished.cancelled():
+            future.cancel()
+        elif (error := finished.exception()) is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(finished.result())
+
+    return settle

@@ -19,6 +19,7 @@ routing hook in.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import numpy as np
 
 from torchferry.codecs.datatypes import output_datatype
 from torchferry.errors import InferenceTimeout, ModelError, TorchferryError
-from torchferry.handlers.base import HandlerRequest
+from torchferry.handlers.base import Handler, HandlerRequest
 from torchferry.serving.repository import LoadedModel, ModelRepository
 from torchferry.signature import ModelSignature
 
@@ -112,13 +113,22 @@ class DataPlane:
     async def predict(
         self, model: LoadedModel, request: HandlerRequest, deadline: float | None = None
     ) -> Any:
-        """A payload request through the model's handler: preprocess, batch, postprocess."""
+        """A payload request through the model's handler: preprocess, batch, postprocess.
+
+        Both handler steps run on the preprocessing pool; ``postprocess`` is started there by
+        the batcher's worker thread as soon as the batch is computed."""
         handler = model.handler
-        prepared = await self._on_pool(model, "preprocess", handler.preprocess, request)
+        loop = asyncio.get_running_loop()
+        preprocess = _guarded(model, "preprocess", handler.preprocess)
+        prepared = await loop.run_in_executor(model.preprocess_pool, preprocess, request)
         inputs, state = _unpack_preprocessed(model, prepared)
         inputs = model.signature.validate_inputs(inputs)
-        outputs = await model.batcher.submit(inputs, self._timeout(deadline))
-        return await self._on_pool(model, "postprocess", handler.postprocess, outputs, state)
+        postprocess = _guarded(
+            model, "postprocess", functools.partial(_postprocess, handler, state)
+        )
+        return await model.batcher.submit_then(
+            inputs, self._timeout(deadline), model.preprocess_pool, postprocess
+        )
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -132,20 +142,26 @@ class DataPlane:
             timeout = left if timeout is None else min(timeout, left)
         return timeout
 
-    async def _on_pool(
-        self, model: LoadedModel, step: str, function: Callable[..., _T], *args: Any
-    ) -> _T:
-        """Run a handler method on the preprocessing pool; its own failures become 500s
-        that name the handler, while the errors it raises on purpose keep their class."""
-        loop = asyncio.get_running_loop()
+
+def _postprocess(handler: Handler, state: Any, outputs: dict[str, np.ndarray]) -> Any:
+    return handler.postprocess(outputs, state)
+
+
+def _guarded(model: LoadedModel, step: str, function: Callable[..., _T]) -> Callable[..., _T]:
+    """``function`` (a handler step) with its own failures as 500s that name the handler and
+    the step; the errors it raises on purpose (``InvalidInput``...) keep their class."""
+
+    def run(*args: Any) -> _T:
         try:
-            return await loop.run_in_executor(model.preprocess_pool, function, *args)
+            return function(*args)
         except TorchferryError:
             raise
         except Exception as exc:
             raise ModelError(
                 f"the handler of model {model.name!r} failed in {step}: {type(exc).__name__}: {exc}"
             ) from exc
+
+    return run
 
 
 def wanted_outputs(signature: ModelSignature, request: InferRequest) -> list[tuple[str, bool]]:
