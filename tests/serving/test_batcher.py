@@ -227,3 +227,18 @@ def test_submit_then_runs_the_finish_step_off_the_event_loop():
     assert threads[0].startswith("post") and threads[-1].startswith("infer")
     for (_, y), x in zip(answers, xs, strict=True):
         assert y == (2 * x).tolist()
+
+
+def test_a_cancelled_caller_frees_its_place_in_the_queue_at_once():
+    model = Recorder()
+
+    async def body(batcher):
+        waiting = asyncio.ensure_future(batcher.submit({"x": np.ones((3, 3), np.float32)}))
+        await asyncio.sleep(0.01)
+        assert batcher.queued_rows == 3  # it waits for the batch to fill (1 s)
+        waiting.cancel()  # a gRPC client hangs up: grpc.aio cancels the call's task
+        await asyncio.gather(waiting, return_exceptions=True)
+        return batcher.queued_rows
+
+    assert run(_with_batcher(model, body, max_batch_size=64, max_delay_ms=1000)) == 0
+    assert model.sizes == []  # nobody waits for it: it never runs

@@ -156,7 +156,8 @@ class Batcher:
         if self._closing or self._task is None or self._wakeup is None:
             state = "is draining" if self._closing else "has not started"
             raise ModelNotReady(f"model {self.name!r} {state}", retry_after=1.0)
-        rows = next(iter(inputs.values())).shape[0]
+        first = next(iter(inputs.values()))
+        rows = first.shape[0] if first.ndim else 1
         if self._queued_rows + rows > self.max_queue_rows and self._queued_rows > 0:
             raise Overloaded(
                 f"model {self.name!r} is overloaded: {self._queued_rows} rows already queued",
@@ -169,8 +170,6 @@ class Batcher:
         self._queue.append(request)
         self._queued_rows += rows
         self._wakeup.set()
-        if timeout_s is None:
-            return await request.future
         try:
             return await asyncio.wait_for(asyncio.shield(request.future), timeout_s)
         except TimeoutError:
@@ -178,11 +177,15 @@ class Batcher:
             raise InferenceTimeout(
                 f"model {self.name!r} did not answer within {timeout_s:.3g} s"
             ) from None
+        except BaseException:  # the caller gave up (a cancelled call, a client's deadline)
+            self._abandon(request)
+            raise
 
     def _abandon(self, request: _Request) -> None:
         """A request whose caller gave up: it frees its place in the queue at once (the loop
         drops it when it reaches it), so that a stuck request cannot hold capacity."""
-        if request.future.cancel():
+        request.future.cancel()
+        if request.queued:
             self._dequeue(request)
             if self._wakeup is not None:
                 self._wakeup.set()
@@ -262,7 +265,7 @@ class Batcher:
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
         started = time.perf_counter()
         try:
-            answers = await loop.run_in_executor(self._executor, self._compute, batch)
+            answers, computed = await loop.run_in_executor(self._executor, self._compute, batch)
         except Exception as exc:  # the model raised: isolate the request responsible
             if len(batch) > 1:
                 for request in batch:
@@ -270,12 +273,12 @@ class Batcher:
                 return
             self._fail(batch[0], exc, started)
             return
-        self._record(batch, started)
+        self._record(batch, started, computed)
         self._answer(loop, batch, answers)
 
-    def _compute(self, batch: list[_Request]) -> list[Any]:
+    def _compute(self, batch: list[_Request]) -> tuple[list[Any], float]:
         """On the worker thread: run the batch, split the outputs row for row, and finish each
-        request that has a finish step (see ``_finish``)."""
+        request that has a finish step (see ``_finish``); also when the model finished."""
         if len(batch) == 1:
             inputs = batch[0].inputs
         else:
@@ -291,23 +294,27 @@ class Batcher:
                     f"output {name!r} has shape {list(array.shape)}, "
                     f"which does not keep the batch dimension of {rows} rows"
                 )
+        computed = time.perf_counter()
+        if len(batch) == 1:
+            return [self._finish(batch[0], outputs, alone=True)], computed
         answers: list[Any] = []
         offset = 0
         for request in batch:
             end = offset + request.rows
-            mine = outputs if len(batch) == 1 else {n: a[offset:end] for n, a in outputs.items()}
-            answers.append(self._finish(request, mine))
+            mine = {name: array[offset:end] for name, array in outputs.items()}
+            answers.append(self._finish(request, mine, alone=False))
             offset = end
-        return answers
+        return answers, computed
 
-    def _finish(self, request: _Request, outputs: dict[str, np.ndarray]) -> Any:
-        """A request's answer: its outputs, or its finish step run on them. When no batch waits
-        for this thread the step runs here, with no hand-off (the lowest latency when idle);
-        otherwise on its executor, so that a slow step never holds up the next batch."""
+    def _finish(self, request: _Request, outputs: dict[str, np.ndarray], alone: bool) -> Any:
+        """A request's answer: its outputs, or its finish step run on them. A lone request with
+        nothing queued behind it finishes here, with no hand-off (the lowest latency when
+        idle); any other goes to its executor at once, so that finish steps run side by side
+        and never hold up the next batch."""
         if request.finish is None:
             return outputs
         executor, finish = request.finish
-        if self._queue:
+        if not alone or self._queue:
             request.finishing = executor.submit(finish, outputs)
             return None
         try:
@@ -344,9 +351,11 @@ class Batcher:
             error = ModelError(f"model {self.name!r} failed: {type(exc).__name__}: {message}")
         request.future.set_exception(error)
 
-    def _record(self, batch: list[_Request], started: float) -> None:
+    def _record(self, batch: list[_Request], started: float, computed: float) -> None:
+        """Count a batch the model answered (statistics are the model's: a handler's finish
+        step is not part of its compute time, and does not make the model fail)."""
         now = time.perf_counter()
-        compute_ns = int((now - started) * 1e9)
+        compute_ns = int((computed - started) * 1e9)
         rows = sum(r.rows for r in batch)
         stats = self.stats
         stats.execution_count += 1
