@@ -1,4 +1,4 @@
-"""Errors a user can cause, each with the status it maps to on every protocol (DESIGN.md, Errors).
+"""Errors a user can cause, each with the status it maps to on every protocol.
 
 Each class names its HTTP status and its gRPC status code; protocols read these two and
 nothing else, so one fault gets one class of answer everywhere. Nothing here imports a

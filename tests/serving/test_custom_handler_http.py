@@ -38,7 +38,8 @@ HANDLER = textwrap.dedent(
             body = request.json
             if not isinstance(body, dict) or "rows" not in body:
                 raise InvalidInput('send {"rows": [[...]], "tag": "..."}')
-            x = np.asarray(body["rows"], dtype=np.float32) * self.scale
+            dtype = np.float64 if body.get("tag") == "wrong dtype" else np.float32
+            x = np.asarray(body["rows"], dtype=dtype) * self.scale
             return {"x": x}, {"tag": body.get("tag"), "rows": len(x), "route": request.route}
 
         def postprocess(self, outputs, state):
@@ -124,4 +125,7 @@ def test_client_mistakes_are_400_and_handler_bugs_500(store, start_server, tmp_p
         assert "preprocess" in ragged.json()["error"]
         shape = client.post("/predict/scaled", json={"rows": [[1, 2, 3]]})
         assert shape.status_code == 400 and "input 'x'" in shape.json()["error"]
+        # a dtype the handler chose is not the client's to fix: the handler's fault, 500
+        dtype = client.post("/predict/scaled", json={"rows": [[1, 2, 3, 4]], "tag": "wrong dtype"})
+        assert dtype.status_code == 500 and "preprocess gave input 'x'" in dtype.json()["error"]
         assert client.post("/predict/scaled", json={"rows": [[1, 2, 3, 4]]}).status_code == 200

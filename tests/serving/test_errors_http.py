@@ -1,4 +1,4 @@
-"""Errors as DESIGN.md states them, model failures isolated, and a little fuzzing: nothing a
+"""Errors with the statuses docs/architecture.md gives them, model failures isolated, and a little fuzzing: nothing a
 client sends may crash the server."""
 
 from __future__ import annotations

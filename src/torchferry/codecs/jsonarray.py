@@ -115,6 +115,15 @@ def json_to_array(value: Any, datatype: str, where: str, *, allow_b64: bool = Fa
     return array.astype(want, copy=False)
 
 
+def json_to_batch(
+    value: Any, datatype: str, rank: int, where: str, *, allow_b64: bool = False
+) -> np.ndarray:
+    """One input's JSON value for a tensor of ``rank`` dimensions, batch first: a value one
+    rank short is a single row and gets the batch dimension."""
+    array = json_to_array(value, datatype, where, allow_b64=allow_b64)
+    return array[np.newaxis] if array.ndim == rank - 1 else array
+
+
 def element_count(shape: Any, where: str) -> tuple[tuple[int, ...], int]:
     """Check a declared V2 shape (a list of non-negative integers); return it and its size."""
     if not isinstance(shape, list) or not all(

@@ -30,13 +30,6 @@ def _wire_dtype(datatype: str, where: str) -> np.dtype:
     return dtype.newbyteorder("<") if dtype.kind in "iuf" else dtype
 
 
-def raw_size(array: np.ndarray) -> int:
-    """The number of bytes ``encode_raw`` produces for ``array``."""
-    if array.dtype.kind == "O":
-        return sum(_LENGTH.size + len(_as_bytes(v)) for v in array.flat)
-    return array.size * array.dtype.itemsize
-
-
 def decode_raw(
     buffer: bytes | memoryview, datatype: str, shape: tuple[int, ...], where: str
 ) -> np.ndarray:

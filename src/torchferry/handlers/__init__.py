@@ -23,7 +23,7 @@ from torchferry.archive.code import (
     load_archived,
     split_reference,
 )
-from torchferry.archive.integrity import hash_file
+from torchferry.archive.integrity import hash_file, safe_relative
 from torchferry.archive.manifest import HandlerSpec, Manifest
 from torchferry.archive.store import Archive
 from torchferry.errors import ArchiveError, ExportError, TorchferryError, UntrustedCode
@@ -149,9 +149,17 @@ def stage_handler(
                     f"handler {handler!r} has no source file to store; define it in a .py file"
                 )
             handler = f"{source}:{handler.__qualname__}"
-    if is_archived_reference(handler) and (directory / split_reference(handler)[0]).is_file():
+    if is_archived_reference(handler):
         # re-exported with the files of an archive (``torchferry optimize``): that archive's
-        # code, which runs only with the operator's trust, so it is recorded, not run
+        # code, which runs only with the operator's trust, so it is recorded, not run; it is
+        # never looked for anywhere but among the files staged from that archive
+        file_name = split_reference(handler)[0]
+        try:
+            carried = (directory / safe_relative(file_name)).is_file()
+        except ArchiveError as exc:
+            raise ExportError(f"handler {handler!r}: {exc.message}") from None
+        if not carried:
+            raise ExportError(f"handler {handler!r}: {file_name} is not among the archive's files")
         return handler
     name = handler
     if ":" in handler:

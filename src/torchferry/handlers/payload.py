@@ -20,7 +20,6 @@ from torchferry.errors import InvalidInput, UnsupportedMediaType
 from torchferry.handlers.base import HandlerRequest
 from torchferry.signature import ModelSignature
 
-PREDICT = "predict"
 TORCHSERVE = "torchserve"
 #: Multipart fields that carry the payload; other fields count only when none of these is sent.
 FILE_FIELDS = ("data", "file", "body")

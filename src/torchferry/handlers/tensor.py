@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from torchferry.codecs.jsonarray import json_to_array
+from torchferry.codecs.jsonarray import json_to_batch
 from torchferry.codecs.jsonio import loads
 from torchferry.errors import InvalidInput
 from torchferry.handlers.base import Handler, HandlerContext, HandlerRequest
@@ -44,10 +44,8 @@ def to_array(spec: TensorSpec, value: Any) -> np.ndarray:
     A value one rank short of the spec is taken as a single row and gets the batch dimension.
     Shapes are checked later, by the data plane.
     """
-    array = json_to_array(value, spec.datatype, f"input {spec.name!r} of shape {list(spec.shape)}")
-    if array.ndim == len(spec.shape) - 1:
-        array = array[np.newaxis]
-    return array
+    where = f"input {spec.name!r} of shape {list(spec.shape)}"
+    return json_to_batch(value, spec.datatype, len(spec.shape), where)
 
 
 def tensors_from_json(signature: ModelSignature, data: Any) -> dict[str, np.ndarray]:

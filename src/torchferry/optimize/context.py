@@ -23,7 +23,7 @@ from torchferry.archive.formats import (
 )
 from torchferry.archive.manifest import Manifest
 from torchferry.archive.store import Archive, ModelStore
-from torchferry.errors import UntrustedCode
+from torchferry.errors import InvalidInput, UntrustedCode
 from torchferry.optimize.data import EvalData
 from torchferry.optimize.errors import Skipped
 
@@ -42,7 +42,8 @@ def load_eager(archive: Archive, *, trust_code: bool = False) -> nn.Module:
     Raises :class:`Skipped` when the manifest has no factory or the archive no weights. A
     factory carried in the archive (``code/FILE.py:NAME``, an eager export's) runs only with
     ``trust_code`` (else :class:`Skipped`); one named on this machine at export
-    (``module:callable``, ``/abs/FILE.py:callable``) is imported from there and called.
+    (``module:callable``, ``/abs/FILE.py:callable``) is imported from there and called, so
+    optimize only archives you trust (``torchferry optimize`` has no ``--trust-code`` yet).
     """
     from torchferry.export.loader import load_model
     from torchferry.runtimes.eager import load_eager_model, load_weights
@@ -194,6 +195,14 @@ class BuildContext:
         from torchferry.export import export
 
         manifest = self.source.manifest
+        handler = manifest.handler.name
+        if ":" in handler and not is_archived_reference(handler):
+            # an export always records code as code/FILE.py:Class; anything else points at
+            # code outside the archive, which optimizing must not import
+            raise InvalidInput(
+                f"the manifest names handler {handler!r}, code outside the archive; "
+                "re-export the model with torchferry export --handler"
+            )
         return export(
             model,
             self.example_inputs(),
@@ -202,7 +211,7 @@ class BuildContext:
             format=format,  # type: ignore[arg-type]
             input_names=manifest.signature.input_names,
             output_names=manifest.signature.output_names,
-            handler=manifest.handler.name,
+            handler=handler,
             handler_config=manifest.handler.config,
             extra_files=self.extra_files(),
             batching=manifest.batching,

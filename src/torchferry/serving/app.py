@@ -4,7 +4,6 @@ listeners (gRPC) once the models serve and stops them before the models drain.""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -14,39 +13,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 import torchferry
-from torchferry.errors import InvalidInput, TorchferryError, internal_error
+from torchferry.errors import TorchferryError
 from torchferry.serving.dataplane import DataPlane
 from torchferry.serving.limits import BodySizeLimit
 from torchferry.serving.protocols import PROTOCOLS
-from torchferry.serving.protocols.common import JSONResponse, error_response
+from torchferry.serving.protocols.common import JSONResponse, as_error, error_response
 from torchferry.serving.repository import ModelRepository
 from torchferry.serving.settings import ServerSettings
 
-log = logging.getLogger("torchferry.app")
 
-
-async def _torchferry_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, TorchferryError)
-    if exc.status_code >= 500:
-        log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc)
-    return error_response(exc)
+async def _error(request: Request, exc: Exception) -> Response:
+    return error_response(as_error(exc, f"{request.method} {request.url.path}"))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors: an unknown route (404) or method (405)."""
     assert isinstance(exc, StarletteHTTPException)
     headers = getattr(exc, "headers", None)
     return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=headers)
-
-
-async def _validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-    return error_response(InvalidInput("; ".join(parts) or "invalid request"))
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(internal_error(exc))
 
 
 def build_app(settings: ServerSettings, repository: ModelRepository) -> FastAPI:
@@ -75,10 +59,9 @@ def build_app(settings: ServerSettings, repository: ModelRepository) -> FastAPI:
     app.state.repository = repository
     app.state.plane = plane
     app.state.settings = settings
-    app.add_exception_handler(TorchferryError, _torchferry_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    for error_class in (TorchferryError, RequestValidationError, Exception):
+        app.add_exception_handler(error_class, _error)
     for protocol in protocols:
         if protocol.router is not None:
             app.include_router(protocol.router)

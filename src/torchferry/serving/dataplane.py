@@ -97,6 +97,18 @@ class DataPlane:
         """The model version a request names: the default version when none is given."""
         return self.repository.get(name, version)
 
+    def names(self) -> list[str]:
+        """The models that can be named."""
+        return self.repository.names()
+
+    def versions(self, name: str) -> list[LoadedModel]:
+        """Every loaded version of a model, oldest first (404 for an unknown model)."""
+        return [self.resolve(name, version) for version in self.repository.versions(name)]
+
+    def all(self) -> list[LoadedModel]:
+        """Every loaded version of every model."""
+        return [model for name in self.names() for model in self.versions(name)]
+
     async def infer(self, model: LoadedModel, request: InferRequest) -> InferResponse:
         """Validate the request's inputs, run them through the batcher, return the outputs."""
         wanted = wanted_outputs(model.signature, request)
@@ -110,9 +122,7 @@ class DataPlane:
             outputs.append(OutputTensor(name, output_datatype(name, array), array, binary))
         return InferResponse(model.name, str(model.version), request.id, outputs)
 
-    async def predict(
-        self, model: LoadedModel, request: HandlerRequest, deadline: float | None = None
-    ) -> Any:
+    async def predict(self, model: LoadedModel, request: HandlerRequest) -> Any:
         """A payload request through the model's handler: preprocess, batch, postprocess.
 
         Both handler steps run on the preprocessing pool; ``postprocess`` is started there by
@@ -127,7 +137,7 @@ class DataPlane:
             model, "postprocess", functools.partial(_postprocess, handler, state)
         )
         return await model.batcher.submit_then(
-            inputs, self._timeout(deadline), model.preprocess_pool, postprocess
+            inputs, self._timeout(None), model.preprocess_pool, postprocess
         )
 
     # -- helpers -------------------------------------------------------------------------------
@@ -184,10 +194,17 @@ def _unpack_preprocessed(model: LoadedModel, prepared: Any) -> tuple[dict[str, n
             f"with inputs a dict of arrays, returned {type(prepared).__name__}"
         )
     inputs, state = prepared
+    specs = {spec.name: spec for spec in model.signature.inputs}
     for name, array in inputs.items():
         if not isinstance(array, np.ndarray):
             raise ModelError(
                 f"the handler of model {model.name!r}: preprocess gave input {name!r} as "
                 f"{type(array).__name__}; give numpy arrays"
+            )
+        spec = specs.get(name)
+        if spec is not None and array.dtype != spec.numpy_dtype:  # the client cannot fix this
+            raise ModelError(
+                f"the handler of model {model.name!r}: preprocess gave input {name!r} as "
+                f"{array.dtype}; the model takes {spec.datatype} ({spec.numpy_dtype})"
             )
     return inputs, state

@@ -3,15 +3,19 @@ JSON responses, and the one way an error becomes an HTTP answer."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
 
 from torchferry.codecs.jsonio import dumps
-from torchferry.errors import TorchferryError, retry_after_header
+from torchferry.errors import InvalidInput, TorchferryError, internal_error, retry_after_header
 from torchferry.serving.dataplane import DataPlane
 from torchferry.serving.settings import ServerSettings
+
+log = logging.getLogger("torchferry.protocols")
 
 
 class Protocol:
@@ -47,6 +51,20 @@ class JSONResponse(Response):
 def plane_of(request: Request) -> DataPlane:
     plane: DataPlane = request.app.state.plane
     return plane
+
+
+def as_error(exc: BaseException, where: str) -> TorchferryError:
+    """Whatever a request raised, as the error every protocol answers with; server faults
+    are logged (``where`` names the route or call), an unexpected one with its traceback."""
+    if isinstance(exc, TorchferryError):
+        if exc.status_code >= 500:
+            log.warning("%s -> %d %s: %s", where, exc.status_code, exc.grpc_code, exc.message)
+        return exc
+    if isinstance(exc, RequestValidationError):
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return InvalidInput("; ".join(parts) or "invalid request")
+    log.error("unexpected error in %s", where, exc_info=exc)
+    return internal_error(exc)
 
 
 def error_response(error: TorchferryError, body: Any = None) -> Response:

@@ -32,14 +32,17 @@ from torchferry.codecs.raw import decode_raw, encode_raw
 from torchferry.errors import (
     InvalidInput,
     ModelNotFound,
-    TorchferryError,
-    internal_error,
     retry_after_header,
 )
 from torchferry.serving.dataplane import DataPlane, InferRequest, InferResponse, RequestedOutput
-from torchferry.serving.protocols.common import Protocol
+from torchferry.serving.protocols.common import Protocol, as_error
 from torchferry.serving.protocols.v2_extensions import model_config, model_metadata, model_stats
-from torchferry.serving.protocols.v2_rules import add_input, check_input, check_output
+from torchferry.serving.protocols.v2_rules import (
+    add_input,
+    check_input,
+    check_output,
+    deadline_from,
+)
 from torchferry.serving.protos import inference_pb2 as pb
 from torchferry.serving.protos.inference_pb2_grpc import (
     GRPCInferenceServiceServicer,
@@ -138,6 +141,7 @@ def decode_request(
     for output in request.outputs:
         check_output(output.name, output.parameters)
         outputs.append(RequestedOutput(output.name, binary=True))
+    timeout = request.parameters["timeout"].int64_param if "timeout" in request.parameters else None
     return InferRequest(
         model.name,
         request.model_version or None,
@@ -145,7 +149,7 @@ def decode_request(
         outputs,
         binary_outputs=True,
         id=request.id,
-        deadline=deadline,
+        deadline=deadline_from(timeout, deadline),
         protocol="v2-grpc",
     )
 
@@ -177,13 +181,8 @@ def _rpc(method: _Method[_Req, _Resp]) -> _Method[_Req, _Resp]:
     async def call(self: Any, request: _Req, context: aio.ServicerContext) -> _Resp:
         try:
             return await method(self, request, context)
-        except TorchferryError as exc:
-            error = exc
-            if error.status_code >= 500:
-                log.warning("%s -> %s: %s", method.__name__, error.grpc_code, error.message)
         except Exception as exc:
-            log.exception("unexpected error in %s", method.__name__)
-            error = internal_error(exc)
+            error = as_error(exc, method.__name__)
         retry_after = retry_after_header(error)
         metadata = (("retry-after", retry_after),) if retry_after else ()
         await context.abort(grpc.StatusCode[error.grpc_code], error.message, metadata)
@@ -197,7 +196,6 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
-        self.repository = plane.repository
 
     @_rpc
     async def ServerLive(
@@ -235,7 +233,10 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         model = self.plane.resolve(request.name, request.version or None)
-        versions = [model.version] if request.version else self.repository.versions(model.name)
+        if request.version:
+            versions = [model.version]
+        else:
+            versions = [m.version for m in self.plane.versions(model.name)]
         return json_format.ParseDict(model_metadata(model, versions), pb.ModelMetadataResponse())
 
     @_rpc
@@ -253,7 +254,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self, request: pb.ModelConfigRequest, context: aio.ServicerContext
     ) -> pb.ModelConfigResponse:
         model = self.plane.resolve(request.name, request.version or None)
-        config = model_config(model, len(self.repository.versions(model.name)))
+        config = model_config(model, len(self.plane.versions(model.name)))
         response = pb.ModelConfigResponse()
         json_format.ParseDict(config, response.config, ignore_unknown_fields=True)
         return response
@@ -262,14 +263,13 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        repository = self.repository
+        plane = self.plane
         if not request.name:
-            models = repository.all()
+            models = plane.all()
         elif request.version:
-            models = [self.plane.resolve(request.name, request.version)]
+            models = [plane.resolve(request.name, request.version)]
         else:
-            versions = repository.versions(request.name)
-            models = [self.plane.resolve(request.name, v) for v in versions]
+            models = plane.versions(request.name)
         response = pb.ModelStatisticsResponse()
         for model in models:
             stats = model_stats(model)

@@ -75,7 +75,7 @@ _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
 def _model(request: Request, model_name: str | None, version: str | None) -> LoadedModel:
     plane = plane_of(request)
     if model_name is None:
-        names = plane.repository.names()
+        names = plane.names()
         if len(names) != 1:
             raise InvalidInput(
                 f"several models are loaded ({names}); name one: POST /predict/{{model}}"

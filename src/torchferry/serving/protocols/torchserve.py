@@ -11,35 +11,36 @@
 - ``GET /models``, ``/models/{model}``, ``/models/{model}/all``, ``/models/{model}/{version}``
   describe models in the management API's shape (TorchServe serves them on port 8081).
 - Errors are ``{"code": 404, "type": "ModelNotFoundException", "message": ...}`` with the
-  statuses of DESIGN.md. A version may be written TorchServe's way: ``/predictions/m/1.0``.
+  statuses every protocol gives (``torchferry.errors``). A version may be written
+  TorchServe's way: ``/predictions/m/1.0``.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from torchferry.errors import (
     InferenceTimeout,
-    InvalidInput,
     ModelNotFound,
     ModelNotReady,
     Overloaded,
     TorchferryError,
-    internal_error,
 )
-from torchferry.serving.protocols.common import JSONResponse, Protocol, error_response, plane_of
+from torchferry.serving.protocols.common import (
+    JSONResponse,
+    Protocol,
+    as_error,
+    error_response,
+    plane_of,
+)
 from torchferry.serving.protocols.payload import read_payload
 from torchferry.serving.repository import LoadedModel
-
-log = logging.getLogger("torchferry.torchserve")
 
 _VERSION = re.compile(r"(\d+)(?:\.0+)*")
 
@@ -75,17 +76,9 @@ class TorchServeRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
-            except TorchferryError as exc:
-                if exc.status_code >= 500:
-                    log.warning("%s %s -> %d: %s", request.method, request.url.path,
-                                exc.status_code, exc)  # fmt: skip
-                return torchserve_error(exc)
-            except RequestValidationError as exc:
-                parts = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-                return torchserve_error(InvalidInput("; ".join(parts)))
             except Exception as exc:
-                log.exception("unexpected error on %s %s", request.method, request.url.path)
-                return torchserve_error(internal_error(exc))
+                where = f"{request.method} {request.url.path}"
+                return torchserve_error(as_error(exc, where))
 
         return route
 
@@ -95,7 +88,7 @@ router = APIRouter(tags=["TorchServe"], route_class=TorchServeRoute)
 
 def _model(request: Request, name: str, version: str | None) -> LoadedModel:
     plane = plane_of(request)
-    plane.repository.versions(name)  # ModelNotFoundException for an unknown model
+    plane.versions(name)  # ModelNotFoundException for an unknown model
     if version is not None:
         match = _VERSION.fullmatch(version)
         version = match.group(1) if match else version
@@ -195,7 +188,7 @@ def _describe(model: LoadedModel, ready: bool) -> dict[str, Any]:
 
 @router.get("/models", summary="TorchServe management: list models")
 async def list_models(request: Request, limit: int = 100, next_page_token: int = 0) -> Response:
-    names = plane_of(request).repository.names()
+    names = plane_of(request).names()
     start, end = max(0, next_page_token), max(0, next_page_token) + max(1, limit)
     body: dict[str, Any] = {}
     if end < len(names):
@@ -213,7 +206,7 @@ async def describe(request: Request, model_name: str) -> Response:
 @router.get("/models/{model_name}/all", summary="TorchServe management: every version")
 async def describe_all(request: Request, model_name: str) -> Response:
     plane = plane_of(request)
-    models = [plane.resolve(model_name, v) for v in plane.repository.versions(model_name)]
+    models = plane.versions(model_name)
     return JSONResponse([_describe(m, plane.ready) for m in models])
 
 

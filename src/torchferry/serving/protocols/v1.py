@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 
-from torchferry.codecs.jsonarray import json_to_array, to_jsonable
+from torchferry.codecs.jsonarray import json_to_array, json_to_batch, to_jsonable
 from torchferry.codecs.jsonio import loads
 from torchferry.errors import InvalidInput
 from torchferry.serving.dataplane import InferRequest
@@ -64,10 +64,10 @@ def _is_b64(value: object) -> bool:
 
 
 def _column(spec: TensorSpec, value: Any, *, columnar: bool) -> np.ndarray:
-    array = json_to_array(value, spec.datatype, f"input {spec.name!r}", allow_b64=True)
-    if columnar and array.ndim == len(spec.shape) - 1:
-        array = array[np.newaxis]  # a single unbatched row
-    return array
+    where = f"input {spec.name!r}"
+    if columnar:  # a single unbatched row is allowed
+        return json_to_batch(value, spec.datatype, len(spec.shape), where, allow_b64=True)
+    return json_to_array(value, spec.datatype, where, allow_b64=True)
 
 
 def inputs_from_rows(signature: ModelSignature, instances: Any) -> dict[str, np.ndarray]:
@@ -176,7 +176,7 @@ def _status(ready: bool, name: str, versions: list[int]) -> dict[str, Any]:
 
 @router.get("/v1/models", summary="Names of the loaded models (KServe V1)")
 async def list_models(request: Request) -> JSONResponse:
-    return JSONResponse({"models": plane_of(request).repository.names()})
+    return JSONResponse({"models": plane_of(request).names()})
 
 
 @router.post(
@@ -225,7 +225,7 @@ async def version_predictions_alias(
 async def model_status(request: Request, model_name: str) -> JSONResponse:
     plane = plane_of(request)
     plane.resolve(model_name)
-    versions = plane.repository.versions(model_name)
+    versions = [m.version for m in plane.versions(model_name)]
     return JSONResponse(_status(plane.ready, model_name, versions))
 
 

@@ -70,14 +70,13 @@ async def server_metadata() -> JSONResponse:
 
 @router.get("/v2/models/stats", summary="Statistics of every model version (Triton's shape)")
 async def all_stats(request: Request) -> JSONResponse:
-    models = plane_of(request).repository.all()
+    models = plane_of(request).all()
     return JSONResponse({"model_stats": [model_stats(m) for m in models]})
 
 
 @router.get("/v2/models/{model_name}/stats", summary="Statistics of every version of a model")
 async def stats(request: Request, model_name: str) -> JSONResponse:
-    repository = plane_of(request).repository
-    models = [repository.get(model_name, v) for v in repository.versions(model_name)]
+    models = plane_of(request).versions(model_name)
     return JSONResponse({"model_stats": [model_stats(m) for m in models]})
 
 
@@ -99,9 +98,10 @@ async def version_stats(request: Request, model_name: str, model_version: str) -
     responses=METADATA_RESPONSES,
 )
 async def metadata(request: Request, model_name: str) -> JSONResponse:
-    repository = plane_of(request).repository
-    model = repository.get(model_name)
-    return JSONResponse(model_metadata(model, repository.versions(model_name)))
+    plane = plane_of(request)
+    model = plane.resolve(model_name)
+    versions = [m.version for m in plane.versions(model_name)]
+    return JSONResponse(model_metadata(model, versions))
 
 
 @router.get(
@@ -115,9 +115,9 @@ async def version_metadata(request: Request, model_name: str, model_version: str
 
 
 def _ready(request: Request, model_name: str, model_version: str | None) -> JSONResponse:
-    repository = plane_of(request).repository
-    model = repository.get(model_name, model_version)
-    ready = repository.started
+    plane = plane_of(request)
+    model = plane.resolve(model_name, model_version)
+    ready = plane.ready
     return JSONResponse(
         {"name": model.name, "version": str(model.version), "ready": ready},
         status_code=200 if ready else 503,
@@ -141,9 +141,9 @@ async def version_ready(request: Request, model_name: str, model_version: str) -
     summary="Triton-style model configuration (model_configuration extension)",
 )
 async def config(request: Request, model_name: str) -> JSONResponse:
-    repository = plane_of(request).repository
-    model = repository.get(model_name)
-    return JSONResponse(model_config(model, len(repository.versions(model_name))))
+    plane = plane_of(request)
+    model = plane.resolve(model_name)
+    return JSONResponse(model_config(model, len(plane.versions(model_name))))
 
 
 @router.get(
@@ -151,9 +151,9 @@ async def config(request: Request, model_name: str) -> JSONResponse:
     summary="Triton-style model version configuration",
 )
 async def version_config(request: Request, model_name: str, model_version: str) -> JSONResponse:
-    repository = plane_of(request).repository
-    model = repository.get(model_name, model_version)
-    return JSONResponse(model_config(model, len(repository.versions(model_name))))
+    plane = plane_of(request)
+    model = plane.resolve(model_name, model_version)
+    return JSONResponse(model_config(model, len(plane.versions(model_name))))
 
 
 # -- inference ----------------------------------------------------------------------------------

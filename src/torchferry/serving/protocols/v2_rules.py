@@ -2,8 +2,9 @@
 
 Each binding reads its own wire format (JSON or binary tensors, protobuf), and both ask
 these functions the same questions: is an input given twice, is its datatype one V2 knows
-and numpy can hold, does it use an extension we do not offer, which outputs are wanted.
-Names, dtypes and shapes against the model are checked later, once, by the data plane.
+and numpy can hold, does it or a requested output use an extension we do not offer, and
+when must the answer be ready (Triton's ``timeout`` parameter). Names, dtypes and shapes
+against the model, and which outputs to answer, are the data plane's to check, once.
 """
 
 from __future__ import annotations
@@ -51,13 +52,17 @@ def check_output(name: str, parameters: Container[str]) -> None:
         raise InvalidInput(f"output {name!r}: the shared memory extension is not supported")
 
 
-def deadline_from(timeout_us: Any) -> float | None:
-    """Triton's ``timeout`` request parameter (microseconds) as a ``time.monotonic`` deadline."""
+def deadline_from(timeout_us: Any, other: float | None = None) -> float | None:
+    """Triton's ``timeout`` request parameter (microseconds) as a ``time.monotonic`` deadline,
+    or ``other`` (a deadline the transport gives, such as gRPC's) when that is sooner."""
     if timeout_us is None:
-        return None
+        return other
     if isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 0:
         raise InvalidInput(
             f"parameters.timeout must be a non-negative integer of microseconds, received "
             f"{timeout_us!r}"
         )
-    return time.monotonic() + timeout_us / 1e6 if timeout_us else None
+    if not timeout_us:
+        return other
+    deadline = time.monotonic() + timeout_us / 1e6
+    return deadline if other is None else min(deadline, other)
