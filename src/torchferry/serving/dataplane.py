@@ -1,18 +1,20 @@
 """The data plane: the one path every protocol's request takes to a model and back.
 
-Each protocol decodes its wire format into an :class:`InferRequest` (or, for the payload
-routes, a :class:`~torchferry.handlers.HandlerRequest`), and the :class:`DataPlane`
+Each protocol asks the :class:`DataPlane` for the model version a request names
+(``resolve``: the default version when none is named; ``names``/``versions``/``all`` for the
+metadata routes), decodes its wire format into an :class:`InferRequest` (or, for the payload
+routes, a :class:`~torchferry.handlers.HandlerRequest`), and hands it to ``infer``, which
 
-1. resolves the model version (``resolve``: the default version when none is named),
-2. validates the named inputs once against the signature (datatype, names, shapes, batch),
-3. queues them on the version's batcher, within the request's deadline, and
-4. returns an :class:`InferResponse` whose outputs carry their V2 datatype, so that each
+1. validates the named inputs once against the signature (datatype, names, shapes, batch),
+2. queues them on the version's batcher, within the request's deadline, and
+3. returns an :class:`InferResponse` whose outputs carry their V2 datatype, so that each
    encoder only writes bytes.
 
 Payload routes run the model's handler around the same steps (``predict``): ``preprocess``
-and ``postprocess`` on the preprocessing thread pool, never on the event loop. Every failure
-is a :class:`~torchferry.errors.TorchferryError` whose class fixes the status on every
-protocol. This is the one place where metrics, access logs, traces, auth scopes and traffic
+on the preprocessing thread pool, ``postprocess`` there or on the batcher's worker thread,
+never on the event loop. Every failure is a :class:`~torchferry.errors.TorchferryError`
+whose class fixes the status on every protocol. Protocols reach models only through this
+class: it is the one place where metrics, access logs, traces, auth scopes and traffic
 routing hook in.
 """
 
@@ -125,8 +127,8 @@ class DataPlane:
     async def predict(self, model: LoadedModel, request: HandlerRequest) -> Any:
         """A payload request through the model's handler: preprocess, batch, postprocess.
 
-        Both handler steps run on the preprocessing pool; ``postprocess`` is started there by
-        the batcher's worker thread as soon as the batch is computed."""
+        ``preprocess`` runs on the preprocessing pool; ``postprocess`` on the batcher's worker
+        thread right after the model for a lone request, else on the pool (see the batcher)."""
         handler = model.handler
         loop = asyncio.get_running_loop()
         preprocess = _guarded(model, "preprocess", handler.preprocess)
