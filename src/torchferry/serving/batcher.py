@@ -11,14 +11,16 @@ merged batch raises, each of its requests is retried alone so that only the requ
 causes the failure sees it.
 
 A request may come with a ``finish`` step (a handler's postprocess) and the executor to run
-it on. The step never runs on the event loop: the worker thread runs it right after the
-batch when no other batch waits (no hand-off, the lowest latency when idle), and otherwise
-hands it to the executor at once, so that a slow step never holds up the next batch.
+it on. The step never runs on the event loop: for a lone request with nothing queued behind
+it the worker thread runs it right after the model (no hand-off, the lowest latency when
+idle); otherwise the worker thread hands the batch's steps to the executor as one task (one
+hand-off per batch, not per request), so that the next batch starts at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -52,8 +54,6 @@ class _Request:
     finish: Finish | None = None
     #: Whether its rows count in the queue (until taken into a batch, or abandoned).
     queued: bool = True
-    #: The finish step's result, once the worker thread has handed it to its executor.
-    finishing: Future[Any] | None = None
 
 
 @dataclass
@@ -171,6 +171,8 @@ class Batcher:
         self._queued_rows += rows
         self._wakeup.set()
         try:
+            if timeout_s is None:  # no timer: nothing to shield the future from
+                return await request.future
             return await asyncio.wait_for(asyncio.shield(request.future), timeout_s)
         except TimeoutError:
             self._abandon(request)
@@ -265,7 +267,7 @@ class Batcher:
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
         started = time.perf_counter()
         try:
-            answers, computed = await loop.run_in_executor(self._executor, self._compute, batch)
+            done = await loop.run_in_executor(self._executor, self._compute, batch)
         except Exception as exc:  # the model raised: isolate the request responsible
             if len(batch) > 1:
                 for request in batch:
@@ -273,12 +275,23 @@ class Batcher:
                 return
             self._fail(batch[0], exc, started)
             return
+        answers, computed, finishing = done
         self._record(batch, started, computed)
-        self._answer(loop, batch, answers)
+        for request, answer in zip(batch, answers, strict=True):
+            if answer is not _PENDING:
+                _settle(request.future, answer)
+        if finishing is not None:
+            pending = [r for r, answer in zip(batch, answers, strict=True) if answer is _PENDING]
+            asyncio.wrap_future(finishing, loop=loop).add_done_callback(_settle_all(pending))
 
-    def _compute(self, batch: list[_Request]) -> tuple[list[Any], float]:
-        """On the worker thread: run the batch, split the outputs row for row, and finish each
-        request that has a finish step (see ``_finish``); also when the model finished."""
+    def _compute(self, batch: list[_Request]) -> tuple[list[Any], float, Future[list[Any]] | None]:
+        """On the worker thread: run the batch, split the outputs row for row, and finish the
+        requests that have a finish step. Returns each request's answer (``_PENDING`` for a
+        finish step still to come), when the model finished, and the pending steps' future.
+
+        A lone request with nothing queued behind it finishes here, with no hand-off (the
+        lowest latency when idle). Otherwise the batch's finish steps go to the executor as
+        one task, one hand-off for the whole batch, so that the next batch starts at once."""
         if len(batch) == 1:
             inputs = batch[0].inputs
         else:
@@ -295,46 +308,23 @@ class Batcher:
                     f"which does not keep the batch dimension of {rows} rows"
                 )
         computed = time.perf_counter()
-        if len(batch) == 1:
-            return [self._finish(batch[0], outputs, alone=True)], computed
-        answers: list[Any] = []
-        offset = 0
-        for request in batch:
-            end = offset + request.rows
-            mine = {name: array[offset:end] for name, array in outputs.items()}
-            answers.append(self._finish(request, mine, alone=False))
-            offset = end
-        return answers, computed
-
-    def _finish(self, request: _Request, outputs: dict[str, np.ndarray], alone: bool) -> Any:
-        """A request's answer: its outputs, or its finish step run on them. A lone request with
-        nothing queued behind it finishes here, with no hand-off (the lowest latency when
-        idle); any other goes to its executor at once, so that finish steps run side by side
-        and never hold up the next batch."""
-        if request.finish is None:
-            return outputs
-        executor, finish = request.finish
-        if not alone or self._queue:
-            request.finishing = executor.submit(finish, outputs)
-            return None
-        try:
-            return finish(outputs)
-        except Exception as exc:
-            return _Failed(exc)
-
-    def _answer(
-        self, loop: asyncio.AbstractEventLoop, batch: list[_Request], answers: list[Any]
-    ) -> None:
-        for request, answer in zip(batch, answers, strict=True):
-            if request.future.done():
-                continue
-            if request.finishing is not None:
-                finished = asyncio.wrap_future(request.finishing, loop=loop)
-                finished.add_done_callback(_settle(request.future))
-            elif isinstance(answer, _Failed):
-                request.future.set_exception(answer.error)
-            else:
-                request.future.set_result(answer)
+        answers: list[Any] = [outputs]
+        if len(batch) > 1:
+            bounds = [0, *itertools.accumulate(r.rows for r in batch)]
+            answers = [
+                {name: array[start:end] for name, array in outputs.items()}
+                for start, end in itertools.pairwise(bounds)
+            ]
+        steps = [(i, r.finish) for i, r in enumerate(batch) if r.finish is not None]
+        if not steps:
+            return answers, computed, None
+        if len(batch) == 1 and not self._queue:
+            return [_run_finish(steps[0][1][1], answers[0])], computed, None
+        executor = steps[0][1][0]  # one model, one pool
+        work = [(finish[1], answers[i]) for i, finish in steps]
+        for i, _ in steps:
+            answers[i] = _PENDING
+        return answers, computed, executor.submit(_run_finishes, work)
 
     def _fail(self, request: _Request, exc: Exception, started: float) -> None:
         now = time.perf_counter()
@@ -375,20 +365,47 @@ class Batcher:
 class _Failed:
     """A finish step's exception, carried back to the event loop."""
 
-    error: Exception
+    error: BaseException
 
 
-def _settle(future: asyncio.Future[Any]) -> Callable[[asyncio.Future[Any]], None]:
-    """Pass a finish step's outcome on to the request's future, unless the caller gave up."""
+#: The answer of a request whose finish step is still running on its executor.
+_PENDING = object()
 
-    def settle(finished: asyncio.Future[Any]) -> None:
-        if future.done():
-            return
-        if finished.cancelled():
-            future.cancel()
+
+def _run_finish(finish: Callable[[dict[str, np.ndarray]], Any], outputs: dict[str, Any]) -> Any:
+    try:
+        return finish(outputs)
+    except Exception as exc:
+        return _Failed(exc)
+
+
+def _run_finishes(work: list[tuple[Callable[[dict[str, np.ndarray]], Any], Any]]) -> list[Any]:
+    return [_run_finish(finish, outputs) for finish, outputs in work]
+
+
+def _settle(future: asyncio.Future[Any], answer: Any) -> None:
+    """Answer a request, unless its caller gave up."""
+    if future.done():
+        return
+    if isinstance(answer, _Failed):
+        future.set_exception(answer.error)
+    else:
+        future.set_result(answer)
+
+
+def _settle_all(pending: list[_Request]) -> Callable[[asyncio.Future[list[Any]]], None]:
+    """Answer the requests whose finish steps ran together on the executor."""
+
+    def settle(finished: asyncio.Future[list[Any]]) -> None:
+        if finished.cancelled():  # the executor shut down first
+            answers: list[Any] = [_Failed(ModelNotReady("the server is shutting down"))] * len(
+                pending
+            )
         elif (error := finished.exception()) is not None:
-            future.set_exception(error)
+            answers = [_Failed(error)] * len(pending)
         else:
-            future.set_result(finished.result())
+            answers = finished.result()
+        for request, answer in zip(pending, answers, strict=True):
+            _settle(request.future, answer)
 
     return settle
