@@ -34,7 +34,7 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
 # ruff (style and bugs), mypy (types, see [tool.mypy]) and import-linter (the layers of
-# DESIGN.md, see [tool.importlinter]); all configured in pyproject.toml.
+# docs/architecture.md, see [tool.importlinter]); all configured in pyproject.toml.
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

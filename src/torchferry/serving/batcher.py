@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -37,6 +37,7 @@ from torchferry.errors import (
     Overloaded,
     TorchferryError,
 )
+from torchferry.serving.batchstats import BatcherStats
 
 InferFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 _T = TypeVar("_T")
@@ -54,28 +55,6 @@ class _Request:
     finish: Finish | None = None
     #: Whether its rows count in the queue (until taken into a batch, or abandoned).
     queued: bool = True
-
-
-@dataclass
-class BatchSizeStats:
-    count: int = 0
-    compute_ns: int = 0
-
-
-@dataclass
-class BatcherStats:
-    """Counters in the spirit of Triton's statistics extension."""
-
-    inference_count: int = 0  # rows answered successfully
-    execution_count: int = 0  # batches run
-    success_count: int = 0  # requests answered
-    success_ns: int = 0
-    fail_count: int = 0
-    fail_ns: int = 0
-    queue_ns: int = 0
-    compute_ns: int = 0
-    last_inference_ms: int = 0
-    by_batch_size: dict[int, BatchSizeStats] = field(default_factory=dict)
 
 
 def _shape_key(inputs: dict[str, np.ndarray]) -> tuple[object, ...]:
@@ -327,9 +306,7 @@ class Batcher:
         return answers, computed, executor.submit(_run_finishes, work)
 
     def _fail(self, request: _Request, exc: Exception, started: float) -> None:
-        now = time.perf_counter()
-        self.stats.fail_count += 1
-        self.stats.fail_ns += int((now - request.arrived) * 1e9)
+        self.stats.record_failure(request.arrived)
         if request.future.done():
             return
         if isinstance(exc, ModelError):  # the runtime already put the model's message in words
@@ -344,21 +321,8 @@ class Batcher:
     def _record(self, batch: list[_Request], started: float, computed: float) -> None:
         """Count a batch the model answered (statistics are the model's: a handler's finish
         step is not part of its compute time, and does not make the model fail)."""
-        now = time.perf_counter()
-        compute_ns = int((computed - started) * 1e9)
-        rows = sum(r.rows for r in batch)
-        stats = self.stats
-        stats.execution_count += 1
-        stats.inference_count += rows
-        stats.success_count += len(batch)
-        stats.compute_ns += compute_ns
-        stats.last_inference_ms = int(time.time() * 1000)
-        for request in batch:
-            stats.success_ns += int((now - request.arrived) * 1e9)
-            stats.queue_ns += int((started - request.arrived) * 1e9)
-        per_size = stats.by_batch_size.setdefault(rows, BatchSizeStats())
-        per_size.count += 1
-        per_size.compute_ns += compute_ns
+        arrivals = [request.arrived for request in batch]
+        self.stats.record_batch(sum(r.rows for r in batch), arrivals, started, computed)
 
 
 @dataclass
