@@ -43,7 +43,10 @@ def _table_rows(out: str, names: list[str]) -> dict[str, list[str]]:
 
 def test_optimize_writes_the_next_version_with_its_report(digits, capsys):
     store, data = digits
-    argv = ["optimize", str(store / "digits"), "--data", str(data), "--budget", "15%"]
+    # A budget wide enough to accept prune-channels-50 (about twice the original's speed):
+    # with 15% only int8 beat the original, by a margin thin enough that on a loaded CI
+    # machine the original sometimes won and nothing was written (seen twice in 7 runs).
+    argv = ["optimize", str(store / "digits"), "--data", str(data), "--budget", "50%"]
     assert main([*argv, "--candidates", PATTERNS, "--quick"]) == 0
     out = capsys.readouterr().out
     names = [c.name for c in select(PATTERNS.split(","))]
