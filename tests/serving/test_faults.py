@@ -29,8 +29,9 @@ from torchferry.serving.protos.inference_pb2_grpc import GRPCInferenceServiceStu
 from torchferry.serving.server import load_repository
 from torchferry.serving.settings import ModelOverride, ServerSettings
 
-#: Seconds before 504; ``batchy`` waits far longer than this to fill a batch.
-TIMEOUT_S = 0.5
+#: Seconds before 504; ``batchy`` waits far longer than this to fill a batch. Long enough
+#: for a second request to arrive while the first one waits, on a loaded machine.
+TIMEOUT_S = 1.5
 
 
 @dataclass
@@ -153,9 +154,12 @@ ROW4 = np.ones((1, 4), np.float32)
 def _overload(server: Server, send: Send) -> Outcome:
     """One request waits in batchy's queue (it holds the one row allowed); the next one is
     refused while it waits."""
+    batcher = server.app.state.repository.get("batchy").batcher  # type: ignore[attr-defined]
     with ThreadPoolExecutor(1) as pool:
         blocker = pool.submit(send, server, "batchy", None, ROW4)
-        time.sleep(0.15)
+        waited = time.monotonic() + 10
+        while batcher.queued_rows < 1 and time.monotonic() < waited:
+            time.sleep(0.005)  # until the blocker holds the queue's one row
         outcome = send(server, "batchy", None, ROW4)
         assert blocker.result()[0] in ("504", "DEADLINE_EXCEEDED")
     return outcome
