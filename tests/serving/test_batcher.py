@@ -183,17 +183,18 @@ def test_a_lone_request_waits_no_longer_than_max_delay():
 
 
 def test_a_request_that_times_out_mid_batch_leaves_the_others_their_own_rows():
-    model = Recorder(delay=0.3)
+    model = Recorder(delay=0.8)  # the batch computes long after the late one gives up
     late_x = np.full((2, 3), 1, np.float32)
     other_x = np.full((3, 3), 2, np.float32)
 
     async def body(batcher):
-        late = asyncio.ensure_future(batcher.submit({"x": late_x}, timeout_s=0.1))
+        late = asyncio.ensure_future(batcher.submit({"x": late_x}, timeout_s=0.3))
         other = asyncio.ensure_future(batcher.submit({"x": other_x}))
         (late_outcome,) = await asyncio.gather(late, return_exceptions=True)
         return late_outcome, await other
 
-    late, answer = run(_with_batcher(model, body, max_batch_size=8, max_delay_ms=20))
+    # both are queued before the batcher runs, and with no delay it takes them at once
+    late, answer = run(_with_batcher(model, body, max_batch_size=8, max_delay_ms=0))
     assert isinstance(late, InferenceTimeout)
     assert model.sizes == [5]  # both ran in one batch; the late one gave up while it ran
     np.testing.assert_array_equal(answer["y"], 2 * other_x)
