@@ -31,17 +31,17 @@ from torchferry.handlers.payload import (
     PayloadState,
     base64_file,
     body_json,
+    classes_answer,
     form_texts,
     is_file_media,
     is_multipart,
     raw_body,
     request_data,
-    shape_rows,
     unsupported,
     uploads,
 )
 from torchferry.handlers.tensor import output_order, tensors_from_json
-from torchferry.handlers.topk import TopK, label_scores
+from torchferry.handlers.topk import TopK
 from torchferry.signature import ModelSignature, TensorSpec
 
 #: Color mode -> (mean, std) defaults: ImageNet's, averaged over channels for grayscale.
@@ -226,7 +226,4 @@ class ImageHandler(Handler):
         return {self.spec.name: self._pixels(blobs)}, state
 
     def postprocess(self, outputs: dict[str, np.ndarray], state: PayloadState) -> Any:
-        rows = self.top_k(outputs[output_order(self.signature, outputs)[0]])
-        if state.route == TORCHSERVE:
-            return shape_rows([label_scores(row) for row in rows], state)
-        return rows
+        return classes_answer(self.top_k(outputs[output_order(self.signature, outputs)[0]]), state)

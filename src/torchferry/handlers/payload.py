@@ -18,6 +18,7 @@ from typing import Any
 from torchferry.codecs.jsonio import loads
 from torchferry.errors import InvalidInput, UnsupportedMediaType
 from torchferry.handlers.base import HandlerRequest
+from torchferry.handlers.topk import label_scores
 from torchferry.signature import ModelSignature
 
 TORCHSERVE = "torchserve"
@@ -115,3 +116,12 @@ def shape_rows(rows: list[Any], state: PayloadState) -> Any:
     if state.route == TORCHSERVE and len(rows) == 1:
         return rows[0]
     return rows
+
+
+def classes_answer(rows: list[list[dict[str, Any]]], state: PayloadState) -> Any:
+    """Top-k classes per row as each route answers them: the ``{class, label, score}`` lists
+    on ``/predict``; on TorchServe's route ``image_classifier``'s ``{label: score}`` per row,
+    one row by itself."""
+    if state.route != TORCHSERVE:
+        return rows
+    return shape_rows([label_scores(row) for row in rows], state)

@@ -26,6 +26,7 @@ from torchferry.handlers.payload import (
     TORCHSERVE,
     PayloadState,
     body_json,
+    classes_answer,
     form_texts,
     is_file_media,
     is_multipart,
@@ -34,7 +35,7 @@ from torchferry.handlers.payload import (
     unsupported,
     uploads,
 )
-from torchferry.handlers.topk import TopK, label_scores
+from torchferry.handlers.topk import TopK
 from torchferry.signature import ModelSignature, TensorSpec
 
 
@@ -151,7 +152,4 @@ class TensorHandler(Handler):
         names = output_order(self.signature, outputs)
         if self.top_k is None:
             return shape_rows(rows_from_outputs(outputs, names), state)
-        rows = self.top_k(outputs[names[0]])
-        if state.route == TORCHSERVE:
-            return shape_rows([label_scores(row) for row in rows], state)
-        return rows
+        return classes_answer(self.top_k(outputs[names[0]]), state)
