@@ -28,6 +28,7 @@ from grpc import aio
 
 import torchferry
 from torchferry.codecs.datatypes import V2_TO_NUMPY
+from torchferry.codecs.jsonarray import element_count
 from torchferry.codecs.raw import decode_raw, encode_raw
 from torchferry.errors import (
     InvalidInput,
@@ -72,13 +73,6 @@ CONTENTS: dict[str, tuple[str, np.dtype]] = {
     "BYTES": ("bytes_contents", np.dtype(object)),
 }
 # -- tensors -------------------------------------------------------------------------------------
-
-
-def _shape(dims: Any, where: str) -> tuple[int, ...]:
-    shape = tuple(dims)
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"{where}: shape {list(shape)} has a negative dimension")
-    return shape
 
 
 def decode_contents(
@@ -129,7 +123,7 @@ def decode_request(
         name = tensor.name
         where = f"input {name!r}"
         check_input(model, name, tensor.datatype, tensor.parameters)
-        shape = _shape(tensor.shape, where)
+        shape, _ = element_count(list(tensor.shape), where)
         if raw:
             if tensor.HasField("contents") and tensor.contents.ListFields():
                 raise InvalidInput(f"{where}: give raw_input_contents or contents, not both")
