@@ -77,7 +77,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--max-queue-rows", type=int, default=4096)
     parser.add_argument("--request-timeout", type=float, help="seconds before 504")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes serving the same ports (default 1); threads default to "
+        "cores / workers",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a drain (SIGTERM, SIGINT) waits for accepted requests (default 30)",
+    )
+    metrics = parser.add_mutually_exclusive_group()
+    metrics.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8002,
+        help="Prometheus /metrics on this port, same host (default 8002; 0 picks a free one)",
+    )
+    metrics.add_argument("--no-metrics", action="store_true", help="serve no metrics")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text lines, or one JSON object per line (access lines and events)",
+    )
     parser.add_argument(
         "--trust-code",
         action="store_true",
@@ -104,12 +131,15 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         batching=ModelOverride(max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms),
         per_model=dict(args.batching),
         log_level=args.log_level,
+        log_format=args.log_format,
         trust_code=args.trust_code,
+        workers=args.workers,
+        drain_timeout_s=args.drain_timeout,
+        metrics_port=None if args.no_metrics else args.metrics_port,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from torchferry.serving.server import serve
 
-    serve(settings_from_args(args))
-    return 0
+    return serve(settings_from_args(args))

@@ -59,6 +59,7 @@ def build_app(settings: ServerSettings, repository: ModelRepository) -> FastAPI:
     app.state.repository = repository
     app.state.plane = plane
     app.state.settings = settings
+    app.state.protocols = protocols
     app.add_exception_handler(StarletteHTTPException, _http_error)
     for error_class in (TorchferryError, RequestValidationError, Exception):
         app.add_exception_handler(error_class, _error)

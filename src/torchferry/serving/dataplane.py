@@ -90,10 +90,13 @@ class DataPlane:
     def __init__(self, repository: ModelRepository, request_timeout_s: float | None) -> None:
         self.repository = repository
         self.request_timeout_s = request_timeout_s
+        #: Set when this process drains: health answers "not ready" while the requests it
+        #: has accepted are still answered.
+        self.draining = False
 
     @property
     def ready(self) -> bool:
-        return self.repository.started
+        return self.repository.started and not self.draining
 
     def resolve(self, name: str, version: str | int | None = None) -> LoadedModel:
         """The model version a request names: the default version when none is given."""

@@ -39,6 +39,8 @@ class ServerProcess:
     log: Path | None
     #: The KServe V2 gRPC port; None when the server runs with ``--no-grpc``.
     grpc_port: int | None = None
+    #: The Prometheus port; None when the server runs with ``--no-metrics``.
+    metrics_port: int | None = None
 
     @property
     def grpc_target(self) -> str:
@@ -55,30 +57,45 @@ class ServerProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log else ""
 
+    def worker_pids(self) -> list[int]:
+        """The supervisor's live child processes (its workers), from Linux's /proc."""
+        pid = self.process.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return []
+        return sorted(int(child) for child in children)
+
+
+def _port_option(args: list[str], command: list[str], flag: str, off: str, free: int) -> int | None:
+    """The port ARGS give with ``flag`` (None with ``off``), else ``free``, added to COMMAND."""
+    if off in args:
+        return None
+    if flag in args:
+        return int(args[args.index(flag) + 1])
+    command += [flag, str(free)]
+    return free
+
 
 @contextmanager
 def serve_in_subprocess(
     args: list[str], log: Path | None = None, port_flag: str = "--port", timeout: float = 90.0
 ) -> Iterator[ServerProcess]:
-    """Run ``torchferry serve ARGS --port FREE --grpc-port FREE`` until the block ends.
+    """Run ``torchferry serve ARGS --port FREE --grpc-port FREE --metrics-port FREE`` until
+    the block ends.
 
-    ARGS with ``--no-grpc`` or their own ``--grpc-port`` keep that. On exit the server gets
-    SIGTERM (a graceful drain), then SIGKILL after 30 s.
+    ARGS with ``--no-grpc``/``--no-metrics`` or their own ports keep those. On exit the server
+    gets SIGTERM (a graceful drain), then SIGKILL after 30 s.
     """
-    port, free_grpc_port = free_ports(2)
-    grpc_port: int | None = free_grpc_port
+    port, free_grpc_port, free_metrics_port = free_ports(3)
     command = [sys.executable, "-m", "torchferry.cli", "serve", *args, port_flag, str(port)]
-    if "--no-grpc" in args:
-        grpc_port = None
-    elif "--grpc-port" in args:
-        grpc_port = int(args[args.index("--grpc-port") + 1])
-    else:
-        command += ["--grpc-port", str(free_grpc_port)]
+    grpc_port = _port_option(args, command, "--grpc-port", "--no-grpc", free_grpc_port)
+    metrics_port = _port_option(args, command, "--metrics-port", "--no-metrics", free_metrics_port)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with ExitStack() as files:
         sink = files.enter_context(log.open("wb")) if log else subprocess.DEVNULL
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    server = ServerProcess(f"http://127.0.0.1:{port}", port, process, log, grpc_port)
+    server = ServerProcess(f"http://127.0.0.1:{port}", port, process, log, grpc_port, metrics_port)
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -1,85 +1,19 @@
-"""The server's lifecycle: load the store, build the app, run uvicorn until a signal, drain."""
+"""``torchferry serve``: check what is asked, then run the supervisor until it has drained."""
 
 from __future__ import annotations
 
-import gc
+import asyncio
 import logging
-from pathlib import Path
 
-import uvicorn
-from rich.console import Console
-
-from torchferry.archive.manifest import MANIFEST_NAME
-from torchferry.archive.store import Archive, ModelStore
-from torchferry.errors import ArchiveError
-from torchferry.serving.app import build_app
-from torchferry.serving.repository import ModelRepository
+from torchferry.serving.loading import check_sources
 from torchferry.serving.settings import ServerSettings
-
-console = Console(stderr=True)
-
-
-def load_model_dir(repository: ModelRepository, name: str, directory: Path) -> None:
-    """TorchServe-style ``--model-name NAME --model-dir DIR``: DIR is one archive, or a folder
-    of integer versions; either is served as NAME whatever its manifest calls it."""
-    if (directory / MANIFEST_NAME).is_file():
-        archives = [Archive.open(directory)]
-    else:
-        store = ModelStore(directory.parent)
-        versions = store.versions(directory.name)
-        if not versions:
-            raise ArchiveError(
-                f"{directory} is neither a model archive (no {MANIFEST_NAME}) "
-                "nor a folder of numbered versions"
-            )
-        archives = [store.open(directory.name, v) for v in versions]
-    for archive in archives:
-        renamed = archive.manifest.model_copy(update={"name": name})
-        repository.add(Archive(path=archive.path, manifest=renamed))
+from torchferry.serving.supervisor import Supervisor
 
 
-def load_repository(settings: ServerSettings) -> ModelRepository:
-    if settings.model_dir is not None:
-        repository = ModelRepository(settings)
-        name = settings.model_name or settings.model_dir.resolve().name
-        load_model_dir(repository, name, settings.model_dir)
-        return repository
-    if settings.store is None:
-        raise ArchiveError("no model store given (--store DIR, or --model-name and --model-dir)")
-    store = ModelStore(settings.store)
-    if not store.root.is_dir():
-        raise ArchiveError(f"model store {store.root} does not exist")
-    repository = ModelRepository(settings)
-    repository.load_store(store, settings.models or None)
-    if not repository.names():
-        raise ArchiveError(f"model store {store.root} holds no model versions")
-    return repository
-
-
-def serve(settings: ServerSettings) -> None:
-    """Serve until SIGINT/SIGTERM; uvicorn then stops accepting, and queued requests finish."""
+def serve(settings: ServerSettings) -> int:
+    """Serve until SIGINT/SIGTERM, then drain every worker; the exit code of the server."""
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
-    repository = load_repository(settings)
-    for model in repository.all():
-        console.print(
-            f"[green]loaded[/] {model.name} v{model.version} "
-            f"({model.runtime.name}, handler {model.manifest.handler.name})"
-        )
-    app = build_app(settings, repository)
-    # torch and the engines leave millions of long-lived objects; a full collection that
-    # walks them all stalls every request for ~100 ms, so move them out of the GC's sight.
-    gc.collect()
-    gc.freeze()
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-        loop="auto",
-        http="auto",
-    )
-    uvicorn.Server(config).run()
+    check_sources(settings)
+    return asyncio.run(Supervisor(settings).run())

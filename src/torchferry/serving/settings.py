@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -44,11 +44,21 @@ class ServerSettings(BaseModel):
     batching: ModelOverride = Field(default_factory=ModelOverride)
     per_model: dict[str, ModelOverride] = Field(default_factory=dict)
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+    #: Worker processes serving the same ports, each with its own batchers and runtimes.
+    workers: int = Field(default=1, ge=1)
+    #: Seconds a drain (SIGTERM, SIGINT) waits for accepted requests before it stops them.
+    drain_timeout_s: float = Field(default=30.0, gt=0)
+    #: Prometheus metrics on this port (same host), summed over the workers; off when None.
+    metrics_port: int | None = Field(default=8002, ge=0, le=65535)
+    #: Set by the supervisor for its workers: listen with ``SO_REUSEPORT`` beside siblings.
+    share_ports: bool = False
     #: Run Python code that archives carry (custom handlers, eager models); off by default.
     trust_code: bool = False
 
     def resolved_threads(self) -> int:
-        return self.threads or default_threads()
+        """Intra-op threads per runtime: as given, else the cores shared among the workers."""
+        return self.threads or max(1, default_threads() // self.workers)
 
     def batching_for(self, name: str) -> dict[str, Any]:
         """The batching fields that override a model's manifest, most specific last."""

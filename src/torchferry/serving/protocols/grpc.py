@@ -278,16 +278,19 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-async def start_grpc_server(plane: DataPlane, host: str, port: int, max_receive: int) -> aio.Server:
+async def start_grpc_server(
+    plane: DataPlane, host: str, port: int, max_receive: int, share_port: bool = False
+) -> aio.Server:
     """Serve the data plane over gRPC on ``host:port``, on the running event loop; returns
-    the started server."""
+    the started server. With ``share_port``, sibling workers listen on the same port (the
+    supervisor has checked that no other server holds it)."""
     options = [
         # tritonclient lifts its own limits to the maximum: the server's body limit decides
         ("grpc.max_receive_message_length", max_receive),
         # answers are as large as the model makes them, as over HTTP
         ("grpc.max_send_message_length", -1),
-        # a port already taken fails loudly instead of being shared with another server
-        ("grpc.so_reuseport", 0),
+        # else a port already taken fails loudly instead of being shared with another server
+        ("grpc.so_reuseport", int(share_port)),
     ]
     server = aio.server(options=options)
     add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
@@ -319,11 +322,15 @@ class V2Grpc(Protocol):
         settings = self.settings
         if settings.grpc_port is not None:
             self.server = await start_grpc_server(
-                self.plane, settings.host, settings.grpc_port, settings.max_body_bytes
+                self.plane,
+                settings.host,
+                settings.grpc_port,
+                settings.max_body_bytes,
+                share_port=settings.share_ports,
             )
 
     async def stop(self) -> None:
         """Refuse new calls, let in-flight ones finish (up to the grace), then stop."""
-        if self.server is not None:
-            await self.server.stop(STOP_GRACE_S)
-            self.server = None
+        server, self.server = self.server, None  # a drain may stop it before the lifespan does
+        if server is not None:
+            await server.stop(STOP_GRACE_S)

@@ -1,0 +1,72 @@
+"""Listening sockets that several worker processes share with ``SO_REUSEPORT``.
+
+The kernel spreads new connections over every worker's own listening socket. Two traps
+come with that option, and both are closed here: a second server started on a port that
+is already served would silently share its traffic, and port 0 would give each worker a
+different port. So the supervisor first binds each port *without* the option (a taken
+port fails loudly), resolves port 0 to a real port, then holds it with a bound,
+never-listening socket (``PortGuard``) for as long as it runs, so that nothing else can
+take the port while a worker restarts.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from torchferry.errors import TorchferryError
+
+#: Connections the kernel queues for each worker before refusing more.
+BACKLOG = 2048
+
+
+class PortInUse(TorchferryError):
+    status_code = 500
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+@dataclass
+class PortGuard:
+    host: str
+    port: int
+    sock: socket.socket
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def reserve(host: str, port: int, what: str, flag: str) -> PortGuard:
+    """Check that ``host:port`` is free, resolve port 0, and hold the port for workers.
+
+    ``what`` and ``flag`` name the listener and its option in the error message."""
+    probe = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "taken"
+        probe.bind((host, port))
+        port = int(probe.getsockname()[1])
+    except OSError as exc:
+        raise PortInUse(
+            f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}. "
+            f"Is another server running there? Choose another port with {flag} N"
+        ) from None
+    finally:
+        probe.close()
+    guard = socket.socket(_family(host), socket.SOCK_STREAM)
+    guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    guard.bind((host, port))
+    return PortGuard(host, port, guard)
+
+
+def listen_shared(host: str, port: int) -> socket.socket:
+    """A worker's own listening socket on a port its siblings share."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock

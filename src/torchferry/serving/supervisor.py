@@ -1,0 +1,316 @@
+"""The supervisor: N worker processes on shared ports, kept alive, drained together.
+
+It owns the desired state (the settings every worker serves: which models and versions,
+batching, threads) and talks to each worker over its control channel (``control.py``).
+It never loads a model itself, so it stays small (no torch, no ONNX Runtime) and survives
+whatever a model does to a worker.
+
+- **Start**: check and hold the ports (``listen.py``), start every worker, and wait until
+  each one serves; a worker that fails before it ever served stops the whole server with
+  its error (a bad store fails the same way in every worker).
+- **Crash**: a worker that exits on its own (a crash, ``kill -9``, the OOM killer) is
+  replaced at once, or after a backoff that doubles while it keeps failing soon after its
+  start (0.5 s up to 30 s); the other workers keep serving meanwhile.
+- **Drain**: SIGTERM or SIGINT tells every worker to drain; each answers what it accepted,
+  then exits. Workers still running after ``--drain-timeout`` (plus a margin for the
+  batchers) are killed. A second SIGINT kills them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchferry.serving.control import Channel, ControlError
+from torchferry.serving.listen import PortGuard, reserve
+from torchferry.serving.settings import ServerSettings
+
+log = logging.getLogger("torchferry.supervisor")
+
+#: A worker that served this long before it died is restarted at once.
+STABLE_AFTER_S = 10.0
+FIRST_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 30.0
+#: Beyond ``--drain-timeout``: the batchers' queues and the gRPC grace.
+DRAIN_MARGIN_S = 10.0
+
+
+class WorkerFailed(Exception):
+    """A worker exited before it ever served."""
+
+
+@dataclass
+class WorkerHandle:
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    channel: Channel | None = None
+    #: ``starting``, ``serving``, ``draining`` or ``exited``.
+    state: str = "exited"
+    started_at: float = 0.0
+    serving_since: float | None = None
+    restarts: int = 0
+    #: Consecutive deaths soon after a start (the crash-loop backoff's exponent).
+    quick_failures: int = 0
+    exit_code: int | None = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+
+class Supervisor:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.workers = [WorkerHandle(i) for i in range(1, settings.workers + 1)]
+        self.draining = False
+        self.started_at = time.time()
+        self.guards: list[PortGuard] = []
+        self.worker_settings = settings
+        self.metrics_dir: Path | None = None
+        self._stopped = asyncio.Event()
+        #: Called with a worker's pid when it has exited (metrics clean-up).
+        self.on_worker_exit: list[Callable[[int], None]] = []
+
+    # -- the whole server ------------------------------------------------------------------
+
+    async def run(self) -> int:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        try:
+            http = reserve(settings.host, settings.port, "HTTP", "--port")
+            self.guards.append(http)
+            update: dict[str, Any] = {"port": http.port, "share_ports": True}
+            update["threads"] = settings.resolved_threads()
+            if settings.grpc_port is not None:
+                grpc = reserve(settings.host, settings.grpc_port, "gRPC", "--grpc-port")
+                self.guards.append(grpc)
+                update["grpc_port"] = grpc.port
+            self.worker_settings = settings.model_copy(update=update)
+            self.metrics_dir = Path(tempfile.mkdtemp(prefix="torchferry-metrics-"))
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            try:
+                await asyncio.gather(*(self._start(worker) for worker in self.workers))
+            except WorkerFailed as exc:
+                log.error("%s; stopping", exc, extra={"event": "start_failed"})
+                await self.drain()
+                return 1
+            self._announce()
+            await self._stopped.wait()
+            return 0
+        finally:
+            for guard in self.guards:
+                guard.close()
+            if self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    def _announce(self) -> None:
+        ws = self.worker_settings
+        grpc = f", gRPC on {ws.host}:{ws.grpc_port}" if ws.grpc_port is not None else ""
+        log.info(
+            "serving on http://%s:%d%s with %d worker(s), %d thread(s) each",
+            ws.host,
+            ws.port,
+            grpc,
+            len(self.workers),
+            ws.resolved_threads(),
+            extra={"event": "serving", "workers": len(self.workers)},
+        )
+
+    def _on_signal(self, sig: int) -> None:
+        if self.draining:
+            if sig == signal.SIGINT:  # a second Ctrl+C: stop waiting
+                log.warning("second interrupt: stopping the workers now")
+                self._kill_all()
+            return
+        log.info("%s: draining", signal.Signals(sig).name, extra={"event": "drain"})
+        asyncio.get_running_loop().create_task(self.drain())
+
+    async def drain(self) -> None:
+        """Tell every worker to drain, wait for them to exit (killing stragglers), stop."""
+        self.draining = True
+        for worker in self.workers:
+            if worker.channel is not None and worker.state in ("starting", "serving"):
+                worker.state = "draining"
+                task = asyncio.create_task(self._request(worker, "drain"))
+                worker.tasks.add(task)
+                task.add_done_callback(worker.tasks.discard)
+        deadline = self.settings.drain_timeout_s + DRAIN_MARGIN_S
+        waits = [w.process.wait() for w in self.workers if w.process is not None]
+        if waits:
+            _, pending = await asyncio.wait(
+                [asyncio.ensure_future(w) for w in waits], timeout=deadline
+            )
+            if pending:
+                log.error("workers still running after the drain timeout: killing them")
+                self._kill_all()
+                await asyncio.wait(pending)
+        self._stopped.set()
+
+    def _kill_all(self) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                worker.process.kill()
+
+    # -- one worker ------------------------------------------------------------------------
+
+    async def _start(self, worker: WorkerHandle) -> None:
+        """Start a worker and wait until it serves (``WorkerFailed`` if it exits first)."""
+        parent, child = socket.socketpair()
+        env = {**os.environ}
+        if self.metrics_dir is not None:
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
+        command = [sys.executable, "-m", "torchferry.serving.worker"]
+        command += ["--control-fd", str(child.fileno())]
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                *command, pass_fds=(child.fileno(),), env=env
+            )
+        finally:
+            child.close()
+        worker.state = "starting"
+        worker.started_at = time.monotonic()
+        worker.serving_since = None
+        worker.channel = await Channel.open(parent)
+        log.info(
+            "worker %d started (pid %d)",
+            worker.index,
+            worker.pid,
+            extra={"event": "worker_started", "worker": worker.index, "pid": worker.pid},
+        )
+        reading = asyncio.create_task(worker.channel.serve(on_event=self._event_of(worker)))
+        watching = asyncio.create_task(self._watch(worker, worker.process))
+        worker.tasks.update((reading, watching))
+        reading.add_done_callback(worker.tasks.discard)
+        watching.add_done_callback(worker.tasks.discard)
+        settings = self.worker_settings.model_dump(mode="json")
+        try:
+            await worker.channel.request("start", worker=worker.index, settings=settings)
+        except ControlError:
+            code = await worker.process.wait()
+            raise WorkerFailed(
+                f"worker {worker.index} exited with {_describe_exit(code)} before it served"
+            ) from None
+        if worker.state == "starting":
+            worker.state = "serving"
+            worker.serving_since = time.monotonic()
+            log.info(
+                "worker %d serving (pid %d)",
+                worker.index,
+                worker.pid,
+                extra={"event": "worker_serving", "worker": worker.index, "pid": worker.pid},
+            )
+
+    def _event_of(self, worker: WorkerHandle) -> Callable[[str, dict[str, Any]], Any]:
+        async def on_event(name: str, fields: dict[str, Any]) -> None:
+            log.debug("worker %d: %s %s", worker.index, name, fields)
+
+        return on_event
+
+    async def _watch(self, worker: WorkerHandle, process: asyncio.subprocess.Process) -> None:
+        """Wait for the worker's exit; replace it unless the server drains."""
+        code = await process.wait()
+        if worker.process is not process:
+            return
+        lived = time.monotonic() - worker.started_at
+        was_serving = worker.serving_since is not None
+        worker.state = "exited"
+        worker.exit_code = code
+        if worker.channel is not None:
+            worker.channel.close()
+        for callback in self.on_worker_exit:
+            callback(process.pid)
+        fields = {"worker": worker.index, "pid": process.pid, "exit_code": code}
+        if self.draining:
+            log.info(
+                "worker %d exited (%s)",
+                worker.index,
+                _describe_exit(code),
+                extra={"event": "worker_exited", **fields},
+            )
+            return
+        log.error(
+            "worker %d died (%s) after %.1f s",
+            worker.index,
+            _describe_exit(code),
+            lived,
+            extra={"event": "worker_died", **fields},
+        )
+        if not was_serving and worker.restarts == 0:
+            return  # the first start failed: _start reports it and the server stops
+        if lived >= STABLE_AFTER_S:
+            worker.quick_failures = 0
+        delay = 0.0
+        if worker.quick_failures:
+            delay = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (worker.quick_failures - 1))
+        worker.quick_failures += 1
+        if delay:
+            log.warning(
+                "worker %d keeps failing: restarting it in %.1f s",
+                worker.index,
+                delay,
+                extra={"event": "worker_backoff", "worker": worker.index, "delay_s": delay},
+            )
+            await asyncio.sleep(delay)
+        if self.draining:
+            return
+        worker.restarts += 1
+        log.info(
+            "restarting worker %d (restart %d)",
+            worker.index,
+            worker.restarts,
+            extra={"event": "worker_restart", "worker": worker.index, "restarts": worker.restarts},
+        )
+        try:
+            await self._start(worker)
+        except WorkerFailed as exc:
+            log.error("%s", exc)  # its own _watch schedules the next attempt
+
+    async def _request(self, worker: WorkerHandle, op: str, **args: Any) -> Any:
+        if worker.channel is None:
+            return None
+        try:
+            return await worker.channel.request(op, **args)
+        except ControlError as exc:
+            log.debug("worker %d: %s: %s", worker.index, op, exc)
+            return None
+
+    # -- what the health and metrics listeners show ----------------------------------------
+
+    def view(self) -> dict[str, Any]:
+        """The supervisor's view of its workers (for metrics and the management API)."""
+        return {
+            "draining": self.draining,
+            "uptime_s": time.time() - self.started_at,
+            "workers": [
+                {
+                    "worker": w.index,
+                    "pid": w.pid,
+                    "state": w.state,
+                    "restarts": w.restarts,
+                    "exit_code": w.exit_code,
+                }
+                for w in self.workers
+            ],
+        }
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"

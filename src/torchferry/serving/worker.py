@@ -1,0 +1,219 @@
+"""A worker process: serve what the supervisor says on the shared ports, until told to drain.
+
+Started by the supervisor as ``python -m torchferry.serving.worker --control-fd FD``. It
+waits on the control channel for ``start`` (the settings to serve), loads the models, binds
+its own HTTP socket on the shared port (``SO_REUSEPORT``; gRPC does the same), and answers
+``start`` once it serves. It drains on ``drain``, on SIGTERM, or when the supervisor goes
+away; SIGINT is the supervisor's to handle (a terminal's Ctrl+C reaches every process of
+the group, and the drain must start from one place).
+
+A drain loses no accepted request: the listening sockets close first; each open connection
+gets its next answer with ``Connection: close``, so a client learns to reconnect instead of
+sending into a closing socket; connections still idle after a short grace are closed;
+requests in flight and queued in the batchers are answered (up to ``--drain-timeout``),
+then the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from rich.console import Console
+from rich.markup import escape
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from torchferry.errors import TorchferryError
+from torchferry.serving.app import build_app
+from torchferry.serving.control import Channel
+from torchferry.serving.dataplane import DataPlane
+from torchferry.serving.listen import listen_shared
+from torchferry.serving.loading import announce_models, load_repository
+from torchferry.serving.protocols.common import Protocol
+from torchferry.serving.settings import ServerSettings
+
+#: How long a drain waits for an idle keep-alive connection's next request (which is then
+#: answered with ``Connection: close``) before closing it.
+IDLE_GRACE_S = 1.0
+
+err_console = Console(stderr=True)
+
+
+class CloseWhenDraining:
+    """Answers with ``Connection: close`` once the worker drains, so that clients reconnect
+    (to a worker that serves, or to a refused port) instead of reusing a closing socket."""
+
+    def __init__(self, app: ASGIApp, plane: DataPlane) -> None:
+        self.app = app
+        self.plane = plane
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        plane = self.plane
+
+        async def closing_send(message: Message) -> None:
+            if plane.draining and message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
+            await send(message)
+
+        await self.app(scope, receive, closing_send)
+
+
+class WorkerServer(uvicorn.Server):
+    """uvicorn without its own signal handling (the worker's drain decides when to stop), and
+    with a drain that gives keep-alive connections their ``Connection: close`` answer."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        deadline = time.monotonic() + IDLE_GRACE_S
+        while self.server_state.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await super().shutdown(sockets)
+
+
+class Worker:
+    def __init__(self, control: socket.socket) -> None:
+        self.control = control
+        self.settings: asyncio.Future[ServerSettings] | None = None
+        self.index = 0
+        self.server: WorkerServer | None = None
+        self.plane: DataPlane | None = None
+        self.protocols: list[Protocol] = []
+        self.serving = asyncio.Event()
+        self.draining = False
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        loop.add_signal_handler(signal.SIGTERM, self.drain)
+        self.settings = loop.create_future()
+        channel = await Channel.open(self.control)
+        reading = asyncio.create_task(channel.serve(on_command=self.command))
+        reading.add_done_callback(lambda _: self.drain())  # the supervisor is gone
+        waiting: asyncio.Future[Any] = asyncio.ensure_future(asyncio.shield(self.settings))
+        await asyncio.wait([waiting, reading], return_when=asyncio.FIRST_COMPLETED)
+        if not self.settings.done() or self.settings.cancelled():
+            return 0  # drained, or the supervisor left, before it said what to serve
+        settings = self.settings.result()
+        try:
+            code = await self.serve(settings)
+        finally:
+            channel.close()
+        return code
+
+    async def serve(self, settings: ServerSettings) -> int:
+        try:
+            repository = load_repository(settings)
+        except TorchferryError as exc:
+            err_console.print(f"[bold red]error:[/] {escape(exc.message)}")
+            return 1
+        announce_models(repository, f"worker {self.index}: ")
+        app = build_app(settings, repository)
+        self.plane = app.state.plane
+        self.protocols = app.state.protocols
+        # torch and the engines leave millions of long-lived objects; a full collection that
+        # walks them all stalls every request for ~100 ms, so move them out of the GC's sight.
+        gc.collect()
+        gc.freeze()
+        config = uvicorn.Config(
+            CloseWhenDraining(app, app.state.plane),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
+            lifespan="on",
+        )
+        self.server = WorkerServer(config)
+        if self.draining:  # told to drain while loading
+            return 0
+        sockets = [listen_shared(settings.host, settings.port)]
+        watch = asyncio.create_task(self._watch_startup(self.server))
+        try:
+            await self.server.serve(sockets)
+        finally:
+            watch.cancel()
+        return 0
+
+    async def _watch_startup(self, server: WorkerServer) -> None:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        self.serving.set()
+
+    async def command(self, op: str, args: dict[str, Any]) -> Any:
+        if op == "start":
+            assert self.settings is not None
+            self.index = int(args.get("worker", 0))
+            if not self.settings.done():
+                self.settings.set_result(ServerSettings.model_validate(args["settings"]))
+            await self.serving.wait()
+            return self.status()
+        if op == "status":
+            return self.status()
+        if op == "drain":
+            self.drain()
+            return self.status()
+        raise ValueError(f"unknown command {op!r}")
+
+    def status(self) -> dict[str, Any]:
+        plane = self.plane
+        return {
+            "worker": self.index,
+            "pid": os.getpid(),
+            "serving": self.serving.is_set(),
+            "draining": self.draining,
+            "models": [
+                {"name": m.name, "version": m.version} for m in (plane.all() if plane else [])
+            ],
+        }
+
+    def drain(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        if self.plane is not None:
+            self.plane.draining = True
+        if self.server is not None:
+            self.server.should_exit = True
+            # gRPC stops taking calls now, with HTTP, not after HTTP has drained
+            for protocol in self.protocols:
+                asyncio.get_running_loop().create_task(protocol.stop())
+        if self.settings is not None and not self.settings.done():
+            self.settings.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="torchferry-worker")
+    parser.add_argument("--control-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    control = socket.socket(fileno=args.control_fd)
+    worker = Worker(control)
+    try:
+        import uvloop
+
+        return uvloop.run(worker.run())
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it installs
+        return asyncio.run(worker.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
