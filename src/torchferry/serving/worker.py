@@ -50,21 +50,22 @@ err_console = Console(stderr=True)
 
 
 class CloseWhenDraining:
-    """Answers with ``Connection: close`` once the worker drains, so that clients reconnect
-    (to a worker that serves, or to a refused port) instead of reusing a closing socket."""
+    """Answers with ``Connection: close`` once the worker's listeners have closed, so that
+    clients reconnect (to a worker that serves, or to a refused port) instead of reusing a
+    closing socket. Not before they close: a client told to reconnect while the port still
+    listens could land in the kernel's accept queue, which closing the port resets."""
 
-    def __init__(self, app: ASGIApp, plane: DataPlane) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.plane = plane
+        self.closing = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        plane = self.plane
 
         async def closing_send(message: Message) -> None:
-            if plane.draining and message["type"] == "http.response.start":
+            if self.closing and message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
             await send(message)
 
@@ -79,11 +80,16 @@ class WorkerServer(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    def __init__(self, config: uvicorn.Config, front: CloseWhenDraining) -> None:
+        super().__init__(config)
+        self.front = front
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()
         for sock in sockets or []:
             sock.close()
+        self.front.closing = True
         deadline = time.monotonic() + IDLE_GRACE_S
         while self.server_state.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -99,6 +105,7 @@ class Worker:
         self.plane: DataPlane | None = None
         self.protocols: list[Protocol] = []
         self.serving = asyncio.Event()
+        self.listening_stopped = False
         self.draining = False
 
     async def run(self) -> int:
@@ -134,8 +141,9 @@ class Worker:
         # walks them all stalls every request for ~100 ms, so move them out of the GC's sight.
         gc.collect()
         gc.freeze()
+        front = CloseWhenDraining(app)
         config = uvicorn.Config(
-            CloseWhenDraining(app, app.state.plane),
+            front,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
@@ -143,7 +151,7 @@ class Worker:
             timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
             lifespan="on",
         )
-        self.server = WorkerServer(config)
+        self.server = WorkerServer(config, front)
         if self.draining:  # told to drain while loading
             return 0
         sockets = [listen_shared(settings.host, settings.port)]
@@ -169,6 +177,9 @@ class Worker:
             return self.status()
         if op == "status":
             return self.status()
+        if op == "stop_listening":
+            self.stop_listening()
+            return self.status()
         if op == "drain":
             self.drain()
             return self.status()
@@ -186,17 +197,32 @@ class Worker:
             ],
         }
 
+    def stop_listening(self) -> None:
+        """A drain's first step: refuse new connections and gRPC calls, answer "not ready",
+        and keep serving the connections already open.
+
+        The supervisor has every worker do this before any of them tells its clients to
+        reconnect; otherwise a client sent away by one worker could connect to a sibling
+        that is about to close its port, and be reset there."""
+        if self.plane is not None:
+            self.plane.draining = True
+        if self.server is not None and not self.listening_stopped:
+            self.listening_stopped = True
+            for server in self.server.servers:
+                server.close()
+            for protocol in self.protocols:  # gRPC: no new calls, in-flight ones finish
+                asyncio.get_running_loop().create_task(protocol.stop())
+
     def drain(self) -> None:
+        """Stop listening, answer what was accepted (``Connection: close`` on each open
+        connection's next answer), finish the batchers' queues, then exit."""
         if self.draining:
             return
         self.draining = True
-        if self.plane is not None:
-            self.plane.draining = True
+        self.stop_listening()
         if self.server is not None:
+            self.server.front.closing = True
             self.server.should_exit = True
-            # gRPC stops taking calls now, with HTTP, not after HTTP has drained
-            for protocol in self.protocols:
-                asyncio.get_running_loop().create_task(protocol.stop())
         if self.settings is not None and not self.settings.done():
             self.settings.cancel()
 
