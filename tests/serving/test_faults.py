@@ -23,10 +23,10 @@ import pytest
 import uvicorn
 
 from torchferry.serving.app import build_app
+from torchferry.serving.loading import load_repository
 from torchferry.serving.process import free_ports
 from torchferry.serving.protos import inference_pb2 as pb
 from torchferry.serving.protos.inference_pb2_grpc import GRPCInferenceServiceStub
-from torchferry.serving.loading import load_repository
 from torchferry.serving.settings import ModelOverride, ServerSettings
 
 #: Seconds before 504; ``batchy`` waits far longer than this to fill a batch. Long enough

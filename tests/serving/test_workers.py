@@ -196,8 +196,6 @@ def test_a_model_that_aborts_takes_down_only_its_worker_which_comes_back(
         died = re.search(r"worker (\d) died \(signal SIGABRT\)", server.output())
         assert died, server.output()
         index = int(died.group(1))
-        wait_for(
-            lambda: serving_pids(server)[index] != before[index], 30, "the worker comes back"
-        )
+        wait_for(lambda: serving_pids(server)[index] != before[index], 30, "the worker comes back")
         assert serving_pids(server)[3 - index] == before[3 - index], "the other one survived"
         assert server.alive()
