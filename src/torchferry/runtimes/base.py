@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import numpy as np
 
 from torchferry.archive.store import Archive
-
-
-def default_threads() -> int:
-    """Intra-op threads default to the cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+from torchferry.cores import default_threads
 
 
 class Runtime(ABC):

@@ -34,20 +34,8 @@ def load_model_dir(repository: ModelRepository, name: str, directory: Path) -> N
         repository.add(Archive(path=archive.path, manifest=renamed))
 
 
-def check_sources(settings: ServerSettings) -> None:
-    """Fail before any worker starts when the store or model folder named cannot be served."""
-    if settings.model_dir is not None:
-        if not settings.model_dir.is_dir():
-            raise ArchiveError(f"model folder {settings.model_dir} does not exist")
-        return
-    if settings.store is None:
-        raise ArchiveError("no model store given (--store DIR, or --model-name and --model-dir)")
-    if not settings.store.is_dir():
-        raise ArchiveError(f"model store {settings.store} does not exist")
-
-
 def load_repository(settings: ServerSettings) -> ModelRepository:
-    check_sources(settings)
+    settings.check_sources()
     repository = ModelRepository(settings)
     if settings.model_dir is not None:
         name = settings.model_name or settings.model_dir.resolve().name

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from torchferry.serving.loading import check_sources
 from torchferry.serving.settings import ServerSettings
 from torchferry.serving.supervisor import Supervisor
 
@@ -15,5 +14,5 @@ def serve(settings: ServerSettings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
-    check_sources(settings)
+    settings.check_sources()
     return asyncio.run(Supervisor(settings).run())

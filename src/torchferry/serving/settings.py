@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from torchferry.runtimes.base import default_threads
+from torchferry.cores import default_threads
+from torchferry.errors import ArchiveError
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 
@@ -59,6 +60,19 @@ class ServerSettings(BaseModel):
     def resolved_threads(self) -> int:
         """Intra-op threads per runtime: as given, else the cores shared among the workers."""
         return self.threads or max(1, default_threads() // self.workers)
+
+    def check_sources(self) -> None:
+        """Fail before anything starts when the store or model folder cannot be served."""
+        if self.model_dir is not None:
+            if not self.model_dir.is_dir():
+                raise ArchiveError(f"model folder {self.model_dir} does not exist")
+            return
+        if self.store is None:
+            raise ArchiveError(
+                "no model store given (--store DIR, or --model-name and --model-dir)"
+            )
+        if not self.store.is_dir():
+            raise ArchiveError(f"model store {self.store} does not exist")
 
     def batching_for(self, name: str) -> dict[str, Any]:
         """The batching fields that override a model's manifest, most specific last."""
