@@ -83,6 +83,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run Python code that archives carry (custom handlers, eager models)",
     )
+    parser.add_argument(
+        "--otel",
+        action="store_true",
+        help="send OpenTelemetry traces, configured by the OTEL_* variables (OTLP by default; "
+        "needs torchferry[otel]; on without this flag when OTEL_TRACES_EXPORTER is set)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -105,6 +111,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         per_model=dict(args.batching),
         log_level=args.log_level,
         trust_code=args.trust_code,
+        otel=args.otel,
     )
 
 

@@ -46,6 +46,9 @@ class ServerSettings(BaseModel):
     log_level: str = "info"
     #: Run Python code that archives carry (custom handlers, eager models); off by default.
     trust_code: bool = False
+    #: Send OpenTelemetry traces (needs the ``otel`` extra); configured by the ``OTEL_*``
+    #: variables, and on without this flag when ``OTEL_TRACES_EXPORTER`` names an exporter.
+    otel: bool = False
 
     def resolved_threads(self) -> int:
         return self.threads or default_threads()
