@@ -32,7 +32,6 @@ from torchferry.serving.tracing import (
     TracingObserver,
     TracingUnavailable,
     exporters_from_env,
-    tracer_provider,
     tracing_observer,
 )
 
@@ -296,7 +295,7 @@ def test_an_exporter_named_in_the_environment_turns_tracing_on(monkeypatch):
 def test_the_sdk_reads_service_name_and_sampler_from_the_environment(monkeypatch, exporter):
     monkeypatch.setenv("OTEL_SERVICE_NAME", "ferry-test")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
-    traced = TracingObserver(tracer_provider([exporter]))
+    traced = TracingObserver([exporter])
     try:
         assert traced.provider.resource.attributes["service.name"] == "ferry-test"
         traced(record())
@@ -398,7 +397,7 @@ def traced_server(request) -> Iterator[TracedServer]:
     )
     app = build_app(settings, load_repository(settings))
     exporter = memory.InMemorySpanExporter()
-    observer = TracingObserver(tracer_provider([exporter]))
+    observer = TracingObserver([exporter])
     app.state.observers.observers.append(observer)
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=http_port, log_level="warning"))
     thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True)
