@@ -2,7 +2,8 @@
 
 :class:`TracingObserver` is an observer (see :mod:`torchferry.serving.observe`): it reads a
 finished :class:`RequestRecord` and writes its spans *after the fact*, with the record's own
-timestamps, so that tracing adds no span bookkeeping to the request path itself:
+timestamps: nothing is live while the request runs, and the observer's whole cost, when the
+answer has gone out, is ~40 us of CPU for five spans (``bench/tracing_cost.py``):
 
 - one ``SERVER`` span per request, named ``{method} {route}`` for HTTP
   (``POST /v2/models/{model_name}/infer``) and ``{service}/{method}`` for gRPC
