@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=2000)
     args = parser.parse_args()
     # a queue large enough that no span is dropped while the export thread catches up
-    os.environ.setdefault("OTEL_BSP_MAX_QUEUE_SIZE", str(args.records * 2))
+    os.environ.setdefault("OTEL_BSP_MAX_QUEUE_SIZE", str(args.records * 5 * 5))
     off = tracing_observer(False)
     assert off is None
     baseline = per_record_us(Observers([]), args.records, None)
