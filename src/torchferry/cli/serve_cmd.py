@@ -110,6 +110,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run Python code that archives carry (custom handlers, eager models)",
     )
+    parser.add_argument(
+        "--otel",
+        action="store_true",
+        help="send OpenTelemetry traces, configured by the OTEL_* variables (OTLP by default; "
+        "needs torchferry[otel]; on without this flag when OTEL_TRACES_EXPORTER is set)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -136,6 +142,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         workers=args.workers,
         drain_timeout_s=args.drain_timeout,
         metrics_port=None if args.no_metrics else args.metrics_port,
+        otel=args.otel,
     )
 
 

@@ -31,6 +31,8 @@ class RequestRecord:
     #: W3C trace context the client sent, if any.
     traceparent: str | None = None
     tracestate: str | None = None
+    #: The HTTP method (``"POST"``); None for gRPC, whose ``route`` is the method.
+    method: str | None = None
     model: str | None = None
     version: str | None = None
     #: The HTTP status as text (``"200"``), or the gRPC code's name (``"OK"``).
@@ -83,6 +85,7 @@ class Observers:
         request_id: str | None = None,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        method: str | None = None,
     ) -> RequestRecord:
         record = RequestRecord(
             request_id=request_id or new_request_id(),
@@ -92,6 +95,7 @@ class Observers:
             wall_ns=time.time_ns(),
             traceparent=traceparent,
             tracestate=tracestate,
+            method=method,
         )
         _current.set(record)
         return record

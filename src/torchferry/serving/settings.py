@@ -56,6 +56,9 @@ class ServerSettings(BaseModel):
     share_ports: bool = False
     #: Run Python code that archives carry (custom handlers, eager models); off by default.
     trust_code: bool = False
+    #: Send OpenTelemetry traces (needs the ``otel`` extra); configured by the ``OTEL_*``
+    #: variables, and on without this flag when ``OTEL_TRACES_EXPORTER`` names an exporter.
+    otel: bool = False
 
     def resolved_threads(self) -> int:
         """Intra-op threads per runtime: as given, else the cores shared among the workers."""
