@@ -79,6 +79,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--request-timeout", type=float, help="seconds before 504")
     parser.add_argument("--log-level", default="info")
     parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="log lines as text, or one JSON object per line (default text)",
+    )
+    parser.add_argument(
+        "--no-access-log", action="store_true", help="no line per request (torchferry.access)"
+    )
+    parser.add_argument("--no-metrics", action="store_true", help="no Prometheus metrics")
+    parser.add_argument(
         "--trust-code",
         action="store_true",
         help="run Python code that archives carry (custom handlers, eager models)",
@@ -104,6 +114,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         batching=ModelOverride(max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms),
         per_model=dict(args.batching),
         log_level=args.log_level,
+        log_format=args.log_format,
+        access_log=not args.no_access_log,
+        metrics=not args.no_metrics,
         trust_code=args.trust_code,
     )
 

@@ -58,12 +58,17 @@ class ServerProcess:
 
 @contextmanager
 def serve_in_subprocess(
-    args: list[str], log: Path | None = None, port_flag: str = "--port", timeout: float = 90.0
+    args: list[str],
+    log: Path | None = None,
+    port_flag: str = "--port",
+    timeout: float = 90.0,
+    env: dict[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
     """Run ``torchferry serve ARGS --port FREE --grpc-port FREE`` until the block ends.
 
-    ARGS with ``--no-grpc`` or their own ``--grpc-port`` keep that. On exit the server gets
-    SIGTERM (a graceful drain), then SIGKILL after 30 s.
+    ARGS with ``--no-grpc`` or their own ``--grpc-port`` keep that; ``env`` adds to the
+    server's environment. On exit the server gets SIGTERM (a graceful drain), then SIGKILL
+    after 30 s.
     """
     port, free_grpc_port = free_ports(2)
     grpc_port: int | None = free_grpc_port
@@ -74,10 +79,10 @@ def serve_in_subprocess(
         grpc_port = int(args[args.index("--grpc-port") + 1])
     else:
         command += ["--grpc-port", str(free_grpc_port)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with ExitStack() as files:
         sink = files.enter_context(log.open("wb")) if log else subprocess.DEVNULL
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=environment)
     server = ServerProcess(f"http://127.0.0.1:{port}", port, process, log, grpc_port)
     try:
         deadline = time.monotonic() + timeout

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import gc
-import logging
 from pathlib import Path
 
 import uvicorn
-from rich.console import Console
 
 from torchferry.archive.manifest import MANIFEST_NAME
 from torchferry.archive.store import Archive, ModelStore
 from torchferry.errors import ArchiveError
 from torchferry.serving.app import build_app
+from torchferry.serving.logs import configure_logging
 from torchferry.serving.repository import ModelRepository
 from torchferry.serving.settings import ServerSettings
-
-console = Console(stderr=True)
 
 
 def load_model_dir(repository: ModelRepository, name: str, directory: Path) -> None:
@@ -58,15 +55,8 @@ def load_repository(settings: ServerSettings) -> ModelRepository:
 
 def serve(settings: ServerSettings) -> None:
     """Serve until SIGINT/SIGTERM; uvicorn then stops accepting, and queued requests finish."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
-    repository = load_repository(settings)
-    for model in repository.all():
-        console.print(
-            f"[green]loaded[/] {model.name} v{model.version} "
-            f"({model.runtime.name}, handler {model.manifest.handler.name})"
-        )
+    configure_logging(settings.log_level, settings.log_format)
+    repository = load_repository(settings)  # logs a model_loaded event per version
     app = build_app(settings, repository)
     # torch and the engines leave millions of long-lived objects; a full collection that
     # walks them all stalls every request for ~100 ms, so move them out of the GC's sight.
@@ -77,6 +67,9 @@ def serve(settings: ServerSettings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # uvicorn's lines go through the root logger, in the server's format; the access
+        # log is torchferry's own (request ids, route templates, models)
+        log_config=None,
         access_log=False,
         timeout_graceful_shutdown=30,
         loop="auto",

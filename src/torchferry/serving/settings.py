@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -44,6 +44,12 @@ class ServerSettings(BaseModel):
     batching: ModelOverride = Field(default_factory=ModelOverride)
     per_model: dict[str, ModelOverride] = Field(default_factory=dict)
     log_level: str = "info"
+    #: Log lines as readable text or as one JSON object per line.
+    log_format: Literal["text", "json"] = "text"
+    #: One line per request on the ``torchferry.access`` logger (at INFO).
+    access_log: bool = True
+    #: Prometheus metrics (Triton's per-model counters, latency and batch histograms).
+    metrics: bool = True
     #: Run Python code that archives carry (custom handlers, eager models); off by default.
     trust_code: bool = False
 
