@@ -39,11 +39,13 @@ from torchferry.serving.observe import RequestRecord
 LogFormat = Literal["text", "json"]
 ACCESS_LOGGER = "torchferry.access"
 
-#: Attributes every LogRecord has: whatever else a record carries came in ``extra``.
+#: Attributes every LogRecord has: whatever else a record carries came in ``extra``
+#: (but uvicorn's ``color_message``, its message again with terminal colour codes).
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
     "asctime",
     "taskName",
+    "color_message",
 }
 
 

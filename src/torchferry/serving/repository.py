@@ -121,7 +121,7 @@ class ModelRepository:
             extra={
                 "event": "model_loaded",
                 "model": manifest.name,
-                "version": manifest.version,
+                "version": str(manifest.version),  # as in the access log and the metrics
                 "runtime": runtime.name,
                 "handler": manifest.handler.name,
                 "max_batch_size": batching.max_batch_size,
@@ -195,5 +195,5 @@ class ModelRepository:
             "unloaded %s version %d",
             model.name,
             model.version,
-            extra={"event": "model_unloaded", "model": model.name, "version": model.version},
+            extra={"event": "model_unloaded", "model": model.name, "version": str(model.version)},
         )
