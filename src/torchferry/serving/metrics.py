@@ -206,14 +206,19 @@ class ModelSeries:
 
     # -- BatchObserver (on the event loop) ----------------------------------------------------
 
+    # A flush is already due whenever requests are moving; these only make sure of one
+    # (a model stuck in a long batch still shows its queue growing).
+
     def executed(self, rows: int, compute_s: float) -> None:
         self.executions += 1
         self._batch_sizes.observe(rows)
-        self.recorder.wake()
+        if self.recorder.flush_loop is None:
+            self.recorder.wake()
 
     def pending(self, requests: int) -> None:
         self.pending_now = requests
-        self.recorder.wake()
+        if self.recorder.flush_loop is None:
+            self.recorder.wake()
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -260,8 +265,9 @@ class Recorder:
         self._flush_lock = threading.Lock()
         self._models: dict[tuple[str, str], ModelSeries] = {}
         self._requests: dict[tuple[str, str, str], _LocalHistogram] = {}
-        #: The loop a flush is scheduled on, if any.
-        self._flush_loop: asyncio.AbstractEventLoop | None = None
+        #: The loop a flush is scheduled on, if any (a loop that closed before its timer fired
+        #: stays here until the next request on another loop replaces it).
+        self.flush_loop: asyncio.AbstractEventLoop | None = None
 
     def model(self, model: str, version: str) -> ModelSeries:
         """The series of one model version (made, with its zeros, on first use)."""
@@ -305,12 +311,12 @@ class Recorder:
         if loop is None:  # no event loop (a script, a test): write at once
             self.flush()
             return
-        if loop is not self._flush_loop:
-            self._flush_loop = loop
+        if loop is not self.flush_loop:
+            self.flush_loop = loop
             loop.call_later(self.interval_s, self._timer)
 
     def _timer(self) -> None:
-        self._flush_loop = None
+        self.flush_loop = None
         self.flush()
 
     def flush(self) -> None:

@@ -165,6 +165,8 @@ class Observers:
     def finish(self, record: RequestRecord, status: str) -> None:
         record.status = status
         record.ended = time.perf_counter()
+        if _current.get() is record:  # where the caller's task goes on (an in-process client)
+            _current.set(None)
         for observer in self.observers:
             try:
                 observer(record)
