@@ -19,6 +19,7 @@ from torchferry.errors import (
     ModelNotReady,
     Overloaded,
 )
+from torchferry.serving.observe import Observers
 from torchferry.serving.protocols.grpc import (
     CONTENTS,
     InferenceServicer,
@@ -147,7 +148,14 @@ class Aborted(Exception):
 
 
 class FakeContext:
-    """What ``grpc.aio.ServicerContext.abort`` records: code, details, trailing metadata."""
+    """What ``grpc.aio.ServicerContext.abort`` records: code, details, trailing metadata;
+    the call came with a request id."""
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("x-request-id", "stub-1"),)
+
+    def time_remaining(self) -> float | None:
+        return None
 
     async def abort(self, code: grpc.StatusCode, details: str, metadata: tuple = ()) -> None:
         self.code, self.details, self.metadata = code, details, tuple(metadata)
@@ -161,6 +169,7 @@ class BrokenPlane:
 
     def __init__(self, error: Exception) -> None:
         self.error = error
+        self.observers = Observers()
 
     def resolve(self, name: str, version: str | None = None) -> None:
         raise self.error
@@ -183,7 +192,7 @@ def test_every_error_ends_the_call_with_its_status(error, code):
         asyncio.run(servicer.ModelInfer(pb.ModelInferRequest(model_name="m"), context))
     assert context.code == code and str(error) in context.details
     retry = (("retry-after", "2"),) if isinstance(error, Overloaded) else ()
-    assert context.metadata == retry
+    assert context.metadata == (("x-request-id", "stub-1"), *retry)
 
 
 @pytest.mark.parametrize("datatype", [t for t in CONTENTS if t != "BYTES"])

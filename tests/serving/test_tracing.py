@@ -383,7 +383,7 @@ def traced_server(request) -> Iterator[TracedServer]:
     if not _records_are_wired():
         pytest.skip(NEEDS_WIRING)
     from torchferry.serving.app import build_app
-    from torchferry.serving.server import load_repository
+    from torchferry.serving.loading import load_repository
 
     model_store = request.getfixturevalue("model_store")
     http_port, grpc_port = free_ports(2)

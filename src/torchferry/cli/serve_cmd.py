@@ -103,7 +103,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--log-format",
         choices=["text", "json"],
         default="text",
-        help="text lines, or one JSON object per line (access lines and events)",
+        help="log lines as text, or one JSON object per line (default text)",
+    )
+    parser.add_argument(
+        "--no-access-log", action="store_true", help="no line per request (torchferry.access)"
     )
     parser.add_argument(
         "--trust-code",
@@ -138,6 +141,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         per_model=dict(args.batching),
         log_level=args.log_level,
         log_format=args.log_format,
+        access_log=not args.no_access_log,
         trust_code=args.trust_code,
         workers=args.workers,
         drain_timeout_s=args.drain_timeout,

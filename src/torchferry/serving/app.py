@@ -1,6 +1,10 @@
 """Assembles the ASGI app from the protocol registry: every protocol's routes over one data
 plane, one error mapping, the body limit, and a lifecycle that starts the protocols' own
-listeners (gRPC) once the models serve and stops them before the models drain."""
+listeners (gRPC) once the models serve and stops them before the models drain.
+
+Outermost is ``RecordRequests``, which gives every HTTP request its record; the observers
+that read finished records (metrics, the access log, and whatever a caller adds) are the
+data plane's ``observers``, shared with gRPC."""
 
 from __future__ import annotations
 
@@ -14,12 +18,17 @@ from starlette.responses import Response
 
 import torchferry
 from torchferry.errors import TorchferryError
+from torchferry.serving import metrics
 from torchferry.serving.dataplane import DataPlane
 from torchferry.serving.limits import BodySizeLimit
+from torchferry.serving.logs import AccessLog
+from torchferry.serving.observe import Observer, Observers
+from torchferry.serving.observe_http import RecordRequests
 from torchferry.serving.protocols import PROTOCOLS
 from torchferry.serving.protocols.common import JSONResponse, as_error, error_response
 from torchferry.serving.repository import ModelRepository
 from torchferry.serving.settings import ServerSettings
+from torchferry.serving.tracing import tracing_observer
 
 
 async def _error(request: Request, exc: Exception) -> Response:
@@ -33,15 +42,36 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=headers)
 
 
-def build_app(settings: ServerSettings, repository: ModelRepository) -> FastAPI:
-    """The HTTP app over an already loaded repository; batchers start with the app."""
-    plane = DataPlane(repository, settings.request_timeout_s)
+def standard_observers(settings: ServerSettings) -> list[Observer]:
+    """What hears of every finished request unless the caller says otherwise."""
+    observers: list[Observer] = []
+    if settings.metrics:
+        observers.append(metrics.RECORDER)
+    if settings.access_log:
+        observers.append(AccessLog())
+    tracer = tracing_observer(settings)
+    if tracer is not None:
+        observers.append(tracer)
+    return observers
+
+
+def build_app(
+    settings: ServerSettings, repository: ModelRepository, observers: Observers | None = None
+) -> RecordRequests:
+    """The HTTP app over an already loaded repository; batchers start with the app.
+
+    ``observers`` (default: metrics and the access log, as the settings say) hear of every
+    finished request, HTTP and gRPC; the returned app's ``observers`` is that instance."""
+    if observers is None:
+        observers = Observers(standard_observers(settings))
+    plane = DataPlane(repository, settings.request_timeout_s, observers)
     protocols = [protocol(plane, settings) for protocol in PROTOCOLS]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await repository.start()
         async with AsyncExitStack() as stack:
+            stack.callback(metrics.flush)  # last: the final requests' numbers
             stack.push_async_callback(repository.close)
             for protocol in protocols:
                 await protocol.start()
@@ -67,4 +97,5 @@ def build_app(settings: ServerSettings, repository: ModelRepository) -> FastAPI:
         if protocol.router is not None:
             app.include_router(protocol.router)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
-    return app
+    app.state.observers = observers
+    return RecordRequests(app, observers)

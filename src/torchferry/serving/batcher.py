@@ -15,6 +15,11 @@ it on. The step never runs on the event loop: for a lone request with nothing qu
 it the worker thread runs it right after the model (no hand-off, the lowest latency when
 idle); otherwise the worker thread hands the batch's steps to the executor as one task (one
 hand-off per batch, not per request), so that the next batch starts at once.
+
+Each request keeps the record of the request that submitted it (``observe.current_record``)
+and the batcher writes what only it knows there: when the request was queued, when its
+batch computed, and the batch's size. A ``BatchObserver`` (the metrics) hears of every batch
+executed and of every change in the number of requests waiting.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -38,11 +43,22 @@ from torchferry.errors import (
     TorchferryError,
 )
 from torchferry.serving.batchstats import BatcherStats
+from torchferry.serving.observe import RequestRecord, current_record
 
 InferFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 _T = TypeVar("_T")
 #: A step to run on a request's own outputs, and the executor to run it on.
 Finish = tuple[Executor, Callable[[dict[str, np.ndarray]], Any]]
+
+
+class BatchObserver(Protocol):
+    """Hears of one batcher's work, on the event loop; must cost next to nothing."""
+
+    def executed(self, rows: int, compute_s: float) -> None:
+        """A batch of ``rows`` rows ran, for ``compute_s`` seconds (the model answered)."""
+
+    def pending(self, requests: int) -> None:
+        """``requests`` requests now wait in the queue."""
 
 
 @dataclass
@@ -55,6 +71,8 @@ class _Request:
     finish: Finish | None = None
     #: Whether its rows count in the queue (until taken into a batch, or abandoned).
     queued: bool = True
+    #: The record of the request that submitted it, to write queue and compute times into.
+    record: RequestRecord | None = None
 
 
 def _shape_key(inputs: dict[str, np.ndarray]) -> tuple[object, ...]:
@@ -70,8 +88,10 @@ class Batcher:
         max_batch_size: int = 32,
         max_delay_ms: float = 0.0,
         max_queue_rows: int = 4096,
+        observer: BatchObserver | None = None,
     ) -> None:
         self._infer = infer
+        self.observer = observer
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000.0
@@ -79,6 +99,7 @@ class Batcher:
         self.stats = BatcherStats()
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
+        self._queued_requests = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -143,11 +164,19 @@ class Batcher:
                 retry_after=max(0.1, self.max_delay * 2),
             )
         loop = asyncio.get_running_loop()
+        arrived = time.perf_counter()
+        record = current_record()
+        if record is not None:
+            record.queued = arrived
+            record.rows = rows
         request = _Request(
-            inputs, rows, _shape_key(inputs), loop.create_future(), time.perf_counter(), finish
+            inputs, rows, _shape_key(inputs), loop.create_future(), arrived, finish, record=record
         )
         self._queue.append(request)
         self._queued_rows += rows
+        self._queued_requests += 1
+        if self.observer is not None:
+            self.observer.pending(self._queued_requests)
         self._wakeup.set()
         try:
             if timeout_s is None:  # no timer: nothing to shield the future from
@@ -175,6 +204,9 @@ class Batcher:
         if request.queued:
             request.queued = False
             self._queued_rows -= request.rows
+            self._queued_requests -= 1
+            if self.observer is not None:
+                self.observer.pending(self._queued_requests)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -241,6 +273,9 @@ class Batcher:
             self._queue.appendleft(request)
             request.queued = True
             self._queued_rows += request.rows
+            self._queued_requests += 1
+        if skipped and self.observer is not None:
+            self.observer.pending(self._queued_requests)
         return batch
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
@@ -307,6 +342,10 @@ class Batcher:
 
     def _fail(self, request: _Request, exc: Exception, started: float) -> None:
         self.stats.record_failure(request.arrived)
+        record = request.record
+        if record is not None:
+            record.compute_started, record.compute_ended = started, time.perf_counter()
+            record.batch_size = request.rows
         if request.future.done():
             return
         if isinstance(exc, ModelError):  # the runtime already put the model's message in words
@@ -322,7 +361,15 @@ class Batcher:
         """Count a batch the model answered (statistics are the model's: a handler's finish
         step is not part of its compute time, and does not make the model fail)."""
         arrivals = [request.arrived for request in batch]
-        self.stats.record_batch(sum(r.rows for r in batch), arrivals, started, computed)
+        rows = sum(r.rows for r in batch)
+        self.stats.record_batch(rows, arrivals, started, computed)
+        for request in batch:
+            record = request.record
+            if record is not None:
+                record.compute_started, record.compute_ended = started, computed
+                record.batch_size = rows
+        if self.observer is not None:
+            self.observer.executed(rows, computed - started)
 
 
 @dataclass

@@ -32,6 +32,7 @@ import numpy as np
 from torchferry.codecs.datatypes import output_datatype
 from torchferry.errors import InferenceTimeout, ModelError, TorchferryError
 from torchferry.handlers.base import Handler, HandlerRequest
+from torchferry.serving.observe import Observers, RequestRecord, current_record
 from torchferry.serving.repository import LoadedModel, ModelRepository
 from torchferry.signature import ModelSignature
 
@@ -87,12 +88,19 @@ class InferResponse:
 class DataPlane:
     """Resolves, validates, batches and answers requests for every protocol."""
 
-    def __init__(self, repository: ModelRepository, request_timeout_s: float | None) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        request_timeout_s: float | None,
+        observers: Observers | None = None,
+    ) -> None:
         self.repository = repository
         self.request_timeout_s = request_timeout_s
         #: Set when this process drains: health answers "not ready" while the requests it
         #: has accepted are still answered.
         self.draining = False
+        #: Where every protocol's entry point starts and finishes its request records.
+        self.observers = observers if observers is not None else Observers()
 
     @property
     def ready(self) -> bool:
@@ -116,6 +124,9 @@ class DataPlane:
 
     async def infer(self, model: LoadedModel, request: InferRequest) -> InferResponse:
         """Validate the request's inputs, run them through the batcher, return the outputs."""
+        record = _reached(model)
+        if record is not None and request.id:
+            record.adopt_id(request.id)
         wanted = wanted_outputs(model.signature, request)
         inputs = model.signature.validate_inputs(request.inputs)
         results = await model.batcher.submit(inputs, self._timeout(request.deadline))
@@ -125,6 +136,8 @@ class DataPlane:
             if array is None:
                 raise ModelError(f"model {model.name!r} did not return output {name!r}")
             outputs.append(OutputTensor(name, output_datatype(name, array), array, binary))
+        if record is not None:
+            record.success = True
         return InferResponse(model.name, str(model.version), request.id, outputs)
 
     async def predict(self, model: LoadedModel, request: HandlerRequest) -> Any:
@@ -132,6 +145,7 @@ class DataPlane:
 
         ``preprocess`` runs on the preprocessing pool; ``postprocess`` on the batcher's worker
         thread right after the model for a lone request, else on the pool (see the batcher)."""
+        record = _reached(model)
         handler = model.handler
         loop = asyncio.get_running_loop()
         preprocess = _guarded(model, "preprocess", handler.preprocess)
@@ -141,9 +155,12 @@ class DataPlane:
         postprocess = _guarded(
             model, "postprocess", functools.partial(_postprocess, handler, state)
         )
-        return await model.batcher.submit_then(
+        answer = await model.batcher.submit_then(
             inputs, self._timeout(None), model.preprocess_pool, postprocess
         )
+        if record is not None:
+            record.success = True
+        return answer
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -156,6 +173,17 @@ class DataPlane:
                 raise InferenceTimeout("the request's deadline passed before it was queued")
             timeout = left if timeout is None else min(timeout, left)
         return timeout
+
+
+def _reached(model: LoadedModel) -> RequestRecord | None:
+    """Mark the current request as an inference of ``model`` (what the per-model metrics
+    count, success or failure, from here on)."""
+    record = current_record()
+    if record is not None:
+        record.model = model.name
+        record.version = str(model.version)
+        record.decoded = time.perf_counter()
+    return record
 
 
 def _postprocess(handler: Handler, state: Any, outputs: dict[str, np.ndarray]) -> Any:

@@ -11,8 +11,12 @@ take the port while a worker restarts.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+import uvicorn
 
 from torchferry.errors import TorchferryError
 
@@ -59,6 +63,32 @@ def reserve(host: str, port: int, what: str, flag: str) -> PortGuard:
     guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     guard.bind((host, port))
     return PortGuard(host, port, guard)
+
+
+def listen_exclusive(host: str, port: int, what: str, flag: str) -> socket.socket:
+    """A listening socket of the supervisor's own (the metrics listener), not shared."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise PortInUse(
+            f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}. "
+            f"Is another server running there? Choose another port with {flag} N"
+        ) from None
+    sock.setblocking(False)
+    return sock
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the supervisor or the worker's drain decides
+    when it stops (uvicorn's handlers would also re-raise the signal after shutdown)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def listen_shared(host: str, port: int) -> socket.socket:

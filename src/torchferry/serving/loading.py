@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
-
 from torchferry.archive.manifest import MANIFEST_NAME
 from torchferry.archive.store import Archive, ModelStore
 from torchferry.errors import ArchiveError
 from torchferry.serving.repository import ModelRepository
 from torchferry.serving.settings import ServerSettings
-
-console = Console(stderr=True)
 
 
 def load_model_dir(repository: ModelRepository, name: str, directory: Path) -> None:
@@ -47,11 +43,3 @@ def load_repository(settings: ServerSettings) -> ModelRepository:
     if not repository.names():
         raise ArchiveError(f"model store {store.root} holds no model versions")
     return repository
-
-
-def announce_models(repository: ModelRepository, prefix: str = "") -> None:
-    for model in repository.all():
-        console.print(
-            f"{prefix}[green]loaded[/] {model.name} v{model.version} "
-            f"({model.runtime.name}, handler {model.manifest.handler.name})"
-        )

@@ -79,22 +79,27 @@ def _port_option(args: list[str], command: list[str], flag: str, off: str, free:
 
 @contextmanager
 def serve_in_subprocess(
-    args: list[str], log: Path | None = None, port_flag: str = "--port", timeout: float = 90.0
+    args: list[str],
+    log: Path | None = None,
+    port_flag: str = "--port",
+    timeout: float = 90.0,
+    env: dict[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
     """Run ``torchferry serve ARGS --port FREE --grpc-port FREE --metrics-port FREE`` until
     the block ends.
 
-    ARGS with ``--no-grpc``/``--no-metrics`` or their own ports keep those. On exit the server
-    gets SIGTERM (a graceful drain), then SIGKILL after 30 s.
+    ARGS with ``--no-grpc``/``--no-metrics`` or their own ports keep those; ``env`` adds to
+    the server's environment. On exit the server gets SIGTERM (a graceful drain), then SIGKILL
+    after 30 s.
     """
     port, free_grpc_port, free_metrics_port = free_ports(3)
     command = [sys.executable, "-m", "torchferry.cli", "serve", *args, port_flag, str(port)]
     grpc_port = _port_option(args, command, "--grpc-port", "--no-grpc", free_grpc_port)
     metrics_port = _port_option(args, command, "--metrics-port", "--no-metrics", free_metrics_port)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with ExitStack() as files:
         sink = files.enter_context(log.open("wb")) if log else subprocess.DEVNULL
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=environment)
     server = ServerProcess(f"http://127.0.0.1:{port}", port, process, log, grpc_port, metrics_port)
     try:
         deadline = time.monotonic() + timeout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from torchferry.errors import ModelNotFound, TorchferryError
 from torchferry.handlers import load_handler
 from torchferry.handlers.base import Handler
 from torchferry.runtimes import Runtime, load_runtime
+from torchferry.serving import metrics
 from torchferry.serving.batcher import Batcher
 from torchferry.serving.settings import ServerSettings
 from torchferry.signature import ModelSignature
@@ -73,6 +75,7 @@ class ModelRepository:
                 self.add(store.open(name, version))
 
     def add(self, archive: Archive) -> LoadedModel:
+        started = time.perf_counter()
         manifest = archive.manifest
         overrides = self.settings.batching_for(manifest.name)
         batching = manifest.batching.model_copy(update=overrides)
@@ -95,20 +98,49 @@ class ModelRepository:
             max_batch_size=batching.max_batch_size,
             max_delay_ms=batching.max_delay_ms,
             max_queue_rows=self.settings.max_queue_rows,
+            observer=(
+                metrics.batch_observer(manifest.name, str(manifest.version))
+                if self.settings.metrics
+                else None
+            ),
         )
         model = LoadedModel(archive, runtime, handler, batcher, self._preprocess_pool)
         self._models.setdefault(manifest.name, {})[manifest.version] = model
         if self.started:
             batcher.start()
+        seconds = time.perf_counter() - started
         log.info(
-            "loaded %s version %d (%s, batch<=%d, delay %.1f ms)",
+            "loaded %s version %d (%s, handler %s, batch<=%d, delay %.1f ms) in %.2f s",
             manifest.name,
             manifest.version,
             runtime.name,
+            manifest.handler.name,
             batching.max_batch_size,
             batching.max_delay_ms,
+            seconds,
+            extra={
+                "event": "model_loaded",
+                "model": manifest.name,
+                "version": str(manifest.version),  # as in the access log and the metrics
+                "runtime": runtime.name,
+                "handler": manifest.handler.name,
+                "max_batch_size": batching.max_batch_size,
+                "max_delay_ms": batching.max_delay_ms,
+                "load_seconds": round(seconds, 4),
+            },
         )
         return model
+
+    async def unload(self, name: str, version: int) -> None:
+        """Take one version out of service: no new requests reach it, its queued ones are
+        answered, then its runtime is released (404 for a version that is not loaded)."""
+        model = self.get(name, version)
+        versions = self._models[name]
+        del versions[model.version]
+        if not versions:
+            del self._models[name]
+        await model.batcher.close()
+        self._release(model)
 
     # -- lookup --------------------------------------------------------------------------------
 
@@ -154,5 +186,14 @@ class ModelRepository:
         self.started = False
         await asyncio.gather(*(m.batcher.close() for m in self.all()))
         for model in self.all():
-            model.runtime.close()
+            self._release(model)
         self._preprocess_pool.shutdown(wait=True)
+
+    def _release(self, model: LoadedModel) -> None:
+        model.runtime.close()
+        log.info(
+            "unloaded %s version %d",
+            model.name,
+            model.version,
+            extra={"event": "model_unloaded", "model": model.name, "version": str(model.version)},
+        )

@@ -45,15 +45,24 @@ class ServerSettings(BaseModel):
     batching: ModelOverride = Field(default_factory=ModelOverride)
     per_model: dict[str, ModelOverride] = Field(default_factory=dict)
     log_level: str = "info"
+    #: Log lines as readable text or as one JSON object per line.
     log_format: Literal["text", "json"] = "text"
+    #: One line per request on the ``torchferry.access`` logger (at INFO).
+    access_log: bool = True
     #: Worker processes serving the same ports, each with its own batchers and runtimes.
     workers: int = Field(default=1, ge=1)
     #: Seconds a drain (SIGTERM, SIGINT) waits for accepted requests before it stops them.
     drain_timeout_s: float = Field(default=30.0, gt=0)
-    #: Prometheus metrics on this port (same host), summed over the workers; off when None.
+    #: Prometheus metrics (Triton's per-model counters, latency and batch histograms) on this
+    #: port (same host), summed over the workers; no metrics when None.
     metrics_port: int | None = Field(default=8002, ge=0, le=65535)
     #: Set by the supervisor for its workers: listen with ``SO_REUSEPORT`` beside siblings.
     share_ports: bool = False
+
+    @property
+    def metrics(self) -> bool:
+        return self.metrics_port is not None
+
     #: Run Python code that archives carry (custom handlers, eager models); off by default.
     trust_code: bool = False
     #: Send OpenTelemetry traces (needs the ``otel`` extra); configured by the ``OTEL_*``

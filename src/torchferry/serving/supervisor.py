@@ -27,13 +27,15 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import uvicorn
+
 from torchferry.serving.control import Channel, ControlError
-from torchferry.serving.listen import PortGuard, reserve
+from torchferry.serving.listen import PortGuard, QuietServer, listen_exclusive, reserve
+from torchferry.serving.metrics_render import metrics_app, render_metrics, worker_died
 from torchferry.serving.settings import ServerSettings
 
 log = logging.getLogger("torchferry.supervisor")
@@ -92,8 +94,8 @@ class Supervisor:
         self.metrics_dir: Path | None = None
         self._stopped = asyncio.Event()
         self._spare: Spare | None = None
-        #: Called with a worker's pid when it has exited (metrics clean-up).
-        self.on_worker_exit: list[Callable[[int], None]] = []
+        self._metrics_server: QuietServer | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
 
     # -- the whole server ------------------------------------------------------------------
 
@@ -110,7 +112,13 @@ class Supervisor:
                 self.guards.append(grpc)
                 update["grpc_port"] = grpc.port
             self.worker_settings = settings.model_copy(update=update)
-            self.metrics_dir = Path(tempfile.mkdtemp(prefix="torchferry-metrics-"))
+            metrics_listener = None
+            if settings.metrics_port is not None:
+                # fresh for every run: files left by an earlier one would add to the counters
+                self.metrics_dir = Path(tempfile.mkdtemp(prefix="torchferry-metrics-"))
+                metrics_listener = listen_exclusive(
+                    settings.host, settings.metrics_port, "metrics", "--metrics-port"
+                )
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
             try:
@@ -119,11 +127,16 @@ class Supervisor:
                 log.error("%s; stopping", exc, extra={"event": "start_failed"})
                 await self.drain()
                 return 1
+            if metrics_listener is not None:
+                self._serve_metrics(metrics_listener)
             self._announce()
             await self._keep_spare()
             await self._stopped.wait()
             return 0
         finally:
+            if self._metrics_server is not None and self._metrics_task is not None:
+                self._metrics_server.should_exit = True
+                await self._metrics_task
             for guard in self.guards:
                 guard.close()
             if self.metrics_dir is not None:
@@ -141,6 +154,40 @@ class Supervisor:
             ws.resolved_threads(),
             extra={"event": "serving", "workers": len(self.workers)},
         )
+
+    def _serve_metrics(self, sock: socket.socket) -> None:
+        """``GET /metrics`` on the supervisor's own listener: every worker's numbers summed
+        (prometheus-client's multiprocess files), each worker's process figures, and the
+        supervisor's view of its workers."""
+        app = metrics_app(self.render_metrics)
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
+        self._metrics_server = QuietServer(config)
+        self._metrics_task = asyncio.create_task(self._metrics_server.serve([sock]))
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        serving = {
+            w.index: w.pid for w in self.workers if w.pid is not None and w.state != "exited"
+        }
+        page, content_type = render_metrics(self.metrics_dir, serving)
+        return page + self._own_metrics(), content_type
+
+    def _own_metrics(self) -> bytes:
+        lines = [
+            "# HELP torchferry_workers Worker processes by state, as the supervisor sees them.",
+            "# TYPE torchferry_workers gauge",
+        ]
+        for state in ("starting", "serving", "draining", "exited"):
+            count = sum(1 for w in self.workers if w.state == state)
+            lines.append(f'torchferry_workers{{state="{state}"}} {count}')
+        lines += [
+            "# HELP torchferry_worker_restarts_total Workers replaced after they died.",
+            "# TYPE torchferry_worker_restarts_total counter",
+            f"torchferry_worker_restarts_total {sum(w.restarts for w in self.workers)}",
+            "# HELP torchferry_uptime_seconds Seconds since the server started.",
+            "# TYPE torchferry_uptime_seconds gauge",
+            f"torchferry_uptime_seconds {time.time() - self.started_at:.3f}",
+        ]
+        return ("\n".join(lines) + "\n").encode()
 
     def _on_signal(self, sig: int) -> None:
         if self.draining:
@@ -270,8 +317,8 @@ class Supervisor:
         worker.exit_code = code
         if worker.channel is not None:
             worker.channel.close()
-        for callback in self.on_worker_exit:
-            callback(process.pid)
+        if self.metrics_dir is not None:
+            worker_died(process.pid, self.metrics_dir)  # its live gauges leave the sum
         fields = {"worker": worker.index, "pid": process.pid, "exit_code": code}
         if self.draining:
             log.info(

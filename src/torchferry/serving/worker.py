@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -37,8 +35,9 @@ from torchferry.errors import TorchferryError
 from torchferry.serving.app import build_app
 from torchferry.serving.control import Channel
 from torchferry.serving.dataplane import DataPlane
-from torchferry.serving.listen import listen_shared
-from torchferry.serving.loading import announce_models, load_repository
+from torchferry.serving.listen import QuietServer, listen_shared
+from torchferry.serving.loading import load_repository
+from torchferry.serving.logs import configure_logging
 from torchferry.serving.protocols.common import Protocol
 from torchferry.serving.settings import ServerSettings
 
@@ -72,13 +71,9 @@ class CloseWhenDraining:
         await self.app(scope, receive, closing_send)
 
 
-class WorkerServer(uvicorn.Server):
-    """uvicorn without its own signal handling (the worker's drain decides when to stop), and
-    with a drain that gives keep-alive connections their ``Connection: close`` answer."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+class WorkerServer(QuietServer):
+    """uvicorn with a drain that gives keep-alive connections their ``Connection: close``
+    answer before it closes them."""
 
     def __init__(self, config: uvicorn.Config, front: CloseWhenDraining) -> None:
         super().__init__(config)
@@ -128,12 +123,12 @@ class Worker:
         return code
 
     async def serve(self, settings: ServerSettings) -> int:
+        configure_logging(settings.log_level, settings.log_format)
         try:
-            repository = load_repository(settings)
+            repository = load_repository(settings)  # logs a model_loaded event per version
         except TorchferryError as exc:
             err_console.print(f"[bold red]error:[/] {escape(exc.message)}")
             return 1
-        announce_models(repository, f"worker {self.index}: ")
         app = build_app(settings, repository)
         self.plane = app.state.plane
         self.protocols = app.state.protocols
@@ -147,6 +142,9 @@ class Worker:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            # uvicorn's lines go through the root logger, in the server's format; the access
+            # log is torchferry's own (request ids, route templates, models)
+            log_config=None,
             access_log=False,
             timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
             lifespan="on",

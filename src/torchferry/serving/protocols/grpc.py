@@ -8,11 +8,13 @@ client reads. The request rules are V2's over HTTP (``v2_rules``), and the data 
 validates names, dtypes and shapes. Besides the protocol's six calls, Triton's
 ``ModelConfig`` and ``ModelStatistics`` answer from the same documents as the HTTP
 extensions. Every error a call raises becomes the gRPC status its class names, with its
-message; none leaves the call.
+message; none leaves the call. Every call gets a request record (route: the method's name;
+request id from ``x-request-id`` metadata, echoed in the trailing metadata).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -169,18 +171,45 @@ _Method = Callable[[Any, _Req, aio.ServicerContext], Awaitable[_Resp]]
 
 
 def _rpc(method: _Method[_Req, _Resp]) -> _Method[_Req, _Resp]:
-    """End the call with the error's status and message instead of letting anything escape."""
+    """Record the call, and end it with the error's status and message instead of letting
+    anything escape."""
+    name = method.__name__
 
     @wraps(method)
     async def call(self: Any, request: _Req, context: aio.ServicerContext) -> _Resp:
+        observers = self.plane.observers
+        request_id = traceparent = tracestate = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "x-request-id":
+                request_id = value
+            elif key == "traceparent":
+                traceparent = value
+            elif key == "tracestate":
+                tracestate = value
+        record = observers.start("v2-grpc", name, request_id, traceparent, tracestate)
+        status = "UNKNOWN"
         try:
-            return await method(self, request, context)
-        except Exception as exc:
-            error = as_error(exc, method.__name__)
-        retry_after = retry_after_header(error)
-        metadata = (("retry-after", retry_after),) if retry_after else ()
-        await context.abort(grpc.StatusCode[error.grpc_code], error.message, metadata)
-        raise AssertionError("context.abort returned")  # it always raises
+            try:
+                response = await method(self, request, context)
+            except Exception as exc:
+                error = as_error(exc, name)
+            else:
+                status = "OK"
+                context.set_trailing_metadata((("x-request-id", record.request_id),))
+                return response
+            status = error.grpc_code
+            metadata = [("x-request-id", record.request_id)]
+            if retry_after := retry_after_header(error):
+                metadata.append(("retry-after", retry_after))
+            await context.abort(grpc.StatusCode[error.grpc_code], error.message, tuple(metadata))
+            raise AssertionError("context.abort returned")  # it always raises
+        except asyncio.CancelledError:  # the client went away, or its deadline passed
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            status = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
+            raise
+        finally:
+            observers.finish(record, status)
 
     return call
 
