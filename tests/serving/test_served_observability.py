@@ -59,10 +59,16 @@ def test_two_workers_count_every_request_once_and_log_json(model_store, tmp_path
         def scrape() -> list:
             return parse_metrics(scrape_text())
 
+        def arrived(samples: list) -> bool:
+            """Each worker writes its numbers within 0.2 s: wait for both workers' last."""
+            failures = sample_value(samples, "nv_inference_request_failure")
+            return failures >= 1 and sample_value(samples, "nv_inference_count") >= REQUESTS * 2 + 2
+
         deadline = time.monotonic() + 10
-        while sample_value(scrape(), "nv_inference_request_failure") < 1:
-            assert time.monotonic() < deadline, "the worker's metrics did not arrive"
+        while not arrived(scrape()):
+            assert time.monotonic() < deadline, "the workers' metrics did not arrive"
             time.sleep(0.05)
+        time.sleep(0.5)  # anything counted twice would show by now
         samples = scrape()
         assert (
             sample_value(samples, "nv_inference_request_success", model="adder", version="2")
