@@ -99,12 +99,15 @@ class DataPlane:
         #: Set when this process drains: health answers "not ready" while the requests it
         #: has accepted are still answered.
         self.draining = False
+        #: Set by a worker until its supervisor says every worker serves: an orchestrator
+        #: sends no traffic to a server that is only partly up.
+        self.held = False
         #: Where every protocol's entry point starts and finishes its request records.
         self.observers = observers if observers is not None else Observers()
 
     @property
     def ready(self) -> bool:
-        return self.repository.started and not self.draining
+        return self.repository.started and not self.draining and not self.held
 
     def resolve(self, name: str, version: str | int | None = None) -> LoadedModel:
         """The model version a request names: the default version when none is given."""

@@ -127,6 +127,8 @@ class Supervisor:
                 log.error("%s; stopping", exc, extra={"event": "start_failed"})
                 await self.drain()
                 return 1
+            # ready only now that every worker serves
+            await asyncio.gather(*(self._request(w, "release") for w in self.workers))
             if metrics_listener is not None:
                 self._serve_metrics(metrics_listener)
             self._announce()
@@ -365,6 +367,7 @@ class Supervisor:
         except WorkerFailed as exc:
             log.error("%s", exc)  # its own _watch schedules the next attempt
             return
+        await self._request(worker, "release")
         await self._keep_spare()
 
     async def _request(self, worker: WorkerHandle, op: str, **args: Any) -> Any:

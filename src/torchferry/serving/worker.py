@@ -101,6 +101,8 @@ class Worker:
         self.protocols: list[Protocol] = []
         self.serving = asyncio.Event()
         self.listening_stopped = False
+        #: Whether the supervisor has said the server is up (readiness waits for it).
+        self.released = False
         self.draining = False
 
     async def run(self) -> int:
@@ -131,6 +133,7 @@ class Worker:
             return 1
         app = build_app(settings, repository)
         self.plane = app.state.plane
+        self.plane.held = not self.released
         self.protocols = app.state.protocols
         # torch and the engines leave millions of long-lived objects; a full collection that
         # walks them all stalls every request for ~100 ms, so move them out of the GC's sight.
@@ -172,6 +175,11 @@ class Worker:
             if not self.settings.done():
                 self.settings.set_result(ServerSettings.model_validate(args["settings"]))
             await self.serving.wait()
+            return self.status()
+        if op == "release":
+            self.released = True
+            if self.plane is not None:
+                self.plane.held = False
             return self.status()
         if op == "status":
             return self.status()
