@@ -85,7 +85,12 @@ def build_store(root: Path) -> tuple[Archive, Archive, np.ndarray]:
         format="onnx",
         input_names=["pixels"],
     )
-    resnet_archive = torchferry.export(
+    return digits_archive, export_resnet18(root), sample
+
+
+def export_resnet18(root: Path) -> Archive:
+    """ResNet-18 with random weights, ONNX, behind the image handler (JPEG in, top-k out)."""
+    return torchferry.export(
         resnet18(),
         torch.randn(2, 3, 224, 224),
         name="resnet18",
@@ -95,7 +100,6 @@ def build_store(root: Path) -> tuple[Archive, Archive, np.ndarray]:
         handler="image",
         tolerance=1e-2,
     )
-    return digits_archive, resnet_archive, sample
 
 
 def raw_rows(
