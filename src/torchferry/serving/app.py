@@ -11,11 +11,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 import torchferry
 from torchferry.errors import TorchferryError
 from torchferry.serving.dataplane import DataPlane
-from torchferry.serving.limits import BodySizeLimit
+from torchferry.serving.hotpath import HotPath
+from torchferry.serving.limits import BodyLimit
 from torchferry.serving.protocols import PROTOCOLS
 from torchferry.serving.protocols.common import JSONResponse, as_error, error_response
 from torchferry.serving.repository import ModelRepository
@@ -33,8 +35,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=headers)
 
 
-def build_app(settings: ServerSettings, repository: ModelRepository) -> FastAPI:
-    """The HTTP app over an already loaded repository; batchers start with the app."""
+def build_app(settings: ServerSettings, repository: ModelRepository) -> HotPath:
+    """The HTTP app over an already loaded repository; batchers start with the app.
+
+    FastAPI holds every route (and describes them at ``/docs``); the inference routes are
+    called from the lean path in front of it (``hotpath.py``), which also applies the body
+    limit. The app's state is ``HotPath.state``."""
     plane = DataPlane(repository, settings.request_timeout_s)
     protocols = [protocol(plane, settings) for protocol in PROTOCOLS]
 
@@ -62,8 +68,11 @@ def build_app(settings: ServerSettings, repository: ModelRepository) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     for error_class in (TorchferryError, RequestValidationError, Exception):
         app.add_exception_handler(error_class, _error)
+    # FastAPI's own routes (docs, openapi.json) come first, then each protocol's, in the
+    # order the app includes them: the order in which its router tries them
+    routes: list[BaseRoute] = [r for r in app.router.routes if isinstance(r, Route)]
     for protocol in protocols:
         if protocol.router is not None:
             app.include_router(protocol.router)
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
-    return app
+            routes += protocol.router.routes
+    return HotPath(app, routes, BodyLimit(settings.max_body_bytes))

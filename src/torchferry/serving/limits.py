@@ -1,35 +1,38 @@
-"""ASGI middleware that refuses request bodies over the size limit with 413."""
+"""The request body limit: 413 for bodies over it, applied once per request by the app's
+entry (``hotpath.py``) to every route."""
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from torchferry.codecs.jsonio import dumps
 from torchferry.errors import PayloadTooLarge
 
 
-class BodySizeLimit:
+class BodyLimit:
     """Refuse a declared ``Content-Length`` over the limit before reading a byte, and stop
-    reading a chunked body as soon as it passes the limit."""
+    reading a body of undeclared length (chunked) as soon as it passes the limit."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app = app
+    def __init__(self, max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.max_body_bytes
+    async def check(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """The ``receive`` to read the request's body with, or None once refused with 413."""
         for key, value in scope["headers"]:
             if key == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
-                    declared = 0
-                if declared > limit:
+                    break  # as if undeclared (the HTTP parser refuses such requests anyway)
+                if declared > self.max_body_bytes:
                     await self._refuse(send, declared)
-                    return
+                    return None
+                # the HTTP parser passes no more body than Content-Length declares
+                return receive
+        return self._counted(receive)
+
+    def _counted(self, receive: Receive) -> Receive:
+        limit = self.max_body_bytes
         received = 0
 
         async def limited_receive() -> Message:
@@ -41,7 +44,7 @@ class BodySizeLimit:
                     raise PayloadTooLarge(self._message(received))
             return message
 
-        await self.app(scope, limited_receive, send)
+        return limited_receive
 
     def _message(self, size: int) -> str:
         return (
