@@ -13,9 +13,9 @@ route in turn:
 
 The server's CPU time (user + system, from ``/proc/PID/stat``, summed over the server process
 and every process below it, so that worker processes count) is read before and after each
-run; the table gives requests, requests/s, server CPU µs per request and the load
-generator's CPU µs per request, each the median of ``--runs`` runs (routes interleaved, so
-that a noisy moment hits every route alike). The server's idle CPU per second is measured
+run; the table gives requests, requests/s, server CPU µs per request (and its kernel part)
+and the load generator's CPU µs per request, each the median of ``--runs`` runs (routes
+interleaved, so that a noisy moment hits every route alike). The server's idle CPU per second is measured
 first and printed, since background spinning is charged to requests too.
 
 Usage: ``PYTHONPATH=src python bench/hot_path.py [--runs 3] [--seconds 5] [--concurrency 8]
@@ -115,31 +115,49 @@ def check(url: str, request: Request) -> None:
 # -- CPU of a process tree ---------------------------------------------------------------------
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, utime + stime in ticks) of a process, or None once it is gone."""
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds in user and in system (kernel) mode."""
+
+    user: float = 0.0
+    system: float = 0.0
+
+    def __add__(self, other: Cpu) -> Cpu:
+        return Cpu(self.user + other.user, self.system + other.system)
+
+    def __sub__(self, other: Cpu) -> Cpu:
+        return Cpu(self.user - other.user, self.system - other.system)
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system
+
+
+def _stat(pid: int) -> tuple[int, Cpu] | None:
+    """(parent pid, utime and stime) of a process, or None once it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = text[text.rindex(")") + 2 :].split()  # the name may hold spaces and parentheses
-    return int(fields[1]), int(fields[11]) + int(fields[12])
+    return int(fields[1]), Cpu(int(fields[11]) / _TICKS, int(fields[12]) / _TICKS)
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU of ``root`` and every live process below it (threads included)."""
+def tree_cpu(root: int) -> Cpu:
+    """User and system CPU of ``root`` and every live process below it (threads included)."""
     parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
+    cpus: dict[int, Cpu] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (stat := _stat(int(entry))) is not None:
-            parents[int(entry)], ticks[int(entry)] = stat
-    total = 0
-    for pid, cpu in ticks.items():
+            parents[int(entry)], cpus[int(entry)] = stat
+    total = Cpu()
+    for pid, cpu in cpus.items():
         ancestor: int | None = pid
         while ancestor is not None and ancestor != root:
             ancestor = parents.get(ancestor)
         if ancestor == root:
             total += cpu
-    return total / _TICKS
+    return total
 
 
 # -- load generators ---------------------------------------------------------------------------
@@ -222,34 +240,37 @@ class Run:
     errors: int
     rate: float
     server_us: float
+    #: The part of ``server_us`` spent in the kernel (socket writes, wake-ups).
+    system_us: float
     loadgen_us: float
 
 
 def measure(
     pid: int, port: int, url: str, name: str, request: Request, args: argparse.Namespace, work: Path
 ) -> Run:
-    cpu_before = tree_cpu_seconds(pid)
+    cpu_before = tree_cpu(pid)
     if args.loadgen == "wrk":
         load, loadgen = run_wrk(url, request, args.concurrency, args.seconds, work)
     else:
         load, loadgen = run_asyncio(port, request, args.concurrency, args.seconds)
-    server = tree_cpu_seconds(pid) - cpu_before
+    server = tree_cpu(pid) - cpu_before
     done = max(1, load.requests)
     return Run(
         name,
         load.requests,
         load.errors,
         load.requests / load.seconds,
-        server / done * 1e6,
+        server.total / done * 1e6,
+        server.system / done * 1e6,
         loadgen / done * 1e6,
     )
 
 
 def idle_cpu(pid: int, seconds: float = 2.0) -> float:
     """The server's CPU share while nothing is sent (threads spinning, pollers)."""
-    before = tree_cpu_seconds(pid)
+    before = tree_cpu(pid)
     time.sleep(seconds)
-    return (tree_cpu_seconds(pid) - before) / seconds
+    return (tree_cpu(pid) - before).total / seconds
 
 
 def summarize(runs: list[Run], routes: list[str]) -> list[Run]:
@@ -263,6 +284,7 @@ def summarize(runs: list[Run], routes: list[str]) -> list[Run]:
                 sum(r.errors for r in mine),
                 median([r.rate for r in mine]),
                 median([r.server_us for r in mine]),
+                median([r.system_us for r in mine]),
                 median([r.loadgen_us for r in mine]),
             )
         )
@@ -275,7 +297,15 @@ def print_table(rows: list[Run], args: argparse.Namespace, idle: float) -> None:
         f"median of {args.runs} runs of {args.seconds:g} s — {machine_line()}"
     )
     table = Table(title=title)
-    for column in ("route", "requests", "req/s", "server CPU µs/req", "loadgen CPU µs/req"):
+    columns = (
+        "route",
+        "requests",
+        "req/s",
+        "server CPU µs/req",
+        "of which kernel",
+        "loadgen µs/req",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column == "route" else "right")
     for row in rows:
         table.add_row(
@@ -283,6 +313,7 @@ def print_table(rows: list[Run], args: argparse.Namespace, idle: float) -> None:
             f"{row.requests:,}",
             f"{row.rate:,.0f}",
             f"{row.server_us:,.0f}",
+            f"{row.system_us:,.0f}",
             f"{row.loadgen_us:,.0f}",
         )
     console.print(table)
