@@ -123,9 +123,10 @@ class HotPath:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        checked = await self.limit.check(scope, receive, send)
+        checked = self.limit.receive_for(scope, receive)
         if checked is None:
-            return  # refused with 413
+            await self.limit.refuse(scope, send)
+            return
         matcher = self._matchers.get(scope["method"])
         match = matcher.fullmatch(scope["path"]) if matcher and not scope.get("root_path") else None
         target = self._hot[match.lastgroup] if match and match.lastgroup else None

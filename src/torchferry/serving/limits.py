@@ -16,20 +16,30 @@ class BodyLimit:
     def __init__(self, max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes
 
-    async def check(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
-        """The ``receive`` to read the request's body with, or None once refused with 413."""
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    break  # as if undeclared (the HTTP parser refuses such requests anyway)
-                if declared > self.max_body_bytes:
-                    await self._refuse(send, declared)
-                    return None
-                # the HTTP parser passes no more body than Content-Length declares
-                return receive
-        return self._counted(receive)
+    def receive_for(self, scope: Scope, receive: Receive) -> Receive | None:
+        """The ``receive`` to read the request's body with; None when its declared length is
+        over the limit (answer with ``refuse``)."""
+        declared = _declared(scope)
+        if declared is None:
+            return self._counted(receive)
+        # the HTTP parser passes no more body than Content-Length declares
+        return receive if declared <= self.max_body_bytes else None
+
+    async def refuse(self, scope: Scope, send: Send) -> None:
+        """413 for a request whose declared length is over the limit, before reading it."""
+        body = dumps({"error": self._message(_declared(scope) or 0)})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     def _counted(self, receive: Receive) -> Receive:
         limit = self.max_body_bytes
@@ -52,17 +62,14 @@ class BodyLimit:
             "(raise it with --max-body-size)"
         )
 
-    async def _refuse(self, send: Send, size: int) -> None:
-        body = dumps({"error": self._message(size)})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+
+def _declared(scope: Scope) -> int | None:
+    """The request's ``Content-Length``; None when absent or not a number (the HTTP parser
+    refuses the latter anyway)."""
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
