@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -20,6 +20,7 @@ from torchferry.errors import Overloaded
 from torchferry.serving.app import build_app
 from torchferry.serving.hotpath import HotPath, hot
 from torchferry.serving.limits import BodyLimit
+from torchferry.serving.protocols import v2
 from torchferry.serving.repository import ModelRepository
 from torchferry.serving.settings import ServerSettings
 
@@ -211,3 +212,30 @@ def test_an_endpoint_that_needs_fastapi_cannot_be_hot(apps):
     router.post("/test/{model_name}")(hot(with_query))
     with pytest.raises(TypeError, match="query parameters"):
         HotPath(app.app, router.routes, BodyLimit(1024))
+
+
+def test_a_route_before_a_hot_one_keeps_its_paths(apps):
+    """Routes are alternatives in FastAPI's order: a path an earlier route takes is not hot."""
+    app, loop = apps
+    shadow = APIRouter()
+
+    @shadow.post("/v2/models/special/infer")
+    async def special() -> Response:
+        return Response(b"special")
+
+    fastapi = FastAPI()
+    fastapi.state.plane = app.state.plane
+    fastapi.include_router(shadow)
+    fastapi.include_router(v2.router)
+    both = HotPath(fastapi, [*shadow.routes, *v2.router.routes], BodyLimit(1024))
+    body, headers = orjson.dumps({"inputs": [ROW]}), JSON
+    taken, scope = loop.run_until_complete(
+        _send(both, "POST", "/v2/models/special/infer", body, headers)
+    )
+    assert taken.content == b"special" and scope["route"] is shadow.routes[0]
+    assert "starlette.exception_handlers" in scope  # FastAPI answered
+    hot_answer, scope = loop.run_until_complete(
+        _send(both, "POST", "/v2/models/adder/infer", body, headers)
+    )
+    assert hot_answer.status_code == 200 and scope["route"].path == "/v2/models/{model_name}/infer"
+    assert "starlette.exception_handlers" not in scope

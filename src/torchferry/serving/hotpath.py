@@ -102,17 +102,19 @@ class HotPath:
         self.limit = limit
         self._matchers: dict[str, re.Pattern[str]] = {}
         self._hot: dict[str, _Hot | None] = {}
-        alternatives: dict[str, list[str]] = {}
+        alternatives: dict[str, list[tuple[str, str]]] = {}
         methods = {m for r in routes if isinstance(r, Route) for m in r.methods or ()}
         for index, route in enumerate(routes):
             group = f"r{index}"
             pattern, hot_route = _alternative(route, group)
             self._hot[group] = hot_route
-            for method in methods if not isinstance(route, Route) else route.methods or ():
-                alternatives.setdefault(method, []).append(pattern)
-        for method, patterns in alternatives.items():
-            if any(self._hot[_group_of(p)] for p in patterns):
-                self._matchers[method] = re.compile("|".join(patterns))
+            # a mount, or a route without methods (an ASGI endpoint), takes every method
+            accepts = route.methods if isinstance(route, Route) and route.methods else methods
+            for method in accepts:
+                alternatives.setdefault(method, []).append((group, pattern))
+        for method, named in alternatives.items():
+            if any(self._hot[group] for group, _ in named):
+                self._matchers[method] = re.compile("|".join(p for _, p in named))
 
     @property
     def state(self) -> State:
@@ -128,6 +130,7 @@ class HotPath:
             await self.limit.refuse(scope, send)
             return
         matcher = self._matchers.get(scope["method"])
+        # under a root path, FastAPI strips it before matching: leave that to FastAPI
         match = matcher.fullmatch(scope["path"]) if matcher and not scope.get("root_path") else None
         target = self._hot[match.lastgroup] if match and match.lastgroup else None
         if target is None:
@@ -161,10 +164,6 @@ class HotPath:
         else:
             response = await run_in_threadpool(handler, request, exc)
         return cast(Response, response)
-
-
-def _group_of(pattern: str) -> str:
-    return pattern[4 : pattern.index(">")]  # "(?P<r12>..."
 
 
 def _alternative(route: BaseRoute, group: str) -> tuple[str, _Hot | None]:
