@@ -15,12 +15,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 import torchferry
 from torchferry.errors import TorchferryError
 from torchferry.serving import metrics
 from torchferry.serving.dataplane import DataPlane
-from torchferry.serving.limits import BodySizeLimit
+from torchferry.serving.hotpath import HotPath
+from torchferry.serving.limits import BodyLimit
 from torchferry.serving.logs import AccessLog
 from torchferry.serving.observe import Observer, Observers
 from torchferry.serving.observe_http import RecordRequests
@@ -60,8 +62,12 @@ def build_app(
 ) -> RecordRequests:
     """The HTTP app over an already loaded repository; batchers start with the app.
 
-    ``observers`` (default: metrics and the access log, as the settings say) hear of every
-    finished request, HTTP and gRPC; the returned app's ``observers`` is that instance."""
+    FastAPI holds every route (and describes them at ``/docs``); the inference routes are
+    called from the lean path in front of it (``hotpath.py``), which also applies the body
+    limit. Outermost, ``RecordRequests`` gives every request its record: ``observers``
+    (default: metrics, the access log and traces, as the settings say) hear of every
+    finished request, HTTP and gRPC; the returned app's ``observers`` is that instance, and
+    its ``state`` the FastAPI app's."""
     if observers is None:
         observers = Observers(standard_observers(settings))
     plane = DataPlane(repository, settings.request_timeout_s, observers)
@@ -93,9 +99,12 @@ def build_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     for error_class in (TorchferryError, RequestValidationError, Exception):
         app.add_exception_handler(error_class, _error)
+    # FastAPI's own routes (docs, openapi.json) come first, then each protocol's, in the
+    # order the app includes them: the order in which its router tries them
+    routes: list[BaseRoute] = [r for r in app.router.routes if isinstance(r, Route)]
     for protocol in protocols:
         if protocol.router is not None:
             app.include_router(protocol.router)
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+            routes += protocol.router.routes
     app.state.observers = observers
-    return RecordRequests(app, observers)
+    return RecordRequests(HotPath(app, routes, BodyLimit(settings.max_body_bytes)), observers)

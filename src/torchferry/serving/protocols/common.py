@@ -4,10 +4,12 @@ JSON responses, and the one way an error becomes an HTTP answer."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from torchferry.codecs.jsonio import dumps
@@ -41,8 +43,49 @@ class Protocol:
         """Finish in-flight calls and close the listener."""
 
 
+class BytesResponse(Response):
+    """A 200 response of ready bytes. Its header list is written here, in the order
+    Starlette's ``Response`` writes it (the given headers, ``content-length``,
+    ``content-type``): Starlette's general-purpose header building costs more than the rest
+    of a small answer's response object."""
+
+    def __init__(
+        self, body: bytes, content_type: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            *headers,
+            (b"content-length", b"%d" % len(body)),
+            (b"content-type", content_type),
+        ]
+
+
 class JSONResponse(Response):
     media_type = "application/json"
+
+    def __init__(
+        self,
+        content: Any,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: str | None = None,
+        background: BackgroundTask | None = None,
+    ) -> None:
+        if headers is not None or media_type is not None or background is not None:
+            super().__init__(content, status_code, headers, media_type, background)
+            return
+        # the usual answer: the same headers Starlette writes, without its general path
+        self.status_code = status_code
+        self.background = None
+        self.body = dumps(content)
+        self.raw_headers = (
+            []
+            if status_code < 200 or status_code in (204, 304)
+            else [(b"content-length", b"%d" % len(self.body))]
+        )
+        self.raw_headers.append((b"content-type", b"application/json"))
 
     def render(self, content: Any) -> bytes:
         return dumps(content)

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from torchferry.errors import InvalidInput
+from torchferry.serving.hotpath import hot
 from torchferry.serving.protocols.common import JSONResponse, Protocol, plane_of
 from torchferry.serving.protocols.payload import read_payload
 from torchferry.serving.repository import LoadedModel
@@ -98,6 +99,7 @@ async def _predict(request: Request, model_name: str | None, version: str | None
     openapi_extra=_PREDICT_BODY,
     responses=_PREDICT_RESPONSES,
 )
+@hot
 async def predict_only(request: Request) -> JSONResponse:
     return await _predict(request, None, None)
 
@@ -108,6 +110,7 @@ async def predict_only(request: Request) -> JSONResponse:
     openapi_extra=_PREDICT_BODY,
     responses=_PREDICT_RESPONSES,
 )
+@hot
 async def predict(request: Request, model_name: str) -> JSONResponse:
     return await _predict(request, model_name, None)
 
@@ -118,6 +121,7 @@ async def predict(request: Request, model_name: str) -> JSONResponse:
     openapi_extra=_PREDICT_BODY,
     responses=_PREDICT_RESPONSES,
 )
+@hot
 async def predict_version(request: Request, model_name: str, model_version: str) -> JSONResponse:
     return await _predict(request, model_name, model_version)
 

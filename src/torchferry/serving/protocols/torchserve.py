@@ -32,6 +32,7 @@ from torchferry.errors import (
     Overloaded,
     TorchferryError,
 )
+from torchferry.serving.hotpath import hot
 from torchferry.serving.protocols.common import (
     JSONResponse,
     Protocol,
@@ -68,7 +69,8 @@ def torchserve_error(error: TorchferryError) -> Response:
 
 
 class TorchServeRoute(APIRoute):
-    """Answers this protocol's errors in TorchServe's shape instead of ``{"error": ...}``."""
+    """Answers this protocol's errors in TorchServe's shape instead of ``{"error": ...}``,
+    on FastAPI's path and on the lean one (``answer_error``, see ``hotpath.py``)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -77,10 +79,12 @@ class TorchServeRoute(APIRoute):
             try:
                 return await handler(request)
             except Exception as exc:
-                where = f"{request.method} {request.url.path}"
-                return torchserve_error(as_error(exc, where))
+                return self.answer_error(request, exc)
 
         return route
+
+    def answer_error(self, request: Request, exc: Exception) -> Response:
+        return torchserve_error(as_error(exc, f"{request.method} {request.url.path}"))
 
 
 router = APIRouter(tags=["TorchServe"], route_class=TorchServeRoute)
@@ -154,11 +158,13 @@ def _predict_route(path: str, summary: str) -> Callable[[Any], Any]:
 
 
 @_predict_route("/predictions/{model_name}", "TorchServe prediction, default version")
+@hot
 async def predictions(request: Request, model_name: str) -> Response:
     return await _predict(request, model_name, None)
 
 
 @_predict_route("/predictions/{model_name}/{model_version}", "TorchServe prediction, a version")
+@hot
 async def version_predictions(request: Request, model_name: str, model_version: str) -> Response:
     return await _predict(request, model_name, model_version)
 

@@ -18,6 +18,7 @@ from torchferry.codecs.jsonarray import json_to_array, json_to_batch, to_jsonabl
 from torchferry.codecs.jsonio import loads
 from torchferry.errors import InvalidInput
 from torchferry.serving.dataplane import InferRequest
+from torchferry.serving.hotpath import hot
 from torchferry.serving.protocols.common import JSONResponse, Protocol, plane_of
 from torchferry.signature import ModelSignature, TensorSpec
 
@@ -185,6 +186,7 @@ async def list_models(request: Request) -> JSONResponse:
     openapi_extra=_PREDICT_BODY,
     responses=_PREDICT_RESPONSES,
 )
+@hot
 async def predict(request: Request, model_name: str) -> JSONResponse:
     return await _predict(request, model_name, None)
 
@@ -195,6 +197,7 @@ async def predict(request: Request, model_name: str) -> JSONResponse:
     openapi_extra=_PREDICT_BODY,
     responses=_PREDICT_RESPONSES,
 )
+@hot
 async def version_predict(request: Request, model_name: str, model_version: str) -> JSONResponse:
     return await _predict(request, model_name, model_version)
 
@@ -205,6 +208,7 @@ async def version_predict(request: Request, model_name: str, model_version: str)
     openapi_extra=_PREDICT_BODY,
     responses=_PREDICT_RESPONSES,
 )
+@hot
 async def predictions_alias(request: Request, model_name: str) -> JSONResponse:
     return await _predict(request, model_name, None)
 
@@ -215,6 +219,7 @@ async def predictions_alias(request: Request, model_name: str) -> JSONResponse:
     openapi_extra=_PREDICT_BODY,
     responses=_PREDICT_RESPONSES,
 )
+@hot
 async def version_predictions_alias(
     request: Request, model_name: str, model_version: str
 ) -> JSONResponse:

@@ -17,6 +17,7 @@ from torchferry.codecs.jsonarray import decode_v2_data
 from torchferry.codecs.jsonio import loads
 from torchferry.errors import InvalidInput
 from torchferry.serving.dataplane import InferRequest, RequestedOutput
+from torchferry.serving.hotpath import hot
 from torchferry.serving.protocols.common import JSONResponse, Protocol, plane_of
 from torchferry.serving.protocols.v2_binary import (
     HEADER,
@@ -267,6 +268,7 @@ async def _infer(request: Request, model_name: str, model_version: str | None) -
     openapi_extra=INFER_BODY,
     responses=INFER_RESPONSES,
 )
+@hot
 async def infer(request: Request, model_name: str) -> Response:
     return await _infer(request, model_name, None)
 
@@ -277,6 +279,7 @@ async def infer(request: Request, model_name: str) -> Response:
     openapi_extra=INFER_BODY,
     responses=INFER_RESPONSES,
 )
+@hot
 async def version_infer(request: Request, model_name: str, model_version: str) -> Response:
     return await _infer(request, model_name, model_version)
 

@@ -33,9 +33,11 @@ from torchferry.codecs.jsonio import dumps, loads
 from torchferry.codecs.raw import decode_raw, encode_raw
 from torchferry.errors import InvalidInput
 from torchferry.serving.dataplane import InferResponse, OutputTensor
+from torchferry.serving.protocols.common import BytesResponse
 from torchferry.signature import ModelSignature
 
 HEADER = "Inference-Header-Content-Length"
+_HEADER_RAW = HEADER.lower().encode("latin-1")
 _RAW_REQUEST = f"a raw binary request ({HEADER}: 0)"
 
 
@@ -193,10 +195,10 @@ def render_response(response: InferResponse) -> Response:
     document["outputs"] = tensors
     header = dumps(document)
     if not chunks:
-        return Response(header, media_type="application/json")
+        return BytesResponse(header, b"application/json")
     # one copy of each output, into the body; the header says where the JSON ends
-    return Response(
+    return BytesResponse(
         b"".join([header, *chunks]),
-        media_type="application/octet-stream",
-        headers={HEADER: str(len(header))},
+        b"application/octet-stream",
+        ((_HEADER_RAW, b"%d" % len(header)),),
     )
