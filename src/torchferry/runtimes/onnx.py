@@ -37,6 +37,11 @@ class OnnxRuntime(Runtime):
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
+        # Idle intra-op threads spin for a while after each run by default. In a server the
+        # event loop and the batcher share the cores with them: spinning cost a small model
+        # 2.3x the CPU per request (771 -> 340 us, 2 threads, 2 cores) for no speed-up.
+        spinning = self.archive.manifest.runtime_options.get("allow_spinning", False)
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
         options.graph_optimization_level = self._optimization_level()
         providers = ["CPUExecutionProvider"]
         if self.device.startswith("cuda"):
