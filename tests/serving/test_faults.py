@@ -9,7 +9,6 @@ version answers "not ready" (503 / UNAVAILABLE) until it is gone.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,11 +19,10 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-import uvicorn
 
 from torchferry.serving.app import build_app
 from torchferry.serving.loading import load_repository
-from torchferry.serving.process import free_ports
+from torchferry.serving.process import free_ports, serve_in_thread
 from torchferry.serving.protos import inference_pb2 as pb
 from torchferry.serving.protos.inference_pb2_grpc import GRPCInferenceServiceStub
 from torchferry.serving.settings import ModelOverride, ServerSettings
@@ -57,28 +55,11 @@ def server(model_store) -> Iterator[Server]:
         log_level="warning",
     )
     app = build_app(settings, load_repository(settings))
-    config = uvicorn.Config(app, host="127.0.0.1", port=http_port, log_level="warning")
-    uv = uvicorn.Server(config)
-    loops: list[asyncio.AbstractEventLoop] = []
-
-    def run() -> None:
-        loop = asyncio.new_event_loop()
-        loops.append(loop)
-        loop.run_until_complete(uv.serve())
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    for _ in range(300):
-        if uv.started:
-            break
-        time.sleep(0.05)
-    assert uv.started, "the in-process server did not start"
-    # adder version 1 drains, as a version does while it is unloaded: it is "not ready"
-    adder_v1 = app.state.repository.get("adder", 1)
-    asyncio.run_coroutine_threadsafe(adder_v1.batcher.close(), loops[0]).result(10)
-    yield Server(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", loops[0], app)
-    uv.should_exit = True
-    thread.join(30)
+    with serve_in_thread(app, http_port) as loop:
+        # adder version 1 drains, as a version does while it is unloaded: it is "not ready"
+        adder_v1 = app.state.repository.get("adder", 1)
+        asyncio.run_coroutine_threadsafe(adder_v1.batcher.close(), loop).result(10)
+        yield Server(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", loop, app)
 
 
 # -- how each protocol sends x to model m (version v) and reports the outcome -------------------

@@ -9,9 +9,7 @@ so each test compares a scrape after its requests with one before.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +20,6 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-import uvicorn
 
 from torchferry.serving import metrics
 from torchferry.serving.app import build_app
@@ -30,7 +27,7 @@ from torchferry.serving.loading import load_repository
 from torchferry.serving.metrics_render import parse_metrics, render_metrics, sample_value
 from torchferry.serving.observe import RequestRecord
 from torchferry.serving.observe_http import RecordRequests, protocol_of
-from torchferry.serving.process import free_ports
+from torchferry.serving.process import free_ports, serve_in_thread
 from torchferry.serving.protos import inference_pb2 as pb
 from torchferry.serving.protos.inference_pb2_grpc import GRPCInferenceServiceStub
 from torchferry.serving.settings import ModelOverride, ServerSettings
@@ -72,18 +69,8 @@ def server(model_store) -> Iterator[Server]:
     app = build_app(settings, load_repository(settings))
     records: list[RequestRecord] = []
     app.observers.observers.append(records.append)
-    config = uvicorn.Config(app, host="127.0.0.1", port=http_port, log_level="warning")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True)
-    thread.start()
-    for _ in range(300):
-        if uv.started:
-            break
-        time.sleep(0.05)
-    assert uv.started, "the in-process server did not start"
-    yield Server(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", app, records)
-    uv.should_exit = True
-    thread.join(30)
+    with serve_in_thread(app, http_port):
+        yield Server(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", app, records)
 
 
 def v2_body(x: np.ndarray, **extra: object) -> bytes:

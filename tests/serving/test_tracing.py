@@ -8,7 +8,6 @@ exporter.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -23,10 +22,9 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-import uvicorn
 
 from torchferry.serving.observe import Observers, RequestRecord
-from torchferry.serving.process import free_ports, serve_in_subprocess
+from torchferry.serving.process import free_ports, serve_in_subprocess, serve_in_thread
 from torchferry.serving.settings import ServerSettings
 from torchferry.serving.tracing import (
     TracingObserver,
@@ -399,19 +397,10 @@ def traced_server(request) -> Iterator[TracedServer]:
     exporter = memory.InMemorySpanExporter()
     observer = TracingObserver([exporter])
     app.state.observers.observers.append(observer)
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=http_port, log_level="warning"))
-    thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True)
-    thread.start()
-    for _ in range(300):
-        if uv.started:
-            break
-        time.sleep(0.05)
-    assert uv.started, "the in-process server did not start"
-    yield TracedServer(
-        f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", exporter, observer
-    )
-    uv.should_exit = True
-    thread.join(30)
+    with serve_in_thread(app, http_port):
+        yield TracedServer(
+            f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", exporter, observer
+        )
     observer.shutdown()
 
 

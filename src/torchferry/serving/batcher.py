@@ -102,9 +102,10 @@ class Batcher:
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
         self._queued_requests = 0
-        #: Recent compute time per batch (seconds): decides where batches run. Unknown at
-        #: first, so the first batches run on the worker thread.
-        self._compute_ema = float("inf")
+        #: Recent compute time per row (seconds; a small batch's fixed cost makes it an
+        #: over-estimate for large ones): decides where a batch runs. Unknown at first, so
+        #: the first batches run on the worker thread.
+        self._row_compute_ema = float("inf")
         self._last_compute_s = 0.0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -286,11 +287,13 @@ class Batcher:
 
     def _runs_inline(self, batch: list[_Request]) -> bool:
         """Whether to run this batch on the event loop rather than the worker thread: for a
-        model whose batches take less than ``INLINE_COMPUTE_S``, the hand-off to a thread and
-        back costs more than the model (~350 us a request at concurrency 1, against ~40 us of
+        batch expected (its rows times the recent time per row) to take less than
+        ``INLINE_COMPUTE_S``, the hand-off to a thread and back costs more than the model (~350 us a request at concurrency 1, against ~40 us of
         ONNX Runtime for a small MLP). Never with a finish step (a handler's postprocess
         must not run on the loop)."""
-        return self._compute_ema < INLINE_COMPUTE_S and all(r.finish is None for r in batch)
+        if any(r.finish is not None for r in batch):
+            return False
+        return self._row_compute_ema * sum(r.rows for r in batch) < INLINE_COMPUTE_S
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
         started = time.perf_counter()
@@ -382,8 +385,8 @@ class Batcher:
         arrivals = [request.arrived for request in batch]
         rows = sum(r.rows for r in batch)
         self.stats.record_batch(rows, arrivals, started, computed)
-        ema, last = self._compute_ema, self._last_compute_s
-        self._compute_ema = last if ema == float("inf") else ema + 0.1 * (last - ema)
+        ema, last = self._row_compute_ema, self._last_compute_s / rows
+        self._row_compute_ema = last if ema == float("inf") else ema + 0.1 * (last - ema)
         for request in batch:
             record = request.record
             if record is not None:

@@ -63,7 +63,11 @@ class Channel:
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[number] = reply
         try:
-            await self._send({"id": number, "op": op, "args": args})
+            try:
+                await self._send({"id": number, "op": op, "args": args})
+            except (ConnectionError, OSError) as exc:  # gone before the read loop noticed
+                self.closed.set()
+                raise ControlError(f"{op}: the other side of the channel is gone") from exc
             return await asyncio.wait_for(reply, timeout)
         finally:
             self._waiting.pop(number, None)

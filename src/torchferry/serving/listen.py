@@ -42,22 +42,26 @@ class PortGuard:
         self.sock.close()
 
 
-def reserve(host: str, port: int, what: str, flag: str) -> PortGuard:
-    """Check that ``host:port`` is free, resolve port 0, and hold the port for workers.
-
-    ``what`` and ``flag`` name the listener and its option in the error message."""
-    probe = socket.socket(_family(host), socket.SOCK_STREAM)
+def _bind_exclusive(host: str, port: int, what: str, flag: str) -> socket.socket:
+    """A socket bound to ``host:port`` without ``SO_REUSEPORT``: a port another server holds
+    fails here, with a message naming the listener (``what``) and its option (``flag``)."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "taken"
-        probe.bind((host, port))
-        port = int(probe.getsockname()[1])
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "taken"
+        sock.bind((host, port))
     except OSError as exc:
+        sock.close()
         raise PortInUse(
             f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}. "
             f"Is another server running there? Choose another port with {flag} N"
         ) from None
-    finally:
-        probe.close()
+    return sock
+
+
+def reserve(host: str, port: int, what: str, flag: str) -> PortGuard:
+    """Check that ``host:port`` is free, resolve port 0, and hold the port for workers."""
+    with _bind_exclusive(host, port, what, flag) as probe:
+        port = int(probe.getsockname()[1])
     guard = socket.socket(_family(host), socket.SOCK_STREAM)
     guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -67,17 +71,8 @@ def reserve(host: str, port: int, what: str, flag: str) -> PortGuard:
 
 def listen_exclusive(host: str, port: int, what: str, flag: str) -> socket.socket:
     """A listening socket of the supervisor's own (the metrics listener), not shared."""
-    sock = socket.socket(_family(host), socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(BACKLOG)
-    except OSError as exc:
-        sock.close()
-        raise PortInUse(
-            f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}. "
-            f"Is another server running there? Choose another port with {flag} N"
-        ) from None
+    sock = _bind_exclusive(host, port, what, flag)
+    sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
 

@@ -7,10 +7,12 @@ run side by side and never take the default ports.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
+from starlette.types import ASGIApp
 
 
 def free_ports(count: int) -> list[int]:
@@ -75,6 +79,33 @@ def _port_option(args: list[str], command: list[str], flag: str, off: str, free:
         return int(args[args.index(flag) + 1])
     command += [flag, str(free)]
     return free
+
+
+@contextmanager
+def serve_in_thread(app: ASGIApp, port: int) -> Iterator[asyncio.AbstractEventLoop]:
+    """An ASGI app on uvicorn in a thread of this process, on ``127.0.0.1:port``, started on
+    entry, yielding its event loop: for tests that reach into the app's objects (its
+    repository, its observers) while real clients call it. Stopped on exit."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        loops.append(loop)
+        loop.run_until_complete(server.serve())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the in-process server did not start")
+        time.sleep(0.05)
+    try:
+        yield loops[0]
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 @contextmanager

@@ -44,7 +44,8 @@ log = logging.getLogger("torchferry.supervisor")
 STABLE_AFTER_S = 10.0
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
-#: Beyond ``--drain-timeout``: the batchers' queues and the gRPC grace.
+#: Beyond ``--drain-timeout`` (which bounds in-flight HTTP and gRPC requests alike, at the
+#: same time): the idle connections' grace, the batchers' queues, releasing the runtimes.
 DRAIN_MARGIN_S = 10.0
 
 
@@ -102,6 +103,7 @@ class Supervisor:
     async def run(self) -> int:
         settings = self.settings
         loop = asyncio.get_running_loop()
+        metrics_listener: socket.socket | None = None
         try:
             http = reserve(settings.host, settings.port, "HTTP", "--port")
             self.guards.append(http)
@@ -112,7 +114,6 @@ class Supervisor:
                 self.guards.append(grpc)
                 update["grpc_port"] = grpc.port
             self.worker_settings = settings.model_copy(update=update)
-            metrics_listener = None
             if settings.metrics_port is not None:
                 # fresh for every run: files left by an earlier one would add to the counters
                 self.metrics_dir = Path(tempfile.mkdtemp(prefix="torchferry-metrics-"))
@@ -124,18 +125,25 @@ class Supervisor:
             try:
                 await asyncio.gather(*(self._start(worker) for worker in self.workers))
             except WorkerFailed as exc:
-                log.error("%s; stopping", exc, extra={"event": "start_failed"})
-                await self.drain()
-                return 1
+                if not self.draining:
+                    log.error("%s; stopping", exc, extra={"event": "start_failed"})
+                    await self.drain()
+                    return 1
+            if self.draining:  # a signal came while the workers started: not a failure
+                await self._stopped.wait()
+                return 0
             # ready only now that every worker serves
             await asyncio.gather(*(self._request(w, "release") for w in self.workers))
             if metrics_listener is not None:
                 self._serve_metrics(metrics_listener)
+                metrics_listener = None  # uvicorn closes it
             self._announce()
             await self._keep_spare()
             await self._stopped.wait()
             return 0
         finally:
+            if metrics_listener is not None:
+                metrics_listener.close()
             if self._metrics_server is not None and self._metrics_task is not None:
                 self._metrics_server.should_exit = True
                 await self._metrics_task
@@ -202,7 +210,16 @@ class Supervisor:
 
     async def drain(self) -> None:
         """Tell every worker to drain, wait for them to exit (killing stragglers), stop."""
+        if self.draining:
+            await self._stopped.wait()
+            return
         self.draining = True
+        try:
+            await self._drain_workers()
+        finally:
+            self._stopped.set()
+
+    async def _drain_workers(self) -> None:
         self._release_spare()
         draining = [w for w in self.workers if w.state in ("starting", "serving")]
         for worker in draining:
@@ -223,7 +240,6 @@ class Supervisor:
                 log.error("workers still running after the drain timeout: killing them")
                 self._kill_all()
                 await asyncio.wait(pending)
-        self._stopped.set()
 
     def _kill_all(self) -> None:
         for worker in self.workers:
@@ -257,6 +273,9 @@ class Supervisor:
         spare, self._spare = self._spare, None
         if spare is None or spare.process.returncode is not None or spare.channel.closed.is_set():
             spare = await self._spawn()
+        if self.draining:  # the drain began while it started: it must not outlive the drain
+            spare.channel.close()
+            raise WorkerFailed(f"worker {worker.index} was not started: the server drains")
         worker.process, worker.channel = spare.process, spare.channel
         worker.state = "starting"
         worker.started_at = time.monotonic()
@@ -274,8 +293,12 @@ class Supervisor:
         settings = self.worker_settings.model_dump(mode="json")
         try:
             await worker.channel.request("start", worker=worker.index, settings=settings)
-        except ControlError:
-            code = await worker.process.wait()
+        except ControlError:  # it exited, or refused what to serve (then it must go)
+            try:
+                code = await asyncio.wait_for(worker.process.wait(), CONTROL_TIMEOUT_S)
+            except TimeoutError:
+                worker.process.kill()
+                code = await worker.process.wait()
             raise WorkerFailed(
                 f"worker {worker.index} exited with {_describe_exit(code)} before it served"
             ) from None
@@ -313,7 +336,9 @@ class Supervisor:
         code = await process.wait()
         if worker.process is not process:
             return
-        lived = time.monotonic() - worker.started_at
+        now = time.monotonic()
+        lived = now - worker.started_at
+        served = now - worker.serving_since if worker.serving_since is not None else 0.0
         was_serving = worker.serving_since is not None
         worker.state = "exited"
         worker.exit_code = code
@@ -339,7 +364,7 @@ class Supervisor:
         )
         if not was_serving and worker.restarts == 0:
             return  # the first start failed: _start reports it and the server stops
-        if lived >= STABLE_AFTER_S:
+        if served >= STABLE_AFTER_S:
             worker.quick_failures = 0
         delay = 0.0
         if worker.quick_failures:

@@ -101,6 +101,7 @@ class Worker:
         self.protocols: list[Protocol] = []
         self.serving = asyncio.Event()
         self.listening_stopped = False
+        self._tasks: set[asyncio.Task[None]] = set()
         #: Whether the supervisor has said the server is up (readiness waits for it).
         self.released = False
         self.draining = False
@@ -167,6 +168,8 @@ class Worker:
         while not server.started:
             await asyncio.sleep(0.01)
         self.serving.set()
+        if self.listening_stopped:  # told while uvicorn started: its listener opened since
+            self._close_listeners()
 
     async def command(self, op: str, args: dict[str, Any]) -> Any:
         if op == "start":
@@ -212,12 +215,18 @@ class Worker:
         that is about to close its port, and be reset there."""
         if self.plane is not None:
             self.plane.draining = True
-        if self.server is not None and not self.listening_stopped:
+        if not self.listening_stopped:
             self.listening_stopped = True
+            self._close_listeners()
+            for protocol in self.protocols:  # gRPC: no new calls, in-flight ones finish
+                task = asyncio.get_running_loop().create_task(protocol.stop())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _close_listeners(self) -> None:
+        if self.server is not None:
             for server in self.server.servers:
                 server.close()
-            for protocol in self.protocols:  # gRPC: no new calls, in-flight ones finish
-                asyncio.get_running_loop().create_task(protocol.stop())
 
     def drain(self) -> None:
         """Stop listening, answer what was accepted (``Connection: close`` on each open

@@ -56,8 +56,6 @@ from torchferry.serving.repository import LoadedModel
 log = logging.getLogger("torchferry.grpc")
 
 EXTENSIONS = ["model_configuration", "statistics"]
-#: Seconds that in-flight calls get to finish once the server stops, as uvicorn's grace.
-STOP_GRACE_S = 30.0
 #: V2 datatype -> the ``InferTensorContents`` field that carries it, and that field's dtype.
 #: Narrow integers travel widened to 32 bits; FP16 and BF16 have no field (raw only).
 CONTENTS: dict[str, tuple[str, np.dtype]] = {
@@ -346,6 +344,7 @@ class V2Grpc(Protocol):
     name = "v2-grpc"
 
     server: aio.Server | None = None
+    _stopping: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -359,7 +358,13 @@ class V2Grpc(Protocol):
             )
 
     async def stop(self) -> None:
-        """Refuse new calls, let in-flight ones finish (up to the grace), then stop."""
-        server, self.server = self.server, None  # a drain may stop it before the lifespan does
-        if server is not None:
-            await server.stop(STOP_GRACE_S)
+        """Refuse new calls, let in-flight ones finish (up to ``--drain-timeout``), then stop.
+
+        A worker's drain starts this before the lifespan calls it again: the second call
+        waits for the same stop, so the batchers close only after the last call is answered."""
+        if self._stopping is None:
+            server, self.server = self.server, None
+            if server is None:
+                return
+            self._stopping = asyncio.ensure_future(server.stop(self.settings.drain_timeout_s))
+        await asyncio.shield(self._stopping)
