@@ -109,8 +109,10 @@ def test_a_killed_worker_is_replaced_within_5_s_while_the_other_keeps_serving(
         assert back_after <= 5.0, f"worker 1 came back after {back_after:.1f} s"
         during = load.between(killed_at, after_restart)
         failed = [o for o in during if o != 200]
-        # only requests on the killed worker's connections may fail: one per client at most
-        assert len(failed) <= load.clients, failed
+        # only requests that went to the killed worker may fail: the one on each client's
+        # connection to it, and at most one more per client whose reconnection landed in its
+        # accept queue while the kernel was still tearing the process down
+        assert len(failed) <= 2 * load.clients, failed
         assert during.count(200) > 0, "the other worker stopped serving during the restart"
         assert set(load.between(after_restart)) == {200}
         assert set(load.between(0, killed_at)) == {200}
