@@ -59,7 +59,8 @@ class CloseWhenDraining:
         self.closing = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        # a request that began before the close gets it on its connection's next answer
+        if not self.closing or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
