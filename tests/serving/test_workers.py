@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -201,3 +203,26 @@ def test_a_model_that_aborts_takes_down_only_its_worker_which_comes_back(
         wait_for(lambda: serving_pids(server)[index] != before[index], 30, "the worker comes back")
         assert serving_pids(server)[3 - index] == before[3 - index], "the other one survived"
         assert server.alive()
+
+
+def test_a_second_server_on_a_served_port_fails_loudly_instead_of_sharing_it(
+    store_root, start_server, tmp_path
+):
+    args = ["--store", store_root, "--model", "adder", "--no-grpc", "--no-metrics"]
+    with start_server(args, tmp_path / "first.log") as first:
+        command = [
+            sys.executable,
+            "-m",
+            "torchferry.cli",
+            "serve",
+            *args,
+            "--port",
+            str(first.port),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1
+        message = done.stdout + done.stderr
+        assert f"cannot listen for HTTP on 127.0.0.1:{first.port}" in message, message
+        assert "--port" in message
+        # the first server never shared its port with the second
+        assert httpx.post(f"{first.url}/v2/models/adder/infer", json=BODY).status_code == 200
