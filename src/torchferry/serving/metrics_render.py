@@ -42,11 +42,13 @@ TRITON_PREFIX = "nv_"
 def render_metrics(
     multiproc_dir: str | os.PathLike[str] | None,
     workers: Mapping[int, int] | None = None,
+    extra: Iterable[Metric] = (),
 ) -> tuple[bytes, str]:
     """The metrics page and its content type: the sum over every process that wrote to
     ``multiproc_dir``, plus the process metrics of ``workers`` (worker index -> pid); or,
-    with no directory, this process's default registry."""
-    metrics: list[Metric] = []
+    with no directory, this process's default registry. ``extra`` families (the
+    supervisor's own) are added to either."""
+    metrics: list[Metric] = list(extra)
     if multiproc_dir is None:
         metrics.extend(REGISTRY.collect())
     else:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from torchferry.serving.control import Channel, ControlError
 from torchferry.serving.listen import PortGuard, QuietServer, listen_exclusive, reserve
@@ -76,7 +77,6 @@ class WorkerHandle:
     restarts: int = 0
     #: Consecutive deaths soon after a start (the crash-loop backoff's exponent).
     quick_failures: int = 0
-    exit_code: int | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
@@ -178,26 +178,24 @@ class Supervisor:
         serving = {
             w.index: w.pid for w in self.workers if w.pid is not None and w.state != "exited"
         }
-        page, content_type = render_metrics(self.metrics_dir, serving)
-        return page + self._own_metrics(), content_type
+        return render_metrics(self.metrics_dir, serving, self._own_metrics())
 
-    def _own_metrics(self) -> bytes:
-        lines = [
-            "# HELP torchferry_workers Worker processes by state, as the supervisor sees them.",
-            "# TYPE torchferry_workers gauge",
-        ]
+    def _own_metrics(self) -> list[Metric]:
+        """The supervisor's view of its workers, as metric families."""
+        workers = GaugeMetricFamily(
+            "torchferry_workers",
+            "Worker processes by state, as the supervisor sees them.",
+            labels=["state"],
+        )
         for state in ("starting", "serving", "draining", "exited"):
-            count = sum(1 for w in self.workers if w.state == state)
-            lines.append(f'torchferry_workers{{state="{state}"}} {count}')
-        lines += [
-            "# HELP torchferry_worker_restarts_total Workers replaced after they died.",
-            "# TYPE torchferry_worker_restarts_total counter",
-            f"torchferry_worker_restarts_total {sum(w.restarts for w in self.workers)}",
-            "# HELP torchferry_uptime_seconds Seconds since the server started.",
-            "# TYPE torchferry_uptime_seconds gauge",
-            f"torchferry_uptime_seconds {time.time() - self.started_at:.3f}",
-        ]
-        return ("\n".join(lines) + "\n").encode()
+            workers.add_metric([state], sum(1 for w in self.workers if w.state == state))
+        restarts = CounterMetricFamily(
+            "torchferry_worker_restarts", "Workers replaced after they died."
+        )
+        restarts.add_metric([], sum(w.restarts for w in self.workers))
+        uptime = GaugeMetricFamily("torchferry_uptime_seconds", "Seconds since the server started.")
+        uptime.add_metric([], time.time() - self.started_at)
+        return [workers, restarts, uptime]
 
     def _on_signal(self, sig: int) -> None:
         if self.draining:
@@ -341,7 +339,6 @@ class Supervisor:
         served = now - worker.serving_since if worker.serving_since is not None else 0.0
         was_serving = worker.serving_since is not None
         worker.state = "exited"
-        worker.exit_code = code
         if worker.channel is not None:
             worker.channel.close()
         if self.metrics_dir is not None:
@@ -403,25 +400,6 @@ class Supervisor:
         except (ControlError, TimeoutError) as exc:
             log.warning("worker %d did not answer %s: %s", worker.index, op, exc or "timeout")
             return None
-
-    # -- what the health and metrics listeners show ----------------------------------------
-
-    def view(self) -> dict[str, Any]:
-        """The supervisor's view of its workers (for metrics and the management API)."""
-        return {
-            "draining": self.draining,
-            "uptime_s": time.time() - self.started_at,
-            "workers": [
-                {
-                    "worker": w.index,
-                    "pid": w.pid,
-                    "state": w.state,
-                    "restarts": w.restarts,
-                    "exit_code": w.exit_code,
-                }
-                for w in self.workers
-            ],
-        }
 
 
 def _describe_exit(code: int) -> str:
