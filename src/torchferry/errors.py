@@ -88,6 +88,29 @@ class UntrustedCode(ArchiveError):
     allowed to run: ``torchferry serve --trust-code`` allows it."""
 
 
+class ModelLoadFailed(TorchferryError):
+    """A version could not be loaded (bad archive, runtime or handler failure, failed
+    warm-up); the message says why, and whatever served before keeps serving."""
+
+    status_code = 400
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class SourceRefused(TorchferryError):
+    """A management call named a model source outside the allowed roots, or a remote one."""
+
+    status_code = 403
+    grpc_code = "PERMISSION_DENIED"
+
+
+class Conflict(TorchferryError):
+    """A management call that the model's current state does not allow (a rollout already
+    running, weights on a version that is not loaded...)."""
+
+    status_code = 409
+    grpc_code = "FAILED_PRECONDITION"
+
+
 class ExportError(TorchferryError):
     """Export failed, or an exported form disagrees with eager PyTorch beyond the tolerance."""
 

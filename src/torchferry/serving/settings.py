@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from torchferry.cores import default_threads
 from torchferry.errors import ArchiveError
+from torchferry.serving.lifecycle.policy import VersionPolicy
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 
@@ -58,6 +59,20 @@ class ServerSettings(BaseModel):
     metrics_port: int | None = Field(default=8002, ge=0, le=65535)
     #: Set by the supervisor for its workers: listen with ``SO_REUSEPORT`` beside siblings.
     share_ports: bool = False
+    #: The management API (TorchServe's, Triton's repository extension, traffic, rollouts)
+    #: on this port; off when None.
+    management_port: int | None = Field(default=8081, ge=0, le=65535)
+    #: Where the management API listens; None is loopback. Another address must be given
+    #: explicitly, and is logged as a warning.
+    management_host: str | None = None
+    #: Directories a management call may load models from (an archive folder, a ``.mar``,
+    #: a ``.onnx``); the store when empty.
+    model_source_roots: list[Path] = Field(default_factory=list)
+    #: Look for new (and removed) version directories in the store this often; off when None.
+    poll_store_s: float | None = Field(default=None, gt=0)
+    #: Which versions of each model to load: for every model, then per model name.
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    model_version_policies: dict[str, VersionPolicy] = Field(default_factory=dict)
 
     @property
     def metrics(self) -> bool:
@@ -68,6 +83,15 @@ class ServerSettings(BaseModel):
     #: Send OpenTelemetry traces (needs the ``otel`` extra); configured by the ``OTEL_*``
     #: variables, and on without this flag when ``OTEL_TRACES_EXPORTER`` names an exporter.
     otel: bool = False
+
+    def policy_for(self, name: str) -> VersionPolicy:
+        return self.model_version_policies.get(name, self.version_policy)
+
+    def source_roots(self) -> list[Path]:
+        """Where management loads may come from: the roots given, else the store."""
+        if self.model_source_roots:
+            return list(self.model_source_roots)
+        return [self.store] if self.store is not None else []
 
     def resolved_threads(self) -> int:
         """Intra-op threads per runtime: as given, else the cores shared among the workers."""
