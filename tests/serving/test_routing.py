@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
+from torchferry.errors import InvalidInput
 from torchferry.serving.lifecycle.state import Routes, Shadow
 from torchferry.serving.protocols.common import traffic_key
-from torchferry.errors import InvalidInput
 from torchferry.serving.routing import Route, without
 
 

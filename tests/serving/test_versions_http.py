@@ -165,9 +165,7 @@ def test_a_retired_version_answers_its_in_flight_requests(store_root: Path):
         while v1.inflight == 0 and time.monotonic() < deadline:
             time.sleep(0.005)
         assert v1.inflight == 1
-        retiring = asyncio.run_coroutine_threadsafe(
-            server.repository.retire("lin", 1), server.loop
-        )
+        retiring = asyncio.run_coroutine_threadsafe(server.repository.retire("lin", 1), server.loop)
         time.sleep(0.1)
         # out of routing at once, but not released while its request waits in the batcher
         assert not retiring.done()
@@ -334,11 +332,15 @@ def _carriers(url: str, target: str) -> dict[str, Callable[[str | None, str | No
 
     def v2_binary(header: str | None, parameter: str | None) -> int:
         body, extra = _binary_body({"traffic_key": parameter} if parameter else {})
-        response = web.post("/v2/models/lin/infer", content=body, headers={**extra, **headers(header)})
+        response = web.post(
+            "/v2/models/lin/infer", content=body, headers={**extra, **headers(header)}
+        )
         return _version_of(response)
 
     def v1(header: str | None, parameter: str | None) -> int:
-        response = web.post("/v1/models/lin:predict", json={"instances": [ROW]}, headers=headers(header))
+        response = web.post(
+            "/v1/models/lin:predict", json={"instances": [ROW]}, headers=headers(header)
+        )
         return _version_of(response)
 
     def predict(header: str | None, parameter: str | None) -> int:
