@@ -23,17 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from torchferry.archive.integrity import verify_archive
 from torchferry.archive.manifest import Manifest
 from torchferry.archive.store import Archive, ModelStore
-from torchferry.errors import Conflict, ModelLoadFailed, ModelNotFound, TorchferryError
-from torchferry.handlers import load_handler
+from torchferry.errors import Conflict, ModelNotFound
 from torchferry.handlers.base import Handler
-from torchferry.runtimes import Runtime, load_runtime
+from torchferry.runtimes import Runtime
 from torchferry.serving import metrics
 from torchferry.serving.batcher import Batcher
+from torchferry.serving.build import build_version, open_archive
 from torchferry.serving.lifecycle.state import Routes
 from torchferry.serving.routing import Route, without
 from torchferry.serving.settings import ServerSettings
@@ -122,7 +119,7 @@ class ModelRepository:
     def add(self, archive: Archive) -> LoadedModel:
         """Build and activate one version at once (at start: nothing serves yet)."""
         started = time.perf_counter()
-        runtime, handler = self._build(archive, warm_up=False)
+        runtime, handler = build_version(archive, self.settings, warm_up=False)
         model = self._assemble(archive, runtime, handler, time.perf_counter() - started)
         self._register(model)
         return model
@@ -146,8 +143,8 @@ class ModelRepository:
 
     async def _prepare(self, name: str, version: int, path: Path) -> LoadedModel:
         started = time.perf_counter()
-        archive = await asyncio.to_thread(_open_archive, name, version, path)
-        runtime, handler = await asyncio.to_thread(self._build, archive, True)
+        archive = await asyncio.to_thread(open_archive, name, version, path)
+        runtime, handler = await asyncio.to_thread(build_version, archive, self.settings, True)
         model = self._assemble(archive, runtime, handler, time.perf_counter() - started)
         self._pending[(name, version)] = model
         return model
@@ -286,36 +283,6 @@ class ModelRepository:
 
     # -- building ------------------------------------------------------------------------------
 
-    def _build(self, archive: Archive, warm_up: bool) -> tuple[Runtime, Handler]:
-        """Runtime and handler for ``archive`` (and a warm-up inference): slow, so a load
-        while serving runs it in a thread. Releases what it built if a later step fails."""
-        manifest = archive.manifest
-        preferred = self.settings.runtime
-        try:
-            runtime = load_runtime(
-                archive,
-                runtime=preferred if preferred in manifest.graphs else None,
-                device=self.settings.device,
-                threads=self.settings.threads,
-                trust_code=self.settings.trust_code,
-            )
-        except Exception as exc:
-            if not warm_up:  # at start: the error itself, whose class says what to do
-                raise
-            raise _failed(manifest, "cannot build the runtime", exc) from exc
-        step = "cannot set up the handler"
-        try:
-            handler = load_handler(archive, trust_code=self.settings.trust_code)
-            if warm_up:
-                step = "the warm-up inference failed"
-                runtime.infer(warm_up_inputs(manifest.signature))
-        except Exception as exc:
-            runtime.close()
-            if not warm_up:
-                raise
-            raise _failed(manifest, step, exc) from exc
-        return runtime, handler
-
     def _assemble(
         self, archive: Archive, runtime: Runtime, handler: Handler, seconds: float
     ) -> LoadedModel:
@@ -407,44 +374,3 @@ class ModelRepository:
             model.version,
             extra={"event": "model_unloaded", "model": model.name, "version": str(model.version)},
         )
-
-
-def _open_archive(name: str, version: int, path: Path) -> Archive:
-    """The archive at ``path``, verified, served as ``name`` version ``version``."""
-    where = f"model {name!r} version {version}"
-    try:
-        manifest = Manifest.read(path)
-    except Exception as exc:
-        raise ModelLoadFailed(f"{where}: cannot read the archive at {path}: {_cause(exc)}") from exc
-    try:
-        verify_archive(path, manifest)
-    except Exception as exc:
-        raise ModelLoadFailed(f"{where}: integrity check failed: {_cause(exc)}") from exc
-    renamed = manifest.model_copy(update={"name": name, "version": version})
-    return Archive(path=path, manifest=renamed)
-
-
-def _cause(exc: BaseException) -> str:
-    if isinstance(exc, TorchferryError):
-        return exc.message
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _failed(manifest: Manifest, what: str, exc: Exception) -> ModelLoadFailed:
-    """A load while serving failed: the reason names the model, the version and the cause."""
-    return ModelLoadFailed(
-        f"model {manifest.name!r} version {manifest.version}: {what}: {_cause(exc)}"
-    )
-
-
-def warm_up_inputs(signature: ModelSignature) -> dict[str, np.ndarray]:
-    """One row of zeros for every input (each dynamic dimension 1); empty strings for BYTES."""
-    inputs: dict[str, np.ndarray] = {}
-    for spec in signature.inputs:
-        shape = tuple(1 if d == -1 else d for d in spec.shape)
-        dtype = spec.numpy_dtype
-        if dtype.kind == "O":
-            inputs[spec.name] = np.full(shape, b"", dtype=object)
-        else:
-            inputs[spec.name] = np.zeros(shape, dtype=dtype)
-    return inputs
