@@ -30,10 +30,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from torchferry.codecs.datatypes import output_datatype
-from torchferry.errors import InferenceTimeout, ModelError, TorchferryError
+from torchferry.errors import InferenceTimeout, ModelError, ModelNotFound, TorchferryError
 from torchferry.handlers.base import Handler, HandlerRequest
 from torchferry.serving.observe import Observers, RequestRecord, current_record
 from torchferry.serving.repository import LoadedModel, ModelRepository
+from torchferry.serving.shadow import Shadows
+from torchferry.serving.versionstats import StatsObserver
 from torchferry.signature import ModelSignature
 
 _T = TypeVar("_T")
@@ -66,6 +68,8 @@ class InferRequest:
     deadline: float | None = None
     #: Which protocol decoded it (``"v2"``, ``"v2-grpc"``, ``"v1"``...), for logs and metrics.
     protocol: str = ""
+    #: The sticky routing key the client sent (``protocols.common.traffic_key``), if any.
+    traffic_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -104,14 +108,25 @@ class DataPlane:
         self.held = False
         #: Where every protocol's entry point starts and finishes its request records.
         self.observers = observers if observers is not None else Observers()
+        # each version's live figures (the supervisor's rollouts read them)
+        self.observers.observers.append(StatsObserver(repository.stats.get))
+        self.shadows = Shadows(repository.settings.metrics, request_timeout_s)
 
     @property
     def ready(self) -> bool:
         return self.repository.started and not self.draining and not self.held
 
-    def resolve(self, name: str, version: str | int | None = None) -> LoadedModel:
-        """The model version a request names: the default version when none is given."""
-        return self.repository.get(name, version)
+    def resolve(
+        self, name: str, version: str | int | None = None, key: str | None = None
+    ) -> LoadedModel:
+        """The model version a request names; when it names none, the one the model's routes
+        pick (sticky on ``key`` when traffic is weighted), else the highest loaded."""
+        return self.repository.get(name, version, key)
+
+    def default_version(self, name: str) -> int:
+        """The version answering ``name``'s unversioned requests when its traffic is not
+        weighted: its routes' default, else its highest loaded version (404 if unknown)."""
+        return self.repository.default_version(name)
 
     def names(self) -> list[str]:
         """The models that can be named."""
@@ -127,45 +142,91 @@ class DataPlane:
 
     async def infer(self, model: LoadedModel, request: InferRequest) -> InferResponse:
         """Validate the request's inputs, run them through the batcher, return the outputs."""
+        if model.retired:
+            model = self._reroute(model, request.model_version, request.traffic_key)
         record = _reached(model)
         if record is not None and request.id:
             record.adopt_id(request.id)
-        wanted = wanted_outputs(model.signature, request)
-        inputs = model.signature.validate_inputs(request.inputs)
-        results = await model.batcher.submit(inputs, self._timeout(request.deadline))
-        outputs = []
-        for name, binary in wanted:
-            array = results.get(name)
-            if array is None:
-                raise ModelError(f"model {model.name!r} did not return output {name!r}")
-            outputs.append(OutputTensor(name, output_datatype(name, array), array, binary))
-        if record is not None:
-            record.success = True
-        return InferResponse(model.name, str(model.version), request.id, outputs)
+        model.inflight += 1
+        try:
+            wanted = wanted_outputs(model.signature, request)
+            inputs = model.signature.validate_inputs(request.inputs)
+            results = await model.batcher.submit(inputs, self._timeout(request.deadline))
+            outputs = []
+            for name, binary in wanted:
+                array = results.get(name)
+                if array is None:
+                    raise ModelError(f"model {model.name!r} did not return output {name!r}")
+                outputs.append(OutputTensor(name, output_datatype(name, array), array, binary))
+            if record is not None:
+                record.success = True
+            if not request.model_version:
+                shadow = self._shadow_for(model)
+                if shadow is not None:
+                    self.shadows.mirror(model, shadow, inputs, results)
+            return InferResponse(model.name, str(model.version), request.id, outputs)
+        finally:
+            model.inflight -= 1
+            if model.retired and not model.inflight:
+                model.left()
 
-    async def predict(self, model: LoadedModel, request: HandlerRequest) -> Any:
+    async def predict(
+        self,
+        model: LoadedModel,
+        request: HandlerRequest,
+        version: str | None = None,
+        key: str | None = None,
+    ) -> Any:
         """A payload request through the model's handler: preprocess, batch, postprocess.
+        ``version`` is the version the client named (None: routed), ``key`` its traffic key.
 
         ``preprocess`` runs on the preprocessing pool; ``postprocess`` on the batcher's worker
         thread right after the model for a lone request, else on the pool (see the batcher)."""
+        if model.retired:
+            model = self._reroute(model, version, key)
         record = _reached(model)
-        handler = model.handler
-        loop = asyncio.get_running_loop()
-        preprocess = _guarded(model, "preprocess", handler.preprocess)
-        prepared = await loop.run_in_executor(model.preprocess_pool, preprocess, request)
-        inputs, state = _unpack_preprocessed(model, prepared)
-        inputs = model.signature.validate_inputs(inputs)
-        postprocess = _guarded(
-            model, "postprocess", functools.partial(_postprocess, handler, state)
-        )
-        answer = await model.batcher.submit_then(
-            inputs, self._timeout(None), model.preprocess_pool, postprocess
-        )
-        if record is not None:
-            record.success = True
-        return answer
+        model.inflight += 1
+        try:
+            handler = model.handler
+            loop = asyncio.get_running_loop()
+            preprocess = _guarded(model, "preprocess", handler.preprocess)
+            prepared = await loop.run_in_executor(model.preprocess_pool, preprocess, request)
+            inputs, state = _unpack_preprocessed(model, prepared)
+            inputs = model.signature.validate_inputs(inputs)
+            shadow = None if version else self._shadow_for(model)
+            kept: list[dict[str, np.ndarray]] = []
+            finish = functools.partial(_postprocess, handler, state, kept if shadow else None)
+            postprocess = _guarded(model, "postprocess", finish)
+            answer = await model.batcher.submit_then(
+                inputs, self._timeout(None), model.preprocess_pool, postprocess
+            )
+            if record is not None:
+                record.success = True
+            if shadow is not None and kept:
+                self.shadows.mirror(model, shadow, inputs, kept[0])
+            return answer
+        finally:
+            model.inflight -= 1
+            if model.retired and not model.inflight:
+                model.left()
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _reroute(self, model: LoadedModel, version: str | None, key: str | None) -> LoadedModel:
+        """A request that resolved ``model`` just before it was retired: routed again, or a
+        404 when the client named that version."""
+        if version:
+            raise ModelNotFound(f"model {model.name!r} version {model.version} was unloaded")
+        return self.repository.get(model.name, None, key)
+
+    def _shadow_for(self, model: LoadedModel) -> LoadedModel | None:
+        """The version to mirror a routed request of ``model`` to, if this one is mirrored."""
+        route = self.repository.route(model.name)
+        if route is None or route.shadow is None or route.shadow == model.version:
+            return None
+        if not self.shadows.chosen(route.shadow_share):
+            return None
+        return self.repository.find(model.name, route.shadow)
 
     def _timeout(self, deadline: float | None) -> float | None:
         """Seconds the batcher may take: the server's limit or the client's deadline."""
@@ -189,7 +250,14 @@ def _reached(model: LoadedModel) -> RequestRecord | None:
     return record
 
 
-def _postprocess(handler: Handler, state: Any, outputs: dict[str, np.ndarray]) -> Any:
+def _postprocess(
+    handler: Handler,
+    state: Any,
+    keep: list[dict[str, np.ndarray]] | None,
+    outputs: dict[str, np.ndarray],
+) -> Any:
+    if keep is not None:  # the model's own outputs, for a shadow comparison
+        keep.append(outputs)
     return handler.postprocess(outputs, state)
 
 

@@ -13,6 +13,11 @@ Per model version (labels ``model``, ``version``), with Triton's names, types an
 - ``nv_inference_pending_request_count``: requests waiting in the batcher's queue (a gauge,
   summed over live workers).
 
+Shadow traffic (``shadow.py``), per shadow version: ``torchferry_shadow_rows_total`` (rows
+compared with the routed version's answer), ``torchferry_shadow_agreed_rows_total`` (rows
+whose argmax agreed) and ``torchferry_shadow_max_abs_diff`` (the largest absolute difference
+seen; the largest across workers).
+
 And ``torchferry_request_duration_seconds`` (every request, by ``protocol``, ``model``, empty
 for non-inference routes, and ``status``), ``torchferry_queue_duration_seconds`` (by model
 version) and ``torchferry_batch_size`` (rows per executed batch, by model version).
@@ -120,6 +125,49 @@ class _Families:
 @cache
 def families() -> _Families:
     return _Families()
+
+
+class _ShadowFamilies:
+    """Made on the first shadow comparison: a server without shadows shows none."""
+
+    def __init__(self) -> None:
+        self.rows = Counter(
+            "torchferry_shadow_rows",
+            "Rows mirrored to a shadow version and compared with the routed version's answer",
+            MODEL_LABELS,
+        )
+        self.agreed = Counter(
+            "torchferry_shadow_agreed_rows",
+            "Mirrored rows whose argmax (along the last axis) agreed with the routed version's",
+            MODEL_LABELS,
+        )
+        self.max_abs_diff = Gauge(
+            "torchferry_shadow_max_abs_diff",
+            "Largest absolute difference between a shadow version's output and the routed one's",
+            MODEL_LABELS,
+            multiprocess_mode="max",
+        )
+        #: The gauge's value per version in this process (a gauge cannot be read back).
+        self.seen: dict[tuple[str, str], float] = {}
+
+
+@cache
+def shadow_families() -> _ShadowFamilies:
+    return _ShadowFamilies()
+
+
+def shadow_compared(
+    model: str, version: str, rows: int, agreed: int, max_abs_diff: float | None
+) -> None:
+    """Count one shadow comparison (a few per mirrored request, off the client's path)."""
+    f = shadow_families()
+    f.rows.labels(model, version).inc(rows)
+    f.agreed.labels(model, version).inc(agreed)
+    if max_abs_diff is not None:
+        key = (model, version)
+        if max_abs_diff > f.seen.get(key, -1.0):
+            f.seen[key] = max_abs_diff
+            f.max_abs_diff.labels(model, version).set(max_abs_diff)
 
 
 class _LocalHistogram:

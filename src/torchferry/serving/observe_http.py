@@ -1,7 +1,9 @@
 """The HTTP entry of every request record: an outermost, pure ASGI wrapper.
 
 ``RecordRequests`` starts a record per HTTP request (the client's ``X-Request-ID`` or a new
-one, and W3C ``traceparent``/``tracestate``), echoes the request id on the response, and
+one, and W3C ``traceparent``/``tracestate``), echoes the request id on the response, names
+the model version that served an inference (``X-Model-Version``, from the record, so every
+protocol's answer carries it and none has to set it), and
 once the response has gone out hands the record, with its status, to the observers. It
 wraps the whole app, so it sees every answer, the app's error pages and the body limit's
 413 included.
@@ -81,6 +83,8 @@ class RecordRequests:
                     *message.get("headers", ()),
                     (b"x-request-id", record.request_id.encode()),
                 ]
+                if record.version is not None:  # the version the data plane routed it to
+                    headers.append((b"x-model-version", record.version.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -1,7 +1,17 @@
-"""The loaded models: each model version with its runtime, handler and batcher.
+"""The loaded models: each model version with its runtime, handler and batcher, and the
+routes that pick a version for requests that name none.
 
-The data plane looks models up here by name and optional version; the repository knows
-nothing of wire formats.
+The data plane looks models up here by name, optional version and traffic key; the
+repository knows nothing of wire formats. Versions change while serving in steps, so that a
+version takes traffic only once it has answered a warm-up, and leaves only once it has
+answered every request that reached it:
+
+- ``prepare``: open and verify the archive, build runtime, handler and batcher, run one
+  warm-up inference; the version is *pending* (no traffic). Slow work runs in a thread, so
+  the event loop keeps serving.
+- ``activate``: pending -> routable; ``discard``: release a pending version;
+- ``retire``: out of routing at once, then wait for its in-flight requests, drain its
+  batcher, release its runtime.
 """
 
 from __future__ import annotations
@@ -10,29 +20,43 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from torchferry.archive.manifest import Manifest
 from torchferry.archive.store import Archive, ModelStore
-from torchferry.errors import ModelNotFound, TorchferryError
-from torchferry.handlers import load_handler
+from torchferry.errors import Conflict, ModelNotFound
 from torchferry.handlers.base import Handler
-from torchferry.runtimes import Runtime, load_runtime
+from torchferry.runtimes import Runtime
 from torchferry.serving import metrics
 from torchferry.serving.batcher import Batcher
+from torchferry.serving.build import build_version, open_archive
+from torchferry.serving.lifecycle.state import Routes
+from torchferry.serving.routing import Route, without
 from torchferry.serving.settings import ServerSettings
+from torchferry.serving.versionstats import VersionStats
 from torchferry.signature import ModelSignature
 
 log = logging.getLogger("torchferry.repository")
 
 
-@dataclass
+@dataclass(eq=False)
 class LoadedModel:
     archive: Archive
     runtime: Runtime
     handler: Handler
     batcher: Batcher
     preprocess_pool: ThreadPoolExecutor
+    #: Seconds the load took (open, verify, build, warm-up).
+    load_seconds: float = 0.0
+    #: Live figures since this version was loaded (requests, errors, latencies, shadow).
+    stats: VersionStats = field(default_factory=VersionStats)
+    #: Requests between the data plane's entry and their answer (and shadow mirrors).
+    inflight: int = 0
+    #: Out of routing: requests that resolved it before are still answered; new ones are
+    #: routed elsewhere.
+    retired: bool = False
+    _idle: asyncio.Event | None = None
 
     @property
     def manifest(self) -> Manifest:
@@ -50,6 +74,16 @@ class LoadedModel:
     def signature(self) -> ModelSignature:
         return self.manifest.signature
 
+    def left(self) -> None:
+        """A request of a retired version has answered (called when in-flight reaches 0)."""
+        if self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        while self.inflight > 0:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+
 
 class ModelRepository:
     """Every loaded model version, addressable by name and version."""
@@ -57,12 +91,20 @@ class ModelRepository:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self._models: dict[str, dict[int, LoadedModel]] = {}
+        #: Prepared versions that take no traffic yet.
+        self._pending: dict[tuple[str, int], LoadedModel] = {}
+        #: Loads and retirements in progress: a repeated command waits for the same one.
+        self._loading: dict[tuple[str, int], asyncio.Future[LoadedModel]] = {}
+        self._retiring: dict[tuple[str, int], asyncio.Future[None]] = {}
+        self._routes: dict[str, Route] = {}
+        #: (name, version text) -> the stats of an active version, for the request observer.
+        self.stats: dict[tuple[str, str], VersionStats] = {}
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.resolved_threads(), thread_name_prefix="preprocess"
         )
         self.started = False
 
-    # -- loading -------------------------------------------------------------------------------
+    # -- loading at start ----------------------------------------------------------------------
 
     def load_store(self, store: ModelStore, names: list[str] | None = None) -> None:
         """Load every version of every model in ``store`` (or only the models in ``names``)."""
@@ -75,23 +117,177 @@ class ModelRepository:
                 self.add(store.open(name, version))
 
     def add(self, archive: Archive) -> LoadedModel:
+        """Build and activate one version at once (at start: nothing serves yet)."""
         started = time.perf_counter()
-        manifest = archive.manifest
-        overrides = self.settings.batching_for(manifest.name)
-        batching = manifest.batching.model_copy(update=overrides)
-        preferred = self.settings.runtime
-        runtime = load_runtime(
-            archive,
-            runtime=preferred if preferred in manifest.graphs else None,
-            device=self.settings.device,
-            threads=self.settings.threads,
-            trust_code=self.settings.trust_code,
-        )
+        runtime, handler = build_version(archive, self.settings, warm_up=False)
+        model = self._assemble(archive, runtime, handler, time.perf_counter() - started)
+        self._register(model)
+        return model
+
+    # -- changing versions while serving -------------------------------------------------------
+
+    async def prepare(self, name: str, version: int, path: Path) -> LoadedModel:
+        """Load the archive at ``path`` as version ``version`` of ``name``, warm it up, and
+        keep it pending. Already pending or active: that one. A failure releases whatever it
+        built and raises ``ModelLoadFailed`` naming the model, the version and the cause."""
+        found = self._find(name, version)
+        if found is not None:
+            return found
+        key = (name, version)
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.ensure_future(self._prepare(name, version, path))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
+        return await asyncio.shield(loading)
+
+    async def _prepare(self, name: str, version: int, path: Path) -> LoadedModel:
+        started = time.perf_counter()
+        archive = await asyncio.to_thread(open_archive, name, version, path)
+        runtime, handler = await asyncio.to_thread(build_version, archive, self.settings, True)
+        model = self._assemble(archive, runtime, handler, time.perf_counter() - started)
+        self._pending[(name, version)] = model
+        return model
+
+    def activate(self, name: str, version: int) -> LoadedModel:
+        """A pending version becomes routable (its batcher starts). Active: nothing to do."""
+        model = self._pending.pop((name, version), None)
+        if model is None:
+            active = self._models.get(name, {}).get(version)
+            if active is not None:
+                return active
+            raise ModelNotFound(f"model {name!r} version {version} is not loaded; load it first")
+        self._register(model)
+        return model
+
+    async def discard(self, name: str, version: int) -> None:
+        """Release a pending version (nothing to do if there is none)."""
+        loading = self._loading.get((name, version))
+        if loading is not None:
+            await asyncio.wait([loading])
+        model = self._pending.pop((name, version), None)
+        if model is not None:
+            await model.batcher.close()
+            self._release(model)
+
+    async def retire(self, name: str, version: int) -> None:
+        """Take an active version out of service: out of routing at once, then wait until
+        every request that resolved it has answered, drain its batcher, release it. Unknown:
+        nothing to do; a retirement in progress: wait for it."""
+        key = (name, version)
+        retiring = self._retiring.get(key)
+        if retiring is None:
+            model = self._models.get(name, {}).get(version)
+            if model is None:
+                return
+            self._unregister(model)
+            retiring = asyncio.ensure_future(self._drain(model))
+            self._retiring[key] = retiring
+            retiring.add_done_callback(lambda _: self._retiring.pop(key, None))
+        await asyncio.shield(retiring)
+
+    async def _drain(self, model: LoadedModel) -> None:
+        await model.wait_idle()
+        await model.batcher.close()
+        self._release(model)
+
+    async def unload(self, name: str, version: int) -> None:
+        """``retire``, with a 404 for a version that is not loaded."""
+        self.get(name, version)
+        await self.retire(name, version)
+
+    # -- routes --------------------------------------------------------------------------------
+
+    def set_routes(self, name: str, routes: Routes) -> None:
+        """Replace the routes of ``name``; every version they name must be active."""
+        versions = self._lookup_versions(name)
+        route = Route.of(routes)
+        missing = sorted(route.named() - set(versions))
+        if missing:
+            raise Conflict(
+                f"model {name!r}: routes name version(s) {missing}, which are not loaded; "
+                f"loaded versions are {sorted(versions)}"
+            )
+        self._set_route(name, route)
+
+    def routes(self, name: str) -> Routes:
+        route = self._routes.get(name)
+        return route.routes if route is not None else Routes()
+
+    def route(self, name: str) -> Route | None:
+        return self._routes.get(name)
+
+    def _set_route(self, name: str, route: Route) -> None:
+        if route.total or route.default is not None or route.shadow is not None:
+            self._routes[name] = route
+        else:  # no routes: the lookup stays the plain "highest version"
+            self._routes.pop(name, None)
+
+    # -- lookup --------------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self._lookup_versions(name))
+
+    def get(
+        self, name: str, version: str | int | None = None, key: str | None = None
+    ) -> LoadedModel:
+        """The model version asked for; when none is given, the one its routes pick (by
+        ``key`` when its traffic is weighted), else the highest."""
+        versions = self._lookup_versions(name)
+        if version is None or version == "":
+            route = self._routes.get(name)
+            if route is not None:
+                chosen = versions.get(route.pick(key))  # type: ignore[arg-type]
+                if chosen is not None:
+                    return chosen
+            return versions[max(versions)]
         try:
-            handler = load_handler(archive, trust_code=self.settings.trust_code)
-        except TorchferryError:
-            runtime.close()
-            raise
+            number = int(version)
+        except (TypeError, ValueError):
+            raise ModelNotFound(f"model {name!r} has no version {version!r}") from None
+        if number not in versions:
+            raise ModelNotFound(
+                f"model {name!r} has no version {number}; loaded versions are {sorted(versions)}"
+            )
+        return versions[number]
+
+    def default_version(self, name: str) -> int:
+        versions = self._lookup_versions(name)
+        route = self._routes.get(name)
+        if route is not None and route.default in versions:
+            return route.default
+        return max(versions)
+
+    def all(self) -> list[LoadedModel]:
+        return [m for name in self.names() for _, m in sorted(self._models[name].items())]
+
+    def find(self, name: str, version: int) -> LoadedModel | None:
+        """An active version, or None (no error: the caller has another plan)."""
+        versions = self._models.get(name)
+        return versions.get(version) if versions else None
+
+    def pending(self) -> list[LoadedModel]:
+        return [self._pending[key] for key in sorted(self._pending)]
+
+    def _find(self, name: str, version: int) -> LoadedModel | None:
+        return self._pending.get((name, version)) or self._models.get(name, {}).get(version)
+
+    def _lookup_versions(self, name: str) -> dict[int, LoadedModel]:
+        versions = self._models.get(name)
+        if not versions:
+            raise ModelNotFound(f"model {name!r} is not loaded; loaded models are {self.names()}")
+        return versions
+
+    # -- building ------------------------------------------------------------------------------
+
+    def _assemble(
+        self, archive: Archive, runtime: Runtime, handler: Handler, seconds: float
+    ) -> LoadedModel:
+        manifest = archive.manifest
+        batching = manifest.batching.model_copy(update=self.settings.batching_for(manifest.name))
         batcher = Batcher(
             runtime.infer,
             name=f"{manifest.name}:{manifest.version}",
@@ -104,11 +300,9 @@ class ModelRepository:
                 else None
             ),
         )
-        model = LoadedModel(archive, runtime, handler, batcher, self._preprocess_pool)
-        self._models.setdefault(manifest.name, {})[manifest.version] = model
-        if self.started:
-            batcher.start()
-        seconds = time.perf_counter() - started
+        model = LoadedModel(
+            archive, runtime, handler, batcher, self._preprocess_pool, load_seconds=seconds
+        )
         log.info(
             "loaded %s version %d (%s, handler %s, batch<=%d, delay %.1f ms) in %.2f s",
             manifest.name,
@@ -131,48 +325,24 @@ class ModelRepository:
         )
         return model
 
-    async def unload(self, name: str, version: int) -> None:
-        """Take one version out of service: no new requests reach it, its queued ones are
-        answered, then its runtime is released (404 for a version that is not loaded)."""
-        model = self.get(name, version)
-        versions = self._models[name]
+    def _register(self, model: LoadedModel) -> None:
+        self._models.setdefault(model.name, {})[model.version] = model
+        self.stats[(model.name, str(model.version))] = model.stats
+        if self.started:
+            model.batcher.start()
+
+    def _unregister(self, model: LoadedModel) -> None:
+        """Out of routing at once: no lookup finds it from here on."""
+        model.retired = True
+        versions = self._models[model.name]
         del versions[model.version]
         if not versions:
-            del self._models[name]
-        await model.batcher.close()
-        self._release(model)
-
-    # -- lookup --------------------------------------------------------------------------------
-
-    def names(self) -> list[str]:
-        return sorted(self._models)
-
-    def versions(self, name: str) -> list[int]:
-        return sorted(self._lookup_versions(name))
-
-    def get(self, name: str, version: str | int | None = None) -> LoadedModel:
-        """The model version asked for; the default version (the highest) when none is given."""
-        versions = self._lookup_versions(name)
-        if version is None or version == "":
-            return versions[max(versions)]
-        try:
-            number = int(version)
-        except (TypeError, ValueError):
-            raise ModelNotFound(f"model {name!r} has no version {version!r}") from None
-        if number not in versions:
-            raise ModelNotFound(
-                f"model {name!r} has no version {number}; loaded versions are {sorted(versions)}"
-            )
-        return versions[number]
-
-    def all(self) -> list[LoadedModel]:
-        return [m for name in self.names() for _, m in sorted(self._models[name].items())]
-
-    def _lookup_versions(self, name: str) -> dict[int, LoadedModel]:
-        versions = self._models.get(name)
-        if not versions:
-            raise ModelNotFound(f"model {name!r} is not loaded; loaded models are {self.names()}")
-        return versions
+            del self._models[model.name]
+            self._routes.pop(model.name, None)
+        else:
+            route = self._routes.get(model.name)
+            if route is not None:
+                self._set_route(model.name, Route.of(without(route.routes, model.version)))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -184,12 +354,19 @@ class ModelRepository:
     async def close(self) -> None:
         """Drain every batcher (queued requests are answered), then release the runtimes."""
         self.started = False
-        await asyncio.gather(*(m.batcher.close() for m in self.all()))
-        for model in self.all():
+        if self._loading:
+            await asyncio.wait(list(self._loading.values()))
+        if self._retiring:
+            await asyncio.wait(list(self._retiring.values()))
+        models = self.all() + self.pending()
+        self._pending.clear()
+        await asyncio.gather(*(m.batcher.close() for m in models))
+        for model in models:
             self._release(model)
         self._preprocess_pool.shutdown(wait=True)
 
     def _release(self, model: LoadedModel) -> None:
+        self.stats.pop((model.name, str(model.version)), None)
         model.runtime.close()
         log.info(
             "unloaded %s version %d",

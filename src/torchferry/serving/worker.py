@@ -1,7 +1,8 @@
 """A worker process: serve what the supervisor says on the shared ports, until told to drain.
 
 Started by the supervisor as ``python -m torchferry.serving.worker --control-fd FD``. It
-waits on the control channel for ``start`` (the settings to serve), loads the models, binds
+waits on the control channel for ``start`` (the settings to serve, and the supervisor's
+desired state if it has one), loads the models, binds
 its own HTTP socket on the shared port (``SO_REUSEPORT``; gRPC does the same), and answers
 ``start`` once it serves. It drains on ``drain``, on SIGTERM, or when the supervisor goes
 away; SIGINT is the supervisor's to handle (a terminal's Ctrl+C reaches every process of
@@ -12,6 +13,11 @@ gets its next answer with ``Connection: close``, so a client learns to reconnect
 sending into a closing socket; connections still idle after a short grace are closed;
 requests in flight and queued in the batchers are answered (up to ``--drain-timeout``),
 then the process exits.
+
+While it serves, the supervisor changes its models with commands, each idempotent: ``load``
+(build and warm up a version, pending), ``activate``, ``discard``, ``unload`` (answered once
+the version has answered its requests and is released), ``routes``, ``stats`` and
+``stage`` (put a source into the store).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -35,11 +43,15 @@ from torchferry.errors import TorchferryError
 from torchferry.serving.app import build_app
 from torchferry.serving.control import Channel
 from torchferry.serving.dataplane import DataPlane
+from torchferry.serving.describe import version_record
+from torchferry.serving.lifecycle.state import DesiredState, Routes
 from torchferry.serving.listen import QuietServer, listen_shared
 from torchferry.serving.loading import load_repository
 from torchferry.serving.logs import configure_logging
 from torchferry.serving.protocols.common import Protocol
+from torchferry.serving.repository import ModelRepository
 from torchferry.serving.settings import ServerSettings
+from torchferry.serving.staging import stage_source
 
 #: How long a drain waits for an idle keep-alive connection's next request (which is then
 #: answered with ``Connection: close``) before closing it.
@@ -96,6 +108,8 @@ class Worker:
     def __init__(self, control: socket.socket) -> None:
         self.control = control
         self.settings: asyncio.Future[ServerSettings] | None = None
+        #: The supervisor's desired state from ``start`` (None: serve what the settings say).
+        self.state: DesiredState | None = None
         self.index = 0
         self.server: WorkerServer | None = None
         self.plane: DataPlane | None = None
@@ -129,7 +143,8 @@ class Worker:
     async def serve(self, settings: ServerSettings) -> int:
         configure_logging(settings.log_level, settings.log_format)
         try:
-            repository = load_repository(settings)  # logs a model_loaded event per version
+            # logs a model_loaded event per version
+            repository = load_repository(settings, self.state)
         except TorchferryError as exc:
             err_console.print(f"[bold red]error:[/] {escape(exc.message)}")
             return 1
@@ -177,6 +192,8 @@ class Worker:
             assert self.settings is not None
             self.index = int(args.get("worker", 0))
             if not self.settings.done():
+                state = args.get("state")
+                self.state = DesiredState.model_validate(state) if state is not None else None
                 self.settings.set_result(ServerSettings.model_validate(args["settings"]))
             await self.serving.wait()
             return self.status()
@@ -193,18 +210,30 @@ class Worker:
         if op == "drain":
             self.drain()
             return self.status()
+        if op in _MODEL_COMMANDS:
+            return await _MODEL_COMMANDS[op](self._repository(op), args)
         raise ValueError(f"unknown command {op!r}")
+
+    def _repository(self, op: str) -> ModelRepository:
+        if self.plane is None:
+            raise RuntimeError(f"{op}: worker {self.index} is not serving yet")
+        return self.plane.repository
 
     def status(self) -> dict[str, Any]:
         plane = self.plane
+        models = plane.all() if plane else []
+        routes = (
+            {name: plane.repository.routes(name).model_dump(mode="json") for name in plane.names()}
+            if plane
+            else {}
+        )
         return {
             "worker": self.index,
             "pid": os.getpid(),
             "serving": self.serving.is_set(),
             "draining": self.draining,
-            "models": [
-                {"name": m.name, "version": m.version} for m in (plane.all() if plane else [])
-            ],
+            "models": [version_record(m) for m in models],
+            "routes": routes,
         }
 
     def stop_listening(self) -> None:
@@ -241,6 +270,66 @@ class Worker:
             self.server.should_exit = True
         if self.settings is not None and not self.settings.done():
             self.settings.cancel()
+
+
+# -- model commands: the supervisor's changes, each idempotent -----------------------------------
+
+
+async def _load(repository: ModelRepository, args: dict[str, Any]) -> dict[str, Any]:
+    model = await repository.prepare(str(args["name"]), int(args["version"]), Path(args["path"]))
+    return version_record(model)
+
+
+async def _activate(repository: ModelRepository, args: dict[str, Any]) -> dict[str, Any]:
+    return version_record(repository.activate(str(args["name"]), int(args["version"])))
+
+
+async def _discard(repository: ModelRepository, args: dict[str, Any]) -> None:
+    await repository.discard(str(args["name"]), int(args["version"]))
+
+
+async def _unload(repository: ModelRepository, args: dict[str, Any]) -> None:
+    await repository.retire(str(args["name"]), int(args["version"]))
+
+
+async def _routes(repository: ModelRepository, args: dict[str, Any]) -> dict[str, Any]:
+    name = str(args["name"])
+    repository.set_routes(name, Routes.model_validate(args.get("routes") or {}))
+    return repository.routes(name).model_dump(mode="json")
+
+
+async def _stats(repository: ModelRepository, args: dict[str, Any]) -> dict[str, Any]:
+    name, drain = str(args["name"]), bool(args.get("drain", False))
+    return {str(m.version): m.stats.report(drain) for m in _versions(repository, name)}
+
+
+async def _stage(repository: ModelRepository, args: dict[str, Any]) -> dict[str, Any]:
+    name = args.get("name")
+    archive = await asyncio.to_thread(
+        stage_source, Path(args["source"]), Path(args["store"]), str(name) if name else None
+    )
+    manifest = archive.manifest
+    return {"name": manifest.name, "version": manifest.version, "path": str(archive.path)}
+
+
+def _versions(repository: ModelRepository, name: str) -> list[Any]:
+    """The model's active versions (none for a model that is not loaded)."""
+    return (
+        [repository.get(name, v) for v in repository.versions(name)]
+        if name in repository.names()
+        else []
+    )
+
+
+_MODEL_COMMANDS: dict[str, Callable[[ModelRepository, dict[str, Any]], Awaitable[Any]]] = {
+    "load": _load,
+    "activate": _activate,
+    "discard": _discard,
+    "unload": _unload,
+    "routes": _routes,
+    "stats": _stats,
+    "stage": _stage,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,9 +58,7 @@ class VersionPolicy(BaseModel):
                 return cls(kind="specific", versions=[int(v) for v in rest.split(",") if v])
         except ValueError as exc:
             raise ValueError(f"version policy {text!r}: {exc}") from None
-        raise ValueError(
-            f"version policy {text!r}: expected all, latest:N or specific:V1,V2"
-        )
+        raise ValueError(f"version policy {text!r}: expected all, latest:N or specific:V1,V2")
 
     def __str__(self) -> str:
         if self.kind == "latest":
@@ -77,7 +75,7 @@ class VersionPolicy(BaseModel):
                 'a version policy is one of {"all": {}}, {"latest": {"num_versions": N}} '
                 'or {"specific": {"versions": [V, ...]}}'
             )
-        (kind, body), = document.items()
+        ((kind, body),) = document.items()
         body = body or {}
         if not isinstance(body, dict):
             raise ValueError(f"version policy {kind!r}: expected an object")

@@ -1,5 +1,6 @@
 """What the protocols share: the plug-in interface, the data plane behind an HTTP request,
-JSON responses, and the one way an error becomes an HTTP answer."""
+JSON responses, the one way an error becomes an HTTP answer, and the one rule for a
+request's traffic key."""
 
 from __future__ import annotations
 
@@ -89,6 +90,31 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return dumps(content)
+
+
+#: Where a client puts its sticky routing key: an HTTP header (gRPC: metadata of the same
+#: name), or a request parameter where the protocol has parameters (V2 JSON, binary, gRPC).
+TRAFFIC_KEY_HEADER = "x-traffic-key"
+TRAFFIC_KEY_PARAMETER = "traffic_key"
+
+
+def traffic_key(header: str | None, parameter: object = None) -> str | None:
+    """The key a request is routed by when its model's traffic is weighted: the request's
+    ``traffic_key`` parameter if it has one, else the header; empty means none."""
+    if parameter is not None:
+        if isinstance(parameter, bool) or not isinstance(parameter, str | int):
+            raise InvalidInput(
+                f"parameters.{TRAFFIC_KEY_PARAMETER} must be a string, "
+                f"received {type(parameter).__name__}"
+            )
+        return str(parameter) or None
+    return header or None
+
+
+def http_traffic_key(request: Request, parameters: Mapping[str, Any] | None = None) -> str | None:
+    """An HTTP request's traffic key (its header, or its protocol's ``parameters``)."""
+    parameter = parameters.get(TRAFFIC_KEY_PARAMETER) if parameters else None
+    return traffic_key(request.headers.get(TRAFFIC_KEY_HEADER), parameter)
 
 
 def plane_of(request: Request) -> DataPlane:

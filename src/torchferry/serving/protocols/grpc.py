@@ -9,7 +9,10 @@ validates names, dtypes and shapes. Besides the protocol's six calls, Triton's
 ``ModelConfig`` and ``ModelStatistics`` answer from the same documents as the HTTP
 extensions. Every error a call raises becomes the gRPC status its class names, with its
 message; none leaves the call. Every call gets a request record (route: the method's name;
-request id from ``x-request-id`` metadata, echoed in the trailing metadata).
+request id from ``x-request-id`` metadata, echoed in the trailing metadata); a call that
+reached a model names the version that served it in its initial metadata
+(``x-model-version``). A routed ``ModelInfer`` takes its traffic key from the request's
+``traffic_key`` parameter or the ``x-traffic-key`` metadata.
 """
 
 from __future__ import annotations
@@ -38,7 +41,13 @@ from torchferry.errors import (
     retry_after_header,
 )
 from torchferry.serving.dataplane import DataPlane, InferRequest, InferResponse, RequestedOutput
-from torchferry.serving.protocols.common import Protocol, as_error
+from torchferry.serving.protocols.common import (
+    TRAFFIC_KEY_HEADER,
+    TRAFFIC_KEY_PARAMETER,
+    Protocol,
+    as_error,
+    traffic_key,
+)
 from torchferry.serving.protocols.v2_extensions import model_config, model_metadata, model_stats
 from torchferry.serving.protocols.v2_rules import (
     add_input,
@@ -107,8 +116,26 @@ def decode_contents(
     return array.reshape(shape)
 
 
+def grpc_traffic_key(request: pb.ModelInferRequest, context: aio.ServicerContext) -> str | None:
+    """A routed call's traffic key: its ``traffic_key`` parameter, else its metadata."""
+    header = None
+    for name, value in context.invocation_metadata() or ():
+        if name == TRAFFIC_KEY_HEADER:
+            header = value
+            break
+    parameter: object = None
+    if TRAFFIC_KEY_PARAMETER in request.parameters:
+        given = request.parameters[TRAFFIC_KEY_PARAMETER]
+        choice = given.WhichOneof("parameter_choice")
+        parameter = getattr(given, choice) if choice else None
+    return traffic_key(header, parameter)
+
+
 def decode_request(
-    model: LoadedModel, request: pb.ModelInferRequest, deadline: float | None
+    model: LoadedModel,
+    request: pb.ModelInferRequest,
+    deadline: float | None,
+    key: str | None = None,
 ) -> InferRequest:
     """The request's inputs as named arrays (raw ones are read-only views of their bytes) and
     the outputs it asks for, in order (every output when it names none)."""
@@ -145,6 +172,7 @@ def decode_request(
         id=request.id,
         deadline=deadline_from(timeout, deadline),
         protocol="v2-grpc",
+        traffic_key=key,
     )
 
 
@@ -185,13 +213,16 @@ def _rpc(method: _Method[_Req, _Resp]) -> _Method[_Req, _Resp]:
             elif key == "tracestate":
                 tracestate = value
         record = observers.start("v2-grpc", name, request_id, traceparent, tracestate)
+        error = None
         status = "UNKNOWN"
         try:
             try:
                 response = await method(self, request, context)
             except Exception as exc:
                 error = as_error(exc, name)
-            else:
+            if record.version is not None:  # the version that served it (or failed to)
+                await context.send_initial_metadata((("x-model-version", record.version),))
+            if error is None:
                 status = "OK"
                 context.set_trailing_metadata((("x-request-id", record.request_id),))
                 return response
@@ -264,10 +295,12 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        model = self.plane.resolve(request.model_name, request.model_version or None)
+        version = request.model_version or None
+        key = None if version else grpc_traffic_key(request, context)
+        model = self.plane.resolve(request.model_name, version, key)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        response = await self.plane.infer(model, decode_request(model, request, deadline))
+        response = await self.plane.infer(model, decode_request(model, request, deadline, key))
         return encode_response(response)
 
     @_rpc

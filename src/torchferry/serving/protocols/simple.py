@@ -13,7 +13,12 @@ from fastapi import APIRouter, Request
 
 from torchferry.errors import InvalidInput
 from torchferry.serving.hotpath import hot
-from torchferry.serving.protocols.common import JSONResponse, Protocol, plane_of
+from torchferry.serving.protocols.common import (
+    JSONResponse,
+    Protocol,
+    http_traffic_key,
+    plane_of,
+)
 from torchferry.serving.protocols.payload import read_payload
 from torchferry.serving.repository import LoadedModel
 
@@ -73,7 +78,9 @@ _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _model(request: Request, model_name: str | None, version: str | None) -> LoadedModel:
+def _model(
+    request: Request, model_name: str | None, version: str | None, key: str | None
+) -> LoadedModel:
     plane = plane_of(request)
     if model_name is None:
         names = plane.names()
@@ -82,12 +89,16 @@ def _model(request: Request, model_name: str | None, version: str | None) -> Loa
                 f"several models are loaded ({names}); name one: POST /predict/{{model}}"
             )
         model_name = names[0]
-    return plane.resolve(model_name, version)
+    return plane.resolve(model_name, version, key)
 
 
 async def _predict(request: Request, model_name: str | None, version: str | None) -> JSONResponse:
-    model = _model(request, model_name, version)
-    result = await plane_of(request).predict(model, await read_payload(request, "predict"))
+    key = None if version else http_traffic_key(request)
+    payload = await read_payload(request, "predict")
+    # resolved right before the data plane's entry (no await between): the version in the
+    # answer is the one that serves it, even while versions change
+    model = _model(request, model_name, version, key)
+    result = await plane_of(request).predict(model, payload, version, key)
     return JSONResponse(
         {"model_name": model.name, "model_version": str(model.version), "result": result}
     )

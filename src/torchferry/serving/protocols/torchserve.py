@@ -32,12 +32,14 @@ from torchferry.errors import (
     Overloaded,
     TorchferryError,
 )
+from torchferry.serving.describe import torchserve_description, version_record
 from torchferry.serving.hotpath import hot
 from torchferry.serving.protocols.common import (
     JSONResponse,
     Protocol,
     as_error,
     error_response,
+    http_traffic_key,
     plane_of,
 )
 from torchferry.serving.protocols.payload import read_payload
@@ -90,21 +92,28 @@ class TorchServeRoute(APIRoute):
 router = APIRouter(tags=["TorchServe"], route_class=TorchServeRoute)
 
 
-def _model(request: Request, name: str, version: str | None) -> LoadedModel:
-    plane = plane_of(request)
-    plane.versions(name)  # ModelNotFoundException for an unknown model
+def _version(version: str | None) -> str | None:
+    """TorchServe's way of writing a version (``1.0``) as torchferry's (``1``)."""
     if version is not None:
         match = _VERSION.fullmatch(version)
         version = match.group(1) if match else version
+    return version
+
+
+def _model(request: Request, name: str, version: str | None, key: str | None = None) -> LoadedModel:
+    plane = plane_of(request)
+    plane.versions(name)  # ModelNotFoundException for an unknown model
     try:
-        return plane.resolve(name, version)
+        return plane.resolve(name, _version(version), key)
     except ModelNotFound as exc:
         raise VersionNotFound(exc.message) from None
 
 
 async def _predict(request: Request, name: str, version: str | None) -> Response:
-    model = _model(request, name, version)
-    answer = await plane_of(request).predict(model, await read_payload(request, "torchserve"))
+    key = None if version else http_traffic_key(request)
+    payload = await read_payload(request, "torchserve")
+    model = _model(request, name, version, key)  # right before the data plane's entry
+    answer = await plane_of(request).predict(model, payload, _version(version), key)
     return JSONResponse(answer)
 
 
@@ -172,24 +181,10 @@ async def version_predictions(request: Request, model_name: str, model_version: 
 # -- management (read-only) ---------------------------------------------------------------------
 
 
-def _describe(model: LoadedModel, ready: bool) -> dict[str, Any]:
-    batcher = model.batcher
-    return {
-        "modelName": model.name,
-        "modelVersion": str(model.version),
-        "modelUrl": f"{model.name}/{model.version}",
-        "runtime": model.runtime.name,
-        "minWorkers": 1,
-        "maxWorkers": 1,
-        "batchSize": batcher.max_batch_size,
-        "maxBatchDelay": round(batcher.max_delay * 1000),
-        "loadedAtStartup": True,
-        "workers": [{"id": "1", "status": "READY" if ready else "UNLOADING", "gpu": False}],
-        "jobQueueStatus": {
-            "remainingCapacity": max(0, batcher.max_queue_rows - batcher.queued_rows),
-            "pendingRequests": batcher.queued_rows,
-        },
-    }
+def _describe(model: LoadedModel, ready: bool, default: int) -> dict[str, Any]:
+    record = version_record(model)
+    pending = model.batcher.queued_rows
+    return torchserve_description(record, ready, model.version == default, pending)
 
 
 @router.get("/models", summary="TorchServe management: list models")
@@ -205,21 +200,25 @@ async def list_models(request: Request, limit: int = 100, next_page_token: int =
 
 @router.get("/models/{model_name}", summary="TorchServe management: describe a model")
 async def describe(request: Request, model_name: str) -> Response:
-    ready = plane_of(request).ready
-    return JSONResponse([_describe(_model(request, model_name, None), ready)])
+    plane = plane_of(request)
+    default = plane.default_version(model_name)
+    model = plane.resolve(model_name, default)
+    return JSONResponse([_describe(model, plane.ready, default)])
 
 
 @router.get("/models/{model_name}/all", summary="TorchServe management: every version")
 async def describe_all(request: Request, model_name: str) -> Response:
     plane = plane_of(request)
     models = plane.versions(model_name)
-    return JSONResponse([_describe(m, plane.ready) for m in models])
+    default = plane.default_version(model_name)
+    return JSONResponse([_describe(m, plane.ready, default) for m in models])
 
 
 @router.get("/models/{model_name}/{model_version}", summary="TorchServe management: a version")
 async def describe_version(request: Request, model_name: str, model_version: str) -> Response:
-    ready = plane_of(request).ready
-    return JSONResponse([_describe(_model(request, model_name, model_version), ready)])
+    plane = plane_of(request)
+    model = _model(request, model_name, model_version)
+    return JSONResponse([_describe(model, plane.ready, plane.default_version(model_name))])
 
 
 class TorchServe(Protocol):

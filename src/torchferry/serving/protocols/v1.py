@@ -19,7 +19,12 @@ from torchferry.codecs.jsonio import loads
 from torchferry.errors import InvalidInput
 from torchferry.serving.dataplane import InferRequest
 from torchferry.serving.hotpath import hot
-from torchferry.serving.protocols.common import JSONResponse, Protocol, plane_of
+from torchferry.serving.protocols.common import (
+    JSONResponse,
+    Protocol,
+    http_traffic_key,
+    plane_of,
+)
 from torchferry.signature import ModelSignature, TensorSpec
 
 router = APIRouter(tags=["TF-Serving / KServe V1 REST"])
@@ -135,8 +140,11 @@ def columns(outputs: Mapping[str, np.ndarray], names: list[str]) -> Any:
 
 async def _predict(request: Request, model_name: str, model_version: str | None) -> JSONResponse:
     plane = plane_of(request)
-    model = plane.resolve(model_name, model_version)
+    key = None if model_version else http_traffic_key(request)
+    model = plane.resolve(model_name, model_version, key)
     body = loads(await request.body())
+    if model.retired and not model_version:  # unloaded while the body arrived
+        model = plane.resolve(model_name, None, key)
     if not isinstance(body, dict):
         raise InvalidInput('the request body must be a JSON object with "instances" or "inputs"')
     has_rows, has_columns = "instances" in body, "inputs" in body
@@ -151,7 +159,7 @@ async def _predict(request: Request, model_name: str, model_version: str | None)
     else:
         arrays = inputs_from_columns(signature, body["inputs"])
     response = await plane.infer(
-        model, InferRequest(model.name, model_version, arrays, protocol="v1")
+        model, InferRequest(model.name, model_version, arrays, protocol="v1", traffic_key=key)
     )
     outputs = {tensor.name: tensor.array for tensor in response.outputs}
     names = list(outputs)

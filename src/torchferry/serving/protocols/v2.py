@@ -18,7 +18,14 @@ from torchferry.codecs.jsonio import loads
 from torchferry.errors import InvalidInput
 from torchferry.serving.dataplane import InferRequest, RequestedOutput
 from torchferry.serving.hotpath import hot
-from torchferry.serving.protocols.common import JSONResponse, Protocol, plane_of
+from torchferry.serving.protocols.common import (
+    TRAFFIC_KEY_HEADER,
+    TRAFFIC_KEY_PARAMETER,
+    JSONResponse,
+    Protocol,
+    plane_of,
+    traffic_key,
+)
 from torchferry.serving.protocols.v2_binary import (
     HEADER,
     BinaryReader,
@@ -202,7 +209,11 @@ def _decode_input(
 
 
 def decode_request(
-    model: LoadedModel, version: str | None, body: Any, binary: memoryview | None = None
+    model: LoadedModel,
+    version: str | None,
+    body: Any,
+    binary: memoryview | None = None,
+    key: str | None = None,
 ) -> InferRequest:
     """A V2 infer request (JSON header, plus the binary part of the body if any)."""
     body = _object(body, "the request body")
@@ -227,6 +238,7 @@ def decode_request(
         id=body.get("id"),
         deadline=deadline_from(params.get("timeout")),
         protocol="v2",
+        traffic_key=key,
     )
     outputs = body.get("outputs")
     if outputs is None:
@@ -247,18 +259,35 @@ def decode_request(
 
 async def _infer(request: Request, model_name: str, model_version: str | None) -> Response:
     plane = plane_of(request)
-    model = plane.resolve(model_name, model_version)
+    headers = request.headers
+    key = None if model_version else traffic_key(headers.get(TRAFFIC_KEY_HEADER))
+    model = plane.resolve(model_name, model_version, key)  # an unknown model: 404 first
     body = await request.body()
-    length = header_length(request.headers.get(HEADER), len(body))
+    if model.retired and not model_version:  # unloaded while the body arrived
+        model = plane.resolve(model_name, None, key)
+    length = header_length(headers.get(HEADER), len(body))
     if length == 0:  # Triton's raw binary request: the body is the one input, all outputs binary
         inputs = raw_request_inputs(model.name, model.signature, body)
         infer = InferRequest(
-            model.name, model_version, inputs, binary_outputs=True, protocol="v2-binary"
+            model.name,
+            model_version,
+            inputs,
+            binary_outputs=True,
+            protocol="v2-binary",
+            traffic_key=key,
         )
-    elif length is None:
-        infer = decode_request(model, model_version, loads(body))
+        return render_response(await plane.infer(model, infer))
+    if length is None:
+        document, binary = loads(body), None
     else:
-        infer = decode_request(model, model_version, *split_body(body, length))
+        document, binary = split_body(body, length)
+    if not model_version and isinstance(document, dict):
+        params = document.get("parameters")
+        if isinstance(params, dict) and TRAFFIC_KEY_PARAMETER in params:
+            # the request's own key wins over the header: route it again by that one
+            key = traffic_key(key, params[TRAFFIC_KEY_PARAMETER])
+            model = plane.resolve(model_name, None, key)
+    infer = decode_request(model, model_version, document, binary, key)
     return render_response(await plane.infer(model, infer))
 
 

@@ -1,0 +1,100 @@
+"""Building one model version: its archive opened and verified, its runtime and handler,
+and a warm-up inference through the runtime. Slow (hashing, engine start), so a load while
+serving runs it in a thread; the repository assembles the result.
+
+A failure while serving is a ``ModelLoadFailed`` whose message names the model, the version
+and the cause (the reason goes to users verbatim); whatever was built is released first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from torchferry.archive.integrity import verify_archive
+from torchferry.archive.manifest import Manifest
+from torchferry.archive.store import Archive
+from torchferry.errors import ModelLoadFailed, TorchferryError
+from torchferry.handlers import load_handler
+from torchferry.handlers.base import Handler
+from torchferry.runtimes import Runtime, load_runtime
+from torchferry.serving.settings import ServerSettings
+from torchferry.signature import ModelSignature
+
+
+def build_version(
+    archive: Archive, settings: ServerSettings, warm_up: bool
+) -> tuple[Runtime, Handler]:
+    """Runtime and handler for ``archive``; releases what it built if a later step fails.
+
+    ``warm_up`` (a load while serving): one inference first, and every failure a
+    ``ModelLoadFailed`` with its reason. Without it (the start), errors keep their own class,
+    which tells the operator what to do (``--trust-code``...)."""
+    manifest = archive.manifest
+    preferred = settings.runtime
+    try:
+        runtime = load_runtime(
+            archive,
+            runtime=preferred if preferred in manifest.graphs else None,
+            device=settings.device,
+            threads=settings.threads,
+            trust_code=settings.trust_code,
+        )
+    except Exception as exc:
+        if not warm_up:  # at start: the error itself, whose class says what to do
+            raise
+        raise _failed(manifest, "cannot build the runtime", exc) from exc
+    step = "cannot set up the handler"
+    try:
+        handler = load_handler(archive, trust_code=settings.trust_code)
+        if warm_up:
+            step = "the warm-up inference failed"
+            runtime.infer(warm_up_inputs(manifest.signature))
+    except Exception as exc:
+        runtime.close()
+        if not warm_up:
+            raise
+        raise _failed(manifest, step, exc) from exc
+    return runtime, handler
+
+
+def open_archive(name: str, version: int, path: Path) -> Archive:
+    """The archive at ``path``, verified, served as ``name`` version ``version``."""
+    where = f"model {name!r} version {version}"
+    try:
+        manifest = Manifest.read(path)
+    except Exception as exc:
+        raise ModelLoadFailed(f"{where}: cannot read the archive at {path}: {_cause(exc)}") from exc
+    try:
+        verify_archive(path, manifest)
+    except Exception as exc:
+        raise ModelLoadFailed(f"{where}: integrity check failed: {_cause(exc)}") from exc
+    renamed = manifest.model_copy(update={"name": name, "version": version})
+    return Archive(path=path, manifest=renamed)
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, TorchferryError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _failed(manifest: Manifest, what: str, exc: Exception) -> ModelLoadFailed:
+    """A load while serving failed: the reason names the model, the version and the cause."""
+    return ModelLoadFailed(
+        f"model {manifest.name!r} version {manifest.version}: {what}: {_cause(exc)}"
+    )
+
+
+def warm_up_inputs(signature: ModelSignature) -> dict[str, np.ndarray]:
+    """One row of zeros for every input (each dynamic dimension 1); empty strings for BYTES."""
+    inputs: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        shape = tuple(1 if d == -1 else d for d in spec.shape)
+        dtype = spec.numpy_dtype
+        if dtype.kind == "O":
+            inputs[spec.name] = np.full(shape, b"", dtype=object)
+        else:
+            inputs[spec.name] = np.zeros(shape, dtype=dtype)
+    return inputs
