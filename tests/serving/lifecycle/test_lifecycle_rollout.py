@@ -75,6 +75,11 @@ def test_a_healthy_rollout_steps_up_and_promotes(store, caplog):
         events = [r.event for r in caplog.records if hasattr(r, "event")]
         assert "rollout_step" in events
         assert "rollout_promoted" in events
+        # at once a rollout back: the ended one's loop never judges it
+        await fleet.rollouts.start("m", RolloutSpec(version=1, interval_s=60))
+        await asyncio.sleep(0.05)
+        assert len([t for t in asyncio.all_tasks() if "_tick" in repr(t.get_coro())]) == 1
+        await fleet.rollouts.close()
 
     asyncio.run(scenario())
 

@@ -204,7 +204,7 @@ class Rollouts:
             host.save()
         self._log(name, status, "started", "rollout_started")
         if status.running:
-            self._run(name)
+            self._run(name, status.started_at)
         else:  # a single step of 100: promoted at once
             self._ended.setdefault(name, asyncio.Event()).set()
         return status.model_copy(deep=True)
@@ -233,7 +233,7 @@ class Rollouts:
         for name, model in self.host.state.models.items():
             if model.rollout is not None and model.rollout.running:
                 log.info("resuming the rollout of model %s at %d%%", name, model.rollout.weight)
-                self._run(name)
+                self._run(name, model.rollout.started_at)
 
     async def close(self) -> None:
         """Stop ticking (the saved state keeps running rollouts running, for a restart)."""
@@ -266,9 +266,12 @@ class Rollouts:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def _run(self, name: str) -> None:
+    def _run(self, name: str, started_at: float) -> None:
         self._ended.setdefault(name, asyncio.Event()).clear()
-        task = asyncio.get_running_loop().create_task(self._tick(name))
+        previous = self._tasks.pop(name, None)
+        if previous is not None:  # an ended rollout's loop, not yet out of its sleep
+            previous.cancel()
+        task = asyncio.get_running_loop().create_task(self._tick(name, started_at))
         self._tasks[name] = task
 
         def forget(done: asyncio.Task[None]) -> None:
@@ -277,9 +280,12 @@ class Rollouts:
 
         task.add_done_callback(forget)
 
-    async def _tick(self, name: str) -> None:
+    async def _tick(self, name: str, started_at: float) -> None:
+        """Judge one rollout (the one started at ``started_at``) until it ends."""
         window: Window | None = None
         while (status := self.status(name)) is not None and status.running:
+            if status.started_at != started_at:
+                return
             try:
                 figures = await self.host.stats(name, drain=True)
             except Exception as exc:
@@ -294,7 +300,9 @@ class Rollouts:
                 verdict = judge(status, canary, stable, window.elapsed())
                 if verdict is not None:
                     try:
-                        await self._decide(name, verdict[0], verdict[1], (canary, stable))
+                        await self._decide(
+                            name, verdict[0], verdict[1], (canary, stable), started_at
+                        )
                     except Exception as exc:  # a worker refused the routes: try again
                         log.error("rollout of model %s: %s", name, exc)
                         await asyncio.sleep(self.tick_s)
@@ -303,12 +311,21 @@ class Rollouts:
             await asyncio.sleep(self.tick_s)
 
     async def _decide(
-        self, name: str, verdict: str, reason: str, figures: tuple[Figures, Figures] | None
+        self,
+        name: str,
+        verdict: str,
+        reason: str,
+        figures: tuple[Figures, Figures] | None,
+        started_at: float | None = None,
     ) -> RolloutStatus | None:
+        """Apply a verdict to the running rollout (to the one started at ``started_at``
+        only, when given: a verdict on an earlier rollout never reaches a later one)."""
         host = self.host
         async with host.lock:
             model = host.state.models.get(name)
             if model is None or model.rollout is None or not model.rollout.running:
+                return None
+            if started_at is not None and model.rollout.started_at != started_at:
                 return None
             status = model.rollout.model_copy(deep=True)
             canary, stable = figures or (Figures(), Figures())

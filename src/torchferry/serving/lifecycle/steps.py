@@ -82,14 +82,13 @@ class Steps:
             activated = await ask_all(
                 self.workers, "activate", QUICK_TIMEOUT_S, name=name, version=version
             )
-            if activated.refused:
+            if activated.refused:  # retired where it went live, released where it did not
                 reason = activated.first_failure()
                 await ask_all(
                     self.workers, "unload", self._unload_timeout(), name=name, version=version
                 )
-        else:
-            await ask_all(self.workers, "discard", QUICK_TIMEOUT_S, name=name, version=version)
         if reason is not None:
+            await ask_all(self.workers, "discard", QUICK_TIMEOUT_S, name=name, version=version)
             info.state, info.reason = "failed", reason
             log.warning(
                 "model %s version %d was not loaded: %s",
