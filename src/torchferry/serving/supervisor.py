@@ -14,11 +14,16 @@ whatever a model does to a worker.
 - **Drain**: SIGTERM or SIGINT tells every worker to drain; each answers what it accepted,
   then exits. Workers still running after ``--drain-timeout`` (plus a margin for the
   batchers) are killed. A second SIGINT kills them at once.
+- **Changes while serving**: the fleet (``lifecycle/fleet.py``) holds the desired state and
+  makes each change in every serving worker; a worker (re)started during a change waits
+  for it, then starts from the state it left. The management API (its own listener), the
+  store poller and the rollouts drive the fleet once the server is up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -35,6 +40,10 @@ import uvicorn
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from torchferry.serving.control import Channel, ControlError
+from torchferry.serving.lifecycle.fleet import Fleet
+from torchferry.serving.lifecycle.listener import management_listener
+from torchferry.serving.lifecycle.poll import StorePoller
+from torchferry.serving.lifecycle.workers import WorkerGone
 from torchferry.serving.listen import PortGuard, QuietServer, listen_exclusive, reserve
 from torchferry.serving.metrics_render import metrics_app, render_metrics, worker_died
 from torchferry.serving.settings import ServerSettings
@@ -95,8 +104,9 @@ class Supervisor:
         self.metrics_dir: Path | None = None
         self._stopped = asyncio.Event()
         self._spare: Spare | None = None
-        self._metrics_server: QuietServer | None = None
-        self._metrics_task: asyncio.Task[None] | None = None
+        self._listeners: list[tuple[QuietServer, asyncio.Task[None]]] = []
+        self._poller: asyncio.Task[None] | None = None
+        self.fleet = Fleet(self, settings)
 
     # -- the whole server ------------------------------------------------------------------
 
@@ -104,6 +114,7 @@ class Supervisor:
         settings = self.settings
         loop = asyncio.get_running_loop()
         metrics_listener: socket.socket | None = None
+        management: tuple[Any, socket.socket] | None = None
         try:
             http = reserve(settings.host, settings.port, "HTTP", "--port")
             self.guards.append(http)
@@ -120,6 +131,8 @@ class Supervisor:
                 metrics_listener = listen_exclusive(
                     settings.host, settings.metrics_port, "metrics", "--metrics-port"
                 )
+            management = management_listener(self.fleet, settings)
+            self.fleet.restore()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
             try:
@@ -135,18 +148,23 @@ class Supervisor:
             # ready only now that every worker serves
             await asyncio.gather(*(self._request(w, "release") for w in self.workers))
             if metrics_listener is not None:
-                self._serve_metrics(metrics_listener)
+                self._serve(metrics_app(self.render_metrics), metrics_listener)
                 metrics_listener = None  # uvicorn closes it
+            if management is not None:
+                self._serve(*management)
+                management = None
+            self._begin_changes()
             self._announce()
             await self._keep_spare()
             await self._stopped.wait()
             return 0
         finally:
-            if metrics_listener is not None:
-                metrics_listener.close()
-            if self._metrics_server is not None and self._metrics_task is not None:
-                self._metrics_server.should_exit = True
-                await self._metrics_task
+            for sock in (metrics_listener, management[1] if management else None):
+                if sock is not None:
+                    sock.close()
+            for server, task in self._listeners:
+                server.should_exit = True
+                await task
             for guard in self.guards:
                 guard.close()
             if self.metrics_dir is not None:
@@ -165,14 +183,30 @@ class Supervisor:
             extra={"event": "serving", "workers": len(self.workers)},
         )
 
-    def _serve_metrics(self, sock: socket.socket) -> None:
-        """``GET /metrics`` on the supervisor's own listener: every worker's numbers summed
-        (prometheus-client's multiprocess files), each worker's process figures, and the
-        supervisor's view of its workers."""
-        app = metrics_app(self.render_metrics)
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
-        self._metrics_server = QuietServer(config)
-        self._metrics_task = asyncio.create_task(self._metrics_server.serve([sock]))
+    def _serve(self, app: Any, sock: socket.socket) -> None:
+        """An app of the supervisor's own on its own listener: ``/metrics`` (every worker's
+        numbers summed, each worker's process figures, the supervisor's view of its workers),
+        the management API."""
+        # a management call waiting on a rollout must not hold up the exit
+        config = uvicorn.Config(
+            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
+        )
+        server = QuietServer(config)
+        self._listeners.append((server, asyncio.create_task(server.serve([sock]))))
+
+    def _begin_changes(self) -> None:
+        """The server is up: rollouts a restart interrupted go on, the poller starts."""
+        self.fleet.rollouts.resume()
+        if self.settings.poll_store_s is not None and self.fleet.store is not None:
+            poller = StorePoller(self.fleet, self.settings.poll_store_s)
+            self._poller = asyncio.create_task(poller.run())
+
+    async def _end_changes(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        await self.fleet.rollouts.close()
 
     def render_metrics(self) -> tuple[bytes, str]:
         serving = {
@@ -195,7 +229,7 @@ class Supervisor:
         restarts.add_metric([], sum(w.restarts for w in self.workers))
         uptime = GaugeMetricFamily("torchferry_uptime_seconds", "Seconds since the server started.")
         uptime.add_metric([], time.time() - self.started_at)
-        return [workers, restarts, uptime]
+        return [workers, restarts, uptime, *self.fleet.rollouts.metrics()]
 
     def _on_signal(self, sig: int) -> None:
         if self.draining:
@@ -213,6 +247,7 @@ class Supervisor:
             return
         self.draining = True
         try:
+            await self._end_changes()
             await self._drain_workers()
         finally:
             self._stopped.set()
@@ -289,8 +324,11 @@ class Supervisor:
         spare.reading.add_done_callback(worker.tasks.discard)
         watching.add_done_callback(worker.tasks.discard)
         settings = self.worker_settings.model_dump(mode="json")
+        state = self.fleet.start_state()
         try:
-            await worker.channel.request("start", worker=worker.index, settings=settings)
+            status = await worker.channel.request(
+                "start", worker=worker.index, settings=settings, state=state
+            )
         except ControlError:  # it exited, or refused what to serve (then it must go)
             try:
                 code = await asyncio.wait_for(worker.process.wait(), CONTROL_TIMEOUT_S)
@@ -300,6 +338,7 @@ class Supervisor:
             raise WorkerFailed(
                 f"worker {worker.index} exited with {_describe_exit(code)} before it served"
             ) from None
+        await self.fleet.joined(worker.index, status or {})
         if worker.state == "starting":
             worker.state = "serving"
             worker.serving_since = time.monotonic()
@@ -385,12 +424,29 @@ class Supervisor:
             extra={"event": "worker_restart", "worker": worker.index, "restarts": worker.restarts},
         )
         try:
-            await self._start(worker)
+            async with self.fleet.lock:  # after the change in progress: start from its result
+                await self._start(worker)
         except WorkerFailed as exc:
             log.error("%s", exc)  # its own _watch schedules the next attempt
             return
         await self._request(worker, "release")
         await self._keep_spare()
+
+    # -- the fleet's view of the workers (lifecycle.workers.Workers) -------------------------
+
+    def serving(self) -> list[int]:
+        return [w.index for w in self.workers if w.state == "serving"]
+
+    async def ask(self, index: int, op: str, timeout: float, **args: Any) -> Any:
+        channel = self.workers[index - 1].channel
+        if channel is None or channel.closed.is_set():
+            raise WorkerGone(f"worker {index} is not running")
+        try:
+            return await channel.request(op, timeout=timeout, **args)
+        except ControlError:
+            if channel.closed.is_set():
+                raise WorkerGone(f"worker {index} exited during {op}") from None
+            raise
 
     async def _request(self, worker: WorkerHandle, op: str, **args: Any) -> Any:
         if worker.channel is None:

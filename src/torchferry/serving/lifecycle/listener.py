@@ -1,0 +1,46 @@
+"""The management API's listener: loopback unless ``--management-host`` says otherwise
+(then a warning: whoever reaches it can change the models)."""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import logging
+import socket
+from typing import Any
+
+from torchferry.serving.lifecycle.fleet import Fleet
+from torchferry.serving.listen import listen_exclusive
+from torchferry.serving.settings import ServerSettings
+
+log = logging.getLogger("torchferry.supervisor")
+
+LOOPBACK = "127.0.0.1"
+
+
+def management_listener(fleet: Fleet, settings: ServerSettings) -> tuple[Any, socket.socket] | None:
+    """The management app and its bound socket (bound before the workers start, so that a
+    taken port fails the start at once), or None when the API is off."""
+    if settings.management_port is None:
+        return None
+    try:
+        module = importlib.import_module("torchferry.serving.management.app")
+    except ImportError as exc:
+        log.debug("no management API: %s", exc)
+        return None
+    host = settings.management_host or LOOPBACK
+    if not is_loopback(host):
+        log.warning(
+            "the management API listens on %s: anyone who reaches it can change the models",
+            host,
+            extra={"event": "management_exposed", "host": host},
+        )
+    sock = listen_exclusive(host, settings.management_port, "management", "--management-port")
+    return module.management_app(fleet, settings), sock
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

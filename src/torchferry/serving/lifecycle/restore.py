@@ -1,0 +1,85 @@
+"""The desired state a server starts from: the one saved in the store (less what has left the
+store since), else each model's version policy over the store's versions."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from torchferry.serving.lifecycle.state import (
+    DesiredState,
+    ModelState,
+    Routes,
+    store_models,
+    store_versions,
+)
+from torchferry.serving.settings import ServerSettings
+
+log = logging.getLogger("torchferry.lifecycle")
+
+
+def initial_state(settings: ServerSettings, store: Path) -> DesiredState:
+    saved = DesiredState.read(store)
+    names = list(settings.models) or store_models(store)
+    if saved is not None:
+        for name, model in saved.models.items():
+            if name not in names and model.versions and not settings.models:
+                log.warning(
+                    "model %s is no longer in the store: not restored",
+                    name,
+                    extra={"event": "version_vanished", "model": name},
+                )
+    state = DesiredState()
+    for name in names:
+        available = store_versions(store, name)
+        if saved is not None and name in saved.models:
+            state.models[name] = _restored(name, saved.models[name], available)
+        elif available:
+            policy = settings.policy_for(name)
+            state.models[name] = ModelState(versions=policy.select(available), policy=policy)
+    return state
+
+
+def _restored(name: str, model: ModelState, available: list[int]) -> ModelState:
+    model = model.model_copy(deep=True)
+    gone = [v for v in model.versions if v not in available]
+    if not gone:
+        return model
+    log.warning(
+        "model %s version(s) %s are no longer in the store: not restored",
+        name,
+        ", ".join(map(str, gone)),
+        extra={"event": "version_vanished", "model": name, "versions": gone},
+    )
+    model.versions = [v for v in model.versions if v in available]
+    model.routes = without(model.routes, gone)
+    if model.policy is not None and model.policy.kind == "specific":
+        kept = [v for v in model.policy.versions if v in available]
+        model.policy = model.policy.model_copy(update={"versions": kept}) if kept else None
+    rollout = model.rollout
+    if (
+        rollout is not None
+        and rollout.running
+        and {rollout.stable, rollout.spec.version} & set(gone)
+    ):
+        rollout.phase, rollout.reason = "aborted", "a version it used left the store"
+        rollout.updated_at = time.time()
+        stable = rollout.stable if rollout.stable in model.versions else None
+        model.routes = model.routes.model_copy(update={"weights": {}, "default": stable})
+    return model
+
+
+def without(routes: Routes, versions: list[int]) -> Routes:
+    """``routes`` naming none of ``versions`` (each is being unloaded)."""
+    gone = set(versions)
+    weights = {v: w for v, w in routes.weights.items() if v not in gone}
+    if weights and sum(weights.values()) <= 0:
+        weights = {}
+    return Routes(
+        default=None if routes.default in gone else routes.default,
+        weights=weights,
+        shadow=None
+        if routes.shadow is not None and routes.shadow.version in gone
+        else routes.shadow,
+    )
