@@ -221,3 +221,28 @@ def test_unknown_paths_and_methods_answer_in_torchserve_shape(client: Client) ->
     assert_torchserve_error(client.patch("/models"), 405, "MethodNotAllowedException")
     triton = client.get("/v2/repository/index")  # a POST route
     assert triton.status_code == 405 and set(triton.json()) == {"error"}
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "kind", "words"),
+    [
+        (RuntimeError("worker 2 vanished"), 500, "InternalServerException", "worker 2 vanished"),
+        (TimeoutError(), 504, "RequestTimeoutException", "did not answer in time"),
+    ],
+)
+def test_unexpected_faults_answer_in_shape_without_a_traceback(
+    client: Client,
+    fleet: FakeFleet,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: Exception,
+    status: int,
+    kind: str,
+    words: str,
+) -> None:
+    async def broken(name: str, version: int) -> None:
+        raise fault
+
+    monkeypatch.setattr(fleet, "set_default", broken)
+    response = client.put("/models/iris/1/set-default")
+    message = assert_torchserve_error(response, status, kind)
+    assert words in message and "Traceback" not in message

@@ -75,6 +75,9 @@ def as_error(exc: BaseException, where: str) -> TorchferryError:
         return exc
     if isinstance(exc, ValidationError | RequestValidationError):
         return InvalidInput(validation_message(exc))
+    if isinstance(exc, TimeoutError):
+        log.warning("%s: the workers did not answer in time", where)
+        return InferenceTimeout(f"{where}: the workers did not answer in time; try again")
     log.error("unexpected error in %s", where, exc_info=exc)
     return internal_error(exc)
 
@@ -88,6 +91,15 @@ async def read_json(request: Request, required: bool = False) -> Any:
             raise InvalidInput("the request body is empty; expected a JSON object")
         return None
     return loads(body)
+
+
+def json_body(example: Any, model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """The OpenAPI description of a JSON body these routes read themselves (so that their
+    errors are 400s in the API's shape rather than FastAPI's 422s)."""
+    content: dict[str, Any] = {"example": example}
+    if model is not None:
+        content["schema"] = model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {"application/json": content}}}
 
 
 def parse_body(model: type[M], document: Any) -> M:

@@ -13,6 +13,7 @@ from torchferry.serving.lifecycle.state import RolloutSpec
 from torchferry.serving.management.answers import (
     JSONResponse,
     TorchServeRoute,
+    json_body,
     parse_body,
     read_json,
 )
@@ -25,7 +26,12 @@ class NoRollout(ModelNotFound):
     """The model has had no rollout (since the state was last reset)."""
 
 
-@router.post("/models/{model_name}/rollouts", status_code=201, summary="Start a rollout")
+@router.post(
+    "/models/{model_name}/rollouts",
+    status_code=201,
+    summary="Start a rollout",
+    openapi_extra=json_body({"version": 2, "steps": [10, 25, 50, 100]}, RolloutSpec),
+)
 async def start(request: Request, model_name: str) -> Response:
     management = management_of(request)
     spec = parse_body(RolloutSpec, await read_json(request, required=True))

@@ -23,6 +23,7 @@ from torchferry.serving.lifecycle.state import Routes, Shadow
 from torchferry.serving.management.answers import (
     JSONResponse,
     TorchServeRoute,
+    json_body,
     parse_body,
     read_json,
     validation_message,
@@ -32,8 +33,8 @@ from torchferry.serving.management.context import Management, management_of
 router = APIRouter(tags=["torchferry traffic"], route_class=TorchServeRoute)
 
 
-def _ready(management: Management, name: str) -> list[int]:
-    versions = management.require(name)
+def _ready(management: Management, name: str, required: bool = True) -> list[int]:
+    versions = management.require(name) if required else management.versions(name)
     return [v for v, info in versions.items() if info.state == "ready"]
 
 
@@ -75,7 +76,11 @@ async def get_traffic(request: Request, model_name: str) -> Response:
     return _traffic(management, model_name, None)
 
 
-@router.put("/models/{model_name}/traffic", summary="Split traffic between loaded versions")
+@router.put(
+    "/models/{model_name}/traffic",
+    summary="Split traffic between loaded versions",
+    openapi_extra=json_body({"1": 90, "2": 10}),
+)
 async def put_traffic(request: Request, model_name: str) -> Response:
     management = management_of(request)
     weights = _weights(await read_json(request, required=True))
@@ -130,7 +135,11 @@ async def get_shadow(request: Request, model_name: str) -> Response:
     return await _shadow(management, model_name, None)
 
 
-@router.put("/models/{model_name}/shadow", summary="Mirror traffic to a version and compare")
+@router.put(
+    "/models/{model_name}/shadow",
+    summary="Mirror traffic to a version and compare",
+    openapi_extra=json_body({"version": 3, "share": 0.5}, Shadow),
+)
 async def put_shadow(request: Request, model_name: str) -> Response:
     management = management_of(request)
     shadow = parse_body(Shadow, await read_json(request, required=True))
@@ -167,15 +176,15 @@ def _known_model(management: Management, name: str) -> None:
 async def get_policy(request: Request, model_name: str) -> Response:
     management = management_of(request)
     _known_model(management, model_name)
-    return _policy_answer(management, model_name, _ready_or_none(management, model_name))
+    versions = _ready(management, model_name, required=False)
+    return _policy_answer(management, model_name, versions)
 
 
-def _ready_or_none(management: Management, name: str) -> list[int]:
-    versions = management.versions(name)
-    return [v for v, info in versions.items() if info.state == "ready"]
-
-
-@router.put("/models/{model_name}/version-policy", summary="Change which versions are loaded")
+@router.put(
+    "/models/{model_name}/version-policy",
+    summary="Change which versions are loaded",
+    openapi_extra=json_body({"latest": {"num_versions": 2}}),
+)
 async def put_policy(request: Request, model_name: str) -> Response:
     management = management_of(request)
     document = await read_json(request, required=True)
