@@ -16,7 +16,15 @@ from rich.markup import escape
 from torchferry.errors import TorchferryError
 
 #: Subcommand modules under ``torchferry.cli``; a new command is a new module plus a line here.
-COMMANDS = ["export_cmd", "import_cmd", "inspect_cmd", "serve_cmd", "predict_cmd", "optimize_cmd"]
+COMMANDS = [
+    "export_cmd",
+    "import_cmd",
+    "inspect_cmd",
+    "serve_cmd",
+    "predict_cmd",
+    "optimize_cmd",
+    "deploy_cmd",
+]
 
 err_console = Console(stderr=True)
 

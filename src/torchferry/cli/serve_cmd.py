@@ -6,6 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
+from torchferry.serving.lifecycle.policy import VersionPolicy
 from torchferry.serving.settings import DEFAULT_MAX_BODY_BYTES, ModelOverride, ServerSettings
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
@@ -34,6 +35,17 @@ def parse_model_batching(text: str) -> tuple[str, ModelOverride]:
         return name, ModelOverride.model_validate(fields)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def parse_version_policy(text: str) -> tuple[str | None, VersionPolicy]:
+    """``[MODEL=]POLICY`` -> (model or None for every model, policy)."""
+    model, _, policy = text.rpartition("=")
+    if "=" in text and not model.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected [MODEL=]all|latest:N|specific:V,V")
+    try:
+        return (model.strip() or None), VersionPolicy.parse(policy)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -98,6 +110,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Prometheus /metrics on this port, same host (default 8002; 0 picks a free one)",
     )
     metrics.add_argument("--no-metrics", action="store_true", help="serve no metrics")
+    management = parser.add_mutually_exclusive_group()
+    management.add_argument(
+        "--management-port",
+        type=int,
+        default=8081,
+        help="management API (TorchServe's, Triton's repository extension, traffic, "
+        "rollouts) on this port (default 8081; 0 picks a free one)",
+    )
+    management.add_argument("--no-management", action="store_true", help="no management API")
+    parser.add_argument(
+        "--management-host",
+        help="where the management API listens (default: loopback only; any other address "
+        "lets whoever reaches it change the models, and is logged as a warning)",
+    )
+    parser.add_argument(
+        "--model-source-root",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="a folder management calls may load models from (repeatable; default: the store)",
+    )
+    parser.add_argument(
+        "--poll-store",
+        type=float,
+        metavar="SECONDS",
+        help="look for new and removed versions in the store this often (default: never)",
+    )
+    parser.add_argument(
+        "--version-policy",
+        action="append",
+        type=parse_version_policy,
+        default=[],
+        metavar="[MODEL=]POLICY",
+        help="which store versions to load: all (default), latest:N or specific:V1,V2; "
+        "MODEL= for one model, else every model (repeatable)",
+    )
     parser.add_argument("--log-level", default="info")
     parser.add_argument(
         "--log-format",
@@ -123,6 +172,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    policies = dict(args.version_policy)
+    default_policy = policies.pop(None, None) or VersionPolicy()
     return ServerSettings(
         store=args.store,
         models=args.model,
@@ -147,6 +198,12 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         drain_timeout_s=args.drain_timeout,
         metrics_port=None if args.no_metrics else args.metrics_port,
         otel=args.otel,
+        management_port=None if args.no_management else args.management_port,
+        management_host=args.management_host,
+        model_source_roots=args.model_source_root,
+        poll_store_s=args.poll_store,
+        version_policy=default_policy,
+        model_version_policies=policies,
     )
 
 

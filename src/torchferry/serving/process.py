@@ -45,6 +45,13 @@ class ServerProcess:
     grpc_port: int | None = None
     #: The Prometheus port; None when the server runs with ``--no-metrics``.
     metrics_port: int | None = None
+    #: The management API's port; None when the server runs with ``--no-management``.
+    management_port: int | None = None
+
+    @property
+    def management_url(self) -> str:
+        assert self.management_port is not None, "this server runs without a management API"
+        return f"http://127.0.0.1:{self.management_port}"
 
     @property
     def grpc_target(self) -> str:
@@ -116,22 +123,27 @@ def serve_in_subprocess(
     timeout: float = 90.0,
     env: dict[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
-    """Run ``torchferry serve ARGS --port FREE --grpc-port FREE --metrics-port FREE`` until
-    the block ends.
+    """Run ``torchferry serve ARGS --port FREE --grpc-port FREE --metrics-port FREE
+    --management-port FREE`` until the block ends.
 
-    ARGS with ``--no-grpc``/``--no-metrics`` or their own ports keep those; ``env`` adds to
+    ARGS with ``--no-grpc``/``--no-metrics``/``--no-management`` or their own ports keep those; ``env`` adds to
     the server's environment. On exit the server gets SIGTERM (a graceful drain), then SIGKILL
     after 30 s.
     """
-    port, free_grpc_port, free_metrics_port = free_ports(3)
+    port, free_grpc_port, free_metrics_port, free_management_port = free_ports(4)
     command = [sys.executable, "-m", "torchferry.cli", "serve", *args, port_flag, str(port)]
     grpc_port = _port_option(args, command, "--grpc-port", "--no-grpc", free_grpc_port)
     metrics_port = _port_option(args, command, "--metrics-port", "--no-metrics", free_metrics_port)
+    management_port = _port_option(
+        args, command, "--management-port", "--no-management", free_management_port
+    )
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with ExitStack() as files:
         sink = files.enter_context(log.open("wb")) if log else subprocess.DEVNULL
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=environment)
-    server = ServerProcess(f"http://127.0.0.1:{port}", port, process, log, grpc_port, metrics_port)
+    server = ServerProcess(
+        f"http://127.0.0.1:{port}", port, process, log, grpc_port, metrics_port, management_port
+    )
     try:
         deadline = time.monotonic() + timeout
         while True:

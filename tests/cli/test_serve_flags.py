@@ -1,0 +1,109 @@
+"""``torchferry serve``'s management flags reach the settings, and test servers get a free
+management port of their own."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from torchferry.cli import build_parser
+from torchferry.cli.serve_cmd import settings_from_args
+from torchferry.serving import process
+from torchferry.serving.lifecycle.policy import VersionPolicy
+from torchferry.serving.settings import ServerSettings
+
+
+def settings_of(*argv: str) -> ServerSettings:
+    return settings_from_args(build_parser().parse_args(["serve", "--store", "s", *argv]))
+
+
+def test_management_defaults() -> None:
+    settings = settings_of()
+    assert settings.management_port == 8081 and settings.management_host is None
+    assert settings.model_source_roots == [] and settings.source_roots() == [Path("s")]
+    assert settings.poll_store_s is None
+    assert settings.version_policy == VersionPolicy() and settings.model_version_policies == {}
+
+
+def test_management_flags() -> None:
+    settings = settings_of(
+        "--management-port", "0",
+        "--management-host", "0.0.0.0",
+        "--model-source-root", "/models/incoming",
+        "--model-source-root", "exports",
+        "--poll-store", "2.5",
+        "--version-policy", "latest:2",
+        "--version-policy", "digits=specific:1,3",
+        "--version-policy", "iris=all",
+    )  # fmt: skip
+    assert settings.management_port == 0 and settings.management_host == "0.0.0.0"
+    assert settings.source_roots() == [Path("/models/incoming"), Path("exports")]
+    assert settings.poll_store_s == 2.5
+    assert settings.policy_for("resnet") == VersionPolicy(kind="latest", num_versions=2)
+    assert settings.policy_for("digits") == VersionPolicy(kind="specific", versions=[1, 3])
+    assert settings.policy_for("iris") == VersionPolicy(kind="all")
+    assert settings_of("--no-management").management_port is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--version-policy", "newest"],
+        ["--version-policy", "=all"],
+        ["--version-policy", "digits=latest:x"],
+        ["--version-policy", "specific:"],
+        ["--no-management", "--management-port", "9000"],
+    ],
+)
+def test_bad_flags_exit_2_with_a_message(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["serve", "--store", "s", *argv])
+    assert exited.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def _command_of(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> tuple[list[str], Any]:
+    """The command serve_in_subprocess runs for ARGS, and the ServerProcess it yields."""
+    seen: list[list[str]] = []
+
+    class FakePopen:
+        returncode = None
+
+        def __init__(self, command: list[str], **kwargs: Any) -> None:
+            seen.append(command)
+
+        def poll(self) -> None:
+            return None
+
+        def terminate(self) -> None: ...
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    class Ready:
+        status_code = 200
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(process.httpx, "get", lambda *a, **k: Ready())
+    with process.serve_in_subprocess(args) as server:
+        return seen[0], server
+
+
+def test_test_servers_get_a_free_management_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    command, server = _command_of(monkeypatch, ["--store", "s"])
+    port = int(command[command.index("--management-port") + 1])
+    assert server.management_port == port and port not in (server.port, server.grpc_port)
+    assert server.management_url == f"http://127.0.0.1:{port}"
+
+    command, server = _command_of(monkeypatch, ["--store", "s", "--management-port", "9123"])
+    assert command.count("--management-port") == 1 and server.management_port == 9123
+
+    command, server = _command_of(monkeypatch, ["--store", "s", "--no-management"])
+    assert "--management-port" not in command and server.management_port is None
+    with pytest.raises(AssertionError, match="without a management API"):
+        _ = server.management_url
