@@ -10,6 +10,7 @@ imports it too. A loaded version is read through the :class:`Describable` shape.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 
@@ -62,13 +63,10 @@ def version_record(model: Describable) -> dict[str, Any]:
 
 
 def torchserve_description(
-    record: dict[str, Any], ready: bool, is_default: bool, pending: int = 0
+    record: Mapping[str, Any], ready: bool, pending: int = 0
 ) -> dict[str, Any]:
     """TorchServe's ``describe`` entry for one version (``GET /models/{m}[/{v}]``);
-    ``pending`` is the rows waiting in its queue, where the caller knows them. TorchServe's
-    entry has no default-version field: ``is_default`` only orders ``/models/{m}`` (the
-    default version first), so the argument is kept for the callers' sake."""
-    del is_default
+    ``pending`` is the rows waiting in its queue, where the caller knows them."""
     name, version = record["name"], record["version"]
     capacity = int(record["max_queue_rows"])
     return {

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
 import ipaddress
 import logging
 import socket
@@ -23,11 +22,9 @@ def management_listener(fleet: Fleet, settings: ServerSettings) -> tuple[Any, so
     taken port fails the start at once), or None when the API is off."""
     if settings.management_port is None:
         return None
-    try:
-        module = importlib.import_module("torchferry.serving.management.app")
-    except ImportError as exc:
-        log.debug("no management API: %s", exc)
-        return None
+    # imported here: a server without the API never builds its routes
+    from torchferry.serving.management.app import management_app
+
     host = settings.management_host or LOOPBACK
     if not is_loopback(host):
         log.warning(
@@ -36,7 +33,7 @@ def management_listener(fleet: Fleet, settings: ServerSettings) -> tuple[Any, so
             extra={"event": "management_exposed", "host": host},
         )
     sock = listen_exclusive(host, settings.management_port, "management", "--management-port")
-    return module.management_app(fleet, settings), sock
+    return management_app(fleet, settings), sock
 
 
 def is_loopback(host: str) -> bool:

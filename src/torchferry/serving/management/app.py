@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from torchferry import __version__
+from torchferry._version import __version__
 from torchferry.errors import InvalidInput, TorchferryError
 from torchferry.serving.management import rollouts, torchserve, traffic, triton
 from torchferry.serving.management.answers import (

@@ -181,10 +181,8 @@ async def version_predictions(request: Request, model_name: str, model_version: 
 # -- management (read-only) ---------------------------------------------------------------------
 
 
-def _describe(model: LoadedModel, ready: bool, default: int) -> dict[str, Any]:
-    record = version_record(model)
-    pending = model.batcher.queued_rows
-    return torchserve_description(record, ready, model.version == default, pending)
+def _describe(model: LoadedModel, ready: bool) -> dict[str, Any]:
+    return torchserve_description(version_record(model), ready, model.batcher.queued_rows)
 
 
 @router.get("/models", summary="TorchServe management: list models")
@@ -201,24 +199,20 @@ async def list_models(request: Request, limit: int = 100, next_page_token: int =
 @router.get("/models/{model_name}", summary="TorchServe management: describe a model")
 async def describe(request: Request, model_name: str) -> Response:
     plane = plane_of(request)
-    default = plane.default_version(model_name)
-    model = plane.resolve(model_name, default)
-    return JSONResponse([_describe(model, plane.ready, default)])
+    model = plane.resolve(model_name, plane.default_version(model_name))
+    return JSONResponse([_describe(model, plane.ready)])
 
 
 @router.get("/models/{model_name}/all", summary="TorchServe management: every version")
 async def describe_all(request: Request, model_name: str) -> Response:
     plane = plane_of(request)
-    models = plane.versions(model_name)
-    default = plane.default_version(model_name)
-    return JSONResponse([_describe(m, plane.ready, default) for m in models])
+    return JSONResponse([_describe(m, plane.ready) for m in plane.versions(model_name)])
 
 
 @router.get("/models/{model_name}/{model_version}", summary="TorchServe management: a version")
 async def describe_version(request: Request, model_name: str, model_version: str) -> Response:
-    plane = plane_of(request)
     model = _model(request, model_name, model_version)
-    return JSONResponse([_describe(model, plane.ready, plane.default_version(model_name))])
+    return JSONResponse([_describe(model, plane_of(request).ready)])
 
 
 class TorchServe(Protocol):
