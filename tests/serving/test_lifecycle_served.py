@@ -138,18 +138,30 @@ def test_a_corrupt_archive_is_refused_with_its_reason_and_the_old_version_serves
             asked = time.monotonic()
             refused = mgmt.post("/models", params={"url": "broken", "model_name": "adder"})
             took = time.monotonic() - asked
+            # the same archive put straight into the store: refused by every worker's load
+            shutil.copytree(broken, store / "adder" / "2")
+            asked = time.monotonic()
+            failed = mgmt.post("/v2/repository/models/adder/load")
+            took_in_store = time.monotonic() - asked
             time.sleep(1)
-        assert refused.status_code in (400, 500), refused.text
+        assert refused.status_code == 400, refused.text
         error = refused.json()
-        assert error["code"] == refused.status_code
-        assert "model.onnx" in error["message"] and "hash" in error["message"], error
-        assert took < 10, took
+        assert error["code"] == 400 and error["type"] == "BadRequestException"
+        assert "model.onnx" in error["message"] and "SHA-256" in error["message"], error
+        assert failed.status_code == 400, failed.text
+        reason = failed.json()["error"]
+        assert "version 2" in reason and "model.onnx" in reason and "SHA-256" in reason, reason
+        assert took < 10 and took_in_store < 10, (took, took_in_store)
         assert traffic.failures() == []
         assert {a.version for a in traffic.answers} == {1}
         # the refused version is not loaded anywhere; the store keeps nothing of it
-        assert [m["modelVersion"] for m in check(mgmt.get("/models/adder/all"))] == ["1"]
+        described = {m["modelVersion"]: m for m in check(mgmt.get("/models/adder/all"))}
+        assert described["1"]["state"] == "ready"
+        assert described.get("2", {"state": "failed"})["state"] == "failed"
         repository = check(mgmt.post("/v2/repository/index"))
-        assert [e["version"] for e in repository if e["state"] == "READY"] == ["1"]
+        states = {e["version"]: (e["state"], e.get("reason") or "") for e in repository}
+        assert states["1"] == ("READY", "") and states["2"][0] == "UNAVAILABLE", states
+        assert "SHA-256" in states["2"][1], states
 
 
 def test_a_restart_comes_back_with_the_same_models_defaults_and_splits(
@@ -160,8 +172,8 @@ def test_a_restart_comes_back_with_the_same_models_defaults_and_splits(
         mgmt = manage(server)
         check(mgmt.post("/models", params={"url": "adder-times-3", "model_name": "adder"}))
         check(mgmt.post("/models", params={"url": "adder-times-2", "model_name": "adder"}))
-        check(mgmt.delete("/models/adder/1"))
         check(mgmt.put("/models/adder/3/set-default"))
+        check(mgmt.delete("/models/adder/1"))
         check(mgmt.put("/models/adder/traffic", json={"2": 80, "3": 20}))
         before = {
             "models": check(mgmt.get("/models/adder/all")),
@@ -176,6 +188,8 @@ def test_a_restart_comes_back_with_the_same_models_defaults_and_splits(
             "traffic": check(mgmt.get("/models/adder/traffic")),
         }
         assert [m["modelVersion"] for m in after["models"]] == ["2", "3"]
+        for was, now in zip(before["models"], after["models"], strict=True):
+            assert {k: (v, now.get(k)) for k, v in was.items() if now.get(k) != v} == {}
         assert after == before
         with httpx.Client(base_url=server.url, timeout=30) as client:
             row = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}

@@ -11,7 +11,7 @@ import pytest
 from torchferry.errors import InvalidInput
 from torchferry.serving.lifecycle.state import Routes, Shadow
 from torchferry.serving.protocols.common import traffic_key
-from torchferry.serving.routing import Route, without
+from torchferry.serving.routing import Route
 
 
 def test_no_weights_picks_the_default_or_none():
@@ -44,10 +44,10 @@ def test_zero_weights_take_no_traffic_and_weights_win_over_the_default():
 
 def test_a_version_taken_out_leaves_weights_default_and_shadow():
     routes = Routes(default=2, weights={1: 50, 2: 50}, shadow=Shadow(version=2, share=0.5))
-    left = without(routes, 2)
+    left = routes.without(2)
     assert left == Routes(default=None, weights={1: 50}, shadow=None)
-    assert without(Routes(weights={2: 100}), 2).weights == {}
-    kept = without(routes, 1)
+    assert Routes(weights={2: 100}).without(2).weights == {}
+    kept = routes.without(1)
     assert kept.default == 2 and kept.weights == {2: 50} and kept.shadow is not None
 
 

@@ -11,7 +11,7 @@ from torchferry.archive.store import Archive, ModelStore
 from torchferry.errors import ArchiveError
 from torchferry.serving.lifecycle.state import DesiredState, Routes
 from torchferry.serving.repository import ModelRepository
-from torchferry.serving.routing import Route, without
+from torchferry.serving.routing import Route
 from torchferry.serving.settings import ServerSettings
 
 log = logging.getLogger("torchferry.loading")
@@ -62,7 +62,7 @@ def _apply_routes(repository: ModelRepository, name: str, routes: Routes) -> Non
     """``routes`` without the versions that did not load."""
     loaded = set(repository.versions(name))
     for version in Route.of(routes).named() - loaded:
-        routes = without(routes, version)
+        routes = routes.without(version)
     repository.set_routes(name, routes)
 
 

@@ -32,7 +32,7 @@ from torchferry.serving import metrics
 from torchferry.serving.batcher import Batcher
 from torchferry.serving.build import build_version, open_archive
 from torchferry.serving.lifecycle.state import Routes
-from torchferry.serving.routing import Route, without
+from torchferry.serving.routing import Route
 from torchferry.serving.settings import ServerSettings
 from torchferry.serving.versionstats import VersionStats
 from torchferry.signature import ModelSignature
@@ -342,7 +342,7 @@ class ModelRepository:
         else:
             route = self._routes.get(model.name)
             if route is not None:
-                self._set_route(model.name, Route.of(without(route.routes, model.version)))
+                self._set_route(model.name, Route.of(route.routes.without(model.version)))
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import zlib
 from bisect import bisect_right
 from dataclasses import dataclass
 
-from torchferry.serving.lifecycle.state import Routes, Shadow
+from torchferry.serving.lifecycle.state import Routes
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,16 +74,3 @@ class Route:
         if self.shadow is not None:
             named.add(self.shadow)
         return named
-
-
-def without(routes: Routes, version: int) -> Routes:
-    """``routes`` with ``version`` taken out of its weights, default and shadow (a version
-    being unloaded takes no more traffic, at once)."""
-    weights = {v: w for v, w in routes.weights.items() if v != version}
-    if weights and sum(weights.values()) <= 0:
-        weights = {}
-    shadow: Shadow | None = routes.shadow
-    if shadow is not None and shadow.version == version:
-        shadow = None
-    default = None if routes.default == version else routes.default
-    return Routes(default=default, weights=weights, shadow=shadow)

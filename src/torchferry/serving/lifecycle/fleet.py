@@ -91,10 +91,15 @@ class Fleet(Steps):
         if not self._adopted:
             for record in records:
                 key = (str(record["name"]), int(record["version"]))
-                self.versions[key] = VersionInfo(*key, state="ready", record=record)
+                self.versions[key] = VersionInfo(
+                    *key, state="ready", record=record, source=self._source(*key)
+                )
             for name, model in self.state.models.items():
                 for version in model.versions:
-                    self.versions.setdefault((name, version), VersionInfo(name, version, "ready"))
+                    self.versions.setdefault(
+                        (name, version),
+                        VersionInfo(name, version, "ready", source=self._source(name, version)),
+                    )
         self._adopted = True
 
     async def _ask_quietly(self, index: int, op: str, name: str, routes: Routes) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 from torchferry.serving.lifecycle.state import (
     DesiredState,
     ModelState,
-    Routes,
     store_models,
     store_versions,
 )
@@ -53,7 +52,7 @@ def _restored(name: str, model: ModelState, available: list[int]) -> ModelState:
         extra={"event": "version_vanished", "model": name, "versions": gone},
     )
     model.versions = [v for v in model.versions if v in available]
-    model.routes = without(model.routes, gone)
+    model.routes = model.routes.without(*gone)
     if model.policy is not None and model.policy.kind == "specific":
         kept = [v for v in model.policy.versions if v in available]
         model.policy = model.policy.model_copy(update={"versions": kept}) if kept else None
@@ -68,18 +67,3 @@ def _restored(name: str, model: ModelState, available: list[int]) -> ModelState:
         stable = rollout.stable if rollout.stable in model.versions else None
         model.routes = model.routes.model_copy(update={"weights": {}, "default": stable})
     return model
-
-
-def without(routes: Routes, versions: list[int]) -> Routes:
-    """``routes`` naming none of ``versions`` (each is being unloaded)."""
-    gone = set(versions)
-    weights = {v: w for v, w in routes.weights.items() if v not in gone}
-    if weights and sum(weights.values()) <= 0:
-        weights = {}
-    return Routes(
-        default=None if routes.default in gone else routes.default,
-        weights=weights,
-        shadow=None
-        if routes.shadow is not None and routes.shadow.version in gone
-        else routes.shadow,
-    )

@@ -54,6 +54,18 @@ class Routes(BaseModel):
             raise ValueError("traffic weights must not all be zero")
         return {v: w for v, w in sorted(weights.items()) if w > 0}
 
+    def without(self, *versions: int) -> Routes:
+        """These routes naming none of ``versions`` (each being unloaded: it takes no more
+        traffic, at once); weights left all zero become no weights."""
+        gone = set(versions)
+        weights = {v: w for v, w in self.weights.items() if v not in gone}
+        shadow = self.shadow if self.shadow is None or self.shadow.version not in gone else None
+        return Routes(
+            default=None if self.default in gone else self.default,
+            weights=weights if sum(weights.values()) > 0 else {},
+            shadow=shadow,
+        )
+
 
 class Figures(BaseModel):
     """One version's live figures over a rollout step (or a shadow check)."""
@@ -142,6 +154,8 @@ class ModelState(BaseModel):
     #: without a state file, every version).
     policy: VersionPolicy | None = None
     rollout: RolloutStatus | None = None
+    #: Where a management call staged each version from (shown, never read again).
+    sources: dict[int, str] = Field(default_factory=dict)
 
 
 class DesiredState(BaseModel):

@@ -15,7 +15,6 @@ from pydantic import ValidationError
 
 from torchferry.errors import Conflict, InvalidInput, ModelLoadFailed, ModelNotFound
 from torchferry.serving.lifecycle.policy import VersionPolicy
-from torchferry.serving.lifecycle.restore import without
 from torchferry.serving.lifecycle.state import DesiredState, ModelState, Routes, store_versions
 from torchferry.serving.lifecycle.workers import Workers, ask_all
 from torchferry.serving.settings import ServerSettings
@@ -56,6 +55,14 @@ class Steps:
         self.lock = asyncio.Lock()
         self._sources: dict[tuple[str, int], str] = {}
 
+    def _source(self, name: str, version: int) -> str | None:
+        """Where a version was staged from: this run's staging, else the saved state."""
+        staged = self._sources.get((name, version))
+        if staged is not None:
+            return staged
+        model = self.state.models.get(name)
+        return model.sources.get(version) if model is not None else None
+
     async def _load(self, name: str, version: int, *, pin: bool) -> VersionInfo:
         key = (name, version)
         model = self.state.models.get(name)
@@ -66,7 +73,7 @@ class Steps:
             raise ModelNotFound(f"model {name} has no version {version} in the store")
         if not self.workers.serving():
             raise Conflict("no worker is serving now: try again once one has started")
-        info = VersionInfo(name, version, "loading", source=self._sources.get(key))
+        info = VersionInfo(name, version, "loading", source=self._source(name, version))
         self.versions[key] = info
         path = str(store / name / str(version))
         loads = await ask_all(
@@ -100,6 +107,8 @@ class Steps:
             raise ModelLoadFailed(f"model {name} version {version} was not loaded: {reason}")
         model = self.state.models.setdefault(name, ModelState())
         model.versions = sorted({*model.versions, version})
+        if info.source is not None:
+            model.sources[version] = info.source
         info.state, info.reason, info.record = "ready", None, loads.first()
         log.info(
             "model %s version %d loaded in %d worker(s)",
@@ -122,7 +131,7 @@ class Steps:
                     f"model {name} version {min(used)} is in the rollout in progress: "
                     "abort the rollout first"
                 )
-        await self._apply_routes(name, without(model.routes, versions))
+        await self._apply_routes(name, model.routes.without(*versions))
         for version in versions:
             info = self.versions.setdefault((name, version), VersionInfo(name, version, "ready"))
             info.state = "unloading"
@@ -133,6 +142,7 @@ class Steps:
             if replies.refused:  # out of routing already: it is released when it can be
                 log.warning("model %s version %d: %s", name, version, replies.first_failure())
             model.versions = [v for v in model.versions if v != version]
+            model.sources.pop(version, None)
             self.versions.pop((name, version), None)
             log.info(
                 "model %s version %d unloaded",
