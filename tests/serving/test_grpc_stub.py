@@ -171,7 +171,7 @@ class BrokenPlane:
         self.error = error
         self.observers = Observers()
 
-    def resolve(self, name: str, version: str | None = None) -> None:
+    def resolve(self, name: str, version: str | None = None, key: str | None = None) -> None:
         raise self.error
 
 
