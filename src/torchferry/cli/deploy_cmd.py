@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
+
+from torchferry.serving.lifecycle.state import RolloutSpec
 
 console = Console(soft_wrap=True)
 
@@ -43,8 +46,11 @@ def parse_steps(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"{text!r}: expected percentages such as 10,25,50,100"
         ) from None
-    if not steps:
-        raise argparse.ArgumentTypeError("expected at least one percentage, ending at 100")
+    try:  # the server's own rule, checked before anything is registered
+        RolloutSpec(version=1, steps=steps)
+    except ValidationError as exc:
+        reason = "; ".join(str(error["msg"]) for error in exc.errors())
+        raise argparse.ArgumentTypeError(f"{text!r}: {reason}") from None
     return steps
 
 

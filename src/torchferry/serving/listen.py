@@ -12,6 +12,7 @@ take the port while a worker restarts.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,3 +96,14 @@ def listen_shared(host: str, port: int) -> socket.socket:
     sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
+
+
+#: Where a listener goes unless told otherwise.
+LOOPBACK = "127.0.0.1"
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -202,11 +202,17 @@ class Supervisor:
             self._poller = asyncio.create_task(poller.run())
 
     async def _end_changes(self) -> None:
+        """No model change after the drain begins; one in progress ends first (within the
+        drain timeout), so that none is half made in the workers that are leaving."""
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
         await self.fleet.rollouts.close()
+        try:  # held from here on: a later management call waits, and the server is gone
+            await asyncio.wait_for(self.fleet.lock.acquire(), self.settings.drain_timeout_s)
+        except TimeoutError:
+            log.warning("a model change was still running when the drain began")
 
     def render_metrics(self) -> tuple[bytes, str]:
         serving = {

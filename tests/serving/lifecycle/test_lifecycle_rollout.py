@@ -9,7 +9,7 @@ import pytest
 from lifecycle_fakes import FakeWorkers, add_version, started
 
 from torchferry.errors import Conflict, ModelNotFound
-from torchferry.serving.lifecycle.rollout import Window, judge, p99
+from torchferry.serving.lifecycle.judging import Window, judge, p99
 from torchferry.serving.lifecycle.state import DesiredState, RolloutSpec, RolloutStatus, Routes
 
 
@@ -222,10 +222,11 @@ def test_a_restart_resumes_a_running_rollout_at_its_step(store):
 
 
 def test_counters_of_a_restarted_worker_never_count_backwards():
-    window = Window({2: {"requests": 50, "errors": 5}})
-    window.add({2: {"requests": 60, "errors": 5, "latencies_ms": [1.0]}})
-    window.add({2: {"requests": 4, "errors": 0}})  # a worker restarted: its counts began again
-    window.add({2: {"requests": 10, "errors": 1}})
+    window = Window({1: {2: {"requests": 50, "errors": 5}}})
+    window.add({1: {2: {"requests": 60, "errors": 5, "latencies_ms": [1.0]}}})
+    # a worker restarted: its counts began again from zero, and all 4 are new
+    window.add({1: {2: {"requests": 4, "errors": 0}}})
+    window.add({1: {2: {"requests": 6, "errors": 1}}})
     figures = window.figures(2)
     assert (figures.requests, figures.errors) == (16, 1)
     spec = RolloutSpec(version=2, min_requests=10, interval_s=1, max_error_rate=0.1)
@@ -236,3 +237,11 @@ def test_counters_of_a_restarted_worker_never_count_backwards():
     verdict, reason = judge(status, figures, window.figures(1), elapsed=1.5)
     assert verdict == "advance"
     assert "16 requests" in reason
+
+
+def test_a_worker_that_misses_a_read_is_counted_once_when_it_answers_again():
+    window = Window({1: {2: {"requests": 1000, "errors": 10}}, 2: {2: {"requests": 5}}})
+    window.add({2: {2: {"requests": 9}}})  # worker 1 did not answer this time
+    window.add({1: {2: {"requests": 1006, "errors": 10}}, 2: {2: {"requests": 10}}})
+    figures = window.figures(2)
+    assert (figures.requests, figures.errors) == (6 + 5, 0)

@@ -168,7 +168,7 @@ def test_a_failed_sync_register_is_a_400_with_the_reason(client: Client, fleet: 
         ("", 400, "Parameter url is required."),
         ("?url=", 400, "Parameter url is required."),
         ("?url=resnet.mar&synchronous=maybe", 400, "synchronous"),
-        ("?url=resnet.mar&model_name=../evil", 400, "model_name"),
+        ("?url=resnet.mar&model_name=../evil", 400, "model name"),
         ("?url=https://example.com/m.mar", 403, "remote sources are not allowed yet"),
         ("?url=s3://bucket/m.mar", 403, "remote sources are not allowed yet"),
         ("?url=/etc", 403, "outside the model source roots"),

@@ -17,11 +17,12 @@ same over control channels and over in-process test workers.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchferry.errors import Conflict, ModelLoadFailed, ModelNotFound
+from torchferry.errors import Conflict, InvalidInput, ModelLoadFailed, ModelNotFound
 from torchferry.serving.lifecycle.policy import VersionPolicy
 from torchferry.serving.lifecycle.restore import initial_state
 from torchferry.serving.lifecycle.rollout import Rollouts
@@ -29,6 +30,7 @@ from torchferry.serving.lifecycle.state import (
     ModelState,
     Routes,
     Shadow,
+    check_model_name,
     store_models,
     store_versions,
 )
@@ -59,6 +61,9 @@ class Fleet(Steps):
         super().__init__(workers, settings)
         self.rollouts = Rollouts(self, tick_s=rollout_tick_s)
         self._adopted = False
+        #: Versions a management call has staged and is about to load (True: staging made
+        #: the directory): the poller and policies leave them alone until that load ends.
+        self._claimed: dict[tuple[str, int], bool] = {}
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -68,9 +73,12 @@ class Fleet(Steps):
             self.state = initial_state(self.settings, self.store)
 
     def start_state(self) -> dict[str, Any] | None:
-        """What a worker's ``start`` carries: the desired state, or None in ``--model-dir``
-        mode (the worker then serves the folder as before)."""
-        return self.state.model_dump(mode="json") if self.store is not None else None
+        """What a worker's ``start`` carries: the desired state; None in ``--model-dir`` mode
+        until a first worker has said what the folder holds (a replacement then serves what
+        the fleet has kept of it, not every version again)."""
+        if self.store is None and not self._adopted:
+            return None
+        return self.state.model_dump(mode="json")
 
     async def joined(self, index: int, status: dict[str, Any]) -> None:
         """A worker answered ``start`` with its status: learn the version records from the
@@ -132,15 +140,23 @@ class Fleet(Steps):
             for (name, version), (state, reason) in sorted(rows.items())
         ]
 
-    async def stats(self, name: str, drain: bool) -> dict[int, dict[str, Any]]:
-        """Each loaded version's figures, summed over the workers (latency samples joined)."""
+    async def worker_stats(self, name: str, drain: bool) -> dict[int, dict[int, dict[str, Any]]]:
+        """Each serving worker's figures of each loaded version (worker index -> version ->
+        figures); a worker that did not answer is left out."""
         self._model(name)
         replies = await ask_all(self.workers, "stats", QUICK_TIMEOUT_S, name=name, drain=drain)
         for reason in replies.failures.values():
             log.debug("figures of %s incomplete: %s", name, reason)
+        return {
+            index: {int(version): figures for version, figures in (reply or {}).items()}
+            for index, reply in replies.ok.items()
+        }
+
+    async def stats(self, name: str, drain: bool) -> dict[int, dict[str, Any]]:
+        """Each loaded version's figures, summed over the workers (latency samples joined)."""
         totals: dict[int, dict[str, Any]] = {}
-        for reply in replies.ok.values():
-            for key, figures in (reply or {}).items():
+        for versions in (await self.worker_stats(name, drain)).values():
+            for key, figures in versions.items():
                 total = totals.setdefault(
                     int(key),
                     {
@@ -166,6 +182,8 @@ class Fleet(Steps):
         """Put ``source`` (already allowed) into the store, as the next version of ``name``
         (or of its manifest's name); a store version is returned as it is."""
         store = self._need_store(f"loading {source}")
+        if name is not None:
+            check_model_name(name)
         async with self.lock:  # two stagings of one model must not both take version N+1
             serving = self.workers.serving()
             if not serving:
@@ -183,18 +201,26 @@ class Fleet(Steps):
                 ) from None
             except Exception as exc:
                 raise ModelLoadFailed(f"{source} was not staged: {exc}") from None
-        staged = (str(reply["name"]), int(reply["version"]))
-        self._sources[staged] = str(source)
+            staged = (str(reply["name"]), int(reply["version"]))
+            self._sources[staged] = str(source)
+            self._claimed[staged] = Path(str(reply["path"])).resolve() != source.resolve()
         return staged
 
     async def load(self, name: str, version: int, *, make_default: bool = False) -> VersionInfo:
         """Load a store version in every worker (at once if it is loaded already). It takes
         no traffic from the version serving unless ``make_default``: the current default is
         pinned first (TorchServe's register, then set-default)."""
+        check_model_name(name)
         async with self.lock:
-            if make_default:
-                self._no_rollout(name)
-            info = await self._load(name, version, pin=not make_default)
+            fresh = self._claimed.pop((name, version), False)
+            try:
+                if make_default:
+                    self._no_rollout(name)
+                info = await self._load(name, version, pin=not make_default)
+            except ModelLoadFailed:
+                if fresh and self.store is not None:  # nothing of a refused version stays
+                    shutil.rmtree(self.store / name / str(version), ignore_errors=True)
+                raise
             if make_default:
                 await self._set_default(name, version)
             self._pin_policy(name)
@@ -204,12 +230,22 @@ class Fleet(Steps):
     async def unload(self, name: str, version: int | None = None) -> list[int]:
         """Retire one version, or every version when None; returns those retired."""
         async with self.lock:
+            if version is not None and self._forget_failed(name, version):
+                return [version]
             model = self._model(name)
             targets = list(model.versions) if version is None else [version]
             removed = await self._unload(name, targets)
             self._pin_policy(name)
             self._persist()
             return removed
+
+    def _forget_failed(self, name: str, version: int) -> bool:
+        """Drop the record of a version that failed to load (there is nothing to retire)."""
+        info = self.versions.get((name, version))
+        if info is None or info.state != "failed":
+            return False
+        del self.versions[(name, version)]
+        return True
 
     async def set_default(self, name: str, version: int) -> None:
         """Send every unversioned request to ``version`` (traffic weights are cleared: they
@@ -264,16 +300,27 @@ class Fleet(Steps):
         fewer versions serving). ``strict``: the first failure raises; else the failures are
         returned and the rest goes on (the poller)."""
         store = self._need_store("a version policy")
+        check_model_name(name)
         async with self.lock:
-            available = store_versions(store, name)
+            available = [v for v in store_versions(store, name) if (name, v) not in self._claimed]
             model = self.state.models.get(name)
             loaded = list(model.versions) if model is not None else []
             if not available and not loaded:
                 raise ModelNotFound(f"model {name} is not in the store")
             chosen = policy or (self.settings.policy_for(name) if model is None else model.policy)
             wanted = chosen.select(available) if chosen else [v for v in loaded if v in available]
+            if chosen is not None and available and not wanted:
+                message = (
+                    f"version policy {chosen} selects none of model {name}'s versions in the "
+                    f"store ({available}): nothing would serve it"
+                )
+                if strict:
+                    raise InvalidInput(message)
+                log.warning("%s", message)
+                return Convergence(versions=loaded)
             outcome = Convergence()
             before = self.state.model_dump()
+            converged = False
             try:
                 for version in wanted:
                     if version not in loaded:
@@ -293,9 +340,10 @@ class Fleet(Steps):
                         if strict:
                             raise
                         log.info("%s", exc.message)
+                converged = True
             finally:
                 model = self.state.models.get(name)
-                if model is not None and chosen is not None:
+                if converged and model is not None and chosen is not None:
                     model.policy = chosen
                 if self.state.model_dump() != before:  # a poll that changes nothing writes nothing
                     self._persist()

@@ -3,18 +3,15 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 from typing import Any
 
 from torchferry.serving.lifecycle.fleet import Fleet
-from torchferry.serving.listen import listen_exclusive
+from torchferry.serving.listen import LOOPBACK, is_loopback, listen_exclusive
 from torchferry.serving.settings import ServerSettings
 
 log = logging.getLogger("torchferry.supervisor")
-
-LOOPBACK = "127.0.0.1"
 
 
 def management_listener(fleet: Fleet, settings: ServerSettings) -> tuple[Any, socket.socket] | None:
@@ -34,10 +31,3 @@ def management_listener(fleet: Fleet, settings: ServerSettings) -> tuple[Any, so
         )
     sock = listen_exclusive(host, settings.management_port, "management", "--management-port")
     return management_app(fleet, settings), sock
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"

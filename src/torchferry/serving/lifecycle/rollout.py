@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from typing import Any, Protocol
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from torchferry.errors import Conflict, ModelNotFound
+from torchferry.serving.lifecycle.judging import Window, judge
 from torchferry.serving.lifecycle.state import (
     DesiredState,
     Figures,
@@ -47,7 +47,6 @@ EVENTS = {
     "rollback": "rollout_rolled_back",
     "abort": "rollout_aborted",
 }
-COUNTERS = ("requests", "errors", "compared", "agreed")
 
 
 class RolloutHost(Protocol):
@@ -58,107 +57,13 @@ class RolloutHost(Protocol):
 
     def effective_default(self, name: str) -> int: ...
 
-    async def stats(self, name: str, drain: bool) -> dict[int, dict[str, Any]]: ...
+    async def worker_stats(
+        self, name: str, drain: bool
+    ) -> dict[int, dict[int, dict[str, Any]]]: ...
 
     async def route_rollout(self, name: str, routes: Routes | None) -> None: ...
 
     def save(self) -> None: ...
-
-
-def p99(samples: list[float]) -> float | None:
-    """The nearest-rank 99th percentile (None without samples)."""
-    if not samples:
-        return None
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
-
-
-class Window:
-    """Figures accumulated over one step: counters as positive deltas between reads (a
-    restarted worker's counters start again from zero), latency samples joined."""
-
-    def __init__(self, last: dict[int, dict[str, Any]]) -> None:
-        self.started = time.monotonic()
-        self._last = {v: {c: int(f.get(c) or 0) for c in COUNTERS} for v, f in last.items()}
-        self._sums: dict[int, dict[str, int]] = {}
-        self._latencies: dict[int, list[float]] = {}
-        self._diff: dict[int, float | None] = {}
-
-    def add(self, figures: dict[int, dict[str, Any]]) -> None:
-        for version, current in figures.items():
-            last = self._last.setdefault(version, dict.fromkeys(COUNTERS, 0))
-            sums = self._sums.setdefault(version, dict.fromkeys(COUNTERS, 0))
-            for counter in COUNTERS:
-                value = int(current.get(counter) or 0)
-                sums[counter] += max(0, value - last[counter])
-                last[counter] = value
-            self._latencies.setdefault(version, []).extend(current.get("latencies_ms") or [])
-            self._diff[version] = current.get("max_abs_diff")
-
-    def fresh(self) -> Window:
-        """The next step's window, starting from the counters read last."""
-        window = Window({})
-        window._last = {v: dict(c) for v, c in self._last.items()}
-        return window
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def figures(self, version: int) -> Figures:
-        sums = self._sums.get(version, dict.fromkeys(COUNTERS, 0))
-        requests, compared = sums["requests"], sums["compared"]
-        return Figures(
-            requests=requests,
-            errors=sums["errors"],
-            error_rate=sums["errors"] / requests if requests else 0.0,
-            p99_ms=p99(self._latencies.get(version, [])),
-            compared=compared,
-            agreement=sums["agreed"] / compared if compared else None,
-            max_abs_diff=self._diff.get(version),
-        )
-
-
-def judge(
-    status: RolloutStatus, canary: Figures, stable: Figures, elapsed: float
-) -> tuple[str, str] | None:
-    """The verdict on the step in progress and why; None: keep waiting."""
-    spec = status.spec
-    if status.phase == "pending":
-        if canary.compared < spec.min_requests or canary.agreement is None:
-            return None
-        agreement = f"shadow agreement {canary.agreement:.2%} over {canary.compared} rows"
-        if spec.min_agreement is not None and canary.agreement < spec.min_agreement:
-            return "rollback", f"{agreement}, below {spec.min_agreement:.2%}"
-        return "advance", agreement
-    if canary.requests < spec.min_requests:
-        return None
-    where = f"at {status.weight}% ({canary.requests} requests)"
-    if canary.error_rate > spec.max_error_rate:
-        return "rollback", (
-            f"error rate {canary.error_rate:.2%} ({canary.errors} errors) above "
-            f"{spec.max_error_rate:.2%} {where}"
-        )
-    if (
-        canary.p99_ms is not None
-        and spec.max_p99_ms is not None
-        and canary.p99_ms > spec.max_p99_ms
-    ):
-        return "rollback", f"p99 {canary.p99_ms:.1f} ms above {spec.max_p99_ms:g} ms {where}"
-    if (
-        spec.max_p99_ratio is not None
-        and canary.p99_ms is not None
-        and stable.p99_ms is not None
-        and stable.requests >= spec.min_requests
-        and canary.p99_ms > spec.max_p99_ratio * stable.p99_ms
-    ):
-        return "rollback", (
-            f"p99 {canary.p99_ms:.1f} ms above {spec.max_p99_ratio:g} x the stable version's "
-            f"{stable.p99_ms:.1f} ms {where}"
-        )
-    if elapsed < spec.interval_s:
-        return None
-    latency = f", p99 {canary.p99_ms:.1f} ms" if canary.p99_ms is not None else ""
-    return "advance", f"error rate {canary.error_rate:.2%}{latency} {where}"
 
 
 class Rollouts:
@@ -287,7 +192,7 @@ class Rollouts:
             if status.started_at != started_at:
                 return
             try:
-                figures = await self.host.stats(name, drain=True)
+                figures = await self.host.worker_stats(name, drain=True)
             except Exception as exc:
                 log.warning("rollout of model %s: no figures: %s", name, exc)
                 await asyncio.sleep(self.tick_s)

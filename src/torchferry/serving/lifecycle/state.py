@@ -15,18 +15,33 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from torchferry.errors import InvalidInput
 from torchferry.serving.lifecycle.policy import VersionPolicy
 
 log = logging.getLogger("torchferry.lifecycle")
 
 STATE_DIR = ".torchferry"
 STATE_FILE = "state.json"
+
+#: A model's name is a directory of the store: no separator, no leading dot or dash.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it can name a model (a store directory), else InvalidInput (400)."""
+    if not MODEL_NAME.fullmatch(name):
+        raise InvalidInput(
+            f"model name {name!r}: use letters, digits, '_', '.' and '-' (at most 128), "
+            "not starting with '.' or '-'"
+        )
+    return name
 
 
 class Shadow(BaseModel):

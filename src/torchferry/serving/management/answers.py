@@ -6,7 +6,6 @@ was wrong (never FastAPI's 422), and nothing unexpected leaves as a bare traceba
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
 
@@ -18,28 +17,17 @@ from starlette.responses import Response
 
 from torchferry.codecs.jsonio import dumps, loads
 from torchferry.errors import (
-    Conflict,
     InferenceTimeout,
     InvalidInput,
-    ModelNotFound,
-    ModelNotReady,
-    Overloaded,
-    SourceRefused,
     TorchferryError,
     internal_error,
     retry_after_header,
 )
+from torchferry.serving.torchserve_rules import VERSION, VersionNotFound, error_type
 
 log = logging.getLogger("torchferry.management")
 
 M = TypeVar("M", bound=BaseModel)
-
-#: A version in a path, TorchServe's way too: ``2``, ``2.0``.
-_VERSION = re.compile(r"(\d+)(?:\.0+)*")
-
-
-class VersionNotFound(ModelNotFound):
-    """The model is known but not this version (TorchServe's ModelVersionNotFoundException)."""
 
 
 class JSONResponse(Response):
@@ -51,7 +39,7 @@ class JSONResponse(Response):
 
 def parse_version(name: str, text: str) -> int:
     """A version from a URL path (``3``, ``3.0``); anything else names no version."""
-    match = _VERSION.fullmatch(text.strip())
+    match = VERSION.fullmatch(text.strip())
     if match is None or int(match.group(1)) < 1:
         raise VersionNotFound(f"Model version: {text} does not exist for model: {name}")
     return int(match.group(1))
@@ -115,22 +103,8 @@ def parse_body(model: type[M], document: Any) -> M:
 
 
 def _torchserve_type(error: TorchferryError) -> str:
-    named = getattr(error, "torchserve_type", None)
-    if isinstance(named, str):
-        return named
-    if isinstance(error, VersionNotFound):
-        return "ModelVersionNotFoundException"
-    if isinstance(error, ModelNotFound):
-        return "ModelNotFoundException"
-    if isinstance(error, Conflict):
-        return "ConflictStatusException"
-    if isinstance(error, SourceRefused):
-        return "ForbiddenException"
-    if isinstance(error, Overloaded | ModelNotReady):
-        return "ServiceUnavailableException"
-    if isinstance(error, InferenceTimeout):
-        return "RequestTimeoutException"
-    return "BadRequestException" if error.status_code < 500 else "InternalServerException"
+    named = getattr(error, "torchserve_type", None)  # routing's own (404, 405)
+    return named if isinstance(named, str) else error_type(error)
 
 
 def _respond(error: TorchferryError, body: Any) -> Response:

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from torchferry._version import __version__
 from torchferry.errors import InvalidInput, TorchferryError
+from torchferry.serving.listen import LOOPBACK, is_loopback
 from torchferry.serving.management import rollouts, torchserve, traffic, triton
 from torchferry.serving.management.answers import (
     JSONResponse,
@@ -20,6 +21,7 @@ from torchferry.serving.management.answers import (
 )
 from torchferry.serving.management.api import FleetAPI
 from torchferry.serving.management.context import Management
+from torchferry.serving.management.guard import RefuseBrowsers
 from torchferry.serving.settings import ServerSettings
 
 
@@ -58,7 +60,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return _render(request, InvalidInput(validation_message(exc)))
 
 
-def management_app(fleet: FleetAPI, settings: ServerSettings) -> FastAPI:
+def management_app(fleet: FleetAPI, settings: ServerSettings) -> RefuseBrowsers:
     app = FastAPI(
         title="torchferry management",
         version=__version__,
@@ -72,4 +74,4 @@ def management_app(fleet: FleetAPI, settings: ServerSettings) -> FastAPI:
         app.include_router(module.router)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    return app
+    return RefuseBrowsers(app, loopback=is_loopback(settings.management_host or LOOPBACK))

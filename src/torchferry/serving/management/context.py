@@ -11,9 +11,9 @@ from typing import Any
 from fastapi import Request
 
 from torchferry.errors import ModelNotFound
-from torchferry.serving.management.answers import VersionNotFound
 from torchferry.serving.management.api import FleetAPI, VersionView
 from torchferry.serving.settings import ServerSettings
+from torchferry.serving.torchserve_rules import VersionNotFound
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from torchferry.errors import Conflict, InvalidInput, TorchferryError
+from torchferry.serving.lifecycle.state import check_model_name
 from torchferry.serving.management.answers import (
     JSONResponse,
     TorchServeRoute,
@@ -40,7 +40,6 @@ log = logging.getLogger("torchferry.management")
 router = APIRouter(tags=["TorchServe management"], route_class=TorchServeRoute)
 
 #: Names that are safe as a store folder and in a URL path.
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 
 
@@ -95,11 +94,8 @@ async def register(
     if not arguments["url"]:
         raise InvalidInput("Parameter url is required.")
     name = arguments["model_name"] or None
-    if name is not None and not _NAME.fullmatch(str(name)):
-        raise InvalidInput(
-            f"model_name {name!r}: use letters, digits, '_', '.' and '-' (at most 128), "
-            "not starting with '.' or '-'"
-        )
+    if name is not None:
+        check_model_name(str(name))
     wait = _flag(arguments["synchronous"], "synchronous", default=True)
 
     management = management_of(request)

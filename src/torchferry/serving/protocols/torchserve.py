@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -26,10 +25,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from torchferry.errors import (
-    InferenceTimeout,
     ModelNotFound,
-    ModelNotReady,
-    Overloaded,
     TorchferryError,
 )
 from torchferry.serving.describe import torchserve_description, version_record
@@ -44,29 +40,12 @@ from torchferry.serving.protocols.common import (
 )
 from torchferry.serving.protocols.payload import read_payload
 from torchferry.serving.repository import LoadedModel
-
-_VERSION = re.compile(r"(\d+)(?:\.0+)*")
-
-
-class VersionNotFound(ModelNotFound):
-    """The model is loaded but not this version (TorchServe's ModelVersionNotFoundException)."""
-
-
-def _error_type(exc: TorchferryError) -> str:
-    if isinstance(exc, VersionNotFound):
-        return "ModelVersionNotFoundException"
-    if isinstance(exc, ModelNotFound):
-        return "ModelNotFoundException"
-    if isinstance(exc, Overloaded | ModelNotReady):
-        return "ServiceUnavailableException"
-    if isinstance(exc, InferenceTimeout):
-        return "RequestTimeoutException"
-    return "BadRequestException" if exc.status_code < 500 else "InternalServerException"
+from torchferry.serving.torchserve_rules import VersionNotFound, error_type, plain_version
 
 
 def torchserve_error(error: TorchferryError) -> Response:
     """An error in TorchServe's body shape, with the status every protocol gives it."""
-    body = {"code": error.status_code, "type": _error_type(error), "message": error.message}
+    body = {"code": error.status_code, "type": error_type(error), "message": error.message}
     return error_response(error, body)
 
 
@@ -93,11 +72,7 @@ router = APIRouter(tags=["TorchServe"], route_class=TorchServeRoute)
 
 
 def _version(version: str | None) -> str | None:
-    """TorchServe's way of writing a version (``1.0``) as torchferry's (``1``)."""
-    if version is not None:
-        match = _VERSION.fullmatch(version)
-        version = match.group(1) if match else version
-    return version
+    return plain_version(version) if version is not None else None
 
 
 def _model(request: Request, name: str, version: str | None, key: str | None = None) -> LoadedModel:
