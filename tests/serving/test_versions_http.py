@@ -179,6 +179,69 @@ def test_a_retired_version_answers_its_in_flight_requests(store_root: Path):
             assert _version_of(web.post("/v2/models/lin/infer", json=BODY)) == 2
 
 
+def _stuck(server: Server, model: Any, count: int) -> None:
+    """Pretend ``count`` requests of ``model`` are in flight (0: they have all answered)."""
+
+    def set_inflight() -> None:
+        model.inflight = count
+        if count == 0:
+            model.left()
+
+    server.call(set_inflight)
+
+
+def test_a_retirement_waits_no_longer_than_the_drain_timeout(
+    store_root: Path, caplog: pytest.LogCaptureFixture
+):
+    with _serve(store_root, drain_timeout_s=0.3) as server:
+        server.load(2, candidate(store_root, 2))
+        v1 = server.repository.get("lin", 1)
+        _stuck(server, v1, 1)  # a request that never answers
+        started = time.monotonic()
+        with caplog.at_level("WARNING", logger="torchferry.repository"):
+            server.run(server.repository.retire("lin", 1), timeout=10)
+        assert 0.25 < time.monotonic() - started < 5
+        assert "still in flight after the drain timeout" in caplog.text
+        assert server.repository.versions("lin") == [2]
+        assert ("lin", "1") not in server.repository.stats
+
+
+def test_a_version_loaded_again_while_it_drains_is_an_instance_of_its_own(store_root: Path):
+    with _serve(store_root) as server:
+        repository = server.repository
+
+        def retire() -> Any:
+            return asyncio.run_coroutine_threadsafe(repository.retire("lin", 2), server.loop)
+
+        server.load(2, candidate(store_root, 2))
+        old = repository.get("lin", 2)
+        _stuck(server, old, 1)
+        first = retire()
+        time.sleep(0.05)
+        assert not first.done() and repository.versions("lin") == [1]
+        server.load(2, candidate(store_root, 2))  # the supervisor gave up waiting: again
+        new = repository.get("lin", 2)
+        assert new is not old
+        _stuck(server, old, 0)
+        first.result(10)
+        # the old instance's release leaves the new one's figures alone
+        assert repository.stats[("lin", "2")] is new.stats
+        # a retirement while an older instance still drains retires the active one too
+        _stuck(server, new, 1)
+        second = retire()
+        server.load(2, candidate(store_root, 2))
+        newest = repository.get("lin", 2)
+        third = retire()
+        time.sleep(0.05)
+        assert repository.versions("lin") == [1] and newest.retired
+        assert not second.done() and not third.done()
+        _stuck(server, new, 0)
+        second.result(10)
+        third.result(10)
+        assert ("lin", "2") not in repository.stats
+        assert _version_of(httpx.post(f"{server.url}/v2/models/lin/infer", json=BODY)) == 1
+
+
 # -- loads that fail -----------------------------------------------------------------------------
 
 

@@ -79,10 +79,19 @@ class LoadedModel:
         if self._idle is not None:
             self._idle.set()
 
-    async def wait_idle(self) -> None:
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight, at most ``timeout_s`` seconds; whether it is."""
+        deadline = time.monotonic() + timeout_s
         while self.inflight > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
             self._idle = asyncio.Event()
-            await self._idle.wait()
+            try:
+                await asyncio.wait_for(self._idle.wait(), left)
+            except TimeoutError:
+                return False
+        return True
 
 
 class ModelRepository:
@@ -93,9 +102,11 @@ class ModelRepository:
         self._models: dict[str, dict[int, LoadedModel]] = {}
         #: Prepared versions that take no traffic yet.
         self._pending: dict[tuple[str, int], LoadedModel] = {}
-        #: Loads and retirements in progress: a repeated command waits for the same one.
+        #: Loads in progress: a repeated command waits for the same one.
         self._loading: dict[tuple[str, int], asyncio.Future[LoadedModel]] = {}
-        self._retiring: dict[tuple[str, int], asyncio.Future[None]] = {}
+        #: Retirements in progress, by instance: a version loaded again while its previous
+        #: instance drains is a model of its own, retired on its own.
+        self._retiring: dict[LoadedModel, asyncio.Future[None]] = {}
         self._routes: dict[str, Route] = {}
         #: (name, version text) -> the stats of an active version, for the request observer.
         self.stats: dict[tuple[str, str], VersionStats] = {}
@@ -172,22 +183,34 @@ class ModelRepository:
 
     async def retire(self, name: str, version: int) -> None:
         """Take an active version out of service: out of routing at once, then wait until
-        every request that resolved it has answered, drain its batcher, release it. Unknown:
-        nothing to do; a retirement in progress: wait for it."""
-        key = (name, version)
-        retiring = self._retiring.get(key)
-        if retiring is None:
-            model = self._models.get(name, {}).get(version)
-            if model is None:
-                return
+        every request that resolved it has answered (at most ``drain_timeout_s``), drain its
+        batcher, release it. Answered once no instance of the version is draining any more
+        (a retirement in progress: wait for it; unknown: nothing to do)."""
+        model = self._models.get(name, {}).get(version)
+        if model is not None:
             self._unregister(model)
-            retiring = asyncio.ensure_future(self._drain(model))
-            self._retiring[key] = retiring
-            retiring.add_done_callback(lambda _: self._retiring.pop(key, None))
-        await asyncio.shield(retiring)
+            draining = asyncio.ensure_future(self._drain(model))
+            self._retiring[model] = draining
+            draining.add_done_callback(lambda _: self._retiring.pop(model, None))
+        waits = [f for m, f in self._retiring.items() if m.name == name and m.version == version]
+        if waits:
+            await asyncio.wait(waits)  # never cancels a drain
+            for done in waits:
+                done.result()
 
     async def _drain(self, model: LoadedModel) -> None:
-        await model.wait_idle()
+        limit = self.settings.drain_timeout_s
+        if not await model.wait_idle(limit):
+            # queued rows are still answered by the batcher's close; requests that have not
+            # reached it yet are refused (503), as at the end of any drain timeout
+            log.warning(
+                "%s version %d: %d request(s) still in flight after the drain timeout "
+                "(%.1f s); closing it anyway",
+                model.name,
+                model.version,
+                model.inflight,
+                limit,
+            )
         await model.batcher.close()
         self._release(model)
 
@@ -366,7 +389,9 @@ class ModelRepository:
         self._preprocess_pool.shutdown(wait=True)
 
     def _release(self, model: LoadedModel) -> None:
-        self.stats.pop((model.name, str(model.version)), None)
+        key = (model.name, str(model.version))
+        if self.stats.get(key) is model.stats:  # not a newer instance's of the same version
+            del self.stats[key]
         model.runtime.close()
         log.info(
             "unloaded %s version %d",
