@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY
 from versions_store import build_versions_store, candidate, corrupt_copy
 
 from torchferry.archive import Manifest, ModelStore
-from torchferry.errors import ModelLoadFailed
+from torchferry.errors import Conflict, ModelLoadFailed
 from torchferry.serving.app import build_app
 from torchferry.serving.lifecycle.state import Routes, Shadow
 from torchferry.serving.loading import load_repository
@@ -278,6 +278,45 @@ def test_loading_the_same_version_twice_builds_once(server: Server, store_root: 
     assert first is second
     server.run(server.repository.discard("lin", 2))
     assert server.repository.pending() == [] and server.repository.versions("lin") == [1]
+
+
+def test_discarding_a_build_in_progress_answers_at_once_and_releases_it_when_built(
+    server: Server,
+    store_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+):
+    import torchferry.serving.repository as repository_module
+
+    gate = threading.Event()
+    real_build = repository_module.build_version
+
+    def slow_build(*args: Any) -> Any:
+        assert gate.wait(30)
+        return real_build(*args)
+
+    monkeypatch.setattr(repository_module, "build_version", slow_build)
+    repository = server.repository
+    path = candidate(store_root, 2)
+    loading = asyncio.run_coroutine_threadsafe(repository.prepare("lin", 2, path), server.loop)
+    time.sleep(0.1)
+    started = time.monotonic()
+    server.run(repository.discard("lin", 2), timeout=5)  # the build still runs
+    assert time.monotonic() - started < 1
+    with pytest.raises(Conflict, match="version 2 was discarded before it was activated"):
+        server.call(lambda: repository.activate("lin", 2))
+    with caplog.at_level("INFO", logger="torchferry.repository"):
+        gate.set()
+        with pytest.raises(ModelLoadFailed, match="discarded while it was loading"):
+            loading.result(30)
+        deadline = time.monotonic() + 10
+        while "unloaded lin version 2" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert "unloaded lin version 2" in caplog.text
+    assert server.call(repository.pending) == [] and repository.versions("lin") == [1]
+    # loaded again, it serves
+    server.load(2, path)
+    assert _version_of(httpx.post(f"{server.url}/v2/models/lin/versions/2/infer", json=BODY)) == 2
 
 
 # -- shadow and stats ----------------------------------------------------------------------------
