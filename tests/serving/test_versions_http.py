@@ -403,9 +403,19 @@ def _grpc_version(target: str, request: pb.ModelInferRequest, metadata: tuple = 
         response, call = GRPCInferenceServiceStub(channel).ModelInfer.with_call(
             request, metadata=metadata, timeout=30
         )
-    initial = dict(call.initial_metadata())
-    assert initial["x-model-version"] == response.model_version
+    # on the final status, with the request id: no metadata batch of its own
+    trailing = dict(call.trailing_metadata())
+    assert trailing["x-model-version"] == response.model_version and trailing["x-request-id"]
+    assert "x-model-version" not in dict(call.initial_metadata())
     return int(response.model_version)
+
+
+def _grpc_failure(target: str, request: pb.ModelInferRequest) -> tuple[grpc.StatusCode, dict]:
+    """A failed call's status and trailing metadata."""
+    with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError) as failure:
+        GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    error: Any = failure.value
+    return error.code(), dict(error.trailing_metadata() or ())
 
 
 def _binary_body(parameters: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
@@ -484,6 +494,14 @@ def test_every_inference_answer_names_the_version_that_served_it(
     assert _version_of(http.post("/predict/lin/versions/1", json={"data": [ROW]})) == 1
     assert _version_of(http.post("/predictions/lin/1.0", json=[ROW])) == 1
     assert _grpc_version(server.grpc_target, _grpc_request("1")) == 1
+    # a call that reached a version and failed names it too; one that reached none does not
+    bad = _grpc_request("1")
+    bad.outputs.add(name="nope")  # refused by the data plane, after the version was reached
+    code, trailing = _grpc_failure(server.grpc_target, bad)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and trailing["x-model-version"] == "1"
+    code, trailing = _grpc_failure(server.grpc_target, _grpc_request("9"))
+    assert code == grpc.StatusCode.NOT_FOUND and "x-model-version" not in trailing
+    assert trailing["x-request-id"]
     # metadata routes name no version in a header
     assert "x-model-version" not in http.get("/v2/models/lin").headers
 
