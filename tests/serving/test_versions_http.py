@@ -538,3 +538,27 @@ def test_the_traffic_key_routes_sticky_from_every_carrier(server: Server, store_
     # without a key, both versions answer
     send = _carriers(server.url, server.grpc_target)["v2-json"]
     assert {send(None, None) for _ in range(60)} == {1, 2}
+
+
+def test_a_routed_request_is_resolved_once_whatever_carries_its_key(
+    server: Server, store_root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    server.load(2, candidate(store_root, 2))
+    weights = {1: 50, 2: 50}
+    server.routes(Routes(weights=weights))
+    keys = _keys_for(weights)
+    lookups: list[tuple[Any, Any]] = []
+    real_get = server.repository.get
+
+    def counted(name: str, version: Any = None, key: Any = None) -> Any:
+        lookups.append((version, key))
+        return real_get(name, version, key)
+
+    monkeypatch.setattr(server.repository, "get", counted)
+    carriers = _carriers(server.url, server.grpc_target)
+    for name in ("v2-json", "v2-binary", "v1", "grpc"):
+        lookups.clear()
+        header, parameter = keys[2], (keys[1] if name != "v1" else None)
+        expected = 1 if parameter else 2
+        assert carriers[name](header, parameter) == expected, name
+        assert lookups == [(None, parameter or header)], name
