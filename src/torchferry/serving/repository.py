@@ -32,7 +32,7 @@ from torchferry.handlers.base import Handler
 from torchferry.runtimes import Runtime
 from torchferry.serving import metrics
 from torchferry.serving.batcher import Batcher
-from torchferry.serving.build import build_version, open_archive
+from torchferry.serving.build import build_version, open_archive, served_as
 from torchferry.serving.lifecycle.state import Routes
 from torchferry.serving.routing import Route
 from torchferry.serving.settings import ServerSettings
@@ -131,7 +131,7 @@ class ModelRepository:
             if not versions:
                 raise ModelNotFound(f"model {name!r} is not in the store {store.root}")
             for version in versions:
-                self.add(store.open(name, version))
+                self.add(served_as(store.open(name, version), name, version))
 
     def add(self, archive: Archive) -> LoadedModel:
         """Build and activate one version at once (at start: nothing serves yet)."""
