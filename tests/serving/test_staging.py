@@ -10,10 +10,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import onnx
 import pytest
-from versions_store import build_versions_store, candidate
+from versions_store import build_versions_store, candidate, corrupt_copy
 
 from torchferry.archive import Manifest, ModelStore
+from torchferry.errors import ArchiveError
+from torchferry.serving import staging
 from torchferry.serving.lifecycle.state import DesiredState, ModelState
 from torchferry.serving.loading import load_model_dir, load_repository
 from torchferry.serving.repository import ModelRepository
@@ -115,3 +118,112 @@ def test_staging_an_archive_from_outside_copies_it_in_as_the_next_version(store_
     staged = stage_source(candidate(store_root, 3), store_root, None)
     assert (staged.manifest.name, staged.manifest.version) == ("lin", 2)
     assert Manifest.read(staged.path).files == Manifest.read(candidate(store_root, 3)).files
+
+
+# -- staging puts exactly what the manifest promised into the store ------------------------------
+
+
+def _source(store_root: Path, tmp_path: Path) -> Path:
+    """An archive outside the store (candidate 3, a perturbed ``lin``)."""
+    return Path(shutil.copytree(candidate(store_root, 3), tmp_path / "source"))
+
+
+def _untouched(store_root: Path) -> None:
+    """The refused source left nothing in the store: no version, no staging directory."""
+    assert sorted(p.name for p in (store_root / "lin").iterdir()) == ["1"]
+
+
+def test_a_symbolic_link_anywhere_in_the_source_is_refused(store_root: Path, tmp_path: Path):
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(b"not for the store")
+    for case in ("graph", "extra", "folder", "manifest"):
+        source = _source(store_root, tmp_path / case)
+        if case == "graph":  # a listed file replaced by a link to a copy of itself
+            kept = tmp_path / case / "model.onnx"
+            (source / "model.onnx").rename(kept)
+            (source / "model.onnx").symlink_to(kept)
+            where = "'model.onnx'"
+        elif case == "extra":  # not even listed
+            (source / "notes.txt").symlink_to(outside)
+            where = "'notes.txt'"
+        elif case == "folder":
+            (source / "assets").symlink_to(tmp_path, target_is_directory=True)
+            where = "'assets'"
+        else:
+            kept = tmp_path / case / "manifest.json"
+            (source / "manifest.json").rename(kept)
+            (source / "manifest.json").symlink_to(kept)
+            where = "'manifest.json'"
+        with pytest.raises(ArchiveError, match=rf"{source}: {where} is a symbolic link"):
+            stage_source(source, store_root, None)
+        _untouched(store_root)
+
+
+def test_a_file_that_changes_while_it_is_copied_is_refused(
+    store_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    source = _source(store_root, tmp_path)
+    real_copy = staging._copy_file
+
+    def swapped(where: Path, file_name: str, target: Path) -> None:
+        graph = where / file_name
+        graph.write_bytes(graph.read_bytes() + b"\0")  # after any check of the source
+        real_copy(where, file_name, target)
+
+    monkeypatch.setattr(staging, "_copy_file", swapped)
+    with pytest.raises(ArchiveError) as refused:
+        stage_source(source, store_root, None)
+    message = str(refused.value)
+    assert message.startswith(f"{source}: file 'model.onnx' does not match the manifest")
+    assert "changed while it was copied" in message
+    _untouched(store_root)
+
+
+def test_a_corrupt_or_incomplete_source_is_refused_with_its_path(store_root: Path, tmp_path: Path):
+    corrupt = corrupt_copy(candidate(store_root, 3), tmp_path / "corrupt")
+    with pytest.raises(ArchiveError, match=rf"^{corrupt}: file 'model.onnx' does not match"):
+        stage_source(corrupt, store_root, None)
+    missing = _source(store_root, tmp_path)
+    (missing / "model.onnx").unlink()
+    with pytest.raises(ArchiveError, match=rf"^{missing}: file 'model.onnx' listed in the"):
+        stage_source(missing, store_root, None)
+    _untouched(store_root)
+
+
+def _onnx_with_external_data(store_root: Path, folder: Path, location: str) -> Path:
+    """``lin``'s graph in ``folder/model.onnx`` with its weights in ``folder/location``."""
+    (folder / location).parent.mkdir(parents=True, exist_ok=True)
+    graph = onnx.load(str(store_root / "lin" / "1" / "model.onnx"))
+    path = folder / "model.onnx"
+    onnx.save_model(
+        graph, str(path), save_as_external_data=True, location=location, size_threshold=0
+    )
+    assert (folder / location).is_file()
+    return path
+
+
+def test_an_onnx_file_with_its_external_data_beside_it_is_imported(
+    store_root: Path, tmp_path: Path
+):
+    path = _onnx_with_external_data(store_root, tmp_path / "plain", "weights/w.bin")
+    staged = stage_source(path, store_root, "lin")
+    assert (staged.manifest.name, staged.manifest.version) == ("lin", 2)
+    assert set(staged.manifest.files) == {"model.onnx", "weights/w.bin"}
+
+
+def test_onnx_external_data_through_a_link_or_outside_its_folder_is_refused(
+    store_root: Path, tmp_path: Path
+):
+    # the data file itself a link
+    linked = _onnx_with_external_data(store_root, tmp_path / "linked", "w.bin")
+    (tmp_path / "linked" / "w.bin").rename(tmp_path / "kept.bin")
+    (tmp_path / "linked" / "w.bin").symlink_to(tmp_path / "kept.bin")
+    with pytest.raises(ArchiveError, match=rf"^{linked}: its external data 'w.bin' is a symbolic"):
+        stage_source(linked, store_root, "lin")
+    # a folder on its way a link to elsewhere
+    away = _onnx_with_external_data(store_root, tmp_path / "away", "data/w.bin")
+    shutil.move(tmp_path / "away" / "data", tmp_path / "elsewhere")
+    (tmp_path / "away" / "data").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(ArchiveError, match=rf"^{away}: its external data 'data/w.bin' resolves"):
+        stage_source(away, store_root, "lin")
+    _untouched(store_root)
