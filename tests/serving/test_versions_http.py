@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import grpc
@@ -34,6 +35,7 @@ from torchferry.serving.protos import inference_pb2 as pb
 from torchferry.serving.protos.inference_pb2_grpc import GRPCInferenceServiceStub
 from torchferry.serving.repository import ModelRepository
 from torchferry.serving.settings import ModelOverride, ServerSettings
+from torchferry.serving.shadow import Shadows
 
 _T = TypeVar("_T")
 ROW = [1.0, 2.0, 3.0, 4.0]
@@ -368,6 +370,59 @@ def test_shadow_agreement_is_total_for_a_copy_and_partial_for_a_perturbed_versio
         assert agreed == perturbed["agreed"]
         gauge = REGISTRY.get_sample_value("torchferry_shadow_max_abs_diff", labels)
         assert gauge == pytest.approx(perturbed["max_abs_diff"])
+
+
+class _SlowShadow:
+    """Enough of a shadow version for ``Shadows.mirror``: its batcher answers after ``delay``."""
+
+    name, version, retired, inflight = "lin", 2, False, 0
+
+    def __init__(self, delay: float) -> None:
+        self.stats = SimpleNamespace(compared_rows=lambda *figures: self.compared.append(figures))
+        self.compared: list[tuple[Any, ...]] = []
+        self.signature = SimpleNamespace(output_names=["y"])
+        self.batcher = SimpleNamespace(submit=self._submit)
+        self.delay = delay
+
+    async def _submit(self, inputs: Any, timeout: Any) -> dict[str, np.ndarray]:
+        await asyncio.sleep(self.delay)
+        return {"y": inputs["x"]}
+
+
+@pytest.mark.parametrize(("delay", "compared"), [(0.05, 1), (30.0, 0)])
+def test_closing_the_shadows_waits_for_their_mirrors_at_most_the_limit(delay, compared):
+    async def scenario() -> tuple[float, _SlowShadow]:
+        shadows = Shadows(metrics_on=False, timeout_s=None)
+        shadow = _SlowShadow(delay)
+        rows = {"x": np.ones((2, 3), np.float32)}
+        shadows.mirror(shadow, shadow, rows, {"y": rows["x"]})  # type: ignore[arg-type]
+        started = time.monotonic()
+        await shadows.close(0.3)
+        return time.monotonic() - started, shadow
+
+    took, shadow = asyncio.run(scenario())
+    assert took < 5 and len(shadow.compared) == compared and shadow.inflight == 0
+
+
+def test_the_apps_drain_closes_the_shadows_before_the_batchers(
+    store_root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    order: list[str] = []
+    shadows_close, repository_close = Shadows.close, ModelRepository.close
+
+    async def closing_shadows(self: Shadows, timeout_s: float) -> None:
+        order.append(f"shadows {timeout_s}")
+        await shadows_close(self, timeout_s)
+
+    async def closing_repository(self: ModelRepository) -> None:
+        order.append("repository")
+        await repository_close(self)
+
+    monkeypatch.setattr(Shadows, "close", closing_shadows)
+    monkeypatch.setattr(ModelRepository, "close", closing_repository)
+    with _serve(store_root, drain_timeout_s=7.0):
+        pass
+    assert order == ["shadows 7.0", "repository"]
 
 
 def test_stats_count_requests_errors_and_drain_latencies(server: Server, http: httpx.Client):
