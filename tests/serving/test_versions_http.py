@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import grpc
@@ -25,7 +26,7 @@ from prometheus_client import REGISTRY
 from versions_store import build_versions_store, candidate, corrupt_copy
 
 from torchferry.archive import Manifest, ModelStore
-from torchferry.errors import ModelLoadFailed
+from torchferry.errors import Conflict, ModelLoadFailed
 from torchferry.serving.app import build_app
 from torchferry.serving.lifecycle.state import Routes, Shadow
 from torchferry.serving.loading import load_repository
@@ -34,6 +35,7 @@ from torchferry.serving.protos import inference_pb2 as pb
 from torchferry.serving.protos.inference_pb2_grpc import GRPCInferenceServiceStub
 from torchferry.serving.repository import ModelRepository
 from torchferry.serving.settings import ModelOverride, ServerSettings
+from torchferry.serving.shadow import Shadows
 
 _T = TypeVar("_T")
 ROW = [1.0, 2.0, 3.0, 4.0]
@@ -179,6 +181,69 @@ def test_a_retired_version_answers_its_in_flight_requests(store_root: Path):
             assert _version_of(web.post("/v2/models/lin/infer", json=BODY)) == 2
 
 
+def _stuck(server: Server, model: Any, count: int) -> None:
+    """Pretend ``count`` requests of ``model`` are in flight (0: they have all answered)."""
+
+    def set_inflight() -> None:
+        model.inflight = count
+        if count == 0:
+            model.left()
+
+    server.call(set_inflight)
+
+
+def test_a_retirement_waits_no_longer_than_the_drain_timeout(
+    store_root: Path, caplog: pytest.LogCaptureFixture
+):
+    with _serve(store_root, drain_timeout_s=0.3) as server:
+        server.load(2, candidate(store_root, 2))
+        v1 = server.repository.get("lin", 1)
+        _stuck(server, v1, 1)  # a request that never answers
+        started = time.monotonic()
+        with caplog.at_level("WARNING", logger="torchferry.repository"):
+            server.run(server.repository.retire("lin", 1), timeout=10)
+        assert 0.25 < time.monotonic() - started < 5
+        assert "still in flight after the drain timeout" in caplog.text
+        assert server.repository.versions("lin") == [2]
+        assert ("lin", "1") not in server.repository.stats
+
+
+def test_a_version_loaded_again_while_it_drains_is_an_instance_of_its_own(store_root: Path):
+    with _serve(store_root) as server:
+        repository = server.repository
+
+        def retire() -> Any:
+            return asyncio.run_coroutine_threadsafe(repository.retire("lin", 2), server.loop)
+
+        server.load(2, candidate(store_root, 2))
+        old = repository.get("lin", 2)
+        _stuck(server, old, 1)
+        first = retire()
+        time.sleep(0.05)
+        assert not first.done() and repository.versions("lin") == [1]
+        server.load(2, candidate(store_root, 2))  # the supervisor gave up waiting: again
+        new = repository.get("lin", 2)
+        assert new is not old
+        _stuck(server, old, 0)
+        first.result(10)
+        # the old instance's release leaves the new one's figures alone
+        assert repository.stats[("lin", "2")] is new.stats
+        # a retirement while an older instance still drains retires the active one too
+        _stuck(server, new, 1)
+        second = retire()
+        server.load(2, candidate(store_root, 2))
+        newest = repository.get("lin", 2)
+        third = retire()
+        time.sleep(0.05)
+        assert repository.versions("lin") == [1] and newest.retired
+        assert not second.done() and not third.done()
+        _stuck(server, new, 0)
+        second.result(10)
+        third.result(10)
+        assert ("lin", "2") not in repository.stats
+        assert _version_of(httpx.post(f"{server.url}/v2/models/lin/infer", json=BODY)) == 1
+
+
 # -- loads that fail -----------------------------------------------------------------------------
 
 
@@ -215,6 +280,45 @@ def test_loading_the_same_version_twice_builds_once(server: Server, store_root: 
     assert first is second
     server.run(server.repository.discard("lin", 2))
     assert server.repository.pending() == [] and server.repository.versions("lin") == [1]
+
+
+def test_discarding_a_build_in_progress_answers_at_once_and_releases_it_when_built(
+    server: Server,
+    store_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+):
+    import torchferry.serving.repository as repository_module
+
+    gate = threading.Event()
+    real_build = repository_module.build_version
+
+    def slow_build(*args: Any) -> Any:
+        assert gate.wait(30)
+        return real_build(*args)
+
+    monkeypatch.setattr(repository_module, "build_version", slow_build)
+    repository = server.repository
+    path = candidate(store_root, 2)
+    loading = asyncio.run_coroutine_threadsafe(repository.prepare("lin", 2, path), server.loop)
+    time.sleep(0.1)
+    started = time.monotonic()
+    server.run(repository.discard("lin", 2), timeout=5)  # the build still runs
+    assert time.monotonic() - started < 1
+    with pytest.raises(Conflict, match="version 2 was discarded before it was activated"):
+        server.call(lambda: repository.activate("lin", 2))
+    with caplog.at_level("INFO", logger="torchferry.repository"):
+        gate.set()
+        with pytest.raises(ModelLoadFailed, match="discarded while it was loading"):
+            loading.result(30)
+        deadline = time.monotonic() + 10
+        while "unloaded lin version 2" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert "unloaded lin version 2" in caplog.text
+    assert server.call(repository.pending) == [] and repository.versions("lin") == [1]
+    # loaded again, it serves
+    server.load(2, path)
+    assert _version_of(httpx.post(f"{server.url}/v2/models/lin/versions/2/infer", json=BODY)) == 2
 
 
 # -- shadow and stats ----------------------------------------------------------------------------
@@ -268,6 +372,59 @@ def test_shadow_agreement_is_total_for_a_copy_and_partial_for_a_perturbed_versio
         assert gauge == pytest.approx(perturbed["max_abs_diff"])
 
 
+class _SlowShadow:
+    """Enough of a shadow version for ``Shadows.mirror``: its batcher answers after ``delay``."""
+
+    name, version, retired, inflight = "lin", 2, False, 0
+
+    def __init__(self, delay: float) -> None:
+        self.stats = SimpleNamespace(compared_rows=lambda *figures: self.compared.append(figures))
+        self.compared: list[tuple[Any, ...]] = []
+        self.signature = SimpleNamespace(output_names=["y"])
+        self.batcher = SimpleNamespace(submit=self._submit)
+        self.delay = delay
+
+    async def _submit(self, inputs: Any, timeout: Any) -> dict[str, np.ndarray]:
+        await asyncio.sleep(self.delay)
+        return {"y": inputs["x"]}
+
+
+@pytest.mark.parametrize(("delay", "compared"), [(0.05, 1), (30.0, 0)])
+def test_closing_the_shadows_waits_for_their_mirrors_at_most_the_limit(delay, compared):
+    async def scenario() -> tuple[float, _SlowShadow]:
+        shadows = Shadows(metrics_on=False, timeout_s=None)
+        shadow = _SlowShadow(delay)
+        rows = {"x": np.ones((2, 3), np.float32)}
+        shadows.mirror(shadow, shadow, rows, {"y": rows["x"]})  # type: ignore[arg-type]
+        started = time.monotonic()
+        await shadows.close(0.3)
+        return time.monotonic() - started, shadow
+
+    took, shadow = asyncio.run(scenario())
+    assert took < 5 and len(shadow.compared) == compared and shadow.inflight == 0
+
+
+def test_the_apps_drain_closes_the_shadows_before_the_batchers(
+    store_root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    order: list[str] = []
+    shadows_close, repository_close = Shadows.close, ModelRepository.close
+
+    async def closing_shadows(self: Shadows, timeout_s: float) -> None:
+        order.append(f"shadows {timeout_s}")
+        await shadows_close(self, timeout_s)
+
+    async def closing_repository(self: ModelRepository) -> None:
+        order.append("repository")
+        await repository_close(self)
+
+    monkeypatch.setattr(Shadows, "close", closing_shadows)
+    monkeypatch.setattr(ModelRepository, "close", closing_repository)
+    with _serve(store_root, drain_timeout_s=7.0):
+        pass
+    assert order == ["shadows 7.0", "repository"]
+
+
 def test_stats_count_requests_errors_and_drain_latencies(server: Server, http: httpx.Client):
     for _ in range(5):
         assert http.post("/v2/models/lin/infer", json=BODY).status_code == 200
@@ -301,9 +458,19 @@ def _grpc_version(target: str, request: pb.ModelInferRequest, metadata: tuple = 
         response, call = GRPCInferenceServiceStub(channel).ModelInfer.with_call(
             request, metadata=metadata, timeout=30
         )
-    initial = dict(call.initial_metadata())
-    assert initial["x-model-version"] == response.model_version
+    # on the final status, with the request id: no metadata batch of its own
+    trailing = dict(call.trailing_metadata())
+    assert trailing["x-model-version"] == response.model_version and trailing["x-request-id"]
+    assert "x-model-version" not in dict(call.initial_metadata())
     return int(response.model_version)
+
+
+def _grpc_failure(target: str, request: pb.ModelInferRequest) -> tuple[grpc.StatusCode, dict]:
+    """A failed call's status and trailing metadata."""
+    with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError) as failure:
+        GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    error: Any = failure.value
+    return error.code(), dict(error.trailing_metadata() or ())
 
 
 def _binary_body(parameters: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
@@ -382,6 +549,14 @@ def test_every_inference_answer_names_the_version_that_served_it(
     assert _version_of(http.post("/predict/lin/versions/1", json={"data": [ROW]})) == 1
     assert _version_of(http.post("/predictions/lin/1.0", json=[ROW])) == 1
     assert _grpc_version(server.grpc_target, _grpc_request("1")) == 1
+    # a call that reached a version and failed names it too; one that reached none does not
+    bad = _grpc_request("1")
+    bad.outputs.add(name="nope")  # refused by the data plane, after the version was reached
+    code, trailing = _grpc_failure(server.grpc_target, bad)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and trailing["x-model-version"] == "1"
+    code, trailing = _grpc_failure(server.grpc_target, _grpc_request("9"))
+    assert code == grpc.StatusCode.NOT_FOUND and "x-model-version" not in trailing
+    assert trailing["x-request-id"]
     # metadata routes name no version in a header
     assert "x-model-version" not in http.get("/v2/models/lin").headers
 
@@ -418,3 +593,27 @@ def test_the_traffic_key_routes_sticky_from_every_carrier(server: Server, store_
     # without a key, both versions answer
     send = _carriers(server.url, server.grpc_target)["v2-json"]
     assert {send(None, None) for _ in range(60)} == {1, 2}
+
+
+def test_a_routed_request_is_resolved_once_whatever_carries_its_key(
+    server: Server, store_root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    server.load(2, candidate(store_root, 2))
+    weights = {1: 50, 2: 50}
+    server.routes(Routes(weights=weights))
+    keys = _keys_for(weights)
+    lookups: list[tuple[Any, Any]] = []
+    real_get = server.repository.get
+
+    def counted(name: str, version: Any = None, key: Any = None) -> Any:
+        lookups.append((version, key))
+        return real_get(name, version, key)
+
+    monkeypatch.setattr(server.repository, "get", counted)
+    carriers = _carriers(server.url, server.grpc_target)
+    for name in ("v2-json", "v2-binary", "v1", "grpc"):
+        lookups.clear()
+        header, parameter = keys[2], (keys[1] if name != "v1" else None)
+        expected = 1 if parameter else 2
+        assert carriers[name](header, parameter) == expected, name
+        assert lookups == [(None, parameter or header)], name

@@ -79,6 +79,8 @@ def build_app(
         async with AsyncExitStack() as stack:
             stack.callback(metrics.flush)  # last: the final requests' numbers
             stack.push_async_callback(repository.close)
+            # before the batchers close: the mirrors in flight finish (bounded)
+            stack.push_async_callback(plane.shadows.close, settings.drain_timeout_s)
             for protocol in protocols:
                 await protocol.start()
                 stack.push_async_callback(protocol.stop)

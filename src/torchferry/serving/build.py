@@ -2,6 +2,11 @@
 and a warm-up inference through the runtime. Slow (hashing, engine start), so a load while
 serving runs it in a thread; the repository assembles the result.
 
+A version is served under the name and number of its place in the store, whatever its
+manifest says (``served_as``, the one rule for a start, a load while serving and staging),
+as TorchServe's ``--model-dir`` renaming does: a version copied as ``m/2`` whose manifest
+says 1 is served as 2, before a restart and after.
+
 A failure while serving is a ``ModelLoadFailed`` whose message names the model, the version
 and the cause (the reason goes to users verbatim); whatever was built is released first.
 """
@@ -70,8 +75,17 @@ def open_archive(name: str, version: int, path: Path) -> Archive:
         verify_archive(path, manifest)
     except Exception as exc:
         raise ModelLoadFailed(f"{where}: integrity check failed: {_cause(exc)}") from exc
+    return served_as(Archive(path=path, manifest=manifest), name, version)
+
+
+def served_as(archive: Archive, name: str, version: int) -> Archive:
+    """``archive`` as version ``version`` of ``name``: the directory it sits in decides
+    (``STORE/NAME/VERSION``), not its manifest."""
+    manifest = archive.manifest
+    if manifest.name == name and manifest.version == version:
+        return archive
     renamed = manifest.model_copy(update={"name": name, "version": version})
-    return Archive(path=path, manifest=renamed)
+    return Archive(path=archive.path, manifest=renamed)
 
 
 def _cause(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 from torchferry.archive.manifest import MANIFEST_NAME
 from torchferry.archive.store import Archive, ModelStore
 from torchferry.errors import ArchiveError
+from torchferry.serving.build import served_as
 from torchferry.serving.lifecycle.state import DesiredState, Routes
 from torchferry.serving.repository import ModelRepository
 from torchferry.serving.routing import Route
@@ -23,22 +24,22 @@ def load_model_dir(
     """TorchServe-style ``--model-name NAME --model-dir DIR``: DIR is one archive, or a folder
     of integer versions; either is served as NAME whatever its manifest calls it. With
     ``versions``, only those (the supervisor's state after management unloads)."""
-    if (directory / MANIFEST_NAME).is_file():
-        archives = [Archive.open(directory)]
-    else:
-        store = ModelStore(directory.parent)
-        versions = store.versions(directory.name)
-        if not versions:
-            raise ArchiveError(
-                f"{directory} is neither a model archive (no {MANIFEST_NAME}) "
-                "nor a folder of numbered versions"
-            )
-        archives = [store.open(directory.name, v) for v in versions]
-    for archive in archives:
-        if versions is not None and archive.manifest.version not in versions:
-            continue
-        renamed = archive.manifest.model_copy(update={"name": name})
-        repository.add(Archive(path=archive.path, manifest=renamed))
+    if (directory / MANIFEST_NAME).is_file():  # one archive: its manifest's number
+        archive = Archive.open(directory)
+        number = archive.manifest.version
+        if versions is None or number in versions:
+            repository.add(served_as(archive, name, number))
+        return
+    store = ModelStore(directory.parent)
+    found = store.versions(directory.name)
+    if not found:
+        raise ArchiveError(
+            f"{directory} is neither a model archive (no {MANIFEST_NAME}) "
+            "nor a folder of numbered versions"
+        )
+    for number in found:  # each served as its directory's number
+        if versions is None or number in versions:
+            repository.add(served_as(store.open(directory.name, number), name, number))
 
 
 def load_state(repository: ModelRepository, store: ModelStore, state: DesiredState) -> None:
@@ -53,7 +54,7 @@ def load_state(repository: ModelRepository, store: ModelStore, state: DesiredSta
                     "model %s version %d is no longer in the store %s", name, version, store.root
                 )
                 continue
-            repository.add(store.open(name, version))
+            repository.add(served_as(store.open(name, version), name, version))
         if name in repository.names():
             _apply_routes(repository, name, routes)
 

@@ -9,7 +9,8 @@ answered every request that reached it:
 - ``prepare``: open and verify the archive, build runtime, handler and batcher, run one
   warm-up inference; the version is *pending* (no traffic). Slow work runs in a thread, so
   the event loop keeps serving.
-- ``activate``: pending -> routable; ``discard``: release a pending version;
+- ``activate``: pending -> routable; ``discard``: release a pending version (one still
+  building: answered at once, released when its build ends; ``activate`` then refuses it);
 - ``retire``: out of routing at once, then wait for its in-flight requests, drain its
   batcher, release its runtime.
 """
@@ -17,6 +18,7 @@ answered every request that reached it:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +27,12 @@ from pathlib import Path
 
 from torchferry.archive.manifest import Manifest
 from torchferry.archive.store import Archive, ModelStore
-from torchferry.errors import Conflict, ModelNotFound
+from torchferry.errors import Conflict, ModelLoadFailed, ModelNotFound
 from torchferry.handlers.base import Handler
 from torchferry.runtimes import Runtime
 from torchferry.serving import metrics
 from torchferry.serving.batcher import Batcher
-from torchferry.serving.build import build_version, open_archive
+from torchferry.serving.build import build_version, open_archive, served_as
 from torchferry.serving.lifecycle.state import Routes
 from torchferry.serving.routing import Route
 from torchferry.serving.settings import ServerSettings
@@ -79,10 +81,19 @@ class LoadedModel:
         if self._idle is not None:
             self._idle.set()
 
-    async def wait_idle(self) -> None:
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight, at most ``timeout_s`` seconds; whether it is."""
+        deadline = time.monotonic() + timeout_s
         while self.inflight > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
             self._idle = asyncio.Event()
-            await self._idle.wait()
+            try:
+                await asyncio.wait_for(self._idle.wait(), left)
+            except TimeoutError:
+                return False
+        return True
 
 
 class ModelRepository:
@@ -93,9 +104,15 @@ class ModelRepository:
         self._models: dict[str, dict[int, LoadedModel]] = {}
         #: Prepared versions that take no traffic yet.
         self._pending: dict[tuple[str, int], LoadedModel] = {}
-        #: Loads and retirements in progress: a repeated command waits for the same one.
+        #: Loads in progress: a repeated command waits for the same one.
         self._loading: dict[tuple[str, int], asyncio.Future[LoadedModel]] = {}
-        self._retiring: dict[tuple[str, int], asyncio.Future[None]] = {}
+        #: Retirements in progress, by instance: a version loaded again while its previous
+        #: instance drains is a model of its own, retired on its own.
+        self._retiring: dict[LoadedModel, asyncio.Future[None]] = {}
+        #: Versions discarded before they were activated (``activate`` says so), and the
+        #: releases of discarded builds that wait for their build to end.
+        self._discarded: set[tuple[str, int]] = set()
+        self._abandoned: set[asyncio.Future[None]] = set()
         self._routes: dict[str, Route] = {}
         #: (name, version text) -> the stats of an active version, for the request observer.
         self.stats: dict[tuple[str, str], VersionStats] = {}
@@ -114,7 +131,7 @@ class ModelRepository:
             if not versions:
                 raise ModelNotFound(f"model {name!r} is not in the store {store.root}")
             for version in versions:
-                self.add(store.open(name, version))
+                self.add(served_as(store.open(name, version), name, version))
 
     def add(self, archive: Archive) -> LoadedModel:
         """Build and activate one version at once (at start: nothing serves yet)."""
@@ -136,18 +153,30 @@ class ModelRepository:
         key = (name, version)
         loading = self._loading.get(key)
         if loading is None:
-            loading = asyncio.ensure_future(self._prepare(name, version, path))
+            self._discarded.discard(key)
+            loading = asyncio.ensure_future(self._build(name, version, path))
             self._loading[key] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(key, None))
-        return await asyncio.shield(loading)
+            loading.add_done_callback(functools.partial(self._built, key))
+        model = await asyncio.shield(loading)
+        if self._find(name, version) is not model:
+            raise ModelLoadFailed(
+                f"model {name!r} version {version} was discarded while it was loading"
+            )
+        return model
 
-    async def _prepare(self, name: str, version: int, path: Path) -> LoadedModel:
+    async def _build(self, name: str, version: int, path: Path) -> LoadedModel:
         started = time.perf_counter()
         archive = await asyncio.to_thread(open_archive, name, version, path)
         runtime, handler = await asyncio.to_thread(build_version, archive, self.settings, True)
-        model = self._assemble(archive, runtime, handler, time.perf_counter() - started)
-        self._pending[(name, version)] = model
-        return model
+        return self._assemble(archive, runtime, handler, time.perf_counter() - started)
+
+    def _built(self, key: tuple[str, int], loading: asyncio.Future[LoadedModel]) -> None:
+        """A build ended: pending, unless it was discarded meanwhile (its release then waits
+        for it, in ``discard``)."""
+        if self._loading.get(key) is loading:
+            del self._loading[key]
+            if not loading.cancelled() and loading.exception() is None:
+                self._pending[key] = loading.result()
 
     def activate(self, name: str, version: int) -> LoadedModel:
         """A pending version becomes routable (its batcher starts). Active: nothing to do."""
@@ -156,38 +185,71 @@ class ModelRepository:
             active = self._models.get(name, {}).get(version)
             if active is not None:
                 return active
+            if (name, version) in self._discarded:
+                raise Conflict(
+                    f"model {name!r} version {version} was discarded before it was activated "
+                    "(its load failed or timed out somewhere); load it again"
+                )
             raise ModelNotFound(f"model {name!r} version {version} is not loaded; load it first")
         self._register(model)
         return model
 
     async def discard(self, name: str, version: int) -> None:
-        """Release a pending version (nothing to do if there is none)."""
-        loading = self._loading.get((name, version))
+        """Release a pending version (nothing to do if there is none). A build in progress:
+        answered at once; the version is released when its build ends."""
+        key = (name, version)
+        loading = self._loading.pop(key, None)
         if loading is not None:
-            await asyncio.wait([loading])
-        model = self._pending.pop((name, version), None)
+            self._discarded.add(key)
+            releasing = asyncio.ensure_future(self._release_when_built(loading))
+            self._abandoned.add(releasing)
+            releasing.add_done_callback(self._abandoned.discard)
+            return
+        model = self._pending.pop(key, None)
         if model is not None:
-            await model.batcher.close()
-            self._release(model)
+            self._discarded.add(key)
+            await self._dispose(model)
+
+    async def _release_when_built(self, loading: asyncio.Future[LoadedModel]) -> None:
+        await asyncio.wait([loading])
+        if not loading.cancelled() and loading.exception() is None:
+            await self._dispose(loading.result())
+
+    async def _dispose(self, model: LoadedModel) -> None:
+        """Release a version that never took traffic."""
+        await model.batcher.close()
+        self._release(model)
 
     async def retire(self, name: str, version: int) -> None:
         """Take an active version out of service: out of routing at once, then wait until
-        every request that resolved it has answered, drain its batcher, release it. Unknown:
-        nothing to do; a retirement in progress: wait for it."""
-        key = (name, version)
-        retiring = self._retiring.get(key)
-        if retiring is None:
-            model = self._models.get(name, {}).get(version)
-            if model is None:
-                return
+        every request that resolved it has answered (at most ``drain_timeout_s``), drain its
+        batcher, release it. Answered once no instance of the version is draining any more
+        (a retirement in progress: wait for it; unknown: nothing to do)."""
+        model = self._models.get(name, {}).get(version)
+        if model is not None:
             self._unregister(model)
-            retiring = asyncio.ensure_future(self._drain(model))
-            self._retiring[key] = retiring
-            retiring.add_done_callback(lambda _: self._retiring.pop(key, None))
-        await asyncio.shield(retiring)
+            draining = asyncio.ensure_future(self._drain(model))
+            self._retiring[model] = draining
+            draining.add_done_callback(lambda _: self._retiring.pop(model, None))
+        waits = [f for m, f in self._retiring.items() if m.name == name and m.version == version]
+        if waits:
+            await asyncio.wait(waits)  # never cancels a drain
+            for done in waits:
+                done.result()
 
     async def _drain(self, model: LoadedModel) -> None:
-        await model.wait_idle()
+        limit = self.settings.drain_timeout_s
+        if not await model.wait_idle(limit):
+            # queued rows are still answered by the batcher's close; requests that have not
+            # reached it yet are refused (503), as at the end of any drain timeout
+            log.warning(
+                "%s version %d: %d request(s) still in flight after the drain timeout "
+                "(%.1f s); closing it anyway",
+                model.name,
+                model.version,
+                model.inflight,
+                limit,
+            )
         await model.batcher.close()
         self._release(model)
 
@@ -356,6 +418,8 @@ class ModelRepository:
         self.started = False
         if self._loading:
             await asyncio.wait(list(self._loading.values()))
+        if self._abandoned:
+            await asyncio.wait(list(self._abandoned))
         if self._retiring:
             await asyncio.wait(list(self._retiring.values()))
         models = self.all() + self.pending()
@@ -366,7 +430,9 @@ class ModelRepository:
         self._preprocess_pool.shutdown(wait=True)
 
     def _release(self, model: LoadedModel) -> None:
-        self.stats.pop((model.name, str(model.version)), None)
+        key = (model.name, str(model.version))
+        if self.stats.get(key) is model.stats:  # not a newer instance's of the same version
+            del self.stats[key]
         model.runtime.close()
         log.info(
             "unloaded %s version %d",

@@ -88,10 +88,17 @@ class Shadows:
                     metrics.shadow_compared(shadow.name, str(shadow.version), rows, agreed, diff)
                 return
 
-    async def close(self) -> None:
-        """Wait for the mirrors in flight (a drain answers them before the batchers close)."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks))
+    async def close(self, timeout_s: float) -> None:
+        """Wait for the mirrors in flight, at most ``timeout_s`` seconds, then cancel the rest
+        (a mirror is nobody's answer). The app's drain calls it before the batchers close."""
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(list(self._tasks), timeout=timeout_s)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+            log.warning("%d shadow mirror(s) cancelled at the drain timeout", len(late))
 
 
 def compare(primary: np.ndarray, shadow: np.ndarray) -> tuple[int, int, float | None]:

@@ -111,10 +111,9 @@ def traffic_key(header: str | None, parameter: object = None) -> str | None:
     return header or None
 
 
-def http_traffic_key(request: Request, parameters: Mapping[str, Any] | None = None) -> str | None:
-    """An HTTP request's traffic key (its header, or its protocol's ``parameters``)."""
-    parameter = parameters.get(TRAFFIC_KEY_PARAMETER) if parameters else None
-    return traffic_key(request.headers.get(TRAFFIC_KEY_HEADER), parameter)
+def http_traffic_key(request: Request) -> str | None:
+    """An HTTP request's traffic key, from its header (V2 also reads its body's parameter)."""
+    return traffic_key(request.headers.get(TRAFFIC_KEY_HEADER))
 
 
 def plane_of(request: Request) -> DataPlane:

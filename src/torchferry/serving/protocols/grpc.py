@@ -10,9 +10,10 @@ validates names, dtypes and shapes. Besides the protocol's six calls, Triton's
 extensions. Every error a call raises becomes the gRPC status its class names, with its
 message; none leaves the call. Every call gets a request record (route: the method's name;
 request id from ``x-request-id`` metadata, echoed in the trailing metadata); a call that
-reached a model names the version that served it in its initial metadata
-(``x-model-version``). A routed ``ModelInfer`` takes its traffic key from the request's
-``traffic_key`` parameter or the ``x-traffic-key`` metadata.
+reached a model names the version that served it in the trailing metadata too
+(``x-model-version``: it rides on the final status, costing no batch of its own). A routed
+``ModelInfer`` takes its traffic key from the request's ``traffic_key`` parameter or the
+``x-traffic-key`` metadata.
 """
 
 from __future__ import annotations
@@ -116,13 +117,9 @@ def decode_contents(
     return array.reshape(shape)
 
 
-def grpc_traffic_key(request: pb.ModelInferRequest, context: aio.ServicerContext) -> str | None:
-    """A routed call's traffic key: its ``traffic_key`` parameter, else its metadata."""
-    header = None
-    for name, value in context.invocation_metadata() or ():
-        if name == TRAFFIC_KEY_HEADER:
-            header = value
-            break
+def grpc_traffic_key(request: pb.ModelInferRequest, header: str | None) -> str | None:
+    """A routed call's traffic key: its ``traffic_key`` parameter, else ``header`` (its
+    ``x-traffic-key`` metadata, read by ``_rpc``)."""
     parameter: object = None
     if TRAFFIC_KEY_PARAMETER in request.parameters:
         given = request.parameters[TRAFFIC_KEY_PARAMETER]
@@ -193,21 +190,27 @@ def encode_response(response: InferResponse) -> pb.ModelInferResponse:
 
 _Req = TypeVar("_Req", bound=Message)
 _Resp = TypeVar("_Resp", bound=Message)
-_Method = Callable[[Any, _Req, aio.ServicerContext], Awaitable[_Resp]]
+#: A call as ``_rpc`` calls it: request, context, and the ``x-traffic-key`` metadata (None
+#: when the call has none), read in the one pass over the metadata that ``_rpc`` makes.
+_Method = Callable[[Any, _Req, aio.ServicerContext, str | None], Awaitable[_Resp]]
+_Servicer = Callable[[Any, _Req, aio.ServicerContext], Awaitable[_Resp]]
 
 
-def _rpc(method: _Method[_Req, _Resp]) -> _Method[_Req, _Resp]:
+def _rpc(method: _Method[_Req, _Resp]) -> _Servicer[_Req, _Resp]:
     """Record the call, and end it with the error's status and message instead of letting
-    anything escape."""
+    anything escape; the version that served it (or failed to) goes in the trailing
+    metadata, with the request id."""
     name = method.__name__
 
     @wraps(method)
     async def call(self: Any, request: _Req, context: aio.ServicerContext) -> _Resp:
         observers = self.plane.observers
-        request_id = traceparent = tracestate = None
+        request_id = traceparent = tracestate = traffic = None
         for key, value in context.invocation_metadata() or ():
             if key == "x-request-id":
                 request_id = value
+            elif key == TRAFFIC_KEY_HEADER:
+                traffic = value
             elif key == "traceparent":
                 traceparent = value
             elif key == "tracestate":
@@ -217,17 +220,17 @@ def _rpc(method: _Method[_Req, _Resp]) -> _Method[_Req, _Resp]:
         status = "UNKNOWN"
         try:
             try:
-                response = await method(self, request, context)
+                response = await method(self, request, context, traffic)
             except Exception as exc:
                 error = as_error(exc, name)
-            if record.version is not None:  # the version that served it (or failed to)
-                await context.send_initial_metadata((("x-model-version", record.version),))
+            metadata = [("x-request-id", record.request_id)]
+            if record.version is not None:
+                metadata.append(("x-model-version", record.version))
             if error is None:
                 status = "OK"
-                context.set_trailing_metadata((("x-request-id", record.request_id),))
+                context.set_trailing_metadata(tuple(metadata))
                 return response
             status = error.grpc_code
-            metadata = [("x-request-id", record.request_id)]
             if retry_after := retry_after_header(error):
                 metadata.append(("retry-after", retry_after))
             await context.abort(grpc.StatusCode[error.grpc_code], error.message, tuple(metadata))
@@ -251,19 +254,19 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     @_rpc
     async def ServerLive(
-        self, request: pb.ServerLiveRequest, context: aio.ServicerContext
+        self, request: pb.ServerLiveRequest, context: aio.ServicerContext, traffic: str | None
     ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     @_rpc
     async def ServerReady(
-        self, request: pb.ServerReadyRequest, context: aio.ServicerContext
+        self, request: pb.ServerReadyRequest, context: aio.ServicerContext, traffic: str | None
     ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.plane.ready)
 
     @_rpc
     async def ModelReady(
-        self, request: pb.ModelReadyRequest, context: aio.ServicerContext
+        self, request: pb.ModelReadyRequest, context: aio.ServicerContext, traffic: str | None
     ) -> pb.ModelReadyResponse:
         # as Triton: an unknown model or version is not ready, rather than an error
         try:
@@ -274,7 +277,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     @_rpc
     async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: aio.ServicerContext
+        self, request: pb.ServerMetadataRequest, context: aio.ServicerContext, traffic: str | None
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(
             name="torchferry", version=torchferry.__version__, extensions=EXTENSIONS
@@ -282,7 +285,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
+        self, request: pb.ModelMetadataRequest, context: aio.ServicerContext, traffic: str | None
     ) -> pb.ModelMetadataResponse:
         model = self.plane.resolve(request.name, request.version or None)
         if request.version:
@@ -293,10 +296,10 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: aio.ServicerContext
+        self, request: pb.ModelInferRequest, context: aio.ServicerContext, traffic: str | None
     ) -> pb.ModelInferResponse:
         version = request.model_version or None
-        key = None if version else grpc_traffic_key(request, context)
+        key = None if version else grpc_traffic_key(request, traffic)
         model = self.plane.resolve(request.model_name, version, key)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
@@ -305,7 +308,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelConfig(
-        self, request: pb.ModelConfigRequest, context: aio.ServicerContext
+        self, request: pb.ModelConfigRequest, context: aio.ServicerContext, traffic: str | None
     ) -> pb.ModelConfigResponse:
         model = self.plane.resolve(request.name, request.version or None)
         config = model_config(model, len(self.plane.versions(model.name)))
@@ -315,7 +318,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelStatistics(
-        self, request: pb.ModelStatisticsRequest, context: aio.ServicerContext
+        self, request: pb.ModelStatisticsRequest, context: aio.ServicerContext, traffic: str | None
     ) -> pb.ModelStatisticsResponse:
         plane = self.plane
         if not request.name:

@@ -143,8 +143,6 @@ async def _predict(request: Request, model_name: str, model_version: str | None)
     key = None if model_version else http_traffic_key(request)
     model = plane.resolve(model_name, model_version, key)
     body = loads(await request.body())
-    if model.retired and not model_version:  # unloaded while the body arrived
-        model = plane.resolve(model_name, None, key)
     if not isinstance(body, dict):
         raise InvalidInput('the request body must be a JSON object with "instances" or "inputs"')
     has_rows, has_columns = "instances" in body, "inputs" in body

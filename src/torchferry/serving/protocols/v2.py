@@ -258,15 +258,19 @@ def decode_request(
 
 
 async def _infer(request: Request, model_name: str, model_version: str | None) -> Response:
+    """One V2 inference. A named version is resolved before the body is read (an unknown
+    one: 404 first); a routed request once its body is read, since a ``traffic_key``
+    parameter there outweighs the header. A version retired meanwhile is the data plane's
+    to route again (``DataPlane.infer``)."""
     plane = plane_of(request)
     headers = request.headers
+    model = plane.resolve(model_name, model_version) if model_version else None
     key = None if model_version else traffic_key(headers.get(TRAFFIC_KEY_HEADER))
-    model = plane.resolve(model_name, model_version, key)  # an unknown model: 404 first
     body = await request.body()
-    if model.retired and not model_version:  # unloaded while the body arrived
-        model = plane.resolve(model_name, None, key)
     length = header_length(headers.get(HEADER), len(body))
     if length == 0:  # Triton's raw binary request: the body is the one input, all outputs binary
+        if model is None:
+            model = plane.resolve(model_name, None, key)
         inputs = raw_request_inputs(model.name, model.signature, body)
         infer = InferRequest(
             model.name,
@@ -281,12 +285,11 @@ async def _infer(request: Request, model_name: str, model_version: str | None) -
         document, binary = loads(body), None
     else:
         document, binary = split_body(body, length)
-    if not model_version and isinstance(document, dict):
-        params = document.get("parameters")
+    if model is None:
+        params = document.get("parameters") if isinstance(document, dict) else None
         if isinstance(params, dict) and TRAFFIC_KEY_PARAMETER in params:
-            # the request's own key wins over the header: route it again by that one
-            key = traffic_key(key, params[TRAFFIC_KEY_PARAMETER])
-            model = plane.resolve(model_name, None, key)
+            key = traffic_key(key, params[TRAFFIC_KEY_PARAMETER])  # the request's own key wins
+        model = plane.resolve(model_name, None, key)
     infer = decode_request(model, model_version, document, binary, key)
     return render_response(await plane.infer(model, infer))
 
