@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +229,14 @@ def test_onnx_external_data_through_a_link_or_outside_its_folder_is_refused(
     with pytest.raises(ArchiveError, match=rf"^{away}: its external data 'data/w.bin' resolves"):
         stage_source(away, store_root, "lin")
     _untouched(store_root)
+
+
+def test_a_worker_imports_no_torch_until_a_model_needs_it():
+    """A worker (and the warm spare) imports the serving stack before it knows its models:
+    staging's importers, which bring torch, wait until a .mar or .onnx is staged. With torch
+    at import, a replacement worker took seconds longer to serve an ONNX model."""
+    code = "import sys, torchferry.serving.worker; print('torch' in sys.modules)"
+    answer = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert answer.stdout.strip() == "False", answer.stdout

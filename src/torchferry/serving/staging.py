@@ -21,14 +21,10 @@ import os
 import shutil
 from pathlib import Path
 
-import onnx
-
 from torchferry.archive.integrity import hash_file, safe_relative
 from torchferry.archive.manifest import MANIFEST_NAME, Manifest
 from torchferry.archive.store import Archive, ModelStore
 from torchferry.errors import ArchiveError
-from torchferry.importers import import_model
-from torchferry.importers.graph import _external_files
 from torchferry.serving.build import served_as
 
 
@@ -46,6 +42,9 @@ def stage_source(source: Path, store: Path, name: str | None) -> Archive:
         raise ArchiveError(f"no model source at {source}")
     if source.suffix.lower() == ".onnx":
         _check_external_data(source)
+    # imported here: the importers bring torch, which a worker serving ONNX never needs
+    from torchferry.importers import import_model
+
     return import_model(source, name=name, store=models)
 
 
@@ -121,6 +120,10 @@ def _copy_file(source: Path, file_name: str, target: Path) -> None:
 def _check_external_data(source: Path) -> None:
     """Refuse an ONNX graph whose external data files are symbolic links or lie outside its
     folder (the import would copy whatever they point to into the store)."""
+    import onnx
+
+    from torchferry.importers.graph import _external_files
+
     try:
         model = onnx.load(str(source), load_external_data=False)
     except Exception as exc:
