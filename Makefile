@@ -50,6 +50,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/protocols.py
 	$(BIN)/python bench/hot_path.py
 	$(BIN)/python bench/workers.py
+	$(BIN)/python bench/swap.py
 	$(BIN)/python bench/optimize_figures.py
 
 clean:
