@@ -12,6 +12,12 @@ noisy moment hits every kind alike:
 - ``split``: two versions loaded, weights 50/50 (a weighted choice per request);
 - ``sticky``: the same split, routed by an ``X-Traffic-Key`` header.
 
+Read ``split`` and ``sticky`` together: every request of ``sticky`` carries one key, so all
+go to one version, as in ``steady``, and the difference is the cost of routing itself (a
+``crc32`` and a bisect); ``split`` sends each request to either version at random, so each
+version's batcher sees half the traffic and forms smaller batches, which is what a split
+costs a batching server whatever routes it.
+
 The table gives req/s, wrk's p50 and p99 (corrected for coordinated omission), failed
 answers (non-2xx and socket errors: a swap must drop nothing), and each kind's ratio to
 ``steady``; then the management calls' durations (median and max over every swap).
