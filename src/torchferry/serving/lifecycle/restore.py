@@ -23,7 +23,16 @@ def initial_state(settings: ServerSettings, store: Path) -> DesiredState:
     names = list(settings.models) or store_models(store)
     if saved is not None:
         for name, model in saved.models.items():
-            if name not in names and model.versions and not settings.models:
+            if name in names or not model.versions:
+                continue
+            if settings.models:
+                log.warning(
+                    "model %s is in the saved state but not among --model: not served, and "
+                    "forgotten at the next change",
+                    name,
+                    extra={"event": "model_not_restored", "model": name},
+                )
+            else:
                 log.warning(
                     "model %s is no longer in the store: not restored",
                     name,

@@ -288,9 +288,7 @@ class Rollouts:
 def _enter(status: RolloutStatus, step: int, current: Routes) -> Routes:
     """Move ``status`` to ``step`` (the last, 100%, promotes) and return the routes for it."""
     canary, stable = status.spec.version, status.stable
-    shadow = (
-        current.shadow if current.shadow is not None and current.shadow.version != canary else None
-    )
+    shadow = _other_shadow(current, canary)
     weight = status.spec.steps[step]
     status.step, status.weight = step, weight
     if weight >= 100:
@@ -302,9 +300,11 @@ def _enter(status: RolloutStatus, step: int, current: Routes) -> Routes:
 
 def _back(status: RolloutStatus, current: Routes) -> Routes:
     """Every unversioned request back to the stable version."""
-    canary = status.spec.version
-    shadow = (
-        current.shadow if current.shadow is not None and current.shadow.version != canary else None
-    )
     status.weight = 0
-    return Routes(default=status.stable, shadow=shadow)
+    return Routes(default=status.stable, shadow=_other_shadow(current, status.spec.version))
+
+
+def _other_shadow(current: Routes, canary: int) -> Shadow | None:
+    """The model's shadow, kept through a rollout unless it mirrors to the canary itself."""
+    shadow = current.shadow
+    return shadow if shadow is not None and shadow.version != canary else None
