@@ -86,6 +86,15 @@ def test_bytes_after_the_json_header_need_a_binary_input(http):
     assert "16 bytes after the JSON header but no input has" in answer.json()["error"]
 
 
+def test_an_unknown_model_is_404_whatever_the_body(http):
+    # the body is read before a routed version is picked (its traffic_key may decide), but
+    # whether the model exists is known first
+    for path in ("/v2/models/nope/infer", "/v2/models/nope/versions/1/infer"):
+        answer = http.post(path, content=b"{not json")
+        assert answer.status_code == 404, answer.text
+        assert "nope" in answer.json()["error"]
+
+
 def test_unknown_route_is_404_json(http):
     answer = http.get("/v3/nothing")
     assert answer.status_code == 404 and "error" in answer.json()

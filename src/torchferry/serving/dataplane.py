@@ -123,6 +123,10 @@ class DataPlane:
         pick (sticky on ``key`` when traffic is weighted), else the highest loaded."""
         return self.repository.get(name, version, key)
 
+    def require(self, name: str) -> None:
+        """404 for a model that is not loaded (before a request's body is read)."""
+        self.repository.versions(name)
+
     def default_version(self, name: str) -> int:
         """The version answering ``name``'s unversioned requests when its traffic is not
         weighted: its routes' default, else its highest loaded version (404 if unknown)."""

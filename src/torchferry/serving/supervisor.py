@@ -187,9 +187,15 @@ class Supervisor:
         """An app of the supervisor's own on its own listener: ``/metrics`` (every worker's
         numbers summed, each worker's process figures, the supervisor's view of its workers),
         the management API."""
-        # a management call waiting on a rollout must not hold up the exit
+        # a management call waiting on a rollout must not hold up the exit; uvicorn's own
+        # start lines would repeat the supervisor's pid once per listener
         config = uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
+            app,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
         )
         server = QuietServer(config)
         self._listeners.append((server, asyncio.create_task(server.serve([sock]))))

@@ -264,7 +264,11 @@ async def _infer(request: Request, model_name: str, model_version: str | None) -
     to route again (``DataPlane.infer``)."""
     plane = plane_of(request)
     headers = request.headers
-    model = plane.resolve(model_name, model_version) if model_version else None
+    if model_version:
+        model: LoadedModel | None = plane.resolve(model_name, model_version)
+    else:  # an unknown model is a 404 whatever the body; the version is picked once it is read
+        plane.require(model_name)
+        model = None
     key = None if model_version else traffic_key(headers.get(TRAFFIC_KEY_HEADER))
     body = await request.body()
     length = header_length(headers.get(HEADER), len(body))
