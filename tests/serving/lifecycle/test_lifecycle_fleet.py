@@ -311,3 +311,34 @@ def test_the_index_lists_the_store_and_what_is_loaded(store):
         }
 
     run(scenario())
+
+
+def test_a_refused_staged_version_leaves_nothing_and_a_poll_never_loads_it_first(
+    store, tmp_path_factory
+):
+    async def scenario():
+        source = add_version(tmp_path_factory.mktemp("elsewhere"), "x", 7)
+        fleet, workers = await started(store)
+        assert await fleet.stage(source, "m") == ("m", 3)
+        # a poll (or Triton's load) between staging and loading leaves the claimed version
+        assert (await fleet.converge("m", VersionPolicy.parse("all"))).versions == [1, 2]
+        workers[1].refuse["load"] = "the warm-up inference failed"
+        with pytest.raises(ModelLoadFailed, match="warm-up"):
+            await fleet.load("m", 3)
+        assert not (store / "m" / "3").exists()  # the refused copy left the store
+        assert fleet.versions[("m", 3)].state == "failed"
+        assert await fleet.unload("m", 3) == [3]  # a failed version can be deleted
+        assert ("m", 3) not in fleet.versions
+
+    run(scenario())
+
+
+def test_a_policy_that_selects_nothing_is_refused_and_not_saved(store):
+    async def scenario():
+        fleet, _ = await started(store)
+        with pytest.raises(InvalidInput, match="selects none"):
+            await fleet.set_policy("m", VersionPolicy.parse("specific:7"))
+        assert fleet.state.models["m"].versions == [1, 2]
+        assert fleet.state.models["m"].policy != VersionPolicy.parse("specific:7")
+
+    run(scenario())
