@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from torchferry.errors import ArchiveError
 from torchferry.signature import ModelSignature
+from torchferry.store_layout import MANIFEST_NAME
 
-MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
 

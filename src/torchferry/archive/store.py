@@ -16,6 +16,7 @@ from pathlib import Path
 from torchferry.archive.integrity import hash_file, safe_relative, verify_archive
 from torchferry.archive.manifest import MANIFEST_NAME, Manifest
 from torchferry.errors import ArchiveError, ModelNotFound
+from torchferry.store_layout import is_version_dir, store_models, store_versions
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,6 @@ class Archive:
         return cls(path=path, manifest=manifest)
 
 
-def _is_version_dir(path: Path) -> bool:
-    return path.is_dir() and path.name.isdigit() and int(path.name) >= 1
-
-
 class ModelStore:
     """A directory of models, each a directory of integer versions."""
 
@@ -47,28 +44,15 @@ class ModelStore:
         self.root = Path(root)
 
     def models(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            p.name
-            for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and self.versions(p.name)
-        )
+        return store_models(self.root)
 
     def versions(self, name: str) -> list[int]:
-        model_dir = self.root / name
-        if not model_dir.is_dir():
-            return []
-        return sorted(
-            int(p.name)
-            for p in model_dir.iterdir()
-            if _is_version_dir(p) and (p / MANIFEST_NAME).is_file()
-        )
+        return store_versions(self.root, name)
 
     def next_version(self, name: str) -> int:
         model_dir = self.root / name
         taken = (
-            [int(p.name) for p in model_dir.iterdir() if _is_version_dir(p)]
+            [int(p.name) for p in model_dir.iterdir() if is_version_dir(p)]
             if model_dir.is_dir()
             else []
         )

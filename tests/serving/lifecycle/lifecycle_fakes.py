@@ -18,8 +18,9 @@ from typing import Any
 
 import orjson
 
-from torchferry.serving.lifecycle.state import Routes, store_versions
+from torchferry.serving.lifecycle.state import Routes
 from torchferry.serving.lifecycle.workers import WorkerGone
+from torchferry.store_layout import store_versions
 
 
 def add_version(store: Path, name: str, version: int, *, broken: bool = False) -> Path:

@@ -16,9 +16,8 @@ from torchferry.serving.lifecycle.state import (
     RolloutStatus,
     Routes,
     Shadow,
-    store_models,
-    store_versions,
 )
+from torchferry.store_layout import store_models, store_versions
 
 
 def full_state() -> DesiredState:

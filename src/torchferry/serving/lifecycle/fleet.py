@@ -31,12 +31,11 @@ from torchferry.serving.lifecycle.state import (
     Routes,
     Shadow,
     check_model_name,
-    store_models,
-    store_versions,
 )
 from torchferry.serving.lifecycle.steps import QUICK_TIMEOUT_S, Steps, VersionInfo, routes_with
 from torchferry.serving.lifecycle.workers import WorkerGone, Workers, ask_all
 from torchferry.serving.settings import ServerSettings
+from torchferry.store_layout import store_models, store_versions
 
 __all__ = ["Convergence", "Fleet", "VersionInfo"]
 

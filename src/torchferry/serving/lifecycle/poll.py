@@ -13,7 +13,7 @@ import logging
 
 from torchferry.errors import ModelNotFound, TorchferryError
 from torchferry.serving.lifecycle.fleet import Fleet
-from torchferry.serving.lifecycle.state import store_models, store_versions
+from torchferry.store_layout import store_models, store_versions
 
 log = logging.getLogger("torchferry.lifecycle")
 

@@ -7,13 +7,9 @@ import logging
 import time
 from pathlib import Path
 
-from torchferry.serving.lifecycle.state import (
-    DesiredState,
-    ModelState,
-    store_models,
-    store_versions,
-)
+from torchferry.serving.lifecycle.state import DesiredState, ModelState
 from torchferry.serving.settings import ServerSettings
+from torchferry.store_layout import store_models, store_versions
 
 log = logging.getLogger("torchferry.lifecycle")
 

@@ -206,27 +206,3 @@ class DesiredState(BaseModel):
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-
-
-def store_versions(store: Path, name: str) -> list[int]:
-    """The versions of ``name`` in ``store``: integer directories holding a manifest (a
-    version being copied in may still be incomplete: loading it verifies its hashes)."""
-    model_dir = store / name
-    if not model_dir.is_dir():
-        return []
-    return sorted(
-        int(p.name)
-        for p in model_dir.iterdir()
-        if p.is_dir() and p.name.isdigit() and int(p.name) >= 1 and (p / "manifest.json").is_file()
-    )
-
-
-def store_models(store: Path) -> list[str]:
-    """The models in ``store`` that have at least one version."""
-    if not store.is_dir():
-        return []
-    return sorted(
-        p.name
-        for p in store.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and store_versions(store, p.name)
-    )

@@ -15,9 +15,10 @@ from pydantic import ValidationError
 
 from torchferry.errors import Conflict, InvalidInput, ModelLoadFailed, ModelNotFound
 from torchferry.serving.lifecycle.policy import VersionPolicy
-from torchferry.serving.lifecycle.state import DesiredState, ModelState, Routes, store_versions
+from torchferry.serving.lifecycle.state import DesiredState, ModelState, Routes
 from torchferry.serving.lifecycle.workers import Workers, ask_all
 from torchferry.serving.settings import ServerSettings
+from torchferry.store_layout import store_versions
 
 log = logging.getLogger("torchferry.lifecycle")
 
