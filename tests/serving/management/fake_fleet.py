@@ -12,9 +12,8 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
@@ -30,19 +29,10 @@ from torchferry.serving.lifecycle.state import (
     Routes,
     Shadow,
 )
+from torchferry.serving.lifecycle.steps import VersionInfo  # the fleet's own record
 from torchferry.serving.management.app import management_app
 from torchferry.serving.process import free_ports, serve_in_thread
 from torchferry.serving.settings import ServerSettings
-
-
-@dataclass
-class VersionInfo:
-    name: str
-    version: int
-    state: Literal["loading", "ready", "unloading", "failed"]
-    reason: str | None = None
-    record: dict[str, Any] | None = None
-    source: str | None = None
 
 
 def record_of(name: str, version: int) -> dict[str, Any]:

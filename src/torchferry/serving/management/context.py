@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import Request
 
 from torchferry.errors import ModelNotFound
+from torchferry.serving.management.answers import parse_version
 from torchferry.serving.management.api import FleetAPI, VersionView
 from torchferry.serving.settings import ServerSettings
 from torchferry.serving.torchserve_rules import VersionNotFound
@@ -61,6 +62,14 @@ class Management:
         if version not in versions:
             raise VersionNotFound(f"Model version: {version} does not exist for model: {name}")
         return versions[version]
+
+    def require_named(self, name: str, text: str) -> int:
+        """The version a URL path names (``3``, ``3.0``) of a known model: 404 for an unknown
+        model first, then for a version it does not have."""
+        self.require(name)
+        version = parse_version(name, text)
+        self.require_version(name, version)
+        return version
 
     def names(self) -> list[str]:
         fleet = self.fleet

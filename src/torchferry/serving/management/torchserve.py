@@ -176,18 +176,14 @@ async def describe_all(request: Request, model_name: str) -> Response:
 @router.get("/models/{model_name}/{model_version}", summary="Describe a version")
 async def describe_version(request: Request, model_name: str, model_version: str) -> Response:
     management = management_of(request)
-    management.require(model_name)
-    version = parse_version(model_name, model_version)
-    management.require_version(model_name, version)
+    version = management.require_named(model_name, model_version)
     return _describe_versions(management, model_name, [version])
 
 
 @router.put("/models/{model_name}/{model_version}/set-default", summary="Set the default version")
 async def set_default(request: Request, model_name: str, model_version: str) -> Response:
     management = management_of(request)
-    management.require(model_name)
-    version = parse_version(model_name, model_version)
-    management.require_version(model_name, version)
+    version = management.require_named(model_name, model_version)
     await management.fleet.set_default(model_name, version)
     return JSONResponse(
         {"status": f'Default version successfully updated for model "{model_name}" to "{version}"'}
