@@ -168,7 +168,8 @@ def run_list(args: argparse.Namespace) -> int:
         raise _key_error(exc) from None
     now = datetime.now(UTC)
     table = Table(title=f"tokens in {path}")
-    for column in ("id", "name", "scopes", "created", "expires", "expired", "rate"):
+    table.add_column("id", no_wrap=True)
+    for column in ("name", "scopes", "expires", "expired", "rate"):
         table.add_column(column)
     for entry in entries.values():
         rate = f"{entry.rate.per_second:g}/s burst {entry.rate.burst}" if entry.rate else ""
@@ -176,7 +177,6 @@ def run_list(args: argparse.Namespace) -> int:
             entry.id,
             escape(entry.name or ""),
             escape(" ".join(entry.scopes)),
-            _when(entry.created),
             _when(entry.expires),
             "yes" if entry.expired(now) else "no",
             rate,

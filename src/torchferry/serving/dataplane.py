@@ -282,8 +282,8 @@ class DataPlane:
             )
         if not infer and not scopes.may_see(name):
             raise PermissionDenied(
-                f"token {caller.id} may not read model {name!r}: that needs the scope "
-                f"metadata, infer or infer:{name}"
+                f"token {caller.id} may not use model {name!r}: that needs the scope "
+                f"infer or infer:{name} (metadata to read it only)"
             )
 
     def _reroute(self, model: LoadedModel, version: str | None, key: str | None) -> LoadedModel:
