@@ -104,7 +104,7 @@ def test_auth_without_a_key_file_names_the_command_that_makes_one(key_file):
 
 def test_valid_invalid_and_expired_tokens(key_file):
     entry, text = create_token(key_file, ["infer:digits", "metadata"], timedelta(days=1))
-    old, old_text = create_token(
+    _, old_text = create_token(
         key_file, ["infer"], timedelta(hours=1), now=datetime.now(UTC) - timedelta(hours=2)
     )
     ring = KeyRing(key_file)
