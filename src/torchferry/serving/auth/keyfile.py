@@ -135,7 +135,7 @@ def read_key_file(path: Path) -> dict[str, TokenEntry]:
 def parse_key_file(text: bytes | str, where: str) -> dict[str, TokenEntry]:
     try:
         document = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise KeyFileError(f"key file {where} is not JSON: {exc}") from None
     if not isinstance(document, dict) or document.get("version") != KEY_FILE_VERSION:
         raise KeyFileError(

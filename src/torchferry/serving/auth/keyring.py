@@ -104,11 +104,12 @@ class KeyRing:
             return
         try:
             self._load(stamp)
-        except KeyFileError as exc:
+        except Exception as exc:  # KeyFileError, or worse (a JSON nested past recursion)
             self._stamp = stamp  # warn once per change, not once per second
+            reason = exc if isinstance(exc, KeyFileError) else f"{self.path}: {exc!r}"
             log.warning(
                 "%s; the tokens read before stay in force until the file is fixed",
-                exc,
+                reason,
                 extra={"event": "key_file_invalid"},
             )
         else:
