@@ -126,6 +126,10 @@ def test_health_probes_stay_open(served, http):
     for path in ("/v2/health/live", "/v2/health/ready", "/ping"):
         assert http.get(path).status_code == 200, path
         assert http.get(path, headers={"Authorization": "Bearer nope"}).status_code == 200
+    # what names no model needs no token: server metadata, the API description, unknown paths
+    assert http.get("/v2").json()["name"] == "torchferry"
+    assert http.get("/openapi.json").status_code == 200
+    assert http.get("/no/such/path").status_code == 404
 
 
 def test_metrics_need_the_metrics_scope(served):

@@ -18,16 +18,15 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from torchferry.errors import TooManyRequests, TorchferryError, Unauthenticated
 from torchferry.serving.auth.keyfile import (
+    TOKEN_PREFIX,
     KeyFileError,
     TokenEntry,
     hash_token,
     read_key_file,
-    token_id,
 )
 from torchferry.serving.auth.ratelimit import TokenBucket
 from torchferry.serving.auth.scopes import Scopes
@@ -69,6 +68,8 @@ class KeyRing:
         self.clock = clock
         self._entries: dict[str, TokenEntry] = {}
         self._principals: dict[str, Principal] = {}
+        #: id -> expiry as ``time.time()`` seconds (a float compare per request, not a datetime)
+        self._expiry: dict[str, float] = {}
         self._buckets: dict[str, tuple[object, TokenBucket]] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._checked = clock()
@@ -89,6 +90,11 @@ class KeyRing:
         self._principals = {
             entry_id: Principal(entry_id, Scopes.parse(entry.scopes))
             for entry_id, entry in entries.items()
+        }
+        self._expiry = {
+            entry_id: entry.expires.timestamp()
+            for entry_id, entry in entries.items()
+            if entry.expires is not None
         }
         self._stamp = stamp
 
@@ -138,14 +144,15 @@ class KeyRing:
         text = authorization.strip()
         if text[:7].lower() == _BEARER:
             text = text[7:].strip()
-        entry_id = token_id(text)
-        entry = self._entries.get(entry_id) if entry_id is not None else None
+        # the id is only a lookup key: the hash comparison checks the whole text
+        entry = self._entries.get(text[3:15]) if text[:3] == TOKEN_PREFIX else None
         digest = hash_token(text)
         # compared whether or not the id exists: the time taken tells nothing
         matches = hmac.compare_digest(digest, entry.hash if entry is not None else _DUMMY_HASH)
         if entry is None or not matches:
             return Unauthenticated("invalid token")
-        if entry.expired(datetime.now(UTC)):
+        expiry = self._expiry.get(entry.id)
+        if expiry is not None and time.time() >= expiry:
             return Unauthenticated("token expired")
         if entry.rate is not None:
             wait = self._bucket(entry).take(self.clock())
