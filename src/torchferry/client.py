@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +18,34 @@ from torchferry.errors import (
     ModelNotFound,
     Overloaded,
     PayloadTooLarge,
+    PermissionDenied,
+    TooManyRequests,
     TorchferryError,
+    Unauthenticated,
 )
+
+#: Where the client (and the ``torchferry`` commands that call a server) find a token when
+#: none is given.
+TOKEN_ENV = "TORCHFERRY_TOKEN"
 
 _ERRORS: dict[int, type[TorchferryError]] = {
     400: InvalidInput,
+    401: Unauthenticated,
+    403: PermissionDenied,
+    429: TooManyRequests,
     404: ModelNotFound,
     413: PayloadTooLarge,
     503: Overloaded,
     504: InferenceTimeout,
     500: ModelError,
 }
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    """The ``Authorization`` header for ``token``, else for ``$TORCHFERRY_TOKEN``; none
+    when neither is set."""
+    token = token or os.environ.get(TOKEN_ENV)
+    return {"Authorization": f"Bearer {token.strip()}"} if token else {}
 
 
 def _encode(name: str, array: np.ndarray) -> dict[str, Any]:
@@ -50,9 +68,14 @@ def _decode(tensor: dict[str, Any]) -> np.ndarray:
 class Client:
     """``Client("http://127.0.0.1:8080").infer("digits", {"pixels": array})``."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 60.0) -> None:
+    def __init__(
+        self, url: str = "http://127.0.0.1:8080", timeout: float = 60.0, token: str | None = None
+    ) -> None:
+        """``token``: a bearer token for a server run with ``--auth`` (default: the
+        ``TORCHFERRY_TOKEN`` variable, if set)."""
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        headers = auth_headers(token)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
 
     def __enter__(self) -> Client:
         return self

@@ -111,6 +111,31 @@ class Conflict(TorchferryError):
     grpc_code = "FAILED_PRECONDITION"
 
 
+class Unauthenticated(TorchferryError):
+    """No token, or one that is unknown, malformed, revoked or expired (``--auth``). HTTP
+    answers carry ``WWW-Authenticate: Bearer``; the message never repeats the token."""
+
+    status_code = 401
+    grpc_code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(TorchferryError):
+    """A valid token whose scopes do not allow the call."""
+
+    status_code = 403
+    grpc_code = "PERMISSION_DENIED"
+
+
+class TooManyRequests(TorchferryError):
+    """A token over its request rate; the client should retry after ``retry_after`` seconds."""
+
+    status_code = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message, retry_after)
+
+
 class ExportError(TorchferryError):
     """Export failed, or an exported form disagrees with eager PyTorch beyond the tolerance."""
 
@@ -120,6 +145,22 @@ def retry_after_header(error: TorchferryError) -> str | None:
     if error.retry_after is None:
         return None
     return str(max(1, round(error.retry_after)))
+
+
+#: The challenge a 401 carries over HTTP (RFC 6750).
+WWW_AUTHENTICATE = 'Bearer realm="torchferry"'
+
+
+def error_headers(error: TorchferryError) -> dict[str, str] | None:
+    """The HTTP headers an error's answer carries: ``Retry-After`` when retrying may help,
+    ``WWW-Authenticate`` on a 401; None when it needs none."""
+    headers: dict[str, str] = {}
+    retry_after = retry_after_header(error)
+    if retry_after is not None:
+        headers["Retry-After"] = retry_after
+    if isinstance(error, Unauthenticated):
+        headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+    return headers or None
 
 
 def internal_error(exc: BaseException) -> ModelError:

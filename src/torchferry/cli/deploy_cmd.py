@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from torchferry.client import auth_headers
 from torchferry.serving.lifecycle.state import RolloutSpec
 
 console = Console(soft_wrap=True)
@@ -82,6 +83,11 @@ def _rollout_options(parser: argparse.ArgumentParser) -> None:
         help="give up after S seconds (default 1800); a rollout still running then is aborted "
         "and traffic goes back to the stable version (exit 3)",
     )
+    parser.add_argument(
+        "--token",
+        help="bearer token with the manage scope, for a server run with --auth "
+        "(default: $TORCHFERRY_TOKEN)",
+    )
     # how often the rollout is polled; tests shorten it
     parser.add_argument("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS)
 
@@ -126,6 +132,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # -- calls ----------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    headers = auth_headers(args.token)
+    return httpx.Client(base_url=args.url, timeout=args.timeout, headers=headers)
 
 
 def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
@@ -247,7 +258,7 @@ def _source(path: str) -> str:
 def run_deploy(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     name = args.name
-    with httpx.Client(base_url=args.url, timeout=args.timeout) as client:
+    with _client(args) as client:
         params = {"url": _source(args.path), "model_name": name, "synchronous": "true"}
         registered = _call(client, "POST", "/models", params=params)
         version = int(registered["modelVersion"])
@@ -273,7 +284,7 @@ def run_deploy(args: argparse.Namespace) -> int:
 @_reported
 def run_rollout(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
-    with httpx.Client(base_url=args.url, timeout=args.timeout) as client:
+    with _client(args) as client:
         _start(client, args.name, args, _spec(args, args.to, args.steps))
         if args.no_wait:
             return EXIT_DEPLOYED

@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument(
+        "--token", help="bearer token for a server run with --auth (default: $TORCHFERRY_TOKEN)"
+    )
     parser.add_argument("--model", required=True)
     parser.add_argument("--version")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -47,7 +50,7 @@ def _route_for(body: object, model: str, version: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    with Client(args.url) as client:
+    with Client(args.url, token=args.token) as client:
         if args.json is not None:
             body = orjson.loads(args.json.read_bytes())
             answer: object = client.send(_route_for(body, args.model, args.version), body)

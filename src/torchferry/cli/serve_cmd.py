@@ -168,6 +168,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="send OpenTelemetry traces, configured by the OTEL_* variables (OTLP by default; "
         "needs torchferry[otel]; on without this flag when OTEL_TRACES_EXPORTER is set)",
     )
+    auth = parser.add_argument_group("auth (bearer tokens with scopes)")
+    auth.add_argument(
+        "--auth",
+        action="store_true",
+        help="every call needs 'Authorization: Bearer <token>' whose scopes allow it (health "
+        "probes stay open); tokens come from 'torchferry token create'",
+    )
+    auth.add_argument(
+        "--key-file",
+        type=Path,
+        help="the key file --auth reads (default STORE/.torchferry/keys.json); re-read when "
+        "it changes",
+    )
     parser.set_defaults(func=run)
 
 
@@ -204,6 +217,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         poll_store_s=args.poll_store,
         version_policy=default_policy,
         model_version_policies=policies,
+        auth=args.auth,
+        key_file=args.key_file,
     )
 
 

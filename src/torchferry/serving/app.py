@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 import torchferry
 from torchferry.errors import TorchferryError
 from torchferry.serving import metrics
+from torchferry.serving.auth.guard import open_key_ring
 from torchferry.serving.dataplane import DataPlane
 from torchferry.serving.hotpath import HotPath
 from torchferry.serving.limits import BodyLimit
@@ -70,7 +71,9 @@ def build_app(
     its ``state`` the FastAPI app's."""
     if observers is None:
         observers = Observers(standard_observers(settings))
-    plane = DataPlane(repository, settings.request_timeout_s, observers)
+    # with --auth, each worker reads the key file itself (and re-reads it when it changes)
+    keys = open_key_ring(settings.key_path(), settings.workers) if settings.auth else None
+    plane = DataPlane(repository, settings.request_timeout_s, observers, keys)
     protocols = [protocol(plane, settings) for protocol in PROTOCOLS]
 
     @asynccontextmanager
@@ -109,4 +112,5 @@ def build_app(
             app.include_router(protocol.router)
             routes += protocol.router.routes
     app.state.observers = observers
-    return RecordRequests(HotPath(app, routes, BodyLimit(settings.max_body_bytes)), observers)
+    hot_path = HotPath(app, routes, BodyLimit(settings.max_body_bytes))
+    return RecordRequests(hot_path, observers, keys)

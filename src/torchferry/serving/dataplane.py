@@ -30,8 +30,16 @@ from typing import Any, TypeVar
 import numpy as np
 
 from torchferry.codecs.datatypes import output_datatype
-from torchferry.errors import InferenceTimeout, ModelError, ModelNotFound, TorchferryError
+from torchferry.errors import (
+    InferenceTimeout,
+    ModelError,
+    ModelNotFound,
+    PermissionDenied,
+    TorchferryError,
+    Unauthenticated,
+)
 from torchferry.handlers.base import Handler, HandlerRequest
+from torchferry.serving.auth.keyring import KeyRing, Principal
 from torchferry.serving.observe import Observers, RequestRecord, current_record
 from torchferry.serving.repository import LoadedModel, ModelRepository
 from torchferry.serving.shadow import Shadows
@@ -97,8 +105,13 @@ class DataPlane:
         repository: ModelRepository,
         request_timeout_s: float | None,
         observers: Observers | None = None,
+        keys: KeyRing | None = None,
     ) -> None:
         self.repository = repository
+        #: With ``--auth``: the tokens. Each request's entry point puts its caller (or the
+        #: reason it has none) on the request's record, and the accessors below check it;
+        #: None (auth off) costs each accessor one ``is None`` test.
+        self.keys = keys
         self.request_timeout_s = request_timeout_s
         #: Set when this process drains: health answers "not ready" while the requests it
         #: has accepted are still answered.
@@ -121,20 +134,41 @@ class DataPlane:
     ) -> LoadedModel:
         """The model version a request names; when it names none, the one the model's routes
         pick (sticky on ``key`` when traffic is weighted), else the highest loaded."""
+        if self.keys is not None:
+            self._authorize(name, infer=False)
         return self.repository.get(name, version, key)
 
     def require(self, name: str) -> None:
         """404 for a model that is not loaded (before a request's body is read)."""
+        if self.keys is not None:
+            self._authorize(name, infer=False)
         self.repository.versions(name)
 
     def default_version(self, name: str) -> int:
         """The version answering ``name``'s unversioned requests when its traffic is not
         weighted: its routes' default, else its highest loaded version (404 if unknown)."""
+        if self.keys is not None:
+            self._authorize(name, infer=False)
         return self.repository.default_version(name)
 
     def names(self) -> list[str]:
-        """The models that can be named."""
-        return self.repository.names()
+        """The models that can be named (by this caller: with ``--auth``, a token without
+        the ``metadata`` scope sees only the models it may run)."""
+        names = self.repository.names()
+        if self.keys is not None:
+            caller = self._caller()
+            if caller is not None and not caller.scopes.metadata:
+                return [name for name in names if caller.scopes.may_infer(name)]
+        return names
+
+    def authorize_infer(self, name: str | None) -> None:
+        """With ``--auth``: refuse a caller who may not run ``name`` (any model for None),
+        before a payload route reads its body; the accessors check it again anyway."""
+        if self.keys is not None:
+            if name is None:
+                self._caller()
+            else:
+                self._authorize(name, infer=True)
 
     def versions(self, name: str) -> list[LoadedModel]:
         """Every loaded version of a model, oldest first (404 for an unknown model)."""
@@ -146,6 +180,8 @@ class DataPlane:
 
     async def infer(self, model: LoadedModel, request: InferRequest) -> InferResponse:
         """Validate the request's inputs, run them through the batcher, return the outputs."""
+        if self.keys is not None:
+            self._authorize(model.name, infer=True)
         if model.retired:
             model = self._reroute(model, request.model_version, request.traffic_key)
         record = _reached(model)
@@ -186,6 +222,8 @@ class DataPlane:
 
         ``preprocess`` runs on the preprocessing pool; ``postprocess`` on the batcher's worker
         thread right after the model for a lone request, else on the pool (see the batcher)."""
+        if self.keys is not None:
+            self._authorize(model.name, infer=True)
         if model.retired:
             model = self._reroute(model, version, key)
         record = _reached(model)
@@ -215,6 +253,38 @@ class DataPlane:
                 model.left()
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _caller(self) -> Principal | None:
+        """The current request's caller; None for the server's own calls (no record: the
+        control channel, warm-ups). A request without one is refused with its reason."""
+        record = current_record()
+        if record is None:
+            return None
+        grant = record.grant
+        if isinstance(grant, Principal):
+            return grant
+        if grant is None:  # an entry point that did not authenticate: refuse, never allow
+            raise Unauthenticated("this server needs a token: send 'Authorization: Bearer ...'")
+        grant.__traceback__ = None  # raised once per accessor: keep no stale frames
+        raise grant
+
+    def _authorize(self, name: str, infer: bool) -> None:
+        """Refuse a caller who may not run (``infer``) or read the metadata of ``name``: 401
+        before 403 before any 404, so that a refusal never tells whether a model exists."""
+        caller = self._caller()
+        if caller is None:
+            return
+        scopes = caller.scopes
+        if infer and not scopes.may_infer(name):
+            raise PermissionDenied(
+                f"token {caller.id} may not run model {name!r}: that needs the scope "
+                f"infer or infer:{name}"
+            )
+        if not infer and not scopes.may_see(name):
+            raise PermissionDenied(
+                f"token {caller.id} may not use model {name!r}: that needs the scope "
+                f"infer or infer:{name} (metadata to read it only)"
+            )
 
     def _reroute(self, model: LoadedModel, version: str | None, key: str | None) -> LoadedModel:
         """A request that resolved ``model`` just before it was retired: routed again, or a

@@ -278,6 +278,9 @@ class AccessLog:
             "status": record.status,
             "latency_ms": latency_ms,
         }
+        who = getattr(record.grant, "id", None)  # the token's id (with --auth), never its text
+        if who is not None:
+            fields["token"] = who
         where = f"{record.method} {record.route}" if record.method else record.route
         if record.model is None:
             message = (
@@ -296,6 +299,8 @@ class AccessLog:
                 f"{record.model}:{record.version} rows={record.rows} "
                 f"batch={record.batch_size} id={record.request_id}"
             )
+        if who is not None:
+            message = f"{message} token={who}"
         sink = _sink
         if (
             sink is not None

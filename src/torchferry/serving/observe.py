@@ -24,6 +24,8 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from torchferry.serving.auth.keyring import Grant
+
 log = logging.getLogger("torchferry.observe")
 
 #: Time marks are ``time.perf_counter()`` seconds; ``wall_ns`` anchors them to the clock.
@@ -63,6 +65,9 @@ class RequestRecord:
     #: Whether the client named the request (``X-Request-ID``); if not, a V2 request's own
     #: ``id`` becomes the request id once the data plane sees it.
     request_id_sent: bool = False
+    #: With ``--auth``: who called (the token's id and scopes, never its text), or the error
+    #: to answer the request with once it reaches a model (no token, a bad one, over rate).
+    grant: Grant | None = None
 
     def wall_ns_at(self, mark: float) -> int:
         """A ``perf_counter`` mark as ``time.time_ns()`` (for logs and trace spans)."""

@@ -12,6 +12,10 @@ The route and protocol come from ``scope["route"]``, which the router sets to th
 route: its ``path`` is the template (``/v2/models/{model_name}/infer``), a label of
 bounded cardinality, where the raw path is not. A path no route matched is
 ``"unmatched"``.
+
+With ``--auth`` it also reads the ``Authorization`` header into the record's grant (who
+called, or why nobody did): the data plane decides what the caller may do. The header
+itself goes nowhere else.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from torchferry.serving.auth.keyring import KeyRing
 from torchferry.serving.observe import Observers
 
 #: Route template prefix -> protocol; the first that matches wins.
@@ -46,9 +51,12 @@ def protocol_of(route: str) -> str:
 class RecordRequests:
     """ASGI wrapper: one request record per HTTP request, finished after the response."""
 
-    def __init__(self, app: ASGIApp, observers: Observers) -> None:
+    def __init__(self, app: ASGIApp, observers: Observers, keys: KeyRing | None = None) -> None:
         self.app = app
         self.observers = observers
+        #: With ``--auth``: who each request's token names goes on its record (the data
+        #: plane refuses or allows it), read here, once, with the other headers.
+        self.keys = keys
         #: route template -> protocol (bounded by the number of routes)
         self._protocols: dict[str, str] = {}
 
@@ -61,7 +69,7 @@ class RecordRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = traceparent = tracestate = None
+        request_id = traceparent = tracestate = authorization = None
         for key, value in scope["headers"]:
             if key == b"x-request-id":
                 request_id = value.decode("latin-1")
@@ -69,9 +77,13 @@ class RecordRequests:
                 traceparent = value.decode("latin-1")
             elif key == b"tracestate":
                 tracestate = value.decode("latin-1")
+            elif key == b"authorization":
+                authorization = value.decode("latin-1")
         record = self.observers.start(
             "http", UNMATCHED, request_id, traceparent, tracestate, scope["method"]
         )
+        if self.keys is not None:
+            record.grant = self.keys.authenticate(authorization)
         status = "500"  # what the server answers when the app raised before it answered
 
         async def send_with_id(message: Message) -> None:

@@ -12,6 +12,9 @@ from torchferry.errors import ArchiveError
 from torchferry.serving.lifecycle.policy import VersionPolicy
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+#: Where ``--auth`` looks for its key file in a store (beside the persisted state).
+KEY_FILE_DIR = ".torchferry"
+KEY_FILE_NAME = "keys.json"
 
 
 class ModelOverride(BaseModel):
@@ -116,3 +119,22 @@ class ServerSettings(BaseModel):
         if name in self.per_model:
             merged.update(self.per_model[name].model_dump(exclude_none=True))
         return merged
+
+    # -- auth (bearer tokens with scopes) ----------------------------------------------------
+    #: Every listener needs a bearer token whose scopes allow the call (health probes stay
+    #: open); the tokens live in ``key_file``.
+    auth: bool = False
+    #: The key file (``torchferry token`` writes it); ``STORE/.torchferry/keys.json`` when
+    #: unset.
+    key_file: Path | None = None
+
+    def key_path(self) -> Path:
+        """The key file ``--auth`` reads: as given, else beside the store's state."""
+        if self.key_file is not None:
+            return self.key_file
+        if self.store is None:
+            raise ArchiveError(
+                "--auth without a store needs --key-file PATH (the file 'torchferry token "
+                "create --key-file PATH' writes)"
+            )
+        return self.store / KEY_FILE_DIR / KEY_FILE_NAME

@@ -39,6 +39,7 @@ from typing import Any
 import uvicorn
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from torchferry.serving.auth.guard import RequireToken, metrics_needs, open_key_ring
 from torchferry.serving.control import Channel, ControlError
 from torchferry.serving.lifecycle.fleet import Fleet
 from torchferry.serving.lifecycle.listener import management_listener
@@ -107,6 +108,9 @@ class Supervisor:
         self._listeners: list[tuple[QuietServer, asyncio.Task[None]]] = []
         self._poller: asyncio.Task[None] | None = None
         self.fleet = Fleet(self, settings)
+        #: With ``--auth``: the tokens its own listeners (metrics, management) check; read
+        #: now, so that a missing or bad key file fails the start with the reason.
+        self.keys = open_key_ring(settings.key_path()) if settings.auth else None
 
     # -- the whole server ------------------------------------------------------------------
 
@@ -131,7 +135,7 @@ class Supervisor:
                 metrics_listener = listen_exclusive(
                     settings.host, settings.metrics_port, "metrics", "--metrics-port"
                 )
-            management = management_listener(self.fleet, settings)
+            management = management_listener(self.fleet, settings, self.keys)
             self.fleet.restore()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
@@ -148,7 +152,7 @@ class Supervisor:
             # ready only now that every worker serves
             await asyncio.gather(*(self._request(w, "release") for w in self.workers))
             if metrics_listener is not None:
-                self._serve(metrics_app(self.render_metrics), metrics_listener)
+                self._serve(self._metrics_app(), metrics_listener)
                 metrics_listener = None  # uvicorn closes it
             if management is not None:
                 self._serve(*management)
@@ -169,6 +173,11 @@ class Supervisor:
                 guard.close()
             if self.metrics_dir is not None:
                 shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    def _metrics_app(self) -> Any:
+        """``/metrics``; with ``--auth``, for tokens with the ``metrics`` scope only."""
+        app = metrics_app(self.render_metrics)
+        return app if self.keys is None else RequireToken(app, self.keys, metrics_needs)
 
     def _announce(self) -> None:
         ws = self.worker_settings

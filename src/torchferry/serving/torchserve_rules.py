@@ -13,8 +13,11 @@ from torchferry.errors import (
     ModelNotFound,
     ModelNotReady,
     Overloaded,
+    PermissionDenied,
     SourceRefused,
+    TooManyRequests,
     TorchferryError,
+    Unauthenticated,
 )
 
 #: A version in a path, TorchServe's way too: ``2``, ``2.0``.
@@ -40,7 +43,11 @@ def error_type(error: TorchferryError) -> str:
         return "ModelNotFoundException"
     if isinstance(error, Conflict):
         return "ConflictStatusException"
-    if isinstance(error, SourceRefused):
+    if isinstance(error, Unauthenticated):  # TorchServe's name for a bad or missing key
+        return "InvalidKeyException"
+    if isinstance(error, TooManyRequests):
+        return "TooManyRequestsException"
+    if isinstance(error, SourceRefused | PermissionDenied):
         return "ForbiddenException"
     if isinstance(error, Overloaded | ModelNotReady):
         return "ServiceUnavailableException"

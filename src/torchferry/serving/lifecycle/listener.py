@@ -7,6 +7,7 @@ import logging
 import socket
 from typing import Any
 
+from torchferry.serving.auth.keyring import KeyRing
 from torchferry.serving.lifecycle.fleet import Fleet
 from torchferry.serving.listen import LOOPBACK, is_loopback, listen_exclusive
 from torchferry.serving.settings import ServerSettings
@@ -14,7 +15,9 @@ from torchferry.serving.settings import ServerSettings
 log = logging.getLogger("torchferry.supervisor")
 
 
-def management_listener(fleet: Fleet, settings: ServerSettings) -> tuple[Any, socket.socket] | None:
+def management_listener(
+    fleet: Fleet, settings: ServerSettings, keys: KeyRing | None = None
+) -> tuple[Any, socket.socket] | None:
     """The management app and its bound socket (bound before the workers start, so that a
     taken port fails the start at once), or None when the API is off."""
     if settings.management_port is None:
@@ -30,4 +33,4 @@ def management_listener(fleet: Fleet, settings: ServerSettings) -> tuple[Any, so
             extra={"event": "management_exposed", "host": host},
         )
     sock = listen_exclusive(host, settings.management_port, "management", "--management-port")
-    return management_app(fleet, settings), sock
+    return management_app(fleet, settings, keys), sock

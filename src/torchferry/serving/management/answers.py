@@ -20,8 +20,8 @@ from torchferry.errors import (
     InferenceTimeout,
     InvalidInput,
     TorchferryError,
+    error_headers,
     internal_error,
-    retry_after_header,
 )
 from torchferry.serving.torchserve_rules import VERSION, VersionNotFound, error_type
 
@@ -108,9 +108,7 @@ def _torchserve_type(error: TorchferryError) -> str:
 
 
 def _respond(error: TorchferryError, body: Any) -> Response:
-    retry_after = retry_after_header(error)
-    headers = {"Retry-After": retry_after} if retry_after else None
-    return JSONResponse(body, status_code=error.status_code, headers=headers)
+    return JSONResponse(body, status_code=error.status_code, headers=error_headers(error))
 
 
 def torchserve_error(error: TorchferryError) -> Response:

@@ -8,9 +8,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Scope
 
 from torchferry._version import __version__
 from torchferry.errors import InvalidInput, TorchferryError
+from torchferry.serving.auth.guard import RequireToken, management_needs
+from torchferry.serving.auth.keyring import KeyRing
 from torchferry.serving.listen import LOOPBACK, is_loopback
 from torchferry.serving.management import rollouts, torchserve, traffic, triton
 from torchferry.serving.management.answers import (
@@ -60,7 +63,18 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return _render(request, InvalidInput(validation_message(exc)))
 
 
-def management_app(fleet: FleetAPI, settings: ServerSettings) -> RefuseBrowsers:
+def _render_refusal(scope: Scope, error: TorchferryError) -> Response:
+    """A token's refusal in the shape of the API the path belongs to."""
+    return (
+        triton_error(error) if scope.get("path", "").startswith("/v2/") else torchserve_error(error)
+    )
+
+
+def management_app(
+    fleet: FleetAPI, settings: ServerSettings, keys: KeyRing | None = None
+) -> RefuseBrowsers:
+    """The API; with ``keys`` (``--auth``), every call needs a token: reading ones the
+    ``manage`` or ``metadata`` scope, the rest ``manage``."""
     app = FastAPI(
         title="torchferry management",
         version=__version__,
@@ -74,4 +88,7 @@ def management_app(fleet: FleetAPI, settings: ServerSettings) -> RefuseBrowsers:
         app.include_router(module.router)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    return RefuseBrowsers(app, loopback=is_loopback(settings.management_host or LOOPBACK))
+    guarded: ASGIApp = app
+    if keys is not None:
+        guarded = RequireToken(app, keys, management_needs, _render_refusal)
+    return RefuseBrowsers(guarded, loopback=is_loopback(settings.management_host or LOOPBACK))

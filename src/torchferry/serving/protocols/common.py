@@ -14,7 +14,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from torchferry.codecs.jsonio import dumps
-from torchferry.errors import InvalidInput, TorchferryError, internal_error, retry_after_header
+from torchferry.errors import InvalidInput, TorchferryError, error_headers, internal_error
 from torchferry.serving.dataplane import DataPlane
 from torchferry.serving.settings import ServerSettings
 
@@ -137,10 +137,9 @@ def as_error(exc: BaseException, where: str) -> TorchferryError:
 
 def error_response(error: TorchferryError, body: Any = None) -> Response:
     """The HTTP answer to ``error``: its status, ``Retry-After`` when it has one, and
-    ``{"error": message}`` unless the protocol gives its own ``body`` shape."""
-    retry_after = retry_after_header(error)
+    ``WWW-Authenticate`` on a 401, and ``{"error": message}`` unless the protocol gives its own ``body`` shape."""
     return JSONResponse(
         {"error": error.message} if body is None else body,
         status_code=error.status_code,
-        headers={"Retry-After": retry_after} if retry_after else None,
+        headers=error_headers(error),
     )

@@ -13,7 +13,9 @@ request id from ``x-request-id`` metadata, echoed in the trailing metadata); a c
 reached a model names the version that served it in the trailing metadata too
 (``x-model-version``: it rides on the final status, costing no batch of its own). A routed
 ``ModelInfer`` takes its traffic key from the request's ``traffic_key`` parameter or the
-``x-traffic-key`` metadata.
+``x-traffic-key`` metadata. With ``--auth``, the ``authorization`` metadata
+(``Bearer <token>``) names the caller, whom the data plane allows or refuses
+(UNAUTHENTICATED, PERMISSION_DENIED); ServerLive, ServerReady and ServerMetadata need none.
 """
 
 from __future__ import annotations
@@ -205,7 +207,7 @@ def _rpc(method: _Method[_Req, _Resp]) -> _Servicer[_Req, _Resp]:
     @wraps(method)
     async def call(self: Any, request: _Req, context: aio.ServicerContext) -> _Resp:
         observers = self.plane.observers
-        request_id = traceparent = tracestate = traffic = None
+        request_id = traceparent = tracestate = traffic = authorization = None
         for key, value in context.invocation_metadata() or ():
             if key == "x-request-id":
                 request_id = value
@@ -215,7 +217,12 @@ def _rpc(method: _Method[_Req, _Resp]) -> _Servicer[_Req, _Resp]:
                 traceparent = value
             elif key == "tracestate":
                 tracestate = value
+            elif key == "authorization":
+                authorization = value
         record = observers.start("v2-grpc", name, request_id, traceparent, tracestate)
+        keys = self.plane.keys
+        if keys is not None:  # the data plane refuses or allows the caller
+            record.grant = keys.authenticate(authorization)
         error = None
         status = "UNKNOWN"
         try:

@@ -93,6 +93,7 @@ def _model(
 
 
 async def _predict(request: Request, model_name: str | None, version: str | None) -> JSONResponse:
+    plane_of(request).authorize_infer(model_name)  # with --auth: 401/403 before the body
     key = None if version else http_traffic_key(request)
     payload = await read_payload(request, "predict")
     # resolved right before the data plane's entry (no await between): the version in the

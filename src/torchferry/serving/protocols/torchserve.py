@@ -85,6 +85,7 @@ def _model(request: Request, name: str, version: str | None, key: str | None = N
 
 
 async def _predict(request: Request, name: str, version: str | None) -> Response:
+    plane_of(request).authorize_infer(name)  # with --auth: 401/403 before the body is read
     key = None if version else http_traffic_key(request)
     payload = await read_payload(request, "torchserve")
     model = _model(request, name, version, key)  # right before the data plane's entry
