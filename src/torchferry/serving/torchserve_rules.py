@@ -13,6 +13,7 @@ from torchferry.errors import (
     ModelNotFound,
     ModelNotReady,
     Overloaded,
+    RemoteSourceFailed,
     SourceRefused,
     TorchferryError,
 )
@@ -44,6 +45,8 @@ def error_type(error: TorchferryError) -> str:
         return "ForbiddenException"
     if isinstance(error, Overloaded | ModelNotReady):
         return "ServiceUnavailableException"
+    if isinstance(error, RemoteSourceFailed):
+        return "DownloadArchiveException"
     if isinstance(error, InferenceTimeout):
         return "RequestTimeoutException"
     return "BadRequestException" if error.status_code < 500 else "InternalServerException"
