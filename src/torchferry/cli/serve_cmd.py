@@ -7,7 +7,12 @@ import re
 from pathlib import Path
 
 from torchferry.serving.lifecycle.policy import VersionPolicy
-from torchferry.serving.settings import DEFAULT_MAX_BODY_BYTES, ModelOverride, ServerSettings
+from torchferry.serving.settings import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_DOWNLOAD_BYTES,
+    ModelOverride,
+    ServerSettings,
+)
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -168,6 +173,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="send OpenTelemetry traces, configured by the OTEL_* variables (OTLP by default; "
         "needs torchferry[otel]; on without this flag when OTEL_TRACES_EXPORTER is set)",
     )
+    remote = parser.add_argument_group(
+        "remote model sources",
+        "management loads from https:// URLs (POST /models?url=https://...); off unless "
+        "--allowed-urls is given",
+    )
+    remote.add_argument(
+        "--allowed-urls",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="a regular expression a remote URL must match in full, as normalized: "
+        "https://host[:port]/path[?query], host lowercased, port 443 dropped (repeatable; "
+        r"e.g. 'https://models\.example\.com/.*\.mar')",
+    )
+    remote.add_argument(
+        "--allow-url-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="let downloads reach this non-public network (loopback, private, link-local; a "
+        "cloud metadata address only as a /32 or /128 of its own) (repeatable)",
+    )
+    remote.add_argument(
+        "--max-download-size",
+        type=parse_size,
+        default=DEFAULT_MAX_DOWNLOAD_BYTES,
+        metavar="SIZE",
+        help="largest remote source fetched (default 2GiB)",
+    )
+    remote.add_argument(
+        "--download-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="deadline for a whole download, redirects included (default 300)",
+    )
+    remote.add_argument(
+        "--url-ca-bundle",
+        type=Path,
+        metavar="PEM",
+        help="CA certificates trusted for downloads, besides the system's",
+    )
     parser.set_defaults(func=run)
 
 
@@ -204,6 +251,11 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         poll_store_s=args.poll_store,
         version_policy=default_policy,
         model_version_policies=policies,
+        allowed_urls=args.allowed_urls,
+        allowed_url_networks=args.allow_url_network,
+        max_download_bytes=args.max_download_size,
+        download_timeout_s=args.download_timeout,
+        url_ca_bundle=args.url_ca_bundle,
     )
 
 

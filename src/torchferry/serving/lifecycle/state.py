@@ -30,6 +30,7 @@ log = logging.getLogger("torchferry.lifecycle")
 STATE_DIR = ".torchferry"
 STATE_FILE = "state.json"
 
+
 def check_model_name(name: str) -> str:
     """``name`` if it can name a model (a store directory), else InvalidInput (400)."""
     if not is_model_name(name):
