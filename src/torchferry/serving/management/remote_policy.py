@@ -147,6 +147,8 @@ def _host(netloc: str, hostname: str | None) -> str:
     if not hostname:
         raise InvalidInput(f"remote URL https://{netloc}: it names no host")
     if netloc.startswith("["):
+        if "%" in hostname:
+            raise InvalidInput(f"remote URL https://{netloc}: an IPv6 zone is not allowed")
         try:
             return str(ipaddress.IPv6Address(hostname))
         except ValueError:
@@ -230,10 +232,10 @@ def _category(address: IPAddress) -> str | None:
         return "a link-local address"
     if address.is_multicast:
         return "a multicast address"
-    if address.is_private:
-        return "a private address"
     if address.is_reserved:
         return "a reserved address"
+    if address.is_private:
+        return "a private address"
     if not address.is_global:
         return "not a public address"
     return None
@@ -248,13 +250,14 @@ def _allows(network: IPNetwork, address: IPAddress, metadata: bool) -> bool:
 def address_refusal(address: IPAddress, allowed: Sequence[IPNetwork]) -> str | None:
     """Why a download may not connect to ``address`` (None: it may). Every form of the
     address (itself and any IPv4 inside it) must be public or inside an allowed network."""
-    for form in (address, *_embedded(address)):
+    forms = (*_embedded(address), address)  # the IPv4 inside first: it names the host
+    metadata = any(form in METADATA_ADDRESSES for form in forms)
+    for form in forms:
         category = _category(form)
         if category is None:
             continue
-        metadata = form in METADATA_ADDRESSES
-        if any(_allows(n, a, metadata) for n in allowed for a in (address, form)):
-            continue
+        if any(_allows(n, f, metadata) for n in allowed for f in forms):
+            return None
         shown = str(address) if form == address else f"{address} (that is {form})"
         return f"{shown} is {category}"
     return None
