@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 from pathlib import Path
 
@@ -25,6 +26,24 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 64MiB or 1048576")
     unit = (match.group(2) or "").lower()[:1]
     return int(float(match.group(1)) * _UNITS[unit])
+
+
+def parse_url_pattern(text: str) -> str:
+    """An ``--allowed-urls`` regular expression, checked here so a typo is a usage error."""
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression: {exc}") from None
+    return text
+
+
+def parse_network(text: str) -> str:
+    """An ``--allow-url-network`` CIDR (``10.0.0.0/8``; host bits must be zero)."""
+    try:
+        ipaddress.ip_network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def parse_model_batching(text: str) -> tuple[str, ModelOverride]:
@@ -181,6 +200,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     remote.add_argument(
         "--allowed-urls",
         action="append",
+        type=parse_url_pattern,
         default=[],
         metavar="REGEX",
         help="a regular expression a remote URL must match in full, as normalized: "
@@ -190,6 +210,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     remote.add_argument(
         "--allow-url-network",
         action="append",
+        type=parse_network,
         default=[],
         metavar="CIDR",
         help="let downloads reach this non-public network (loopback, private, link-local; a "
