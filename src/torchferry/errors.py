@@ -97,10 +97,27 @@ class ModelLoadFailed(TorchferryError):
 
 
 class SourceRefused(TorchferryError):
-    """A management call named a model source outside the allowed roots, or a remote one."""
+    """A management call named a model source outside the allowed roots, or a remote one
+    that the server's policy refuses (scheme, ``--allowed-urls``, address, redirect)."""
 
     status_code = 403
     grpc_code = "PERMISSION_DENIED"
+
+
+class RemoteSourceFailed(TorchferryError):
+    """A remote model source could not be fetched: its host did not resolve or answer, its
+    TLS certificate did not verify, or it answered with an error. The remote's fault, not
+    the server's: 502, as a gateway answers."""
+
+    status_code = 502
+    grpc_code = "UNAVAILABLE"
+
+
+class RemoteSourceTimeout(RemoteSourceFailed):
+    """A remote model source took longer than the download deadline (``--download-timeout``)."""
+
+    status_code = 504
+    grpc_code = "DEADLINE_EXCEEDED"
 
 
 class Conflict(TorchferryError):

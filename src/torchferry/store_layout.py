@@ -5,9 +5,23 @@ would bring numpy)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 MANIFEST_NAME = "manifest.json"
+
+#: A model's name is a directory of the store: ASCII letters, digits, '_', '.' and '-', no
+#: separator, no leading dot (hidden, ``..``) or dash (an option to a shell tool), at most 128.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+MODEL_NAME_RULE = (
+    "use letters, digits, '_', '.' and '-' (at most 128), not starting with '.' or '-'"
+)
+
+
+def is_model_name(name: str) -> bool:
+    """Whether ``name`` may name a model, hence a folder of the store (the one rule: the
+    management API, the supervisor and every archive written follow it)."""
+    return MODEL_NAME.fullmatch(name) is not None
 
 
 def is_version_dir(path: Path) -> bool:

@@ -107,3 +107,34 @@ def test_test_servers_get_a_free_management_port(monkeypatch: pytest.MonkeyPatch
     assert "--management-port" not in command and server.management_port is None
     with pytest.raises(AssertionError, match="without a management API"):
         _ = server.management_url
+
+
+def test_remote_source_flags() -> None:
+    default = settings_of()
+    assert default.allowed_urls == [] and default.allowed_url_networks == []
+    assert default.max_download_bytes == 2 * 1024**3 and default.download_timeout_s == 300
+    assert default.url_ca_bundle is None
+    settings = settings_of(
+        "--allowed-urls", r"https://models\.example\.com/.*",
+        "--allowed-urls", r"https://cdn\.example\.com/m/.*\.mar",
+        "--allow-url-network", "10.0.0.0/8",
+        "--max-download-size", "500MiB",
+        "--download-timeout", "60",
+        "--url-ca-bundle", "ca.pem",
+    )  # fmt: skip
+    assert settings.allowed_urls == [
+        r"https://models\.example\.com/.*",
+        r"https://cdn\.example\.com/m/.*\.mar",
+    ]
+    assert settings.allowed_url_networks == ["10.0.0.0/8"]
+    assert settings.max_download_bytes == 500 * 1024**2 and settings.download_timeout_s == 60
+    assert settings.url_ca_bundle == Path("ca.pem")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--allowed-urls", "https://(x"), ("--allow-url-network", "10.0.0.1/8")]
+)
+def test_bad_remote_source_flags_are_usage_errors(flag: str, value: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        settings_of(flag, value)
+    assert exited.value.code == 2 and flag in capsys.readouterr().err

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from torchferry.errors import ArchiveError
 from torchferry.signature import ModelSignature
-from torchferry.store_layout import MANIFEST_NAME
+from torchferry.store_layout import MANIFEST_NAME, MODEL_NAME_RULE, is_model_name
 
 FORMAT_VERSION = 1
 
@@ -82,10 +82,8 @@ class Manifest(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        if not value or value.startswith(".") or "/" in value or "\\" in value:
-            raise ValueError(
-                f"model name {value!r} must be non-empty, not start with '.', no slashes"
-            )
+        if not is_model_name(value):  # it becomes a folder of the store
+            raise ValueError(f"model name {value!r}: {MODEL_NAME_RULE}")
         return value
 
     def graph_file(self, runtime: str | None = None) -> str:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 from pathlib import Path
 
 from torchferry.serving.lifecycle.policy import VersionPolicy
-from torchferry.serving.settings import DEFAULT_MAX_BODY_BYTES, ModelOverride, ServerSettings
+from torchferry.serving.settings import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_DOWNLOAD_BYTES,
+    ModelOverride,
+    ServerSettings,
+)
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -20,6 +26,24 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 64MiB or 1048576")
     unit = (match.group(2) or "").lower()[:1]
     return int(float(match.group(1)) * _UNITS[unit])
+
+
+def parse_url_pattern(text: str) -> str:
+    """An ``--allowed-urls`` regular expression, checked here so a typo is a usage error."""
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression: {exc}") from None
+    return text
+
+
+def parse_network(text: str) -> str:
+    """An ``--allow-url-network`` CIDR (``10.0.0.0/8``; host bits must be zero)."""
+    try:
+        ipaddress.ip_network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def parse_model_batching(text: str) -> tuple[str, ModelOverride]:
@@ -181,6 +205,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the key file --auth reads (default STORE/.torchferry/keys.json); re-read when "
         "it changes",
     )
+    remote = parser.add_argument_group(
+        "remote model sources",
+        "management loads from https:// URLs (POST /models?url=https://...); off unless "
+        "--allowed-urls is given",
+    )
+    remote.add_argument(
+        "--allowed-urls",
+        action="append",
+        type=parse_url_pattern,
+        default=[],
+        metavar="REGEX",
+        help="a regular expression a remote URL must match in full, as normalized: "
+        "https://host[:port]/path[?query], host lowercased, port 443 dropped (repeatable; "
+        r"e.g. 'https://models\.example\.com/.*\.mar')",
+    )
+    remote.add_argument(
+        "--allow-url-network",
+        action="append",
+        type=parse_network,
+        default=[],
+        metavar="CIDR",
+        help="let downloads reach this non-public network (loopback, private, link-local; a "
+        "cloud metadata address only as a /32 or /128 of its own) (repeatable)",
+    )
+    remote.add_argument(
+        "--max-download-size",
+        type=parse_size,
+        default=DEFAULT_MAX_DOWNLOAD_BYTES,
+        metavar="SIZE",
+        help="largest remote source fetched (default 2GiB)",
+    )
+    remote.add_argument(
+        "--download-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="deadline for a whole download, redirects included (default 300)",
+    )
+    remote.add_argument(
+        "--url-ca-bundle",
+        type=Path,
+        metavar="PEM",
+        help="CA certificates trusted for downloads, besides the system's",
+    )
     parser.set_defaults(func=run)
 
 
@@ -219,6 +287,11 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         model_version_policies=policies,
         auth=args.auth,
         key_file=args.key_file,
+        allowed_urls=args.allowed_urls,
+        allowed_url_networks=args.allow_url_network,
+        max_download_bytes=args.max_download_size,
+        download_timeout_s=args.download_timeout,
+        url_ca_bundle=args.url_ca_bundle,
     )
 
 

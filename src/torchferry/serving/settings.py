@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from torchferry.cores import default_threads
 from torchferry.errors import ArchiveError
@@ -15,6 +17,7 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 #: Where ``--auth`` looks for its key file in a store (beside the persisted state).
 KEY_FILE_DIR = ".torchferry"
 KEY_FILE_NAME = "keys.json"
+DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
 
 
 class ModelOverride(BaseModel):
@@ -86,6 +89,44 @@ class ServerSettings(BaseModel):
     #: Send OpenTelemetry traces (needs the ``otel`` extra); configured by the ``OTEL_*``
     #: variables, and on without this flag when ``OTEL_TRACES_EXPORTER`` names an exporter.
     otel: bool = False
+
+    # -- remote model sources (the management API's url=https://...) ------------------------
+    #: Regular expressions; a remote URL is fetched only when one matches all of it, as
+    #: normalized (``https://host[:port]/path[?query]``, host lowercased, port 443 dropped).
+    #: None by default: every remote URL is refused.
+    allowed_urls: list[str] = Field(default_factory=list)
+    #: Networks (CIDR) a download may reach although they are not public: loopback, private,
+    #: link-local... A cloud metadata address needs a network naming it alone (``/32``).
+    allowed_url_networks: list[str] = Field(default_factory=list)
+    #: The largest remote source fetched; a single ``.onnx`` cannot pass 2 GiB (protobuf's
+    #: limit) and its external data cannot come along, so 2 GiB covers the ONNX form.
+    max_download_bytes: int = Field(default=DEFAULT_MAX_DOWNLOAD_BYTES, ge=1)
+    #: The whole download (every resolution, redirect and byte) within this many seconds.
+    download_timeout_s: float = Field(default=300.0, gt=0)
+    #: Extra CA certificates (PEM) trusted for downloads, besides the system's.
+    url_ca_bundle: Path | None = None
+
+    @field_validator("allowed_urls")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"--allowed-urls {pattern!r} is not a regular expression: {exc}"
+                ) from None
+        return patterns
+
+    @field_validator("allowed_url_networks")
+    @classmethod
+    def _networks_parse(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"--allow-url-network {network!r}: {exc}") from None
+        return networks
 
     def policy_for(self, name: str) -> VersionPolicy:
         return self.model_version_policies.get(name, self.version_policy)

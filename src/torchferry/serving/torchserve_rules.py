@@ -14,6 +14,7 @@ from torchferry.errors import (
     ModelNotReady,
     Overloaded,
     PermissionDenied,
+    RemoteSourceFailed,
     SourceRefused,
     TooManyRequests,
     TorchferryError,
@@ -51,6 +52,8 @@ def error_type(error: TorchferryError) -> str:
         return "ForbiddenException"
     if isinstance(error, Overloaded | ModelNotReady):
         return "ServiceUnavailableException"
+    if isinstance(error, RemoteSourceFailed):
+        return "DownloadArchiveException"
     if isinstance(error, InferenceTimeout):
         return "RequestTimeoutException"
     return "BadRequestException" if error.status_code < 500 else "InternalServerException"

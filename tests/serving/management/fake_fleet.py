@@ -193,7 +193,9 @@ class FakeFleet:
 
     # -- the contract -------------------------------------------------------------------------
 
-    async def stage(self, source: Path, name: str | None) -> tuple[str, int]:
+    async def stage(
+        self, source: Path, name: str | None, *, shown: str | None = None
+    ) -> tuple[str, int]:
         self.calls.append(("stage", source, name))
         self.staged.append((source, name))
         if (source / "manifest.json").is_file():

@@ -66,7 +66,7 @@ def test_the_store_is_the_root_without_source_roots(tmp_path: Path) -> None:
     ],
 )
 def test_remote_sources_are_refused(settings: ServerSettings, url: str) -> None:
-    with pytest.raises(SourceRefused, match="remote sources are not allowed yet"):
+    with pytest.raises(SourceRefused, match="sources are not fetched"):
         resolve_source(url, settings)
 
 

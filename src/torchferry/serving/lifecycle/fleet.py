@@ -177,9 +177,12 @@ class Fleet(Steps):
 
     # -- changes -------------------------------------------------------------------------------
 
-    async def stage(self, source: Path, name: str | None) -> tuple[str, int]:
+    async def stage(
+        self, source: Path, name: str | None, *, shown: str | None = None
+    ) -> tuple[str, int]:
         """Put ``source`` (already allowed) into the store, as the next version of ``name``
-        (or of its manifest's name); a store version is returned as it is."""
+        (or of its manifest's name); a store version is returned as it is. ``shown``: where
+        the version is said to come from, when not ``source`` (a downloaded file's URL)."""
         store = self._need_store(f"loading {source}")
         if name is not None:
             check_model_name(name)
@@ -201,7 +204,7 @@ class Fleet(Steps):
             except Exception as exc:
                 raise ModelLoadFailed(f"{source} was not staged: {exc}") from None
             staged = (str(reply["name"]), int(reply["version"]))
-            self._sources[staged] = str(source)
+            self._sources[staged] = shown or str(source)
             self._claimed[staged] = Path(str(reply["path"])).resolve() != source.resolve()
         return staged
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -24,23 +23,18 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from torchferry.errors import InvalidInput
 from torchferry.serving.lifecycle.policy import VersionPolicy
+from torchferry.store_layout import MODEL_NAME_RULE, is_model_name
 
 log = logging.getLogger("torchferry.lifecycle")
 
 STATE_DIR = ".torchferry"
 STATE_FILE = "state.json"
 
-#: A model's name is a directory of the store: no separator, no leading dot or dash.
-MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-
 
 def check_model_name(name: str) -> str:
     """``name`` if it can name a model (a store directory), else InvalidInput (400)."""
-    if not MODEL_NAME.fullmatch(name):
-        raise InvalidInput(
-            f"model name {name!r}: use letters, digits, '_', '.' and '-' (at most 128), "
-            "not starting with '.' or '-'"
-        )
+    if not is_model_name(name):
+        raise InvalidInput(f"model name {name!r}: {MODEL_NAME_RULE}")
     return name
 
 

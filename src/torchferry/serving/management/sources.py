@@ -5,8 +5,8 @@ one), a TorchServe ``.mar`` or a plain ``.onnx``. A relative path is looked up u
 source root in turn (``--model-source-root``, else the store); ``file://`` is the same path.
 The path is resolved (symlinks followed, ``..`` folded) before it is checked, so a link or
 a ``..`` cannot lead outside the roots; neither can a link inside an archive folder, whose
-target the staging would copy into the store. Remote sources (http, s3, ...) are refused
-until the server can fetch and verify them.
+target the staging would copy into the store. Remote ``https://`` sources are fetched by
+``remote`` (under its own policy); every other scheme (http, s3, ...) is refused here.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ def _local_path(url: str) -> str:
     if match is None:
         return url
     if match.group(1).lower() != "file":
-        raise SourceRefused(
-            f"remote sources are not allowed yet ({match.group(1)}://): copy the model "
-            "under a source root (--model-source-root) and give its path"
+        raise SourceRefused(  # https:// goes through management.remote; nothing else is fetched
+            f"{match.group(1)}:// sources are not fetched: give an https:// URL (with "
+            "--allowed-urls), or copy the model under a source root (--model-source-root) "
+            "and give its path"
         )
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):

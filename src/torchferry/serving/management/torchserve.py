@@ -4,8 +4,9 @@ arguments in the query string, no body).
 - ``GET /models`` (``limit``, ``next_page_token``) lists the models;
 - ``GET /models/{m}``, ``/models/{m}/all``, ``/models/{m}/{v}`` describe versions (``v`` may
   be written ``2.0``), each with its state (and why a failed one failed);
-- ``POST /models?url=...&model_name=...&synchronous=true`` registers a version: the source is
-  staged into the store, loaded and warmed up in every worker, then routable; it does not
+- ``POST /models?url=...&model_name=...&synchronous=true`` registers a version: the source
+  (a path under the source roots, or an ``https://`` URL that ``--allowed-urls`` allows:
+  see ``remote``) is staged into the store, loaded and warmed up in every worker, then routable; it does not
   become the default when the model already serves one (``PUT .../set-default`` does that).
   ``synchronous=false`` answers 202 at once and loads in the background;
 - ``PUT /models/{m}/{v}/set-default``, ``DELETE /models/{m}/{v}``, ``DELETE /models/{m}``.
@@ -33,6 +34,8 @@ from torchferry.serving.management.answers import (
 )
 from torchferry.serving.management.context import Management, management_of
 from torchferry.serving.management.describe import describe
+from torchferry.serving.management.remote import fetch_remote
+from torchferry.serving.management.remote_policy import is_remote
 from torchferry.serving.management.sources import resolve_source
 
 log = logging.getLogger("torchferry.management")
@@ -93,14 +96,13 @@ async def register(
         arguments.update({k: v for k, v in (document or {}).items() if k in arguments})
     if not arguments["url"]:
         raise InvalidInput("Parameter url is required.")
-    name = arguments["model_name"] or None
+    name = str(arguments["model_name"]) if arguments["model_name"] else None
     if name is not None:
-        check_model_name(str(name))
+        check_model_name(name)
     wait = _flag(arguments["synchronous"], "synchronous", default=True)
 
     management = management_of(request)
-    source = resolve_source(str(arguments["url"]), management.settings)
-    staged_name, version = await management.fleet.stage(source, name)
+    staged_name, version = await _stage(management, str(arguments["url"]), name)
     if not wait:
         _register_in_background(management, staged_name, version)
         return JSONResponse(
@@ -121,6 +123,15 @@ async def register(
             "modelVersion": str(version),
         }
     )
+
+
+async def _stage(management: Management, url: str, name: str | None) -> tuple[str, int]:
+    """Stage the source ``url`` names: a path under the source roots, or a remote file
+    fetched (when the server's policy allows it) and removed once staged."""
+    if not is_remote(url):
+        return await management.fleet.stage(resolve_source(url, management.settings), name)
+    async with fetch_remote(url, management.settings) as fetched:
+        return await management.fleet.stage(fetched.path, name or fetched.name, shown=fetched.shown)
 
 
 def _flag(value: Any, what: str, default: bool) -> bool:
