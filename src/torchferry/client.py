@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import httpx
 import numpy as np
 import orjson
 
+from torchferry.bearer import auth_headers
 from torchferry.codecs.datatypes import V2_TO_NUMPY, datatype_of
 from torchferry.errors import (
     InferenceTimeout,
@@ -24,10 +24,6 @@ from torchferry.errors import (
     Unauthenticated,
 )
 
-#: Where the client (and the ``torchferry`` commands that call a server) find a token when
-#: none is given.
-TOKEN_ENV = "TORCHFERRY_TOKEN"
-
 _ERRORS: dict[int, type[TorchferryError]] = {
     400: InvalidInput,
     401: Unauthenticated,
@@ -39,13 +35,6 @@ _ERRORS: dict[int, type[TorchferryError]] = {
     504: InferenceTimeout,
     500: ModelError,
 }
-
-
-def auth_headers(token: str | None) -> dict[str, str]:
-    """The ``Authorization`` header for ``token``, else for ``$TORCHFERRY_TOKEN``; none
-    when neither is set."""
-    token = token or os.environ.get(TOKEN_ENV)
-    return {"Authorization": f"Bearer {token.strip()}"} if token else {}
 
 
 def _encode(name: str, array: np.ndarray) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from torchferry.client import auth_headers
+from torchferry.bearer import auth_headers
 from torchferry.serving.lifecycle.state import RolloutSpec
 
 console = Console(soft_wrap=True)
