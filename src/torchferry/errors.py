@@ -88,6 +88,12 @@ class UntrustedCode(ArchiveError):
     allowed to run: ``torchferry serve --trust-code`` allows it."""
 
 
+class SignatureRefused(ArchiveError):
+    """Signed archives are required (``--require-signed``) or a signature is present, and
+    this archive's is missing, does not match its files, or was made by a key that is not
+    trusted (``--trusted-key``); the message says which."""
+
+
 class ModelLoadFailed(TorchferryError):
     """A version could not be loaded (bad archive, runtime or handler failure, failed
     warm-up); the message says why, and whatever served before keeps serving."""
@@ -125,3 +131,4 @@ def retry_after_header(error: TorchferryError) -> str | None:
 def internal_error(exc: BaseException) -> ModelError:
     """An exception nobody expected, as the 500 / INTERNAL every protocol answers with."""
     return ModelError(f"internal error: {type(exc).__name__}: {exc}")
+
