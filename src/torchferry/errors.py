@@ -131,4 +131,3 @@ def retry_after_header(error: TorchferryError) -> str | None:
 def internal_error(exc: BaseException) -> ModelError:
     """An exception nobody expected, as the 500 / INTERNAL every protocol answers with."""
     return ModelError(f"internal error: {type(exc).__name__}: {exc}")
-

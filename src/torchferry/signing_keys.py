@@ -110,7 +110,8 @@ def read_signing_key(path: Path, password: str | None = None) -> ec.EllipticCurv
         wrong = "password" in str(exc).lower() or "decrypt" in str(exc).lower()
         if wrong and password is not None:
             raise ArchiveError(f"signing key {path}: wrong password") from None
-        raise ArchiveError(f"signing key {path} is not a PEM private key") from None
+        hint = " (that is a public key: sign with the private one)" if b"PUBLIC KEY" in data else ""
+        raise ArchiveError(f"signing key {path} is not a PEM private key{hint}") from None
     _curve(key, path, "signing key")
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return key

@@ -24,6 +24,7 @@ COMMANDS = [
     "predict_cmd",
     "optimize_cmd",
     "deploy_cmd",
+    "sign_cmd",
 ]
 
 err_console = Console(stderr=True)

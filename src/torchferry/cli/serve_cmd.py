@@ -168,6 +168,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="send OpenTelemetry traces, configured by the OTEL_* variables (OTLP by default; "
         "needs torchferry[otel]; on without this flag when OTEL_TRACES_EXPORTER is set)",
     )
+    signing = parser.add_argument_group("signed models")
+    signing.add_argument(
+        "--require-signed",
+        action="store_true",
+        help="serve only archives signed (model.sig, torchferry sign) by a --trusted-key: "
+        "at start, on management loads and on store polling",
+    )
+    signing.add_argument(
+        "--trusted-key",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="PUBLIC.pem",
+        help="an EC public key whose signatures are accepted (repeatable; needed by "
+        "--require-signed; without it, signed archives are still verified)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -204,6 +220,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         poll_store_s=args.poll_store,
         version_policy=default_policy,
         model_version_policies=policies,
+        require_signed=args.require_signed,
+        trusted_keys=args.trusted_key,
     )
 
 
