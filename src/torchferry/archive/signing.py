@@ -147,13 +147,17 @@ def _mismatch(message: str) -> str:
         items = ast.literal_eval(message[len(prefix) :])
     except (ValueError, SyntaxError):
         items = [message[len(prefix) :]]
-    parts = []
+    grouped: dict[str, list[str]] = {}
     for item in items if isinstance(items, list) else [str(items)]:
         if (found := _ITEM.match(item)) is not None:
             what = "added after signing" if item.startswith("Extra") else "missing since signing"
-            parts.append(f"{what}: {found['files']}")
+            grouped.setdefault(what, []).append(found["files"])
         elif (changed := _CHANGED.match(item)) is not None:
-            parts.append(f"changed since signing: {changed['file']}")
+            grouped.setdefault("changed since signing", []).append(changed["file"])
         else:
-            parts.append(item)
+            grouped.setdefault("", []).append(item)
+    parts = [
+        f"{what}: {', '.join(files)}" if what else "; ".join(files)
+        for what, files in grouped.items()
+    ]
     return "its files do not match its signature (" + "; ".join(parts) + ")"
