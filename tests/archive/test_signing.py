@@ -6,6 +6,7 @@ unreadable signature, keys on curves model signing does not take."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -208,12 +209,16 @@ def test_keys_model_signing_cannot_use_are_refused_clearly(tmp_path, make, kind)
 
 
 def test_key_files_that_are_not_keys_are_refused_clearly(tmp_path, keys):
-    with pytest.raises(ArchiveError, match="is not a PEM public key .that is a private key"):
+    with pytest.raises(
+        ArchiveError, match=re.escape("is not a PEM public key (that is a private key")
+    ):
         read_trusted_key(keys["private"])
     with pytest.raises(ArchiveError, match="cannot be read"):
         read_trusted_key(tmp_path / "missing.pem")
     archive = write(ModelStore(tmp_path / "store"))
-    with pytest.raises(ArchiveError, match="is not a PEM private key .that is a public key"):
+    with pytest.raises(
+        ArchiveError, match=re.escape("is not a PEM private key (that is a public key")
+    ):
         sign_archive(archive.path, keys["public"])
 
 
