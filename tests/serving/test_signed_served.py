@@ -89,6 +89,9 @@ def test_a_signed_model_serves_and_says_its_signature_verified(server):
     answer = infer(server, "lin")
     assert answer.status_code == 200, answer.text
     assert describe(server, "lin")["1"]["signature"] == "verified"
+    log = server.output()
+    assert "loaded lin version 1 (" in log and "signature verified) in " in log, log
+    assert "Logging error" not in log
 
 
 @pytest.mark.parametrize(

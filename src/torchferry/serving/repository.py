@@ -361,7 +361,7 @@ class ModelRepository:
         runtime: Runtime,
         handler: Handler,
         seconds: float,
-        signing: str = UNSIGNED,
+        signing: str,
     ) -> LoadedModel:
         manifest = archive.manifest
         batching = manifest.batching.model_copy(update=self.settings.batching_for(manifest.name))
@@ -387,7 +387,8 @@ class ModelRepository:
             signing=signing,
         )
         log.info(
-            "loaded %s version %d (%s, handler %s, batch<=%d, delay %.1f ms, %s) in %.2f s",
+            "loaded %s version %d (%s, handler %s, batch<=%d, delay %.1f ms, signature %s) "
+            "in %.2f s",
             manifest.name,
             manifest.version,
             runtime.name,
@@ -395,6 +396,7 @@ class ModelRepository:
             batching.max_batch_size,
             batching.max_delay_ms,
             signing,
+            seconds,
             extra={
                 "event": "model_loaded",
                 "model": manifest.name,
