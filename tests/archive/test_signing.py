@@ -85,6 +85,19 @@ def test_signing_writes_model_sig_and_leaves_every_other_file_as_it_was(tmp_path
     assert Archive.open(archive.path).manifest == archive.manifest  # still passes its hashes
 
 
+def test_an_archive_signed_from_inside_verifies(tmp_path, keys, monkeypatch):
+    archive = write(ModelStore(tmp_path))
+    monkeypatch.chdir(archive.path)
+    sign_archive(Path("."), keys["private"])
+    assert sorted(p.name for p in archive.path.iterdir()) == [
+        "extra",
+        "manifest.json",
+        "model.onnx",
+        "model.sig",
+    ]
+    assert verify_signature(Path("."), [read_trusted_key(keys["public"])]).path == keys["public"]
+
+
 def test_an_unsigned_archive_is_refused(tmp_path, keys):
     archive = write(ModelStore(tmp_path))
     reason = refusal(archive.path, keys["public"])

@@ -58,9 +58,11 @@ def sign_archive(directory: Path, private_key: Path, password: str | None = None
         password=password.encode() if password is not None else None,  # type: ignore[arg-type]
     )
     config.set_hashing_config(_hashing())
-    # written beside the archive, then moved in: a half-written signature never shows
+    # written beside the archive (resolved: the parent of "." is "." itself, where the file
+    # would be signed too), then moved in: a half-written signature never shows
+    beside = directory.resolve()
     handle, staging = tempfile.mkstemp(
-        prefix=f".{directory.name}-{SIGNATURE_NAME}-", dir=directory.parent
+        prefix=f".{beside.name}-{SIGNATURE_NAME}-", dir=beside.parent
     )
     os.close(handle)
     try:
