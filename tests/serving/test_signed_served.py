@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -24,6 +25,7 @@ from torchferry.archive.manifest import Manifest
 from torchferry.archive.signing import sign_archive
 from torchferry.serving.process import ServerProcess
 
+T = TypeVar("T")
 ROW = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}
 
 
@@ -126,17 +128,30 @@ def test_a_signed_archive_loads_with_its_signature_kept_through_staging(server, 
     assert answer.status_code == 200 and answer.headers["x-model-version"] == new
 
 
+def eventually(fetch: Callable[[], T], accept: Callable[[T], bool], timeout: float = 20) -> T:
+    """The first value of ``fetch()`` that ``accept`` takes (the poller retries a failed
+    version at every poll, so its state goes from failed to loading and back)."""
+    deadline = time.monotonic() + timeout
+    while not accept(value := fetch()):
+        assert time.monotonic() < deadline, value
+        time.sleep(0.1)
+    return value
+
+
 def test_polling_refuses_an_unsigned_version_and_says_why(server, tree):
     shutil.copytree(tree["sources"] / "unsigned", tree["store"] / "polled" / "2")
-    deadline = time.monotonic() + 20
-    while describe(server, "polled").get("2", {}).get("state") != "failed":
-        assert time.monotonic() < deadline, describe(server, "polled")
-        time.sleep(0.2)
-    failed = describe(server, "polled")["2"]
+    failed = eventually(
+        lambda: describe(server, "polled").get("2", {}), lambda v: v.get("state") == "failed"
+    )
     assert "is not signed: no signature file model.sig" in failed["reason"], failed
-    index = httpx.post(f"{server.management_url}/v2/repository/index", timeout=10).json()
-    entry = next(e for e in index if e["name"] == "polled" and e["version"] == "2")
-    assert entry["state"] == "UNAVAILABLE" and "is not signed" in entry["reason"], entry
+
+    def index_entry() -> dict:
+        index = httpx.post(f"{server.management_url}/v2/repository/index", timeout=10).json()
+        return next((e for e in index if (e["name"], e["version"]) == ("polled", "2")), {})
+
+    # in the store from the start, the version is UNAVAILABLE ("unloaded") until it fails
+    entry = eventually(index_entry, lambda e: "is not signed" in (e.get("reason") or ""))
+    assert entry["state"] == "UNAVAILABLE", entry
     answer = infer(server, "polled")
     assert answer.status_code == 200 and answer.headers["x-model-version"] == "1"
     assert "polled version 2 in the store did not load" in server.output()
