@@ -284,3 +284,25 @@ def test_a_signed_archive_is_staged_verbatim_and_still_verifies(tmp_path, keys):
     rewritten = stage_source(plain, store.root, "m")
     assert rewritten.path == store.path("m", 3) and not is_signed(rewritten.path)
     assert Manifest.read(rewritten.path).version == 3
+
+
+def test_an_encrypted_key_signs_with_its_password_and_is_refused_clearly_without(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = tmp_path / "key.pem", tmp_path / "pub.pem"
+    encryption = serialization.BestAvailableEncryption(b"secret")
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    archive = write(ModelStore(tmp_path / "store"))
+    with pytest.raises(ArchiveError, match="is encrypted: give its password"):
+        sign_archive(archive.path, private)
+    with pytest.raises(ArchiveError, match="wrong password"):
+        sign_archive(archive.path, private, "guess")
+    assert not is_signed(archive.path)
+    sign_archive(archive.path, private, "secret")
+    assert verify_signature(archive.path, [read_trusted_key(public)]).path == public
