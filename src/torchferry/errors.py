@@ -88,6 +88,12 @@ class UntrustedCode(ArchiveError):
     allowed to run: ``torchferry serve --trust-code`` allows it."""
 
 
+class SignatureRefused(ArchiveError):
+    """Signed archives are required (``--require-signed``) or a signature is present, and
+    this archive's is missing, does not match its files, or was made by a key that is not
+    trusted (``--trusted-key``); the message says which."""
+
+
 class ModelLoadFailed(TorchferryError):
     """A version could not be loaded (bad archive, runtime or handler failure, failed
     warm-up); the message says why, and whatever served before keeps serving."""

@@ -52,7 +52,7 @@ def test_a_worker_changes_its_models_on_the_supervisors_commands(tmp_path: Path)
         assert (record["name"], record["version"], record["runtime"]) == ("lin", 1, "onnxruntime")
         assert record["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
         assert record["path"] == str(root / "lin" / "1") and record["size_bytes"] > 0
-        assert record["signed"] is False
+        assert record["signed"] is False and record["signature"] == "unsigned"
         assert status["routes"] == {"lin": Routes(default=1).model_dump(mode="json")}
         await request("release")
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as web:

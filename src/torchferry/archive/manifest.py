@@ -6,7 +6,14 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from torchferry.errors import ArchiveError
 from torchferry.signature import ModelSignature
@@ -76,8 +83,16 @@ class Manifest(BaseModel):
     #: the exporting machine, which only ``torchferry optimize`` uses.
     factory: str | None = None
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat())
-    #: Hex Ed25519 signature over the manifest without this field (a later issue verifies it).
-    signature_ed25519: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired_fields(cls, data: Any) -> Any:
+        """Manifests written before archives were signed with model-signing (a ``model.sig``
+        beside the manifest, ``archive/signing.py``) carry a placeholder that nothing ever
+        filled: read them still, without it."""
+        if isinstance(data, dict) and "signature_ed25519" in data:
+            data = {k: v for k, v in data.items() if k != "signature_ed25519"}
+        return data
 
     @field_validator("name")
     @classmethod

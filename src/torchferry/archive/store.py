@@ -80,12 +80,9 @@ class ModelStore:
         Every file ``populate`` leaves in the staging directory is hashed into the manifest.
         The version directory appears only once complete; an existing version is never replaced.
         """
-        target = self.path(manifest.name, manifest.version)
-        if target.exists():
-            raise ArchiveError(f"{target} already exists; versions are never overwritten")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".staging-{manifest.version}-", dir=target.parent))
-        try:
+        staged: list[Manifest] = []
+
+        def fill(staging: Path) -> None:
             populate(staging)
             files = {
                 p.relative_to(staging).as_posix(): hash_file(p)
@@ -96,8 +93,36 @@ class ModelStore:
             Manifest.model_validate(final.model_dump())
             (staging / MANIFEST_NAME).write_text(final.to_json(), encoding="utf-8")
             verify_archive(staging, final)
+            staged.append(final)
+
+        target = self._stage(manifest.name, manifest.version, fill)
+        return Archive(path=target, manifest=staged[0])
+
+    def write_verbatim(self, name: str, version: int, populate: Callable[[Path], None]) -> Archive:
+        """Create ``NAME/VERSION`` from exactly the files ``populate(staging_dir)`` writes,
+        its manifest as it came (a signed archive's signature covers it): checked against
+        its SHA-256 list, never rewritten. Served as ``name`` ``version`` whatever its
+        manifest says (the directory decides)."""
+
+        def fill(staging: Path) -> None:
+            populate(staging)
+            verify_archive(staging, Manifest.read(staging))
+
+        target = self._stage(name, version, fill)
+        return Archive(path=target, manifest=Manifest.read(target))
+
+    def _stage(self, name: str, version: int, fill: Callable[[Path], None]) -> Path:
+        """``fill`` a hidden staging directory, then rename it to ``NAME/VERSION``: the
+        version appears only once complete, and an existing one is never replaced."""
+        target = self.path(name, version)
+        if target.exists():
+            raise ArchiveError(f"{target} already exists; versions are never overwritten")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=target.parent))
+        try:
+            fill(staging)
             os.rename(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return Archive(path=target, manifest=final)
+        return target

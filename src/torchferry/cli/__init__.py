@@ -25,6 +25,7 @@ COMMANDS = [
     "optimize_cmd",
     "deploy_cmd",
     "token_cmd",
+    "sign_cmd",
 ]
 
 err_console = Console(stderr=True)

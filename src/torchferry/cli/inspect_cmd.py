@@ -12,6 +12,7 @@ from rich.table import Table
 
 from torchferry.archive.integrity import verify_archive
 from torchferry.archive.manifest import MANIFEST_NAME, Manifest, ParityReport
+from torchferry.archive.signing import SIGNATURE_NAME, is_signed
 from torchferry.archive.store import ModelStore
 from torchferry.errors import ArchiveError, ModelNotFound
 from torchferry.signature import TensorSpec
@@ -59,7 +60,7 @@ def tensors_table(title: str, specs: Sequence[TensorSpec]) -> Table:
     return table
 
 
-def _model_table(manifest: Manifest) -> Table:
+def _model_table(manifest: Manifest, signed: bool) -> Table:
     table = Table(title="model", title_justify="left", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
@@ -75,7 +76,7 @@ def _model_table(manifest: Manifest) -> Table:
         "source": manifest.source,
         "created": manifest.created,
         "frameworks": ", ".join(f"{k} {v}" for k, v in manifest.framework_versions.items()),
-        "signed": "yes (Ed25519)" if manifest.signature_ed25519 else "no",
+        "signed": f"yes ({SIGNATURE_NAME}; check it with torchferry verify)" if signed else "no",
     }
     for key, value in rows.items():
         table.add_row(key, value)
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         console.print_json(manifest.to_json())
     else:
         console.print(f"[bold]{directory}[/]")
-        console.print(_model_table(manifest))
+        console.print(_model_table(manifest, is_signed(directory)))
         console.print(tensors_table("inputs", manifest.signature.inputs))
         console.print(tensors_table("outputs", manifest.signature.outputs))
         console.print(_files_table(manifest))

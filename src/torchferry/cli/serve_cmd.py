@@ -249,6 +249,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PEM",
         help="CA certificates trusted for downloads, besides the system's",
     )
+    signing = parser.add_argument_group("signed models")
+    signing.add_argument(
+        "--require-signed",
+        action="store_true",
+        help="serve only archives signed (model.sig, torchferry sign) by a --trusted-key: "
+        "at start, on management loads and on store polling",
+    )
+    signing.add_argument(
+        "--trusted-key",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="PUBLIC.pem",
+        help="an EC public key whose signatures are accepted (repeatable; needed by "
+        "--require-signed; without it, signed archives are still verified)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -292,6 +308,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_download_bytes=args.max_download_size,
         download_timeout_s=args.download_timeout,
         url_ca_bundle=args.url_ca_bundle,
+        require_signed=args.require_signed,
+        trusted_keys=args.trusted_key,
     )
 
 

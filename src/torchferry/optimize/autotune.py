@@ -336,7 +336,6 @@ def _finish(
             "source": f"optimize: {winner.name}",
             "files": {},
             "created": _dt.datetime.now(_dt.UTC).isoformat(),
-            "signature_ed25519": None,
         }
     )
 

@@ -7,6 +7,9 @@ manifest says (``served_as``, the one rule for a start, a load while serving and
 as TorchServe's ``--model-dir`` renaming does: a version copied as ``m/2`` whose manifest
 says 1 is served as 2, before a restart and after.
 
+Signatures are checked right after the SHA-256 check (``check_signature``), on the same
+path for a start, a management load and store polling.
+
 A failure while serving is a ``ModelLoadFailed`` whose message names the model, the version
 and the cause (the reason goes to users verbatim); whatever was built is released first.
 """
@@ -19,13 +22,15 @@ import numpy as np
 
 from torchferry.archive.integrity import verify_archive
 from torchferry.archive.manifest import Manifest
+from torchferry.archive.signing import is_signed, verify_signature
 from torchferry.archive.store import Archive
-from torchferry.errors import ModelLoadFailed, TorchferryError
+from torchferry.errors import ModelLoadFailed, SignatureRefused, TorchferryError
 from torchferry.handlers import load_handler
 from torchferry.handlers.base import Handler
 from torchferry.runtimes import Runtime, load_runtime
 from torchferry.serving.settings import ServerSettings
 from torchferry.signature import ModelSignature
+from torchferry.signing_keys import read_trusted_keys
 
 
 def build_version(
@@ -76,6 +81,34 @@ def open_archive(name: str, version: int, path: Path) -> Archive:
     except Exception as exc:
         raise ModelLoadFailed(f"{where}: integrity check failed: {_cause(exc)}") from exc
     return served_as(Archive(path=path, manifest=manifest), name, version)
+
+
+#: What ``check_signature`` found: verified against a trusted key; signed, but no key to
+#: verify it with; no signature.
+VERIFIED, UNVERIFIED, UNSIGNED = "verified", "unverified", "unsigned"
+
+
+def check_signature(archive: Archive, settings: ServerSettings, while_serving: bool) -> str:
+    """Whether ``archive`` may be served under the signing settings, and its status.
+
+    With trusted keys, a signed archive must verify against one of them; with
+    ``require_signed``, an unsigned one is refused too. A refusal is a ``SignatureRefused`` at
+    start, a ``ModelLoadFailed`` while serving, naming the model, the version and the reason.
+    Hashes every file again: once per load, never per request or description."""
+    signed = is_signed(archive.path)
+    if not settings.trusted_keys or not (signed or settings.require_signed):
+        return UNVERIFIED if signed else UNSIGNED
+    manifest = archive.manifest
+    try:
+        verify_signature(archive.path, read_trusted_keys(settings.trusted_keys))
+    except TorchferryError as exc:
+        reason = (
+            f"model {manifest.name!r} version {manifest.version}: signature refused: {exc.message}"
+        )
+        if while_serving:
+            raise ModelLoadFailed(reason) from exc
+        raise SignatureRefused(reason) from exc
+    return VERIFIED
 
 
 def served_as(archive: Archive, name: str, version: int) -> Archive:

@@ -31,6 +31,8 @@ class Describable(Protocol):
     def batcher(self) -> Any: ...
     @property
     def load_seconds(self) -> float: ...
+    @property
+    def signing(self) -> str: ...
 
 
 def _tensors(specs: Any) -> list[dict[str, Any]]:
@@ -56,8 +58,10 @@ def version_record(model: Describable) -> dict[str, Any]:
         "outputs": _tensors(manifest.signature.outputs),
         "path": str(model.archive.path),
         "size_bytes": sum(entry.size for entry in manifest.files.values()),
-        # present, not yet verified (archive signing is a later issue)
-        "signed": manifest.signature_ed25519 is not None,
+        # as checked at load ("verified", "unverified": signed but no --trusted-key, or
+        # "unsigned"), never re-verified per description
+        "signed": model.signing != "unsigned",
+        "signature": model.signing,
         "load_seconds": round(model.load_seconds, 4),
     }
 
@@ -79,6 +83,7 @@ def torchserve_description(
         "batchSize": record["max_batch_size"],
         "maxBatchDelay": round(record["max_delay_ms"]),
         "loadedAtStartup": True,
+        "signature": record.get("signature", "unsigned"),
         "deviceType": "gpu" if str(record.get("device", "cpu")).startswith("cuda") else "cpu",
         "workers": [{"id": "1", "status": "READY" if ready else "UNLOADING", "gpu": False}],
         "jobQueueStatus": {

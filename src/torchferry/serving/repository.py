@@ -32,7 +32,13 @@ from torchferry.handlers.base import Handler
 from torchferry.runtimes import Runtime
 from torchferry.serving import metrics
 from torchferry.serving.batcher import Batcher
-from torchferry.serving.build import build_version, open_archive, served_as
+from torchferry.serving.build import (
+    UNSIGNED,
+    build_version,
+    check_signature,
+    open_archive,
+    served_as,
+)
 from torchferry.serving.lifecycle.state import Routes
 from torchferry.serving.routing import Route
 from torchferry.serving.settings import ServerSettings
@@ -51,6 +57,8 @@ class LoadedModel:
     preprocess_pool: ThreadPoolExecutor
     #: Seconds the load took (open, verify, build, warm-up).
     load_seconds: float = 0.0
+    #: Its signature, as checked when it loaded (``build.check_signature``).
+    signing: str = UNSIGNED
     #: Live figures since this version was loaded (requests, errors, latencies, shadow).
     stats: VersionStats = field(default_factory=VersionStats)
     #: Requests between the data plane's entry and their answer (and shadow mirrors).
@@ -136,8 +144,9 @@ class ModelRepository:
     def add(self, archive: Archive) -> LoadedModel:
         """Build and activate one version at once (at start: nothing serves yet)."""
         started = time.perf_counter()
+        signing = check_signature(archive, self.settings, while_serving=False)
         runtime, handler = build_version(archive, self.settings, warm_up=False)
-        model = self._assemble(archive, runtime, handler, time.perf_counter() - started)
+        model = self._assemble(archive, runtime, handler, time.perf_counter() - started, signing)
         self._register(model)
         return model
 
@@ -167,8 +176,9 @@ class ModelRepository:
     async def _build(self, name: str, version: int, path: Path) -> LoadedModel:
         started = time.perf_counter()
         archive = await asyncio.to_thread(open_archive, name, version, path)
+        signing = await asyncio.to_thread(check_signature, archive, self.settings, True)
         runtime, handler = await asyncio.to_thread(build_version, archive, self.settings, True)
-        return self._assemble(archive, runtime, handler, time.perf_counter() - started)
+        return self._assemble(archive, runtime, handler, time.perf_counter() - started, signing)
 
     def _built(self, key: tuple[str, int], loading: asyncio.Future[LoadedModel]) -> None:
         """A build ended: pending, unless it was discarded meanwhile (its release then waits
@@ -346,7 +356,12 @@ class ModelRepository:
     # -- building ------------------------------------------------------------------------------
 
     def _assemble(
-        self, archive: Archive, runtime: Runtime, handler: Handler, seconds: float
+        self,
+        archive: Archive,
+        runtime: Runtime,
+        handler: Handler,
+        seconds: float,
+        signing: str,
     ) -> LoadedModel:
         manifest = archive.manifest
         batching = manifest.batching.model_copy(update=self.settings.batching_for(manifest.name))
@@ -363,16 +378,24 @@ class ModelRepository:
             ),
         )
         model = LoadedModel(
-            archive, runtime, handler, batcher, self._preprocess_pool, load_seconds=seconds
+            archive,
+            runtime,
+            handler,
+            batcher,
+            self._preprocess_pool,
+            load_seconds=seconds,
+            signing=signing,
         )
         log.info(
-            "loaded %s version %d (%s, handler %s, batch<=%d, delay %.1f ms) in %.2f s",
+            "loaded %s version %d (%s, handler %s, batch<=%d, delay %.1f ms, signature %s) "
+            "in %.2f s",
             manifest.name,
             manifest.version,
             runtime.name,
             manifest.handler.name,
             batching.max_batch_size,
             batching.max_delay_ms,
+            signing,
             seconds,
             extra={
                 "event": "model_loaded",
@@ -383,6 +406,7 @@ class ModelRepository:
                 "max_batch_size": batching.max_batch_size,
                 "max_delay_ms": batching.max_delay_ms,
                 "load_seconds": round(seconds, 4),
+                "signature": signing,
             },
         )
         return model

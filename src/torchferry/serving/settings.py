@@ -143,6 +143,7 @@ class ServerSettings(BaseModel):
 
     def check_sources(self) -> None:
         """Fail before anything starts when the store or model folder cannot be served."""
+        self.check_signing()
         if self.model_dir is not None:
             if not self.model_dir.is_dir():
                 raise ArchiveError(f"model folder {self.model_dir} does not exist")
@@ -179,3 +180,24 @@ class ServerSettings(BaseModel):
                 "create --key-file PATH' writes)"
             )
         return self.store / KEY_FILE_DIR / KEY_FILE_NAME
+
+    # -- signed models ---------------------------------------------------------------------
+    #: Serve only archives signed (``model.sig``) by one of ``trusted_keys``: at start, on
+    #: every management load and on store polling.
+    require_signed: bool = False
+    #: Public keys (PEM, EC P-256/384/521) whose signatures are accepted. Without
+    #: ``require_signed``, signed archives are still verified against them (and refused when
+    #: they fail) while unsigned ones are served.
+    trusted_keys: list[Path] = Field(default_factory=list)
+
+    def check_signing(self) -> None:
+        """Fail before anything starts when signing is asked for but cannot be checked."""
+        if self.require_signed and not self.trusted_keys:
+            raise ArchiveError(
+                "--require-signed needs at least one --trusted-key PUBLIC.pem to verify "
+                "signatures with"
+            )
+        # cryptography only: the supervisor never imports model-signing
+        from torchferry.signing_keys import read_trusted_keys
+
+        read_trusted_keys(self.trusted_keys)

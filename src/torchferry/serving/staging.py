@@ -9,6 +9,11 @@ same files: what a management load does first with a source outside the store.
   what the source's manifest promised, even if a file changes while it is copied. It comes
   in as the next version of ``name`` (or of its manifest's name) through
   ``ModelStore.write``, which never overwrites a version;
+- a *signed* archive directory (a ``model.sig``): the same, except that every file in it is
+  copied verbatim, the signature and the manifest included (the signature covers the
+  manifest, so rewriting it would break it); its directory gives it its name and version.
+  The copies are checked against the manifest's SHA-256; the signature is verified by the
+  load that follows, in every worker, like any other;
 - a model file (``.mar``, ``.onnx``...): imported through ``importers.import_model``; an
   ``.onnx`` whose external data is a symbolic link or lies outside its folder is refused.
 
@@ -23,6 +28,7 @@ from pathlib import Path
 
 from torchferry.archive.integrity import hash_file, safe_relative
 from torchferry.archive.manifest import MANIFEST_NAME, Manifest
+from torchferry.archive.signing import is_signed
 from torchferry.archive.store import Archive, ModelStore
 from torchferry.errors import ArchiveError
 from torchferry.serving.build import served_as
@@ -35,6 +41,8 @@ def stage_source(source: Path, store: Path, name: str | None) -> Archive:
         placed = _in_store(source, store)
         if placed is not None and name in (None, placed[0]):
             return served_as(Archive.open(source), *placed)  # its directory names it
+        if is_signed(source):
+            return _copy_signed(source, models, name)
         return _copy_archive(source, models, name)
     if source.is_dir():
         raise ArchiveError(f"{source} is not a model archive: it has no {MANIFEST_NAME}")
@@ -88,6 +96,22 @@ def _copy_archive(source: Path, models: ModelStore, name: str | None) -> Archive
                 )
 
     return models.write(renamed, populate)
+
+
+def _copy_signed(source: Path, models: ModelStore, name: str | None) -> Archive:
+    _refuse_links(source)
+    target = name or Manifest.read(source).name
+    version = models.next_version(target)
+
+    def populate(directory: Path) -> None:
+        for folder, _, files in os.walk(source):
+            for file in files:
+                relative = (Path(folder) / file).relative_to(source).as_posix()
+                copy = directory / relative
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                _copy_file(source, relative, copy)
+
+    return served_as(models.write_verbatim(target, version, populate), target, version)
 
 
 def _refuse_links(source: Path) -> None:
