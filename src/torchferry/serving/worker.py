@@ -44,6 +44,7 @@ from torchferry.serving.app import build_app
 from torchferry.serving.control import Channel
 from torchferry.serving.dataplane import DataPlane
 from torchferry.serving.describe import version_record
+from torchferry.serving.http_guard import http_config
 from torchferry.serving.lifecycle.state import DesiredState, Routes
 from torchferry.serving.listen import QuietServer, listen_shared
 from torchferry.serving.loading import load_repository
@@ -157,8 +158,9 @@ class Worker:
         gc.collect()
         gc.freeze()
         front = CloseWhenDraining(app)
-        config = uvicorn.Config(
+        config = http_config(
             front,
+            settings,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
