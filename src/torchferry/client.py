@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,17 @@ def _decode(tensor: dict[str, Any]) -> np.ndarray:
 class Client:
     """``Client("http://127.0.0.1:8080").infer("digits", {"pixels": array})``."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8080",
+        timeout: float = 60.0,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        """``verify``: for an https server whose CA the system does not trust, a context
+        that does (``ssl.create_default_context(cafile=CA)``), with a client certificate
+        loaded under mutual TLS (``context.load_cert_chain(CERT, KEY)``)."""
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, verify=verify)
 
     def __enter__(self) -> Client:
         return self

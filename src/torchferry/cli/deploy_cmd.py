@@ -15,6 +15,7 @@ call was refused or the server could not be reached (the server's message is pri
 from __future__ import annotations
 
 import argparse
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="move traffic to the new version in these percentages (ending at 100)",
     )
     _rollout_options(deploy)
+    _tls_options(deploy)
     deploy.set_defaults(func=run_deploy)
 
     rollout = subparsers.add_parser(
@@ -122,7 +124,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-wait", action="store_true", help="start it and exit (0) without following it"
     )
     _rollout_options(rollout)
+    _tls_options(rollout)
     rollout.set_defaults(func=run_rollout)
+
+
+def _tls_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS (a server started with --tls-cert)")
+    group.add_argument("--cacert", type=Path, help="trust the server's certificate by this CA")
+    group.add_argument("--client-cert", type=Path, help="present this certificate (mutual TLS)")
+    group.add_argument("--client-key", type=Path, help="the client certificate's private key")
+
+
+def _verify(args: argparse.Namespace) -> ssl.SSLContext | bool:
+    """httpx's ``verify``: the system's CAs unless ``--cacert``, plus a client certificate."""
+    if args.cacert is None and args.client_cert is None:
+        return True
+    try:
+        context = ssl.create_default_context(cafile=args.cacert)
+        if args.client_cert is not None:
+            context.load_cert_chain(args.client_cert, args.client_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise Refused(f"cannot use the TLS files: {exc}") from None
+    return context
 
 
 # -- calls ----------------------------------------------------------------------------------
@@ -247,7 +270,7 @@ def _source(path: str) -> str:
 def run_deploy(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     name = args.name
-    with httpx.Client(base_url=args.url, timeout=args.timeout) as client:
+    with httpx.Client(base_url=args.url, timeout=args.timeout, verify=_verify(args)) as client:
         params = {"url": _source(args.path), "model_name": name, "synchronous": "true"}
         registered = _call(client, "POST", "/models", params=params)
         version = int(registered["modelVersion"])
@@ -273,7 +296,7 @@ def run_deploy(args: argparse.Namespace) -> int:
 @_reported
 def run_rollout(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
-    with httpx.Client(base_url=args.url, timeout=args.timeout) as client:
+    with httpx.Client(base_url=args.url, timeout=args.timeout, verify=_verify(args)) as client:
         _start(client, args.name, args, _spec(args, args.to, args.steps))
         if args.no_wait:
             return EXIT_DEPLOYED
