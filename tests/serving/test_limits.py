@@ -28,7 +28,7 @@ def server(model_store, tmp_path_factory) -> Iterator[ServerProcess]:
         "--log-level", "warning", "--header-timeout", str(HEADER_TIMEOUT),
         "--body-timeout", "1", "--keep-alive-timeout", "1",
         "--max-connections", str(MAX_CONNECTIONS), "--max-header-size", "4KiB",
-        "--max-body-size", "64KiB",
+        "--max-body-size", "64KiB", "--no-metrics", "--no-management",
     ]  # fmt: skip
     log = tmp_path_factory.mktemp("limits") / "server.log"
     with serve_in_subprocess(args, log) as server:

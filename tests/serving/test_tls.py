@@ -175,6 +175,34 @@ def test_torchferrys_own_clients_speak_tls(tls_server, certs, capsys):
     assert "404" in capsys.readouterr().out
 
 
+CERT_AND_KEY = ["--tls-cert", "{server_cert}", "--tls-key", "{server_key}"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message", "named"),
+    [
+        (["--tls-cert", "{server_cert}"], "--tls-cert needs --tls-key", None),
+        (["--tls-key", "{server_key}"], "--tls-key needs --tls-cert", None),
+        (["--tls-client-ca", "{ca}"], "--tls-client-ca needs --tls-cert and --tls-key", None),
+        (["--tls-cert", "{server_cert}", "--tls-key", "{client_key}"], "does not match", "client_key"),
+        (["--tls-cert", "{missing}", "--tls-key", "{server_key}"], "cannot read the certificate", "missing"),
+        (["--tls-cert", "{server_key}", "--tls-key", "{server_key}"], "no valid PEM certificate", "server_key"),
+        (["--tls-cert", "{server_cert}", "--tls-key", "{ca}"], "cannot use the private key", "ca"),
+        ([*CERT_AND_KEY, "--tls-client-ca", "{ca_key}"], "client CA file", "ca_key"),
+    ],
+)  # fmt: skip
+def test_bad_tls_options_fail_at_start_naming_the_file(
+    model_store, certs, tmp_path, capsys, options, message, named
+):
+    files = {**vars(certs), "missing": tmp_path / "nope.pem"}
+    args = [option.format(**files) for option in options]
+    assert main(["serve", "--store", str(model_store.root), *args]) == 1
+    printed = " ".join(capsys.readouterr().err.split())
+    assert message in printed
+    if named is not None:
+        assert Path(files[named]).name in printed
+
+
 def _issuer(server: ServerProcess, context: ssl.SSLContext) -> str:
     """The common name of the CA that signed the certificate the server presents now."""
     url = f"{server.url}/v2/health/live"
