@@ -4,8 +4,10 @@ are swapped while the server runs and the new certificate is served without a re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -21,6 +23,9 @@ from tritonclient.utils import InferenceServerException
 from torchferry.cli import main
 from torchferry.client import Client
 from torchferry.serving.process import ServerProcess, serve_in_subprocess
+
+#: The TLS server's --header-timeout, which bounds its TLS handshakes too.
+HANDSHAKE_TIMEOUT = 1.0
 
 
 def client_context(certs: Certs, with_cert: bool = True) -> ssl.SSLContext:
@@ -60,7 +65,7 @@ def served(certs, tmp_path_factory) -> Certs:
 
 @pytest.fixture(scope="module")
 def tls_server(model_store, certs, served) -> Iterator[ServerProcess]:
-    args = server_args(model_store, served)
+    args = server_args(model_store, served, "--header-timeout", str(HANDSHAKE_TIMEOUT))
     context = client_context(certs, with_cert=False)
     log = served.server_cert.parent.parent / "server.log"
     with serve_in_subprocess(args, log, verify=context) as server:
@@ -134,6 +139,22 @@ def test_plain_http_to_the_tls_port_fails_cleanly(tls_server):
         assert client.get("/v2/health/live").status_code == 200
     assert tls_server.alive()
     assert "Traceback" not in tls_server.output()
+
+
+def test_a_client_that_never_says_hello_is_cut_off(tls_server):
+    """A TCP connection without a TLS handshake is closed after --header-timeout, on the
+    HTTP, gRPC and management ports."""
+    ports = [tls_server.port, tls_server.grpc_port, tls_server.management_port]
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for port in ports]
+    started = time.monotonic()
+    try:
+        for sock in socks:
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1) == b""
+        assert time.monotonic() - started < HANDSHAKE_TIMEOUT + 3
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def test_mutual_tls_serves_clients_with_a_certificate(mtls_server, certs):

@@ -28,14 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import httptools
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from torchferry.serving.listen import QuietServer
 from torchferry.serving.settings import ServerSettings
 from torchferry.serving.tls import ReloadingTLS, TLSFiles
 
@@ -95,6 +99,39 @@ def http_config(app: Any, settings: ServerSettings, **kwargs: Any) -> GuardedCon
         timeout_keep_alive=settings.keep_alive_timeout_s,
         **kwargs,
     )
+
+
+class GuardedServer(QuietServer):
+    """uvicorn's server on listening sockets that its caller made, with the header timeout
+    as the TLS handshake's deadline: uvicorn leaves asyncio's 60 s, during which a client
+    that connects and never says hello holds a connection no limit here counts (the
+    protocol is only made once the handshake is done)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        config = self.config
+        if sockets is None or not isinstance(config, GuardedConfig):
+            await super().startup(sockets)
+            return
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return GuardedHttpProtocol(config, self.server_state, self.lifespan.state, _loop)
+
+        loop = asyncio.get_running_loop()
+        handshake = config.limits.header_timeout_s if config.ssl is not None else None
+        self.servers = [
+            await loop.create_server(
+                create_protocol,
+                sock=sock,
+                ssl=config.ssl,
+                backlog=config.backlog,
+                ssl_handshake_timeout=handshake,
+            )
+            for sock in sockets
+        ]
+        self.started = True
 
 
 def _answer(status: int, message: str, retry_after: int | None = None) -> bytes:

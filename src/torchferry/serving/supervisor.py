@@ -39,7 +39,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from torchferry.serving.control import Channel, ControlError
-from torchferry.serving.http_guard import http_config
+from torchferry.serving.http_guard import GuardedServer, http_config
 from torchferry.serving.lifecycle.fleet import Fleet
 from torchferry.serving.lifecycle.listener import management_listener
 from torchferry.serving.lifecycle.poll import StorePoller
@@ -199,7 +199,7 @@ class Supervisor:
             lifespan="off",
             timeout_graceful_shutdown=5,
         )
-        server = QuietServer(config)
+        server = GuardedServer(config)
         self._listeners.append((server, asyncio.create_task(server.serve([sock]))))
 
     def _begin_changes(self) -> None:
