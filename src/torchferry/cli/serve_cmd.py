@@ -182,16 +182,25 @@ def _register_tls_and_limits(parser: argparse.ArgumentParser) -> None:
     tls = parser.add_argument_group(
         "TLS and limits against abuse", "on every listener: HTTP, gRPC, metrics, management"
     )
-    tls.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM): serve TLS")
-    tls.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    tls.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="server certificate chain (PEM): serve TLS; reloaded when the file changes",
+    )
+    tls.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="the certificate's private key (PEM)"
+    )
     tls.add_argument(
         "--tls-client-ca",
         type=Path,
+        metavar="FILE",
         help="require client certificates signed by a CA in this PEM file (mutual TLS)",
     )
     tls.add_argument(
         "--max-header-size",
         type=parse_size,
+        metavar="SIZE",
         default=DEFAULT_MAX_HEADER_BYTES,
         help="largest request line + headers (431 past it) and gRPC metadata (default 32KiB)",
     )
@@ -201,7 +210,7 @@ def _register_tls_and_limits(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         metavar="SECONDS",
         help="a request's headers must arrive within this, else 408 and close; also bounds "
-        "a gRPC connection's handshake (default 10)",
+        "TLS handshakes and a gRPC connection's handshake (default 10)",
     )
     tls.add_argument(
         "--body-timeout",
@@ -220,6 +229,7 @@ def _register_tls_and_limits(parser: argparse.ArgumentParser) -> None:
     tls.add_argument(
         "--max-connections",
         type=int,
+        metavar="N",
         default=1000,
         help="open HTTP connections per listener and worker; one more is answered 503 "
         "(default 1000)",
@@ -227,12 +237,14 @@ def _register_tls_and_limits(parser: argparse.ArgumentParser) -> None:
     tls.add_argument(
         "--grpc-max-concurrent-streams",
         type=int,
+        metavar="N",
         default=100,
         help="gRPC calls at once on one connection (default 100)",
     )
     tls.add_argument(
         "--grpc-max-concurrent-rpcs",
         type=int,
+        metavar="N",
         default=1000,
         help="gRPC calls at once per worker; more get RESOURCE_EXHAUSTED (default 1000)",
     )
