@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +59,22 @@ class Client:
     """``Client("http://127.0.0.1:8080").infer("digits", {"pixels": array})``."""
 
     def __init__(
-        self, url: str = "http://127.0.0.1:8080", timeout: float = 60.0, token: str | None = None
+        self,
+        url: str = "http://127.0.0.1:8080",
+        timeout: float = 60.0,
+        token: str | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         """``token``: a bearer token for a server run with ``--auth`` (default: the
-        ``TORCHFERRY_TOKEN`` variable, if set)."""
+        ``TORCHFERRY_TOKEN`` variable, if set). ``verify``: for an https server whose CA the
+        system does not trust, a context that does (``ssl.create_default_context(cafile=CA)``),
+        with a client certificate loaded under mutual TLS (``context.load_cert_chain(CERT,
+        KEY)``)."""
         self.url = url.rstrip("/")
         headers = auth_headers(token)
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+        self._http = httpx.Client(
+            base_url=self.url, timeout=timeout, headers=headers, verify=verify
+        )
 
     def __enter__(self) -> Client:
         return self

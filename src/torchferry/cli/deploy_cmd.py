@@ -15,6 +15,7 @@ call was refused or the server could not be reached (the server's message is pri
 from __future__ import annotations
 
 import argparse
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="move traffic to the new version in these percentages (ending at 100)",
     )
     _rollout_options(deploy)
+    _tls_options(deploy)
     deploy.set_defaults(func=run_deploy)
 
     rollout = subparsers.add_parser(
@@ -128,7 +130,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-wait", action="store_true", help="start it and exit (0) without following it"
     )
     _rollout_options(rollout)
+    _tls_options(rollout)
     rollout.set_defaults(func=run_rollout)
+
+
+def _tls_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS (a server started with --tls-cert)")
+    group.add_argument("--cacert", type=Path, help="trust the server's certificate by this CA")
+    group.add_argument("--client-cert", type=Path, help="present this certificate (mutual TLS)")
+    group.add_argument("--client-key", type=Path, help="the client certificate's private key")
+
+
+def _verify(args: argparse.Namespace) -> ssl.SSLContext | bool:
+    """httpx's ``verify``: the system's CAs unless ``--cacert``, plus a client certificate."""
+    if args.cacert is None and args.client_cert is None:
+        return True
+    try:
+        context = ssl.create_default_context(cafile=args.cacert)
+        if args.client_cert is not None:
+            context.load_cert_chain(args.client_cert, args.client_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise Refused(f"cannot use the TLS files: {exc}") from None
+    return context
 
 
 # -- calls ----------------------------------------------------------------------------------
@@ -136,7 +159,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _client(args: argparse.Namespace) -> httpx.Client:
     headers = auth_headers(args.token)
-    return httpx.Client(base_url=args.url, timeout=args.timeout, headers=headers)
+    return httpx.Client(
+        base_url=args.url, timeout=args.timeout, headers=headers, verify=_verify(args)
+    )
 
 
 def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:

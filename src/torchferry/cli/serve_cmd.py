@@ -6,11 +6,13 @@ import argparse
 import ipaddress
 import re
 from pathlib import Path
+from typing import Any
 
 from torchferry.serving.lifecycle.policy import VersionPolicy
 from torchferry.serving.settings import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_DOWNLOAD_BYTES,
+    DEFAULT_MAX_HEADER_BYTES,
     ModelOverride,
     ServerSettings,
 )
@@ -266,6 +268,101 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--require-signed; without it, signed archives are still verified)",
     )
     parser.set_defaults(func=run)
+    _register_tls_and_limits(parser)
+
+
+def _register_tls_and_limits(parser: argparse.ArgumentParser) -> None:
+    tls = parser.add_argument_group(
+        "TLS and limits against abuse", "on every listener: HTTP, gRPC, metrics, management"
+    )
+    tls.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="server certificate chain (PEM): serve TLS; reloaded when the file changes",
+    )
+    tls.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="the certificate's private key (PEM)"
+    )
+    tls.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="require client certificates signed by a CA in this PEM file (mutual TLS)",
+    )
+    tls.add_argument(
+        "--max-header-size",
+        type=parse_size,
+        metavar="SIZE",
+        default=DEFAULT_MAX_HEADER_BYTES,
+        help="largest request line + headers (431 past it) and gRPC metadata (default 32KiB)",
+    )
+    tls.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a request's headers must arrive within this, else 408 and close; also bounds "
+        "TLS handshakes and a gRPC connection's handshake (default 10)",
+    )
+    tls.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest pause while a request body arrives, else 408 and close (default 30)",
+    )
+    tls.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="idle keep-alive HTTP connections close after this (default 5)",
+    )
+    tls.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        default=1000,
+        help="open HTTP connections per listener and worker; one more is answered 503 "
+        "(default 1000)",
+    )
+    tls.add_argument(
+        "--grpc-max-concurrent-streams",
+        type=int,
+        metavar="N",
+        default=100,
+        help="gRPC calls at once on one connection (default 100)",
+    )
+    tls.add_argument(
+        "--grpc-max-concurrent-rpcs",
+        type=int,
+        metavar="N",
+        default=1000,
+        help="gRPC calls at once per worker; more get RESOURCE_EXHAUSTED (default 1000)",
+    )
+    tls.add_argument(
+        "--grpc-max-connection-idle",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="send away gRPC connections without calls for this long (default 300)",
+    )
+    tls.add_argument(
+        "--grpc-keepalive-time",
+        type=float,
+        default=7200.0,
+        metavar="SECONDS",
+        help="ping idle gRPC clients this often to find dead ones (default 7200)",
+    )
+    tls.add_argument(
+        "--grpc-min-ping-interval",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="client pings closer than this without calls are abuse: GOAWAY after two "
+        "(default 300)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
@@ -310,7 +407,26 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         url_ca_bundle=args.url_ca_bundle,
         require_signed=args.require_signed,
         trusted_keys=args.trusted_key,
+        **_tls_and_limits(args),
     )
+
+
+def _tls_and_limits(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_client_ca": args.tls_client_ca,
+        "max_header_bytes": args.max_header_size,
+        "header_timeout_s": args.header_timeout,
+        "body_timeout_s": args.body_timeout,
+        "keep_alive_timeout_s": args.keep_alive_timeout,
+        "max_connections": args.max_connections,
+        "grpc_max_concurrent_streams": args.grpc_max_concurrent_streams,
+        "grpc_max_concurrent_rpcs": args.grpc_max_concurrent_rpcs,
+        "grpc_max_connection_idle_s": args.grpc_max_connection_idle,
+        "grpc_keepalive_time_s": args.grpc_keepalive_time,
+        "grpc_min_ping_interval_s": args.grpc_min_ping_interval,
+    }
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -47,11 +48,21 @@ class ServerProcess:
     metrics_port: int | None = None
     #: The management API's port; None when the server runs with ``--no-management``.
     management_port: int | None = None
+    #: ``https`` when the server runs with ``--tls-cert``.
+    scheme: str = "http"
+    #: What clients verify the server with (and, under mutual TLS, present): httpx's
+    #: ``verify``, an ``ssl.SSLContext`` for a TLS server.
+    verify: ssl.SSLContext | bool = True
 
     @property
     def management_url(self) -> str:
         assert self.management_port is not None, "this server runs without a management API"
-        return f"http://127.0.0.1:{self.management_port}"
+        return f"{self.scheme}://127.0.0.1:{self.management_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        assert self.metrics_port is not None, "this server runs without metrics"
+        return f"{self.scheme}://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def grpc_target(self) -> str:
@@ -60,7 +71,7 @@ class ServerProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30.0, **kwargs)
+        return httpx.Client(base_url=self.url, timeout=30.0, **{"verify": self.verify, **kwargs})
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -122,12 +133,15 @@ def serve_in_subprocess(
     port_flag: str = "--port",
     timeout: float = 90.0,
     env: dict[str, str] | None = None,
+    verify: ssl.SSLContext | None = None,
 ) -> Iterator[ServerProcess]:
     """Run ``torchferry serve ARGS --port FREE --grpc-port FREE --metrics-port FREE
     --management-port FREE`` until the block ends.
 
     ARGS with ``--no-grpc``/``--no-metrics``/``--no-management`` or their own ports keep those; ``env`` adds to
-    the server's environment. On exit the server gets SIGTERM (a graceful drain), then SIGKILL
+    the server's environment. ARGS with ``--tls-cert`` make an https server: ``verify`` (a
+    client context that trusts its CA, with a client certificate under ``--tls-client-ca``)
+    is what the readiness check and ``ServerProcess.client`` use. On exit the server gets SIGTERM (a graceful drain), then SIGKILL
     after 30 s.
     """
     port, free_grpc_port, free_metrics_port, free_management_port = free_ports(4)
@@ -141,8 +155,17 @@ def serve_in_subprocess(
     with ExitStack() as files:
         sink = files.enter_context(log.open("wb")) if log else subprocess.DEVNULL
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=environment)
+    scheme = "https" if "--tls-cert" in args else "http"
     server = ServerProcess(
-        f"http://127.0.0.1:{port}", port, process, log, grpc_port, metrics_port, management_port
+        f"{scheme}://127.0.0.1:{port}",
+        port,
+        process,
+        log,
+        grpc_port,
+        metrics_port,
+        management_port,
+        scheme,
+        verify if verify is not None else True,
     )
     try:
         deadline = time.monotonic() + timeout
@@ -150,7 +173,8 @@ def serve_in_subprocess(
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with {process.returncode}:\n{server.output()}")
             try:
-                if httpx.get(f"{server.url}/v2/health/ready", timeout=2).status_code == 200:
+                ready = httpx.get(f"{server.url}/v2/health/ready", timeout=2, verify=server.verify)
+                if ready.status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

@@ -13,4 +13,5 @@ def serve(settings: ServerSettings) -> int:
     """Serve until SIGINT/SIGTERM, then drain every worker; the exit code of the server."""
     configure_logging(settings.log_level, settings.log_format)
     settings.check_sources()
+    settings.check_tls()
     return asyncio.run(Supervisor(settings).run())

@@ -12,12 +12,15 @@ from pydantic import BaseModel, Field, field_validator
 from torchferry.cores import default_threads
 from torchferry.errors import ArchiveError
 from torchferry.serving.lifecycle.policy import VersionPolicy
+from torchferry.serving.tls import ReloadingTLS, TLSFiles
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 #: Where ``--auth`` looks for its key file in a store (beside the persisted state).
 KEY_FILE_DIR = ".torchferry"
 KEY_FILE_NAME = "keys.json"
 DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
+
+DEFAULT_MAX_HEADER_BYTES = 32 * 1024
 
 
 class ModelOverride(BaseModel):
@@ -127,6 +130,46 @@ class ServerSettings(BaseModel):
             except ValueError as exc:
                 raise ValueError(f"--allow-url-network {network!r}: {exc}") from None
         return networks
+
+    # -- TLS and limits against abuse, on every listener (docs/security.md) --------------
+    #: The server's certificate chain and its unencrypted private key (PEM): TLS on every
+    #: listener; reloaded when the files change.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Require client certificates signed by a CA in this PEM file (mutual TLS).
+    tls_client_ca: Path | None = None
+    #: Request line and headers of one HTTP request (431 past it); gRPC metadata likewise.
+    max_header_bytes: int = Field(default=DEFAULT_MAX_HEADER_BYTES, ge=1024)
+    #: Seconds a request's headers may take from its first byte (408 then); also the time a
+    #: gRPC connection has for its TLS and HTTP/2 handshake.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    #: Seconds a request body may pause between two reads (408 then).
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    #: Seconds an idle keep-alive HTTP connection stays open.
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0)
+    #: Open HTTP connections per listener and process; a request on one more gets 503.
+    max_connections: int = Field(default=1000, ge=1)
+    #: gRPC calls at once on one connection (HTTP/2 streams; clients queue the rest).
+    grpc_max_concurrent_streams: int = Field(default=100, ge=1)
+    #: gRPC calls at once in one worker; more are refused with RESOURCE_EXHAUSTED.
+    grpc_max_concurrent_rpcs: int = Field(default=1000, ge=1)
+    #: A gRPC connection without calls this long is sent away (GOAWAY; clients reconnect).
+    grpc_max_connection_idle_s: float = Field(default=300.0, gt=0)
+    #: The server pings an idle gRPC client this often to find dead connections.
+    grpc_keepalive_time_s: float = Field(default=7200.0, gt=0)
+    #: Client pings closer than this without calls count as abuse (GOAWAY after two).
+    grpc_min_ping_interval_s: float = Field(default=300.0, gt=0)
+
+    def check_tls(self) -> None:
+        """Fail before anything starts when the TLS options do not go together, or a file
+        cannot be read or used (the error names it)."""
+        files = TLSFiles.from_options(self.tls_cert, self.tls_key, self.tls_client_ca)
+        if files is not None:
+            ReloadingTLS(files)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert is not None else "http"
 
     def policy_for(self, name: str) -> VersionPolicy:
         return self.model_version_policies.get(name, self.version_policy)

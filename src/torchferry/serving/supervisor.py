@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from torchferry.serving.auth.guard import RequireToken, metrics_needs, open_key_ring
 from torchferry.serving.control import Channel, ControlError
+from torchferry.serving.http_guard import GuardedServer, http_config
 from torchferry.serving.lifecycle.fleet import Fleet
 from torchferry.serving.lifecycle.listener import management_listener
 from torchferry.serving.lifecycle.poll import StorePoller
@@ -183,7 +183,8 @@ class Supervisor:
         ws = self.worker_settings
         grpc = f", gRPC on {ws.host}:{ws.grpc_port}" if ws.grpc_port is not None else ""
         log.info(
-            "serving on http://%s:%d%s with %d worker(s), %d thread(s) each",
+            "serving on %s://%s:%d%s with %d worker(s), %d thread(s) each",
+            ws.scheme,
             ws.host,
             ws.port,
             grpc,
@@ -198,15 +199,16 @@ class Supervisor:
         the management API."""
         # a management call waiting on a rollout must not hold up the exit; uvicorn's own
         # start lines would repeat the supervisor's pid once per listener
-        config = uvicorn.Config(
+        config = http_config(
             app,
+            self.settings,
             log_config=None,
             log_level="warning",
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
         )
-        server = QuietServer(config)
+        server = GuardedServer(config)
         self._listeners.append((server, asyncio.create_task(server.serve([sock]))))
 
     def _begin_changes(self) -> None:

@@ -44,8 +44,9 @@ from torchferry.serving.app import build_app
 from torchferry.serving.control import Channel
 from torchferry.serving.dataplane import DataPlane
 from torchferry.serving.describe import version_record
+from torchferry.serving.http_guard import GuardedServer, http_config
 from torchferry.serving.lifecycle.state import DesiredState, Routes
-from torchferry.serving.listen import QuietServer, listen_shared
+from torchferry.serving.listen import listen_shared
 from torchferry.serving.loading import load_repository
 from torchferry.serving.logs import configure_logging
 from torchferry.serving.protocols.common import Protocol
@@ -84,7 +85,7 @@ class CloseWhenDraining:
         await self.app(scope, receive, closing_send)
 
 
-class WorkerServer(QuietServer):
+class WorkerServer(GuardedServer):
     """uvicorn with a drain that gives keep-alive connections their ``Connection: close``
     answer before it closes them."""
 
@@ -157,8 +158,9 @@ class Worker:
         gc.collect()
         gc.freeze()
         front = CloseWhenDraining(app)
-        config = uvicorn.Config(
+        config = http_config(
             front,
+            settings,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,

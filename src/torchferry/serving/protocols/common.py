@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from torchferry.codecs.jsonio import dumps
@@ -131,6 +132,8 @@ def as_error(exc: BaseException, where: str) -> TorchferryError:
     if isinstance(exc, RequestValidationError):
         parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return InvalidInput("; ".join(parts) or "invalid request")
+    if isinstance(exc, ClientDisconnect):  # it went away, or was cut off (--body-timeout)
+        return InvalidInput("the connection closed before the request body arrived")
     log.error("unexpected error in %s", where, exc_info=exc)
     return internal_error(exc)
 

@@ -51,6 +51,7 @@ from torchferry.serving.protocols.common import (
     as_error,
     traffic_key,
 )
+from torchferry.serving.protocols.grpc_guard import grpc_credentials, grpc_server_options
 from torchferry.serving.protocols.v2_extensions import model_config, model_metadata, model_stats
 from torchferry.serving.protocols.v2_rules import (
     add_input,
@@ -64,6 +65,8 @@ from torchferry.serving.protos.inference_pb2_grpc import (
     add_GRPCInferenceServiceServicer_to_server,
 )
 from torchferry.serving.repository import LoadedModel
+from torchferry.serving.settings import ServerSettings
+from torchferry.serving.tls import ReloadingTLS, TLSFiles
 
 log = logging.getLogger("torchferry.grpc")
 
@@ -349,24 +352,24 @@ def _address(host: str, port: int) -> str:
 
 
 async def start_grpc_server(
-    plane: DataPlane, host: str, port: int, max_receive: int, share_port: bool = False
+    plane: DataPlane, settings: ServerSettings, port: int, share_port: bool = False
 ) -> aio.Server:
-    """Serve the data plane over gRPC on ``host:port``, on the running event loop; returns
-    the started server. With ``share_port``, sibling workers listen on the same port (the
-    supervisor has checked that no other server holds it)."""
-    options = [
-        # tritonclient lifts its own limits to the maximum: the server's body limit decides
-        ("grpc.max_receive_message_length", max_receive),
-        # answers are as large as the model makes them, as over HTTP
-        ("grpc.max_send_message_length", -1),
-        # else a port already taken fails loudly instead of being shared with another server
-        ("grpc.so_reuseport", int(share_port)),
-    ]
-    server = aio.server(options=options)
+    """Serve the data plane over gRPC on the settings' host and ``port``, on the running
+    event loop, with their limits and TLS (``grpc_guard.py``); returns the started server.
+    With ``share_port``, sibling workers listen on the same port (the supervisor has
+    checked that no other server holds it)."""
+    files = TLSFiles.from_options(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    server = aio.server(
+        options=grpc_server_options(settings, share_port),
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+    )
     add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
-    address = _address(host, port)
+    address = _address(settings.host, port)
     try:
-        bound = server.add_insecure_port(address)
+        if files is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, grpc_credentials(ReloadingTLS(files)))
     except RuntimeError:  # grpcio raises where older versions returned 0
         bound = 0
     if not bound:
@@ -375,7 +378,8 @@ async def start_grpc_server(
             "--grpc-port N, or turn gRPC off with --no-grpc"
         )
     await server.start()
-    log.info("KServe V2 gRPC on %s", _address(host, bound))
+    scheme = " (TLS)" if files is not None else ""
+    log.info("KServe V2 gRPC on %s%s", _address(settings.host, bound), scheme)
     return server
 
 
@@ -393,11 +397,7 @@ class V2Grpc(Protocol):
         settings = self.settings
         if settings.grpc_port is not None:
             self.server = await start_grpc_server(
-                self.plane,
-                settings.host,
-                settings.grpc_port,
-                settings.max_body_bytes,
-                share_port=settings.share_ports,
+                self.plane, settings, settings.grpc_port, share_port=settings.share_ports
             )
 
     async def stop(self) -> None:
