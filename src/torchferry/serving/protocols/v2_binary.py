@@ -32,6 +32,7 @@ from torchferry.codecs.jsonarray import element_count, to_jsonable
 from torchferry.codecs.jsonio import dumps, loads
 from torchferry.codecs.raw import decode_raw, encode_raw
 from torchferry.errors import InvalidInput
+from torchferry.redact import count_or_kind
 from torchferry.serving.dataplane import InferResponse, OutputTensor
 from torchferry.serving.protocols.common import BytesResponse
 from torchferry.signature import ModelSignature
@@ -48,7 +49,10 @@ def header_length(value: str | None, body_size: int) -> int | None:
     text = value.strip()
     length = int(text) if text.isascii() and text.isdigit() and len(text) <= 19 else -1
     if length < 0:
-        raise InvalidInput(f"{HEADER} must be a non-negative integer, received {value!r}")
+        raise InvalidInput(
+            f"{HEADER} must be a non-negative integer, received a value of {len(value)} "
+            "characters that is not one"
+        )
     if length > body_size:
         raise InvalidInput(f"{HEADER} is {length} but the request body has only {body_size} bytes")
     return length
@@ -79,7 +83,8 @@ class BinaryReader:
             )
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidInput(
-                f"{where}: binary_data_size must be a non-negative integer, received {size!r}"
+                f"{where}: binary_data_size must be a non-negative integer, received "
+                f"{count_or_kind(size)}"
             )
         if "data" in tensor:
             raise InvalidInput(f'{where} has both "data" and parameters.binary_data_size')
