@@ -160,6 +160,11 @@ def served(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) ->
         yield served
         served.http.close()
         management.close()
+    # the workers' metrics files go with the server: nothing of the run stays behind but
+    # ONNX Runtime's session marker (a time and a random id)
+    left = _files(temp)
+    assert {p.name for p in left} <= {".ses"}, left
+    assert all(len(content) < 100 and b"MARK" not in content for content in left.values())
 
 
 # -- good requests: every protocol, marked values, a token and a traffic key -----------------------
