@@ -65,4 +65,4 @@ def test_an_unexpected_error_keeps_its_frames_and_types_but_not_its_messages():
     assert "builtins.ValueError: (message withheld)" in written
     assert "builtins.RuntimeError: (message withheld)" in written
     assert exception_types(error) == "RuntimeError <- ValueError"
-    assert internal_error(error).message == "internal error: RuntimeError"
+    assert internal_error(error, quote=False).message == "internal error: RuntimeError"

@@ -127,8 +127,11 @@ def retry_after_header(error: TorchferryError) -> str | None:
     return str(max(1, round(error.retry_after)))
 
 
-def internal_error(exc: BaseException) -> ModelError:
-    """An exception nobody expected, as the 500 / INTERNAL every protocol answers with: its
-    type only, since the messages of Python and numpy quote the data they failed on (the
-    server's log has the traceback)."""
-    return ModelError(f"internal error: {type(exc).__name__}")
+def internal_error(exc: BaseException, *, quote: bool = True) -> ModelError:
+    """An exception nobody expected, as the 500 / INTERNAL every protocol answers with.
+
+    Without ``quote``, its type only: on the data plane, where the messages of Python and
+    numpy may quote the request's data (``could not convert string to float: 'x'``)."""
+    if not quote:
+        return ModelError(f"internal error: {type(exc).__name__}")
+    return ModelError(f"internal error: {type(exc).__name__}: {exc}")

@@ -140,7 +140,7 @@ def as_error(exc: BaseException, where: str) -> TorchferryError:
         exception_types(exc),
         traceback_without_messages(exc),
     )
-    return internal_error(exc)
+    return internal_error(exc, quote=False)
 
 
 def error_response(error: TorchferryError, body: Any = None) -> Response:
