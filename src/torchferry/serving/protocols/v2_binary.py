@@ -22,6 +22,7 @@ length and content type ``application/octet-stream``, as Triton answers.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ from torchferry.signature import ModelSignature
 HEADER = "Inference-Header-Content-Length"
 _HEADER_RAW = HEADER.lower().encode("latin-1")
 _RAW_REQUEST = f"a raw binary request ({HEADER}: 0)"
+_INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
 
 
 def header_length(value: str | None, body_size: int) -> int | None:
@@ -49,10 +51,9 @@ def header_length(value: str | None, body_size: int) -> int | None:
     text = value.strip()
     length = int(text) if text.isascii() and text.isdigit() and len(text) <= 19 else -1
     if length < 0:
-        raise InvalidInput(
-            f"{HEADER} must be a non-negative integer, received a value of {len(value)} "
-            "characters that is not one"
-        )
+        # a number is named; anything else only by its length (a header may carry anything)
+        received = text if _INTEGER.fullmatch(text) else f"{len(text)} characters of text"
+        raise InvalidInput(f"{HEADER} must be a non-negative integer, received {received}")
     if length > body_size:
         raise InvalidInput(f"{HEADER} is {length} but the request body has only {body_size} bytes")
     return length
