@@ -148,7 +148,7 @@ def served(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) ->
     before = _files(store_dir)
     args = [
         "--store", str(store_dir), "--threads", "1", "--log-level", "debug",
-        "--log-format", "json",
+        "--log-format", "json", "--drain-timeout", "1",
     ]  # fmt: skip
     env = {"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "100", "TMPDIR": str(temp)}
     with serve_in_subprocess(args, root / "server.log", env=env) as server:
