@@ -16,11 +16,16 @@ class TorchferryError(Exception):
     status_code: ClassVar[int] = 500
     grpc_code: ClassVar[str] = "INTERNAL"
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, *, log_message: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         #: Seconds after which a retry may succeed (503s); None when retrying will not help.
         self.retry_after = retry_after
+        #: What a log line says of it: the message, less any text quoted from a model or a
+        #: handler (which may quote the request's values; the client's answer keeps it).
+        self.log_message = message if log_message is None else log_message
 
 
 class InvalidInput(TorchferryError):
@@ -186,6 +191,11 @@ def error_headers(error: TorchferryError) -> dict[str, str] | None:
     return headers or None
 
 
-def internal_error(exc: BaseException) -> ModelError:
-    """An exception nobody expected, as the 500 / INTERNAL every protocol answers with."""
+def internal_error(exc: BaseException, *, quote: bool = True) -> ModelError:
+    """An exception nobody expected, as the 500 / INTERNAL every protocol answers with.
+
+    Without ``quote``, its type only: on the data plane, where the messages of Python and
+    numpy may quote the request's data (``could not convert string to float: 'x'``)."""
+    if not quote:
+        return ModelError(f"internal error: {type(exc).__name__}")
     return ModelError(f"internal error: {type(exc).__name__}: {exc}")

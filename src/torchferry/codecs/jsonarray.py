@@ -18,6 +18,7 @@ import numpy as np
 
 from torchferry.codecs.datatypes import V2_TO_NUMPY
 from torchferry.errors import InvalidInput
+from torchferry.redact import kind_of
 
 _KIND_NAMES = {
     "b": "booleans",
@@ -129,17 +130,27 @@ def element_count(shape: Any, where: str) -> tuple[tuple[int, ...], int]:
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in shape
     ):
-        raise InvalidInput(f'{where}: "shape" must be a list of integers, received {shape!r}')
+        raise InvalidInput(
+            f'{where}: "shape" must be a list of integers, received {_shape_kind(shape)}'
+        )
     if any(d < 0 for d in shape):
         raise InvalidInput(f'{where}: "shape" {shape} has a negative dimension')
     return tuple(shape), math.prod(shape)
+
+
+def _shape_kind(shape: Any) -> str:
+    """A shape that is not one, described: which of its entries are not integers."""
+    if not isinstance(shape, list):
+        return kind_of(shape)
+    wrong = [kind_of(d) for d in shape if not isinstance(d, int) or isinstance(d, bool)]
+    return f"a list of {len(shape)} with {wrong[0]} among them"
 
 
 def decode_v2_data(value: Any, datatype: str, shape: Any, where: str) -> np.ndarray:
     """A V2 JSON tensor's ``data`` (flat or nested) to an array of its declared shape."""
     dims, count = element_count(shape, where)
     if not isinstance(value, list):
-        raise InvalidInput(f'{where}: "data" must be a JSON array, received {type(value).__name__}')
+        raise InvalidInput(f'{where}: "data" must be a JSON array, received {kind_of(value)}')
     array = json_to_array(value, datatype, where)
     if array.size != count:
         raise InvalidInput(

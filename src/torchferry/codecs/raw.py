@@ -16,6 +16,7 @@ import numpy as np
 
 from torchferry.codecs.datatypes import V2_TO_NUMPY
 from torchferry.errors import InvalidInput
+from torchferry.redact import type_name
 
 _LENGTH = struct.Struct("<I")
 
@@ -25,7 +26,8 @@ def _wire_dtype(datatype: str, where: str) -> np.dtype:
         dtype = V2_TO_NUMPY[datatype]
     except KeyError:
         raise InvalidInput(
-            f"{where}: datatype {datatype!r} is not supported; expected one of {list(V2_TO_NUMPY)}"
+            f"{where}: datatype {type_name(datatype)} is not supported; expected one of "
+            f"{list(V2_TO_NUMPY)}"
         ) from None
     return dtype.newbyteorder("<") if dtype.kind in "iuf" else dtype
 

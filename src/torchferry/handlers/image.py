@@ -81,6 +81,15 @@ def _per_channel(config: Mapping[str, Any], key: str, default: tuple[float, ...]
     return array
 
 
+def _decode_failure(exc: Exception) -> str:
+    """Why Pillow could not decode a file, in words of ours."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "unknown format"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"more pixels than the limit of {Image.MAX_IMAGE_PIXELS} (a decompression bomb?)"
+    return f"the file is damaged or truncated ({type(exc).__name__})"
+
+
 class ImageHandler(Handler):
     """Uploaded images to a normalized ``(N, C, H, W)`` batch; scores to top-k classes."""
 
@@ -149,11 +158,10 @@ class ImageHandler(Handler):
                     )
                 image: Image.Image = opened.convert(self.color)
         except _DECODE_ERRORS as exc:
-            # Pillow's own message for an unknown format names a BytesIO object: say it plainly
-            reason = "unknown format" if isinstance(exc, UnidentifiedImageError) else str(exc)
+            # Pillow's messages may quote the file (a chunk's name): its kind of failure only
             raise InvalidInput(
                 f"file {index + 1} of {count} is not an image that can be decoded "
-                f"(JPEG, PNG, ...): {reason}"
+                f"(JPEG, PNG, ...): {_decode_failure(exc)}"
             ) from None
         if self.resize is not None:
             width, height = image.size

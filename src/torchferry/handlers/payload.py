@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ TORCHSERVE = "torchserve"
 #: Multipart fields that carry the payload; other fields count only when none of these is sent.
 FILE_FIELDS = ("data", "file", "body")
 _FILE_MEDIA = ("application/octet-stream",)
+#: A media type as RFC 6838 spells one (``type/subtype``, 127 characters each at most).
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +83,11 @@ def base64_file(text: str) -> bytes:
 
 
 def unsupported(request: HandlerRequest, accepted: str) -> UnsupportedMediaType:
-    return UnsupportedMediaType(
-        f"content type {request.content_type!r} is not supported; send {accepted}"
-    )
+    """415 naming the media type sent; never its parameters (a multipart boundary, a charset:
+    whatever the client put there)."""
+    media = request.media_type
+    named = repr(media) if _MEDIA_TYPE.fullmatch(media) else "that the request names"
+    return UnsupportedMediaType(f"content type {named} is not supported; send {accepted}")
 
 
 def request_data(value: Any, signature: ModelSignature, *, strict: bool) -> Any:
@@ -97,8 +102,9 @@ def request_data(value: Any, signature: ModelSignature, *, strict: bool) -> Any:
             return value["data"]
         if by_input and not strict:
             return value
+        # its keys are not shown: an object that is not the model's inputs may be any data
         raise InvalidInput(
-            f'the JSON object has no "data" and its keys {keys[:8]} are not the model\'s '
+            f'the JSON object has no "data" and its {len(keys)} keys are not the model\'s '
             f'inputs; send {{"data": ...}} with the input\'s rows, or an object mapping each '
             f"of the inputs {names} to its rows"
         )

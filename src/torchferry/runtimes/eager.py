@@ -119,7 +119,9 @@ class EagerRuntime(Runtime):
             try:
                 result = module(*args)
             except Exception as exc:  # the model's own failure, with its own message
-                raise ModelError(f"{type(exc).__name__}: {exc}") from exc
+                raise ModelError(
+                    f"{type(exc).__name__}: {exc}", log_message=type(exc).__name__
+                ) from exc
         return to_arrays(result, self.output_names)
 
     def close(self) -> None:

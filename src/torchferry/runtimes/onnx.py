@@ -12,6 +12,10 @@ from torchferry.runtimes.base import Runtime
 _decode = np.frompyfunc(lambda x: x.decode("utf-8", "replace") if isinstance(x, bytes) else x, 1, 1)
 
 
+#: ONNX Runtime's log severity that only a crash reaches (0 verbose ... 3 error, 4 fatal).
+_FATAL = 4
+
+
 def _to_str(array: np.ndarray) -> np.ndarray:
     """BYTES as ONNX Runtime wants them: ``str`` elements. Text from JSON already is; only
     ``bytes`` elements (raw or base64 inputs) are decoded, once."""
@@ -52,6 +56,10 @@ class OnnxRuntime(Runtime):
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ArchiveError(f"ONNX Runtime cannot load {graph}: {exc}") from exc
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # a failing run's message can quote an input (a Gather's out-of-range index): it goes
+        # to the client in the exception, and ONNX Runtime's own log must not write it too
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = _FATAL
 
     def _optimization_level(self) -> ort.GraphOptimizationLevel:
         level = str(self.archive.manifest.runtime_options.get("graph_optimization_level", "all"))
@@ -67,7 +75,7 @@ class OnnxRuntime(Runtime):
         # ONNX Runtime takes string tensors as str objects (it would str() a bytes object);
         # its string outputs stay str, which every encoder takes as BYTES
         feed = {n: _to_str(a) if a.dtype.kind == "O" else a for n, a in inputs.items()}
-        results = self.session.run(self.output_names, feed)
+        results = self.session.run(self.output_names, feed, self.run_options)
         return dict(zip(self.output_names, results, strict=True))
 
     def close(self) -> None:

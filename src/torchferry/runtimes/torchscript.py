@@ -40,7 +40,7 @@ class TorchScriptRuntime(Runtime):
             try:
                 result = self.module(*args)
             except torch.jit.Error as exc:
-                raise ModelError(_model_message(exc)) from exc
+                raise ModelError(_model_message(exc), log_message=type(exc).__name__) from exc
         return to_arrays(result, self.output_names)
 
     def close(self) -> None:

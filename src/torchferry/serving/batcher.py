@@ -370,13 +370,21 @@ class Batcher:
             record.batch_size = request.rows
         if request.future.done():
             return
+        # the client's answer carries the model's message; a log line only its kind, since a
+        # model's (or its runtime's) message may quote the request's values
+        failed = f"model {self.name!r} failed: "
         if isinstance(exc, ModelError):  # the runtime already put the model's message in words
-            error: TorchferryError = ModelError(f"model {self.name!r} failed: {exc.message}")
+            error: TorchferryError = ModelError(
+                failed + exc.message, log_message=failed + exc.log_message
+            )
         elif isinstance(exc, TorchferryError):
             error = exc
         else:
             message = str(exc) or type(exc).__name__
-            error = ModelError(f"model {self.name!r} failed: {type(exc).__name__}: {message}")
+            error = ModelError(
+                f"{failed}{type(exc).__name__}: {message}",
+                log_message=failed + type(exc).__name__,
+            )
         request.future.set_exception(error)
 
     def _record(self, batch: list[_Request], started: float, computed: float) -> None:

@@ -345,9 +345,9 @@ def _guarded(model: LoadedModel, step: str, function: Callable[..., _T]) -> Call
         except TorchferryError:
             raise
         except Exception as exc:
-            raise ModelError(
-                f"the handler of model {model.name!r} failed in {step}: {type(exc).__name__}: {exc}"
-            ) from exc
+            failed = f"the handler of model {model.name!r} failed in {step}: {type(exc).__name__}"
+            # its message is the handler author's: the client sees it, a log line does not
+            raise ModelError(f"{failed}: {exc}", log_message=failed) from exc
 
     return run
 

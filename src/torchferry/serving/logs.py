@@ -226,6 +226,16 @@ class LineHandler(logging.StreamHandler):
             self.flush()
 
 
+#: Libraries whose lines quote request data, each with the least level it may log at:
+#: Pillow's debug lines name an image's chunks (``STREAM b'tEXt' 41 23``), python-multipart's
+#: warnings the bytes of a malformed body (``Expected boundary character 45, got 77``). The
+#: client hears of such a failure in its 400; the log would only hold its data.
+PAYLOAD_LOGGERS = {
+    "PIL": logging.INFO,
+    "python_multipart": logging.ERROR,
+    "multipart": logging.ERROR,
+}
+
 #: Marks the handler ``configure_logging`` installed, so that a second call replaces it.
 _HANDLER_NAME = "torchferry"
 #: The handler (and its formatter) that access lines may be written to directly.
@@ -253,6 +263,8 @@ def configure_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
+    for name, least in PAYLOAD_LOGGERS.items():
+        logging.getLogger(name).setLevel(least)
     _sink = (handler, formatter)
     return handler
 

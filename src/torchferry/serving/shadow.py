@@ -20,6 +20,7 @@ import random
 
 import numpy as np
 
+from torchferry.errors import TorchferryError
 from torchferry.serving import metrics
 from torchferry.serving.repository import LoadedModel
 
@@ -78,7 +79,8 @@ class Shadows:
         try:
             answer = await shadow.batcher.submit(inputs, self.timeout_s)
         except Exception as exc:  # the shadow's failure is nobody's answer
-            log.debug("shadow %s version %d: %s", shadow.name, shadow.version, exc)
+            reason = exc.log_message if isinstance(exc, TorchferryError) else type(exc).__name__
+            log.debug("shadow %s version %d: %s", shadow.name, shadow.version, reason)
             return
         for name in names:
             if name in answer:

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from torchferry.codecs.jsonio import dumps
 from torchferry.errors import InvalidInput, TorchferryError, error_headers, internal_error
+from torchferry.redact import exception_types, kind_of, traceback_without_messages
 from torchferry.serving.dataplane import DataPlane
 from torchferry.serving.settings import ServerSettings
 
@@ -105,8 +106,8 @@ def traffic_key(header: str | None, parameter: object = None) -> str | None:
     if parameter is not None:
         if isinstance(parameter, bool) or not isinstance(parameter, str | int):
             raise InvalidInput(
-                f"parameters.{TRAFFIC_KEY_PARAMETER} must be a string, "
-                f"received {type(parameter).__name__}"
+                f"parameters.{TRAFFIC_KEY_PARAMETER} must be a string, received "
+                f"{kind_of(parameter)}"
             )
         return str(parameter) or None
     return header or None
@@ -127,15 +128,22 @@ def as_error(exc: BaseException, where: str) -> TorchferryError:
     are logged (``where`` names the route or call), an unexpected one with its traceback."""
     if isinstance(exc, TorchferryError):
         if exc.status_code >= 500:
-            log.warning("%s -> %d %s: %s", where, exc.status_code, exc.grpc_code, exc.message)
+            log.warning("%s -> %d %s: %s", where, exc.status_code, exc.grpc_code, exc.log_message)
         return exc
     if isinstance(exc, RequestValidationError):
+        # pydantic's "msg" states the rule; its "input" (the value) is never shown
         parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return InvalidInput("; ".join(parts) or "invalid request")
     if isinstance(exc, ClientDisconnect):  # it went away, or was cut off (--body-timeout)
         return InvalidInput("the connection closed before the request body arrived")
-    log.error("unexpected error in %s", where, exc_info=exc)
-    return internal_error(exc)
+    # the messages of an unexpected exception may quote the request: types and frames only
+    log.error(
+        "unexpected error in %s: %s\n%s",
+        where,
+        exception_types(exc),
+        traceback_without_messages(exc),
+    )
+    return internal_error(exc, quote=False)
 
 
 def error_response(error: TorchferryError, body: Any = None) -> Response:

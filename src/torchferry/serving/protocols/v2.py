@@ -16,6 +16,7 @@ import torchferry
 from torchferry.codecs.jsonarray import decode_v2_data
 from torchferry.codecs.jsonio import loads
 from torchferry.errors import InvalidInput
+from torchferry.redact import kind_of
 from torchferry.serving.dataplane import InferRequest, RequestedOutput
 from torchferry.serving.hotpath import hot
 from torchferry.serving.protocols.common import (
@@ -169,7 +170,7 @@ async def version_config(request: Request, model_name: str, model_version: str) 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise InvalidInput(f"{what} must be a JSON object, received {type(value).__name__}")
+        raise InvalidInput(f"{what} must be a JSON object, received {kind_of(value)}")
     return value
 
 
@@ -185,7 +186,9 @@ def _flag(params: dict[str, Any], key: str, where: str, default: bool) -> bool:
     """A boolean parameter of the binary extension (absent: ``default``)."""
     value = params.get(key, default)
     if not isinstance(value, bool):
-        raise InvalidInput(f"{where}: parameters.{key} must be true or false, received {value!r}")
+        raise InvalidInput(
+            f"{where}: parameters.{key} must be true or false, received {kind_of(value)}"
+        )
     return value
 
 

@@ -22,6 +22,7 @@ length and content type ``application/octet-stream``, as Triton answers.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from torchferry.codecs.jsonarray import element_count, to_jsonable
 from torchferry.codecs.jsonio import dumps, loads
 from torchferry.codecs.raw import decode_raw, encode_raw
 from torchferry.errors import InvalidInput
+from torchferry.redact import count_or_kind
 from torchferry.serving.dataplane import InferResponse, OutputTensor
 from torchferry.serving.protocols.common import BytesResponse
 from torchferry.signature import ModelSignature
@@ -39,6 +41,7 @@ from torchferry.signature import ModelSignature
 HEADER = "Inference-Header-Content-Length"
 _HEADER_RAW = HEADER.lower().encode("latin-1")
 _RAW_REQUEST = f"a raw binary request ({HEADER}: 0)"
+_INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
 
 
 def header_length(value: str | None, body_size: int) -> int | None:
@@ -48,7 +51,9 @@ def header_length(value: str | None, body_size: int) -> int | None:
     text = value.strip()
     length = int(text) if text.isascii() and text.isdigit() and len(text) <= 19 else -1
     if length < 0:
-        raise InvalidInput(f"{HEADER} must be a non-negative integer, received {value!r}")
+        # a number is named; anything else only by its length (a header may carry anything)
+        received = text if _INTEGER.fullmatch(text) else f"{len(text)} characters of text"
+        raise InvalidInput(f"{HEADER} must be a non-negative integer, received {received}")
     if length > body_size:
         raise InvalidInput(f"{HEADER} is {length} but the request body has only {body_size} bytes")
     return length
@@ -79,7 +84,8 @@ class BinaryReader:
             )
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidInput(
-                f"{where}: binary_data_size must be a non-negative integer, received {size!r}"
+                f"{where}: binary_data_size must be a non-negative integer, received "
+                f"{count_or_kind(size)}"
             )
         if "data" in tensor:
             raise InvalidInput(f'{where} has both "data" and parameters.binary_data_size')

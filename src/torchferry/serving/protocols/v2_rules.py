@@ -17,6 +17,7 @@ import numpy as np
 
 from torchferry.codecs.datatypes import V2_TO_NUMPY
 from torchferry.errors import InvalidInput
+from torchferry.redact import count_or_kind, type_name
 from torchferry.serving.repository import LoadedModel
 
 SHARED_MEMORY = "shared_memory_region"
@@ -32,7 +33,7 @@ def check_input(model: LoadedModel, name: str, datatype: str, parameters: Contai
                 f"{where}: BF16 is not supported (numpy has no bfloat16); the model expects "
                 f"{expected}"
             )
-        received = repr(datatype) if datatype else "no datatype"
+        received = type_name(datatype) if datatype else "no datatype"
         raise InvalidInput(f"{where}: expected datatype {expected}, received {received}")
     if SHARED_MEMORY in parameters:
         raise InvalidInput(f"{where}: the shared memory extension is not supported")
@@ -60,7 +61,7 @@ def deadline_from(timeout_us: Any, other: float | None = None) -> float | None:
     if isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 0:
         raise InvalidInput(
             f"parameters.timeout must be a non-negative integer of microseconds, received "
-            f"{timeout_us!r}"
+            f"{count_or_kind(timeout_us)}"
         )
     if not timeout_us:
         return other
