@@ -195,7 +195,7 @@ def _typed(f: Fuzz, tensor: Any, datatype: str, shape: list[int], data: bytes) -
         "bool_contents": lambda: rng.integers(0, 2, count).astype(bool).tolist(),
         "int_contents": lambda: rng.integers(
             -128 if f.pristine else -(2**31), 128 if f.pristine else 2**31, count
-        ).tolist(),  # fmt: skip
+        ).tolist(),
         "int64_contents": lambda: rng.integers(-(2**63), 2**63 - 1, count).tolist(),
         "uint_contents": lambda: rng.integers(0, 256 if f.pristine else 2**32, count).tolist(),
         "uint64_contents": lambda: rng.integers(0, 2**64 - 1, count, dtype=np.uint64).tolist(),
