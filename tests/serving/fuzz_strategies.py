@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import grpc
 import numpy as np
 from fuzz_support import grpc_server_error, server_error
 from hypothesis import strategies as st
@@ -248,11 +249,9 @@ def grpc_requests(draw: st.DrawFn) -> pb.ModelInferRequest:
     return request
 
 
-def grpc_problem(request: pb.ModelInferRequest, error: Any) -> str | None:
+def grpc_problem(request: pb.ModelInferRequest, error: grpc.RpcError) -> str | None:
     """The invariant for one gRPC answer: a refusal, the injected fault or the client's own
     deadline are fine; any other server error is not."""
-    import grpc
-
     if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "timeout" in request.parameters:
         return None
     return grpc_server_error(error, request.model_name)
