@@ -29,7 +29,13 @@ FUZZ = settings(
 
 
 @pytest.fixture(scope="module")
-def traffic(live_server):
+def workers(live_server):
+    """The worker PIDs at the start: a worker that crashed comes back with a new one."""
+    return live_server.worker_pids()
+
+
+@pytest.fixture(scope="module")
+def traffic(live_server, workers):
     with GoodTraffic(live_server.url, live_server.grpc_target) as good:
         yield good
 
@@ -40,13 +46,14 @@ def stub(live_server):
         yield GRPCInferenceServiceStub(channel)
 
 
-def check_alive(server, traffic) -> None:
+def check_alive(server, traffic, workers) -> None:
     assert server.alive(), server.output()[-4000:]
+    assert server.worker_pids() == workers, server.output()[-4000:]
     assert httpx.get(f"{server.url}/v2/health/live", timeout=5).status_code == 200
     assert not traffic.wrong, traffic.failures()
 
 
-def test_malformed_grpc_requests(live_server, traffic, stub):
+def test_malformed_grpc_requests(live_server, traffic, workers, stub):
     problems: list[str] = []
 
     @FUZZ
@@ -63,10 +70,10 @@ def test_malformed_grpc_requests(live_server, traffic, stub):
         assert len(reply.raw_output_contents) == len(reply.outputs), reply
 
     send()
-    check_alive(live_server, traffic)
+    check_alive(live_server, traffic, workers)
 
 
-def test_malformed_binary_bodies(live_server, traffic, http):
+def test_malformed_binary_bodies(live_server, traffic, workers, http):
     @FUZZ
     @given(case=binary_cases())
     def send(case: BinaryCase) -> None:
@@ -77,7 +84,7 @@ def test_malformed_binary_bodies(live_server, traffic, http):
             answer.json()  # a JSON answer is JSON
 
     send()
-    check_alive(live_server, traffic)
+    check_alive(live_server, traffic, workers)
 
 
 # -- what the fuzz found, kept as plain regression tests --------------------------------------
@@ -107,7 +114,7 @@ def test_http_empty_tensor_of_absurd_shape_is_refused(http):
     assert answer.status_code == 400 and "is too large" in answer.text, answer.text
 
 
-def test_good_requests_went_on_throughout(live_server, traffic):
+def test_good_requests_went_on_throughout(live_server, traffic, workers):
     traffic.stop()
-    check_alive(live_server, traffic)
+    check_alive(live_server, traffic, workers)
     assert traffic.sent > 20 and traffic.faults > 0, (traffic.sent, traffic.faults)

@@ -82,34 +82,41 @@ def server(model_store, tmp_path_factory, start_server):
 
 
 @pytest.fixture(scope="module")
-def traffic(server):
+def workers(server):
+    """The worker PIDs at the start: a worker that crashed comes back with a new one."""
+    return server.worker_pids()
+
+
+@pytest.fixture(scope="module")
+def traffic(server, workers):
     with GoodTraffic(server.url, server.grpc_target) as good:
         yield good
 
 
-def check_run(server, traffic, result, cases: list[dict]) -> None:
+def check_run(server, traffic, workers, result, cases: list[dict]) -> None:
     problems = [case["problem"] for case in cases if case["problem"]]
     assert not problems, "\n".join(problems[:20])
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert server.alive(), server.output()[-4000:]
+    assert server.worker_pids() == workers, server.output()[-4000:]
     assert httpx.get(f"{server.url}/v2/health/live", timeout=5).status_code == 200
     assert not traffic.wrong, traffic.failures()
 
 
-def test_inference_api(server, traffic, tmp_path):
+def test_inference_api(server, traffic, workers, tmp_path):
     record = tmp_path / "inference.jsonl"
     result = run_schemathesis(
         f"{server.url}/openapi.json", record, {"FUZZ_MODELS": ",".join(SERVED)}
     )
     cases = read_record(record)
-    check_run(server, traffic, result, cases)
+    check_run(server, traffic, workers, result, cases)
     CASES["inference"] = len(cases)
     statuses = Counter(case["status"] for case in cases)
     # the fuzz reached past routing: some answers, some refusals, some unknown models
     assert statuses[200] and statuses[400] and statuses[404], statuses
 
 
-def test_management_api(server, traffic, tmp_path):
+def test_management_api(server, traffic, workers, tmp_path):
     record = tmp_path / "management.jsonl"
     sources = [f"{FUZZ_OWNED[0]}/1", f"{FUZZ_OWNED[1]}/2", "mlp/1", "../..", "http://x/m.mar"]
     env = {
@@ -120,7 +127,7 @@ def test_management_api(server, traffic, tmp_path):
     }
     result = run_schemathesis(server.management_url + "/openapi.json", record, env)
     cases = read_record(record)
-    check_run(server, traffic, result, cases)
+    check_run(server, traffic, workers, result, cases)
     statuses = Counter(case["status"] for case in cases)
     assert statuses[200] and statuses[400] and statuses[404], statuses
     assert httpx.get(f"{server.management_url}/models", timeout=30).status_code == 200
