@@ -21,6 +21,7 @@ import json
 import os
 import re
 import threading
+import time
 from typing import Any
 
 import schemathesis
@@ -48,7 +49,7 @@ def no_server_error_but_the_fault(ctx: Any, response: Any, case: Any) -> bool | 
     body = response.content.decode("utf-8", "replace")
     problem = server_error(response.status_code, target, body)
     _record({"target": target, "operation": f"{case.method} {case.path}",
-             "status": response.status_code, "seconds": response.elapsed, "problem": problem})  # fmt: skip
+             "status": response.status_code, "seconds": response.elapsed, "at": time.time(), "problem": problem})  # fmt: skip
     if problem is not None:
         raise AssertionError(problem)
     return None
