@@ -44,7 +44,7 @@ def run_schemathesis(
     """The schemathesis CLI against ``schema_url`` with the hooks of fuzz_openapi_hooks;
     every response lands in ``record``, one JSON line each."""
     command = [
-        str(Path(sys.executable).parent / "schemathesis"), "run", schema_url,
+        sys.executable, "-m", "schemathesis.cli", "run", schema_url,
         "--checks", "no_server_error_but_the_fault", "--phases", phases,
         "--max-examples", str(examples), "--seed", str(seed), "--workers", str(workers),
         "--no-shrink", "--generation-database", "none", "--request-timeout", "30",
