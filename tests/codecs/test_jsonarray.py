@@ -114,7 +114,17 @@ def test_empty_data_with_empty_shape():
 
 
 def test_element_count_uses_exact_integers():
-    assert element_count([2**40, 2**40], "x") == ((2**40, 2**40), 2**80)
+    assert element_count([2**30, 2**29, 1], "x") == ((2**30, 2**29, 1), 2**59)
+
+
+@pytest.mark.parametrize("shape", [[2**40, 2**40], [0, 2**62], [0, 2**63 - 1], [2**30, 0, 2**30]])
+def test_shapes_numpy_cannot_describe_are_refused_even_when_empty(shape):
+    """Found by fuzzing: [0, 2**62] has no elements, so it passed the count check, and
+    reshaping to it failed in numpy (a 500)."""
+    with pytest.raises(InvalidInput, match=r'"shape" .* is too large'):
+        element_count(shape, "input 'x'")
+    with pytest.raises(InvalidInput, match="too large"):
+        decode_v2_data([], "FP32", shape, "input 'x'")
 
 
 def test_b64_values_only_where_allowed():

@@ -125,8 +125,15 @@ def json_to_batch(
     return array[np.newaxis] if array.ndim == rank - 1 else array
 
 
+#: The most elements a declared shape may span, a dimension of 0 counted as 1: numpy cannot
+#: describe an array of 2**63 bytes or more (8-byte elements: 2**60) even when a 0 makes
+#: it empty (``[0, 2**62]`` has no elements, yet reshaping to it fails).
+MAX_SHAPE_SPAN = 2**60 - 1
+
+
 def element_count(shape: Any, where: str) -> tuple[tuple[int, ...], int]:
-    """Check a declared V2 shape (a list of non-negative integers); return it and its size."""
+    """Check a declared V2 shape (a list of non-negative integers, not absurdly large);
+    return it and its size."""
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in shape
     ):
@@ -135,6 +142,11 @@ def element_count(shape: Any, where: str) -> tuple[tuple[int, ...], int]:
         )
     if any(d < 0 for d in shape):
         raise InvalidInput(f'{where}: "shape" {shape} has a negative dimension')
+    if math.prod(max(d, 1) for d in shape) > MAX_SHAPE_SPAN:
+        raise InvalidInput(
+            f'{where}: "shape" {shape} is too large: its dimensions (a 0 counted as 1) may '
+            f"multiply to at most {MAX_SHAPE_SPAN}"
+        )
     return tuple(shape), math.prod(shape)
 
 

@@ -33,6 +33,14 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def _tcp_socket(host: str) -> socket.socket:
+    """A TCP socket that says so (``IPPROTO_TCP``, not 0): asyncio sets ``TCP_NODELAY`` only
+    on connections accepted from such a socket. Without it the supervisor's listeners (plain
+    asyncio; workers run uvloop, which sets it anyway) met Nagle and delayed ACKs: every
+    request after the first on a kept-alive connection waited 40 ms."""
+    return socket.socket(_family(host), socket.SOCK_STREAM, socket.IPPROTO_TCP)
+
+
 @dataclass
 class PortGuard:
     host: str
@@ -46,7 +54,7 @@ class PortGuard:
 def _bind_exclusive(host: str, port: int, what: str, flag: str) -> socket.socket:
     """A socket bound to ``host:port`` without ``SO_REUSEPORT``: a port another server holds
     fails here, with a message naming the listener (``what``) and its option (``flag``)."""
-    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    sock = _tcp_socket(host)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "taken"
         sock.bind((host, port))
@@ -63,7 +71,7 @@ def reserve(host: str, port: int, what: str, flag: str) -> PortGuard:
     """Check that ``host:port`` is free, resolve port 0, and hold the port for workers."""
     with _bind_exclusive(host, port, what, flag) as probe:
         port = int(probe.getsockname()[1])
-    guard = socket.socket(_family(host), socket.SOCK_STREAM)
+    guard = _tcp_socket(host)
     guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     guard.bind((host, port))
@@ -89,7 +97,7 @@ class QuietServer(uvicorn.Server):
 
 def listen_shared(host: str, port: int) -> socket.socket:
     """A worker's own listening socket on a port its siblings share."""
-    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    sock = _tcp_socket(host)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
