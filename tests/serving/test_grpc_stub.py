@@ -167,6 +167,7 @@ class BrokenPlane:
     """A data plane whose every model lookup fails with ``error``."""
 
     repository = None
+    keys = None  # no --auth
 
     def __init__(self, error: Exception) -> None:
         self.error = error
