@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, field_validator
 from torchferry.cores import default_threads
 from torchferry.errors import ArchiveError
 from torchferry.serving.lifecycle.policy import VersionPolicy
-from torchferry.serving.tls import ReloadingTLS, TLSFiles
+from torchferry.serving.tls import ReloadingTLS, TLSFiles, download_context
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 #: Where ``--auth`` looks for its key file in a store (beside the persisted state).
@@ -187,6 +187,8 @@ class ServerSettings(BaseModel):
     def check_sources(self) -> None:
         """Fail before anything starts when the store or model folder cannot be served."""
         self.check_signing()
+        # an unreadable --url-ca-bundle is the operator's error, not a download's 502
+        download_context(self.url_ca_bundle)
         if self.model_dir is not None:
             if not self.model_dir.is_dir():
                 raise ArchiveError(f"model folder {self.model_dir} does not exist")

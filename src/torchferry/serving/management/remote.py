@@ -51,6 +51,7 @@ from torchferry.serving.management.remote_policy import (
     remote_file_name,
 )
 from torchferry.serving.settings import ServerSettings
+from torchferry.serving.tls import TLSConfigError, download_context
 from torchferry.store_layout import is_model_name
 
 MAX_REDIRECTS = 5
@@ -108,15 +109,10 @@ def _local_name(file_name: str) -> str:
 
 
 def _tls(settings: ServerSettings) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if settings.url_ca_bundle is not None:
-        try:
-            context.load_verify_locations(cafile=str(settings.url_ca_bundle))
-        except (OSError, ssl.SSLError) as exc:
-            raise RemoteSourceFailed(
-                f"--url-ca-bundle {settings.url_ca_bundle} cannot be read: {exc}"
-            ) from None
-    return context
+    try:
+        return download_context(settings.url_ca_bundle)
+    except TLSConfigError as exc:  # checked at start: the file has changed since
+        raise RemoteSourceFailed(exc.message) from None
 
 
 async def _download(first: RemoteUrl, settings: ServerSettings, path: Path) -> None:
