@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from torchferry.cli import build_parser
 from torchferry.cli.serve_cmd import settings_from_args
@@ -138,7 +139,14 @@ def test_remote_source_flags() -> None:
 def test_bad_remote_source_flags_are_usage_errors(flag: str, value: str, capsys) -> None:
     with pytest.raises(SystemExit) as exited:
         settings_of(flag, value)
-    assert exited.value.code == 2 and flag in capsys.readouterr().err
+    usage = capsys.readouterr().err
+    assert exited.value.code == 2 and flag in usage
+    # one rule: the settings refuse the same value with the same reason
+    field = {"--allowed-urls": "allowed_urls", "--allow-url-network": "allowed_url_networks"}
+    with pytest.raises(ValidationError) as refused:
+        ServerSettings(**{field[flag]: [value]})
+    reason = refused.value.errors()[0]["msg"].removeprefix(f"Value error, {flag} ")
+    assert reason in " ".join(usage.split())
 
 
 
