@@ -149,7 +149,6 @@ def test_bad_remote_source_flags_are_usage_errors(flag: str, value: str, capsys)
     assert reason in " ".join(usage.split())
 
 
-
 @pytest.mark.parametrize(
     ("content", "says"),
     [(None, "cannot read"), (b"not a certificate\n", "holds no valid PEM CA certificate")],

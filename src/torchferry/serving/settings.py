@@ -205,8 +205,9 @@ class ServerSettings(BaseModel):
     def check_sources(self) -> None:
         """Fail before anything starts when the store or model folder cannot be served."""
         self.check_signing()
-        # an unreadable --url-ca-bundle is the operator's error, not a download's 502
-        download_context(self.url_ca_bundle)
+        if self.url_ca_bundle is not None:
+            # an unreadable --url-ca-bundle is the operator's error, not a download's 502
+            download_context(self.url_ca_bundle)
         if self.model_dir is not None:
             if not self.model_dir.is_dir():
                 raise ArchiveError(f"model folder {self.model_dir} does not exist")
