@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from torchferry.cli import build_parser
 from torchferry.cli.serve_cmd import settings_from_args
 from torchferry.serving import process
 from torchferry.serving.lifecycle.policy import VersionPolicy
 from torchferry.serving.settings import ServerSettings
+from torchferry.serving.tls import TLSConfigError
 
 
 def settings_of(*argv: str) -> ServerSettings:
@@ -137,4 +139,31 @@ def test_remote_source_flags() -> None:
 def test_bad_remote_source_flags_are_usage_errors(flag: str, value: str, capsys) -> None:
     with pytest.raises(SystemExit) as exited:
         settings_of(flag, value)
-    assert exited.value.code == 2 and flag in capsys.readouterr().err
+    usage = capsys.readouterr().err
+    assert exited.value.code == 2 and flag in usage
+    # one rule: the settings refuse the same value with the same reason
+    field = {"--allowed-urls": "allowed_urls", "--allow-url-network": "allowed_url_networks"}
+    with pytest.raises(ValidationError) as refused:
+        ServerSettings(**{field[flag]: [value]})
+    reason = refused.value.errors()[0]["msg"].removeprefix(f"Value error, {flag} ")
+    assert reason in " ".join(usage.split())
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [(None, "cannot read"), (b"not a certificate\n", "holds no valid PEM CA certificate")],
+)
+def test_an_unusable_url_ca_bundle_stops_the_start(
+    tmp_path: Path, content: bytes | None, says: str
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    if content is not None:
+        bundle.write_bytes(content)
+    settings = settings_from_args(
+        build_parser().parse_args(
+            ["serve", "--store", str(tmp_path), "--url-ca-bundle", str(bundle)]
+        )
+    )
+    with pytest.raises(TLSConfigError, match=says) as refused:
+        settings.check_sources()  # what serve() and every worker run before anything starts
+    assert f"--url-ca-bundle {bundle}" in refused.value.message

@@ -62,3 +62,14 @@ def test_require_signed_refuses_unsigned_archives_at_start_and_while_serving(arc
     with pytest.raises(ModelLoadFailed, match="is not signed") as caught:
         check_signature(unsigned, settings, while_serving=True)
     assert caught.value.status_code == 400
+
+
+@pytest.mark.parametrize("which", ["signed", "unsigned"])
+def test_require_signed_without_keys_refuses_everything(archives, which):
+    # check_signing stops such a server at start; the load itself refuses it as well
+    settings = ServerSettings(require_signed=True)
+    archive = Archive.open(archives[which])
+    with pytest.raises(SignatureRefused, match="--require-signed without a --trusted-key"):
+        check_signature(archive, settings, while_serving=False)
+    with pytest.raises(ModelLoadFailed, match="--require-signed without a --trusted-key"):
+        check_signature(archive, settings, while_serving=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,8 @@ from torchferry.serving.settings import (
     DEFAULT_MAX_HEADER_BYTES,
     ModelOverride,
     ServerSettings,
+    check_url_network,
+    check_url_pattern,
 )
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
@@ -33,19 +34,17 @@ def parse_size(text: str) -> int:
 def parse_url_pattern(text: str) -> str:
     """An ``--allowed-urls`` regular expression, checked here so a typo is a usage error."""
     try:
-        re.compile(text)
-    except re.error as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression: {exc}") from None
-    return text
+        return check_url_pattern(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_network(text: str) -> str:
     """An ``--allow-url-network`` CIDR (``10.0.0.0/8``; host bits must be zero)."""
     try:
-        ipaddress.ip_network(text)
+        return check_url_network(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def parse_model_batching(text: str) -> tuple[str, ModelOverride]:

@@ -94,17 +94,21 @@ def check_signature(archive: Archive, settings: ServerSettings, while_serving: b
     With trusted keys, a signed archive must verify against one of them; with
     ``require_signed``, an unsigned one is refused too. A refusal is a ``SignatureRefused`` at
     start, a ``ModelLoadFailed`` while serving, naming the model, the version and the reason.
-    Hashes every file again: once per load, never per request or description."""
+    Hashes every file again: once per load, never per request or description.
+    ``require_signed`` without trusted keys refuses everything (the start refuses that
+    setting too: ``check_signing``; this holds whatever path a load comes by)."""
     signed = is_signed(archive.path)
+    manifest = archive.manifest
+    where = f"model {manifest.name!r} version {manifest.version}: signature refused"
+    if settings.require_signed and not settings.trusted_keys:
+        reason = f"{where}: --require-signed without a --trusted-key cannot verify any signature"
+        raise ModelLoadFailed(reason) if while_serving else SignatureRefused(reason)
     if not settings.trusted_keys or not (signed or settings.require_signed):
         return UNVERIFIED if signed else UNSIGNED
-    manifest = archive.manifest
     try:
         verify_signature(archive.path, read_trusted_keys(settings.trusted_keys))
     except TorchferryError as exc:
-        reason = (
-            f"model {manifest.name!r} version {manifest.version}: signature refused: {exc.message}"
-        )
+        reason = f"{where}: {exc.message}"
         if while_serving:
             raise ModelLoadFailed(reason) from exc
         raise SignatureRefused(reason) from exc

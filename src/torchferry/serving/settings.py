@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, field_validator
 from torchferry.cores import default_threads
 from torchferry.errors import ArchiveError
 from torchferry.serving.lifecycle.policy import VersionPolicy
-from torchferry.serving.tls import ReloadingTLS, TLSFiles
+from torchferry.serving.tls import ReloadingTLS, TLSFiles, download_context
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 #: Where ``--auth`` looks for its key file in a store (beside the persisted state).
@@ -28,6 +28,26 @@ class ModelOverride(BaseModel):
 
     max_batch_size: int | None = Field(default=None, ge=1)
     max_delay_ms: float | None = Field(default=None, ge=0)
+
+
+def check_url_pattern(pattern: str) -> str:
+    """An ``--allowed-urls`` pattern, or ValueError: the one rule, which the settings and
+    the CLI (a usage error there) both apply."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+    return pattern
+
+
+def check_url_network(network: str) -> str:
+    """An ``--allow-url-network`` CIDR (``10.0.0.0/8``, host bits zero), or ValueError:
+    the one rule, which the settings and the CLI (a usage error there) both apply."""
+    try:
+        ipaddress.ip_network(network, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{network!r} is not a network such as 10.0.0.0/8: {exc}") from None
+    return network
 
 
 class ServerSettings(BaseModel):
@@ -114,11 +134,9 @@ class ServerSettings(BaseModel):
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:
             try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(
-                    f"--allowed-urls {pattern!r} is not a regular expression: {exc}"
-                ) from None
+                check_url_pattern(pattern)
+            except ValueError as exc:
+                raise ValueError(f"--allowed-urls {exc}") from None
         return patterns
 
     @field_validator("allowed_url_networks")
@@ -126,9 +144,9 @@ class ServerSettings(BaseModel):
     def _networks_parse(cls, networks: list[str]) -> list[str]:
         for network in networks:
             try:
-                ipaddress.ip_network(network, strict=True)
+                check_url_network(network)
             except ValueError as exc:
-                raise ValueError(f"--allow-url-network {network!r}: {exc}") from None
+                raise ValueError(f"--allow-url-network {exc}") from None
         return networks
 
     # -- TLS and limits against abuse, on every listener (docs/security.md) --------------
@@ -187,6 +205,9 @@ class ServerSettings(BaseModel):
     def check_sources(self) -> None:
         """Fail before anything starts when the store or model folder cannot be served."""
         self.check_signing()
+        if self.url_ca_bundle is not None:
+            # an unreadable --url-ca-bundle is the operator's error, not a download's 502
+            download_context(self.url_ca_bundle)
         if self.model_dir is not None:
             if not self.model_dir.is_dir():
                 raise ArchiveError(f"model folder {self.model_dir} does not exist")

@@ -1,6 +1,7 @@
 """TLS for every listener (worker HTTP and gRPC, the supervisor's metrics and management):
 the server's certificate and key, and with a client CA, mutual TLS (a client certificate
-signed by that CA is required).
+signed by that CA is required). Also the client context of remote downloads
+(``--url-ca-bundle``), so that the start can check it.
 
 The files are reloaded when they change, without a restart: each new handshake asks
 ``ReloadingTLS.current()``, which looks at the files' stat at most once a second and, when
@@ -99,6 +100,26 @@ def _check_certificates(pem: bytes, path: Path, what: str) -> None:
         _new_context().load_verify_locations(cadata=pem.decode("ascii", errors="replace"))
     except (ssl.SSLError, ValueError) as exc:
         raise TLSConfigError(f"the {what} {path} holds no valid PEM certificate: {exc}") from None
+
+
+def download_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """The client context remote downloads verify servers with: the system's CAs plus
+    ``--url-ca-bundle``; TLSConfigError naming the file when it cannot be read or holds no
+    CA certificate (checked at start, and again by each download)."""
+    context = ssl.create_default_context()
+    if ca_bundle is None:
+        return context
+    try:
+        context.load_verify_locations(cafile=str(ca_bundle))
+    except OSError as exc:
+        if not isinstance(exc, ssl.SSLError):
+            raise TLSConfigError(
+                f"--url-ca-bundle {ca_bundle}: cannot read it: {exc.strerror or exc}"
+            ) from None
+        raise TLSConfigError(
+            f"--url-ca-bundle {ca_bundle} holds no valid PEM CA certificate: {exc}"
+        ) from None
+    return context
 
 
 def load_material(files: TLSFiles) -> TLSMaterial:

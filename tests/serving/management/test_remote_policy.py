@@ -186,3 +186,40 @@ def test_a_metadata_address_opens_only_when_named_alone() -> None:
     assert _refusal("169.254.10.10", "169.254.0.0/16") is None
     assert _refusal("169.254.169.254", "169.254.169.254/32") is None
     assert _refusal("::ffff:169.254.169.254", "0.0.0.0/0") is not None
+
+
+@pytest.mark.parametrize(
+    ("address", "wrapper_network"),
+    [
+        ("64:ff9b::7f00:1", "64:ff9b::/96"),  # NAT64 of 127.0.0.1
+        ("64:ff9b::a00:1", "64:ff9b::/96"),  # NAT64 of 10.0.0.1
+        ("64:ff9b::a9fe:a9fe", "64:ff9b::/96"),  # NAT64 of the metadata address
+        ("2002:7f00:1::", "2002::/16"),  # 6to4 of 127.0.0.1
+        ("2002:a00:1::1", "2002::/16"),  # 6to4 of 10.0.0.1
+        ("::7f00:1", "::/96"),  # IPv4-compatible 127.0.0.1
+        ("::ffff:127.0.0.1", "::ffff:0:0/96"),  # IPv4-mapped 127.0.0.1
+    ],
+)
+def test_allowing_a_wrapper_network_opens_no_ipv4_inside_it(
+    address: str, wrapper_network: str
+) -> None:
+    refusal = _refusal(address, wrapper_network)
+    assert refusal is not None and "that is" in refusal
+
+
+def test_each_non_public_form_needs_a_network_of_its_own() -> None:
+    teredo = "2001:0:4136:e378:8000:63bf:3fff:fdd2"  # client 192.0.2.45 (TEST-NET-1)
+    assert _refusal(teredo, "2001::/32") is not None  # the client's address is not allowed
+    assert _refusal(teredo, "192.0.2.0/24") is not None  # the Teredo address is not either
+    assert _refusal(teredo, "2001::/32", "192.0.2.0/24") is None
+    assert _refusal("2002:7f00:1::", "2002::/16", "127.0.0.1/32") is None
+
+
+def test_nat64_spells_its_ipv4_address() -> None:
+    # DNS64 sites reach IPv4 through 64:ff9b::/96: a public IPv4 inside is public ...
+    assert _refusal("64:ff9b::808:808") is None
+    assert _refusal("::ffff:8.8.8.8") is None
+    # ... and a non-public one opens with the IPv4 network, the wrapper being no host.
+    assert _refusal("64:ff9b::a00:1", "10.0.0.0/8") is None
+    assert _refusal("64:ff9b::a9fe:a9fe", "169.254.0.0/16") is not None  # metadata
+    assert _refusal("64:ff9b::a9fe:a9fe", "169.254.169.254/32") is None

@@ -25,7 +25,7 @@ from certs import make_certs
 from onnx import TensorProto, helper, numpy_helper
 
 from torchferry.errors import RemoteSourceFailed
-from torchferry.serving.management.remote import fetch_remote
+from torchferry.serving.management.remote import _local_name, fetch_remote
 from torchferry.serving.settings import ServerSettings
 
 LIMIT = 1 << 20  # --max-download-size
@@ -275,3 +275,20 @@ def test_a_certificate_from_an_unknown_ca_is_refused(remote, tmp_path) -> None:
     with pytest.raises(RemoteSourceFailed, match="certificate does not verify"):
         asyncio.run(fetch())
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("file_name", "local"),
+    [
+        ("digits.onnx", "digits.onnx"),
+        ("resnet-50_v1.2.MAR", "resnet-50_v1.2.mar"),
+        ("-rf.onnx", "download.onnx"),  # a model name may not start with '-' either
+        (".hidden.mar", "download.mar"),
+        ("a b.onnx", "download.onnx"),
+        (f"{'x' * 129}.onnx", "download.onnx"),
+    ],
+)
+def test_a_download_keeps_its_file_name_only_when_it_could_name_a_model(
+    file_name: str, local: str
+) -> None:
+    assert _local_name(file_name) == local

@@ -20,7 +20,6 @@ import asyncio
 import shutil
 import socket
 import ssl
-import string
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -52,6 +51,7 @@ from torchferry.serving.management.remote_policy import (
     remote_file_name,
 )
 from torchferry.serving.settings import ServerSettings
+from torchferry.serving.tls import TLSConfigError, download_context
 from torchferry.store_layout import is_model_name
 
 MAX_REDIRECTS = 5
@@ -59,7 +59,6 @@ _REDIRECTS = {301, 302, 303, 307, 308}
 #: A blackholed address must not eat the whole deadline before the next one is tried.
 _CONNECT_TIMEOUT_S = 10.0
 _CHUNK = 1 << 20
-_SAFE_NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_.-")
 
 
 @dataclass(frozen=True)
@@ -102,23 +101,18 @@ async def fetch_remote(url: str, settings: ServerSettings) -> AsyncIterator[Fetc
 
 
 def _local_name(file_name: str) -> str:
-    """The URL's file name if it is a plain one, else ``download.SUFFIX`` (the importer's
-    messages name the file; the name never leaves the temporary folder)."""
+    """The URL's file name if its stem could name a model (the store's one rule), else
+    ``download.SUFFIX`` (the importer's messages name the file; the name never leaves the
+    temporary folder)."""
     stem, suffix = file_name.rsplit(".", 1)
-    plain = set(stem) <= _SAFE_NAME_CHARACTERS and not stem.startswith(".") and len(stem) <= 128
-    return f"{stem if plain and stem else 'download'}.{suffix.lower()}"
+    return f"{stem if is_model_name(stem) else 'download'}.{suffix.lower()}"
 
 
 def _tls(settings: ServerSettings) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if settings.url_ca_bundle is not None:
-        try:
-            context.load_verify_locations(cafile=str(settings.url_ca_bundle))
-        except (OSError, ssl.SSLError) as exc:
-            raise RemoteSourceFailed(
-                f"--url-ca-bundle {settings.url_ca_bundle} cannot be read: {exc}"
-            ) from None
-    return context
+    try:
+        return download_context(settings.url_ca_bundle)
+    except TLSConfigError as exc:  # checked at start: the file has changed since
+        raise RemoteSourceFailed(exc.message) from None
 
 
 async def _download(first: RemoteUrl, settings: ServerSettings, path: Path) -> None:

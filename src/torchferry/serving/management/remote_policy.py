@@ -12,8 +12,12 @@ server's settings and the addresses a host resolves to (no network here).
 - Every address the host resolves to must be public: loopback, private, link-local,
   shared (CGNAT), multicast, reserved, unspecified and cloud metadata addresses are refused,
   also when written inside IPv6 (IPv4-mapped ``::ffff:a.b.c.d``, 6to4, Teredo, NAT64),
-  unless an ``--allow-url-network`` contains them. A metadata address needs a network that
-  names it alone (``169.254.169.254/32``): allowing ``169.254.0.0/16`` does not open it.
+  unless an ``--allow-url-network`` contains them. Each non-public form is judged on its
+  own: allowing a wrapper (``2002::/16``) does not open the IPv4 inside it (``127.0.0.1``).
+  An IPv4-mapped or NAT64 (``64:ff9b::/96``) address only spells an IPv4 address, so that
+  IPv4 address alone is judged (NAT64 of a public address is public, for DNS64 sites).
+  A metadata address needs a network that names it alone (``169.254.169.254/32``):
+  allowing ``169.254.0.0/16`` does not open it.
 """
 
 from __future__ import annotations
@@ -208,16 +212,23 @@ def parse_networks(texts: Sequence[str]) -> list[IPNetwork]:
     return [ipaddress.ip_network(text) for text in texts]
 
 
-def _embedded(address: IPAddress) -> list[ipaddress.IPv4Address]:
-    """The IPv4 addresses an IPv6 address carries, which a connection may reach instead."""
+def _forms(address: IPAddress) -> list[IPAddress]:
+    """The addresses a connection to ``address`` may reach, the IPv4 inside first (it names
+    the host). An IPv4-mapped or NAT64 address is only a spelling of its IPv4 address (the
+    connection goes there, and nowhere else), so that IPv4 address is its one form; a 6to4,
+    Teredo or IPv4-compatible address is an IPv6 address of its own as well."""
     if not isinstance(address, ipaddress.IPv6Address):
-        return []
-    found = [a for a in (address.ipv4_mapped, address.sixtofour) if a is not None]
+        return [address]
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address in _NAT64:
+        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    found: list[IPAddress] = [a for a in (address.sixtofour,) if a is not None]
     if address.teredo is not None:
         found.append(address.teredo[1])  # the client's address
-    if address in _NAT64 or (address in _IPV4_COMPATIBLE and int(address) > 1):
+    if address in _IPV4_COMPATIBLE and int(address) > 1:
         found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-    return found
+    return [*found, address]
 
 
 def _category(address: IPAddress) -> str | None:
@@ -241,23 +252,20 @@ def _category(address: IPAddress) -> str | None:
     return None
 
 
-def _allows(network: IPNetwork, address: IPAddress, metadata: bool) -> bool:
-    if metadata and network.num_addresses != 1:
+def _allows(network: IPNetwork, form: IPAddress) -> bool:
+    if form in METADATA_ADDRESSES and network.num_addresses != 1:
         return False  # a metadata address is opened only by naming it alone
-    return address.version == network.version and address in network
+    return form.version == network.version and form in network
 
 
 def address_refusal(address: IPAddress, allowed: Sequence[IPNetwork]) -> str | None:
     """Why a download may not connect to ``address`` (None: it may). Every form of the
-    address (itself and any IPv4 inside it) must be public or inside an allowed network."""
-    forms = (*_embedded(address), address)  # the IPv4 inside first: it names the host
-    metadata = any(form in METADATA_ADDRESSES for form in forms)
-    for form in forms:
+    address (itself and any IPv4 inside it) must be public or inside an allowed network
+    that contains that form: a network that holds one form opens no other."""
+    for form in _forms(address):
         category = _category(form)
-        if category is None:
+        if category is None or any(_allows(network, form) for network in allowed):
             continue
-        if any(_allows(n, f, metadata) for n in allowed for f in forms):
-            return None
         shown = str(address) if form == address else f"{address} (that is {form})"
         return f"{shown} is {category}"
     return None
