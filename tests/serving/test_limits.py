@@ -17,6 +17,8 @@ from tritonclient.utils import InferenceServerException
 from torchferry.serving.process import ServerProcess, serve_in_subprocess
 
 HEADER_TIMEOUT = 1.0
+#: Longer than the header timeout: a body's clock must not stretch the next headers'.
+BODY_TIMEOUT = 2.5
 MAX_HEADER = 4096
 MAX_CONNECTIONS = 4
 
@@ -26,7 +28,7 @@ def server(model_store, tmp_path_factory) -> Iterator[ServerProcess]:
     args = [
         "--store", str(model_store.root), "--model", "adder", "--threads", "1",
         "--log-level", "warning", "--header-timeout", str(HEADER_TIMEOUT),
-        "--body-timeout", "1", "--keep-alive-timeout", "1",
+        "--body-timeout", str(BODY_TIMEOUT), "--keep-alive-timeout", "1",
         "--max-connections", str(MAX_CONNECTIONS), "--max-header-size", "4KiB",
         "--max-body-size", "64KiB", "--no-metrics", "--no-management",
     ]  # fmt: skip
@@ -99,6 +101,29 @@ def test_a_silent_connection_and_a_stalled_body_are_closed(server):
         status, _, body = read_answer(stalled)
         assert status == 408 and b"body" in body
         assert closed(silent) and closed(stalled)
+
+
+def test_late_headers_after_a_slow_body_get_408_on_time(server):
+    """On a kept-alive connection whose last request's body came slowly, the next request's
+    headers still have the header timeout, not what was left of the body's, and are
+    answered 408 (the previous request's finished answer must not make it a silent close)."""
+    body = b'{"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}'
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /v2/models/adder/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:10]
+        )
+        time.sleep(0.8)
+        sock.sendall(body[10:20])  # progress: the body's clock starts again
+        time.sleep(0.4)  # past the connection's first deadline, which re-arms for the body
+        sock.sendall(body[20:])
+        assert read_answer(sock)[0] == 200
+        sock.sendall(b"GET /v2/health/live HT")
+        started = time.monotonic()
+        status, _, answer = read_answer(sock)
+        assert status == 408 and b"headers" in answer
+        assert time.monotonic() - started < HEADER_TIMEOUT + 0.8
+        assert closed(sock)
 
 
 def test_oversized_headers_get_431(server):

@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from torchferry.cli import main
 from torchferry.client import Client
+from torchferry.serving import tls
 from torchferry.serving.process import ServerProcess, serve_in_subprocess
 
 #: The TLS server's --header-timeout, which bounds its TLS handshakes too.
@@ -243,6 +244,64 @@ def _wait_for_issuer(server: ServerProcess, context: ssl.SSLContext, name: str) 
             pass
         assert time.monotonic() < deadline, f"the server never presented {name}'s certificate"
         time.sleep(0.2)
+
+
+def _handshake(
+    server_context: ssl.SSLContext, client: ssl.SSLContext, session: ssl.SSLSession | None = None
+) -> ssl.SSLObject:
+    """One TLS handshake in memory, through ``server_context`` as a listener uses it (its SNI
+    callback switches to the current material); the client's side, once a byte of data
+    crossed (TLS 1.3 sends its tickets after the handshake). A refusal raises ``SSLError``."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server_out, client_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = server_context.wrap_bio(to_server, server_out, server_side=True)
+    ours = client.wrap_bio(to_client, client_out, server_hostname="localhost", session=session)
+    done: set[str] = set()
+    for _ in range(10):
+        for name, side, out, peer in (("client", ours, client_out, to_server),
+                                      ("server", server, server_out, to_client)):  # fmt: skip
+            try:
+                side.do_handshake()
+                done.add(name)
+            except ssl.SSLWantReadError:
+                pass
+            finally:
+                peer.write(out.read())
+        if len(done) == 2:
+            break
+    server.write(b"x")
+    to_client.write(server_out.read())
+    assert ours.read(1) == b"x"
+    return ours
+
+
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["TLS1.2", "TLS1.3"]
+)
+def test_a_removed_client_ca_is_not_trusted_through_session_resumption(
+    certs, tmp_path, monkeypatch, version
+):
+    """Resuming a session skips the client's certificate: a session made while the old CA was
+    trusted must not outlive its removal from --tls-client-ca (no resumption at all)."""
+    monkeypatch.setattr(tls, "CHECK_EVERY_S", 0.0)  # every handshake looks at the files
+    client_ca = tmp_path / "clients-ca.pem"
+    shutil.copy(certs.ca, client_ca)
+    reloading = tls.ReloadingTLS(tls.TLSFiles(certs.server_cert, certs.server_key, client_ca))
+    listener = reloading.server_context()
+    client = client_context(certs)
+    client.maximum_version = version
+    first = _handshake(listener, client)
+    assert first.version() == version.name.replace("v1_", "v1.")
+    assert first.session is not None
+    # the clients' CA is replaced by another one (by rename, as rotation tools do)
+    other = make_certs(tmp_path / "other", ca_name="another clients CA")
+    staged = tmp_path / "clients-ca.tmp"
+    shutil.copy(other.ca, staged)
+    os.replace(staged, client_ca)
+    with pytest.raises(ssl.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+        _handshake(listener, client)
+    with pytest.raises(ssl.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+        _handshake(listener, client, session=first.session)
 
 
 def test_changed_certificate_files_are_served_without_a_restart(tls_server, served, tmp_path):

@@ -272,8 +272,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _begin(self, phase: Phase) -> None:
         self._phase = phase
         self._since = self.loop.time()
+        deadline = self._since + self._timeout()
+        # a timer left for a later deadline (a body's, longer than the headers') would let
+        # this phase run past its own: a timer that fires early only re-arms, one that
+        # fires late is the bug
+        if self._timer is not None and self._timer.when() > deadline:
+            self._timer.cancel()
+            self._timer = None
         if self._timer is None:
-            self._timer = self.loop.call_later(self._timeout(), self._on_timer)
+            self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _timeout(self) -> float:
         if self._phase == "headers":
@@ -291,15 +298,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._timer = self.loop.call_later(left, self._on_timer)
             return
         log.debug("closing a connection whose request %s did not arrive in time", self._phase)
+        # Only a late body has its own request's answer to mind: late headers belong to the
+        # next request, the cycle is the previous one's (finished, or ``_waits_on_us``).
         cycle = self.cycle
-        if cycle is not None and cycle.response_started:
+        if self._phase == "body" and cycle is not None and cycle.response_started:
             if not cycle.response_complete:  # answering already: let the answer finish
                 self._timer = self.loop.call_later(self._timeout(), self._on_timer)
                 return
-            self.transport.close()
+            self.transport.close()  # answered without the body: no second answer
             return
-        what = "headers" if self._phase == "headers" else "body"
-        self._refuse(408, f"the request's {what} did not arrive in time")
+        self._refuse(408, f"the request's {self._phase} did not arrive in time")
 
     def _waits_on_us(self) -> bool:
         """Whether the stall is the server's: an earlier pipelined request is still being

@@ -12,7 +12,10 @@ context; gRPC asks for the PEM bytes through its certificate fetcher. Nothing is
 place, so a context never holds a new certificate with an old key, and a client CA that is
 removed from the file stops being trusted (``load_verify_locations`` on a live context could
 only add CAs). Files caught half written (a certificate and key that do not match, a PEM cut
-short) keep the old material, log one warning, and are tried again on the next change.
+short) keep the old material, log a warning (once per state of the files, from each
+listener of each process: each has its own ``ReloadingTLS``), and are tried again on the
+next change. Sessions are never resumed: a resumed session would skip the client's
+certificate, past a CA removed from the file.
 
 Only the standard library: the supervisor imports this too.
 """
@@ -90,6 +93,14 @@ def _new_context() -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     # HTTP/1.1 and gRPC's HTTP/2 each have their own listener; no renegotiation, no
     # compression (PROTOCOL_TLS_SERVER's defaults already refuse both)
+    # No session resumption: a resumed session skips the client's certificate, and the
+    # listener's front context keeps the tickets' keys and the session cache through every
+    # reload, so a client whose CA was removed from the file could resume its way back in.
+    # No tickets (TLS 1.2 and 1.3); the session-ID cache OpenSSL could fall back to for
+    # TLS 1.2 resumes nothing either (test_tls.py tries both versions). The cost: every
+    # connection makes a full handshake.
+    context.options |= ssl.OP_NO_TICKET
+    context.num_tickets = 0
     return context
 
 
@@ -185,7 +196,7 @@ class ReloadingTLS:
         self.files = files
         self._signature = _signature(files)
         self._material = load_material(files)  # a bad file fails the start, named
-        #: Bumped on each reload: gRPC's fetcher hands over new bytes only when it moved.
+        #: Counts the reloads, for the log (gRPC's fetcher compares the material itself).
         self.generation = 0
         self._checked_at = time.monotonic()
         self._refused: tuple[tuple[int, int, int], ...] | None = None
