@@ -73,6 +73,10 @@ class Scopes:
     def may_infer(self, model: str) -> bool:
         return self.infer_all or model in self.infer_models
 
+    def may_infer_any(self) -> bool:
+        """Whether the token may run some model (a route that names none needs this)."""
+        return self.infer_all or bool(self.infer_models)
+
     def may_see(self, model: str) -> bool:
         """Whether the token may read a model's metadata: with ``metadata``, or for a model it
         may run (a client may learn the inputs of a model it may call)."""

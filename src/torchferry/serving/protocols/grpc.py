@@ -308,6 +308,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext, traffic: str | None
     ) -> pb.ModelInferResponse:
+        self.plane.authorize_infer(request.model_name)  # with --auth: 401/403 before decoding
         version = request.model_version or None
         key = None if version else grpc_traffic_key(request, traffic)
         model = self.plane.resolve(request.model_name, version, key)
