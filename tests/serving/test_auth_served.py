@@ -13,10 +13,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from torchferry.cli import main
@@ -178,6 +180,31 @@ def test_inference_refuses_a_token_without_infer_before_reading_the_body(served,
             assert refused.value.status() == f"StatusCode.{status}", refused.value.message()
     finally:
         client.close()
+
+
+def test_every_listener_reads_the_first_authorization_header(served, http):
+    """One rule on every listener: the first header (or metadata entry) counts, so a second
+    one a proxy appends changes nothing."""
+    for first, second, status in (("adder", "nope", 200), ("nope", "adder", 401)):
+        token = f"Bearer {served.tokens.get(first, first)}"
+        other = f"Bearer {served.tokens.get(second, second)}"
+        headers = [("Authorization", token), ("Authorization", other)]
+        path, body = INFER_ROUTES["v2"]
+        answer = http.post(path.format(m="adder"), json=body, headers=headers)
+        assert answer.status_code == status, answer.text
+        metrics = f"http://127.0.0.1:{served.server.metrics_port}/metrics"
+        expected = 403 if status == 200 else 401  # the adder token may not read metrics
+        assert httpx.get(metrics, headers=headers).status_code == expected
+        with grpc.insecure_channel(served.server.grpc_target) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            metadata = (("authorization", token), ("authorization", other))
+            ask = service_pb2.ModelMetadataRequest(name="adder")
+            if status == 200:
+                assert stub.ModelMetadata(ask, metadata=metadata).name == "adder"
+            else:
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.ModelMetadata(ask, metadata=metadata)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_health_probes_stay_open(served, http):

@@ -173,8 +173,7 @@ class DataPlane:
         caller = self._caller()
         if caller is not None and not caller.scopes.may_infer_any():
             raise PermissionDenied(
-                f"token {caller.id} may not run models: that needs the scope infer or "
-                "infer:MODEL"
+                f"token {caller.id} may not run models: that needs the scope infer or infer:MODEL"
             )
 
     def versions(self, name: str) -> list[LoadedModel]:

@@ -48,7 +48,8 @@ def test_scopes_parse_and_refuse_unknown_ones():
     assert parse_scope("infer:b, a,b") == "infer:a,b"
     assert canonical_scopes(["infer:a", "metrics", "infer:b"]) == ["infer:a,b", "metrics"]
     assert canonical_scopes(["infer:a", "infer"]) == ["infer"]
-    for bad in ("admin", "infer:", "infer:a b", "metadata:x", ""):
+    # a model name as the store allows it: no leading '.' or '-', at most 128 characters
+    for bad in ("admin", "infer:", "infer:a b", "metadata:x", "", "infer:.x", "infer:" + "a" * 129):
         with pytest.raises(ScopeError):
             parse_scope(bad)
     scopes = Scopes.parse(["infer:digits", "manage"])

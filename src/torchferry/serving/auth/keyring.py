@@ -18,7 +18,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +53,16 @@ class Principal:
 
 #: What the entry point stores on a request's record: who called, or why nobody did.
 Grant = Principal | TorchferryError
+
+
+def authorization_of(pairs: Iterable[tuple[str | bytes, str | bytes]]) -> str | None:
+    """The ``Authorization`` value a request carries: its first ``authorization`` entry (one
+    rule for every listener: ASGI headers as bytes, gRPC metadata as text; both lowercase
+    their keys), so that a second header a proxy appends changes nothing."""
+    for key, value in pairs:
+        if key == b"authorization" or key == "authorization":
+            return value.decode("latin-1") if isinstance(value, bytes) else value
+    return None
 
 
 class KeyRing:
