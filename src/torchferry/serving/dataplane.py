@@ -264,8 +264,10 @@ class DataPlane:
     # -- helpers -------------------------------------------------------------------------------
 
     def _caller(self) -> Principal | None:
-        """The current request's caller; None for the server's own calls (no record: the
-        control channel, warm-ups). A request without one is refused with its reason."""
+        """The current request's caller; None (allowed) outside a request: every request's
+        entry point (``RecordRequests``, the gRPC wrapper) starts its record first, and the
+        server's own reads (the worker's status) go to the repository, not through here. A
+        request without a caller is refused with its reason."""
         record = current_record()
         if record is None:
             return None
