@@ -13,10 +13,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from torchferry.cli import main
@@ -55,6 +57,7 @@ def served(model_store, tmp_path_factory) -> Iterator[Served]:
         "manage": ["manage"],
         "metrics": ["metrics"],
         "limited": ["infer"],
+        "ghost": ["infer:ghost"],  # a model that is not loaded
     }
     tokens = {}
     for who, scope in scopes.items():
@@ -120,6 +123,88 @@ def test_metadata_needs_metadata_or_the_models_infer_scope(served, http):
     assert sorted(listed) == ["adder", "other"]
     stats = http.get("/v2/models/stats", headers=served.bearer("other")).json()["model_stats"]
     assert [s["name"] for s in stats] == ["other"]
+
+
+def test_an_unknown_model_is_refused_before_it_is_looked_up(served, http):
+    """401/403 before any 404: a refusal never lists (or confirms) the loaded models."""
+    routes = ("/v2/models/nosuch/stats", "/models/nosuch/all", "/models/nosuch/1")
+    for path in routes:
+        answer = http.get(path)
+        assert answer.status_code == 401 and "adder" not in answer.text, (path, answer.text)
+        answer = http.get(path, headers=served.bearer("other"))  # scoped to another model
+        assert answer.status_code == 403 and "adder" not in answer.text, (path, answer.text)
+        assert http.get(path, headers=served.bearer("metadata")).status_code == 404
+    client = grpcclient.InferenceServerClient(served.server.grpc_target)
+    try:
+        with pytest.raises(InferenceServerException) as refused:
+            client.get_inference_statistics("nosuch")
+        assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+        assert "adder" not in refused.value.message()
+    finally:
+        client.close()
+
+
+def test_a_404_lists_only_the_models_the_token_may_see(served, http):
+    ghost = served.bearer("ghost")  # infer:ghost, and ghost is not loaded
+    for answer in (
+        http.get("/v2/models/ghost", headers=ghost),
+        http.get("/v2/models/ghost/stats", headers=ghost),
+        _infer(http, "v2", "ghost", ghost),
+        _infer(http, "v1", "ghost", ghost),
+    ):
+        assert answer.status_code == 404, answer.text
+        assert "adder" not in answer.text and "other" not in answer.text, answer.text
+    listed = http.get("/v2/models/nosuch", headers=served.bearer("metadata")).text
+    assert "adder" in listed and "other" in listed  # metadata may see every model
+
+
+def test_inference_refuses_a_token_without_infer_before_reading_the_body(served, http):
+    """A malformed body gets 403, not 400: the server did not read or decode it."""
+    for who, path in (
+        ("metadata", "/v2/models/adder/infer"),
+        ("metadata", "/v2/models/adder/versions/1/infer"),
+        ("metadata", "/v1/models/adder:predict"),
+        ("metrics", "/predict"),  # no model named: it needs some infer scope
+        ("metadata", "/predictions/adder"),
+    ):
+        answer = http.post(path, content=b"{ not json", headers=served.bearer(who))
+        assert answer.status_code == 403, (who, path, answer.text)
+    client = grpcclient.InferenceServerClient(served.server.grpc_target)
+    wrong = grpcclient.InferInput("x", [1, 4], "FP64")  # the model takes FP32: a 400
+    wrong.set_data_from_numpy(np.array([ROW], dtype=np.float64))
+    try:
+        for who, status in (("metadata", "PERMISSION_DENIED"), ("adder", "INVALID_ARGUMENT")):
+            token = {"authorization": f"Bearer {served.tokens[who]}"}
+            with pytest.raises(InferenceServerException) as refused:
+                client.infer("adder", [wrong], headers=token)
+            assert refused.value.status() == f"StatusCode.{status}", refused.value.message()
+    finally:
+        client.close()
+
+
+def test_every_listener_reads_the_first_authorization_header(served, http):
+    """One rule on every listener: the first header (or metadata entry) counts, so a second
+    one a proxy appends changes nothing."""
+    for first, second, status in (("adder", "nope", 200), ("nope", "adder", 401)):
+        token = f"Bearer {served.tokens.get(first, first)}"
+        other = f"Bearer {served.tokens.get(second, second)}"
+        headers = [("Authorization", token), ("Authorization", other)]
+        path, body = INFER_ROUTES["v2"]
+        answer = http.post(path.format(m="adder"), json=body, headers=headers)
+        assert answer.status_code == status, answer.text
+        metrics = f"http://127.0.0.1:{served.server.metrics_port}/metrics"
+        expected = 403 if status == 200 else 401  # the adder token may not read metrics
+        assert httpx.get(metrics, headers=headers).status_code == expected
+        with grpc.insecure_channel(served.server.grpc_target) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            metadata = (("authorization", token), ("authorization", other))
+            ask = service_pb2.ModelMetadataRequest(name="adder")
+            if status == 200:
+                assert stub.ModelMetadata(ask, metadata=metadata).name == "adder"
+            else:
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.ModelMetadata(ask, metadata=metadata)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_health_probes_stay_open(served, http):

@@ -173,6 +173,9 @@ class BrokenPlane:
         self.error = error
         self.observers = Observers()
 
+    def authorize_infer(self, name: str | None) -> None:
+        """Without --auth every caller may run every model (as ``DataPlane``'s)."""
+
     def resolve(self, name: str, version: str | None = None, key: str | None = None) -> None:
         raise self.error
 

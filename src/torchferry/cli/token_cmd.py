@@ -21,7 +21,7 @@ from torchferry.serving.auth.keyfile import (
     revoke_token,
 )
 from torchferry.serving.auth.scopes import ScopeError, parse_scope
-from torchferry.serving.settings import KEY_FILE_DIR, KEY_FILE_NAME
+from torchferry.serving.settings import KEY_FILE_DIR, KEY_FILE_NAME, key_file_path
 
 console = Console(soft_wrap=True)
 
@@ -118,11 +118,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def key_file_of(args: argparse.Namespace) -> Path:
-    if args.key_file is not None:
-        return Path(args.key_file)
-    if args.store is not None:
-        return Path(args.store) / KEY_FILE_DIR / KEY_FILE_NAME
-    raise InvalidInput("name the key file: --store STORE or --key-file PATH")
+    path = key_file_path(args.key_file, args.store)
+    if path is None:
+        raise InvalidInput("name the key file: --store STORE or --key-file PATH")
+    return path
 
 
 def _key_error(exc: KeyFileError | ScopeError | ValueError) -> InvalidInput:

@@ -135,20 +135,20 @@ class DataPlane:
         """The model version a request names; when it names none, the one the model's routes
         pick (sticky on ``key`` when traffic is weighted), else the highest loaded."""
         if self.keys is not None:
-            self._authorize(name, infer=False)
+            self._authorize_known(name)
         return self.repository.get(name, version, key)
 
     def require(self, name: str) -> None:
         """404 for a model that is not loaded (before a request's body is read)."""
         if self.keys is not None:
-            self._authorize(name, infer=False)
+            self._authorize_known(name)
         self.repository.versions(name)
 
     def default_version(self, name: str) -> int:
         """The version answering ``name``'s unversioned requests when its traffic is not
         weighted: its routes' default, else its highest loaded version (404 if unknown)."""
         if self.keys is not None:
-            self._authorize(name, infer=False)
+            self._authorize_known(name)
         return self.repository.default_version(name)
 
     def names(self) -> list[str]:
@@ -162,17 +162,26 @@ class DataPlane:
         return names
 
     def authorize_infer(self, name: str | None) -> None:
-        """With ``--auth``: refuse a caller who may not run ``name`` (any model for None),
-        before a payload route reads its body; the accessors check it again anyway."""
-        if self.keys is not None:
-            if name is None:
-                self._caller()
-            else:
-                self._authorize(name, infer=True)
+        """With ``--auth``: refuse a caller who may not run ``name`` (None: who may run no
+        model at all). Every inference route calls it first, before it reads or decodes its
+        body, so that a token without the scope costs the server no more than this."""
+        if self.keys is None:
+            return
+        if name is not None:
+            self._authorize(name, infer=True)
+            return
+        caller = self._caller()
+        if caller is not None and not caller.scopes.may_infer_any():
+            raise PermissionDenied(
+                f"token {caller.id} may not run models: that needs the scope infer or infer:MODEL"
+            )
 
     def versions(self, name: str) -> list[LoadedModel]:
         """Every loaded version of a model, oldest first (404 for an unknown model)."""
-        return [self.resolve(name, version) for version in self.repository.versions(name)]
+        if self.keys is not None:  # before the lookup: its 404 would list the models
+            self._authorize_known(name)
+        repository = self.repository
+        return [repository.get(name, version) for version in repository.versions(name)]
 
     def all(self) -> list[LoadedModel]:
         """Every loaded version of every model."""
@@ -255,8 +264,10 @@ class DataPlane:
     # -- helpers -------------------------------------------------------------------------------
 
     def _caller(self) -> Principal | None:
-        """The current request's caller; None for the server's own calls (no record: the
-        control channel, warm-ups). A request without one is refused with its reason."""
+        """The current request's caller; None (allowed) outside a request: every request's
+        entry point (``RecordRequests``, the gRPC wrapper) starts its record first, and the
+        server's own reads (the worker's status) go to the repository, not through here. A
+        request without a caller is refused with its reason."""
         record = current_record()
         if record is None:
             return None
@@ -285,6 +296,14 @@ class DataPlane:
                 f"token {caller.id} may not use model {name!r}: that needs the scope "
                 f"infer or infer:{name} (metadata to read it only)"
             )
+
+    def _authorize_known(self, name: str) -> None:
+        """With ``--auth``, before a lookup by name: the caller's refusal (401, 403), else a
+        404 for a model that is not loaded whose list names only the models this caller may
+        see (the repository's own 404 lists every model)."""
+        self._authorize(name, infer=False)
+        if not self.repository.loaded(name):
+            raise ModelNotFound(f"model {name!r} is not loaded; loaded models are {self.names()}")
 
     def _reroute(self, model: LoadedModel, version: str | None, key: str | None) -> LoadedModel:
         """A request that resolved ``model`` just before it was retired: routed again, or a

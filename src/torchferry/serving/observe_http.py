@@ -24,7 +24,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from torchferry.serving.auth.keyring import KeyRing
+from torchferry.serving.auth.keyring import KeyRing, authorization_of
 from torchferry.serving.observe import Observers
 
 #: Route template prefix -> protocol; the first that matches wins.
@@ -69,7 +69,7 @@ class RecordRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = traceparent = tracestate = authorization = None
+        request_id = traceparent = tracestate = None
         for key, value in scope["headers"]:
             if key == b"x-request-id":
                 request_id = value.decode("latin-1")
@@ -77,13 +77,11 @@ class RecordRequests:
                 traceparent = value.decode("latin-1")
             elif key == b"tracestate":
                 tracestate = value.decode("latin-1")
-            elif key == b"authorization":
-                authorization = value.decode("latin-1")
         record = self.observers.start(
             "http", UNMATCHED, request_id, traceparent, tracestate, scope["method"]
         )
         if self.keys is not None:
-            record.grant = self.keys.authenticate(authorization)
+            record.grant = self.keys.authenticate(authorization_of(scope["headers"]))
         status = "500"  # what the server answers when the app raised before it answered
 
         async def send_with_id(message: Message) -> None:

@@ -300,6 +300,10 @@ class ModelRepository:
     def names(self) -> list[str]:
         return sorted(self._models)
 
+    def loaded(self, name: str) -> bool:
+        """Whether a version of ``name`` is active (what every lookup by name needs)."""
+        return bool(self._models.get(name))
+
     def versions(self, name: str) -> list[int]:
         return sorted(self._lookup_versions(name))
 

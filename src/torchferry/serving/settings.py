@@ -23,6 +23,14 @@ DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
 DEFAULT_MAX_HEADER_BYTES = 32 * 1024
 
 
+def key_file_path(key_file: Path | None, store: Path | None) -> Path | None:
+    """The key file of ``serve --auth`` and ``torchferry token`` (one rule): as given, else
+    ``STORE/.torchferry/keys.json``; None when neither is given."""
+    if key_file is not None:
+        return key_file
+    return None if store is None else store / KEY_FILE_DIR / KEY_FILE_NAME
+
+
 class ModelOverride(BaseModel):
     """Per-model settings given on the command line, which win over the manifest's defaults."""
 
@@ -236,14 +244,13 @@ class ServerSettings(BaseModel):
 
     def key_path(self) -> Path:
         """The key file ``--auth`` reads: as given, else beside the store's state."""
-        if self.key_file is not None:
-            return self.key_file
-        if self.store is None:
+        path = key_file_path(self.key_file, self.store)
+        if path is None:
             raise ArchiveError(
                 "--auth without a store needs --key-file PATH (the file 'torchferry token "
                 "create --key-file PATH' writes)"
             )
-        return self.store / KEY_FILE_DIR / KEY_FILE_NAME
+        return path
 
     # -- signed models ---------------------------------------------------------------------
     #: Serve only archives signed (``model.sig``) by one of ``trusted_keys``: at start, on

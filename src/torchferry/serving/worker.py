@@ -222,11 +222,13 @@ class Worker:
         return self.plane.repository
 
     def status(self) -> dict[str, Any]:
-        plane = self.plane
-        models = plane.all() if plane else []
+        # the repository itself, not the data plane: the supervisor sees every model,
+        # whatever a request's token may see
+        repository = self.plane.repository if self.plane else None
+        models = repository.all() if repository is not None else []
         routes = (
-            {name: plane.repository.routes(name).model_dump(mode="json") for name in plane.names()}
-            if plane
+            {name: repository.routes(name).model_dump(mode="json") for name in repository.names()}
+            if repository is not None
             else {}
         )
         return {

@@ -48,7 +48,8 @@ def test_scopes_parse_and_refuse_unknown_ones():
     assert parse_scope("infer:b, a,b") == "infer:a,b"
     assert canonical_scopes(["infer:a", "metrics", "infer:b"]) == ["infer:a,b", "metrics"]
     assert canonical_scopes(["infer:a", "infer"]) == ["infer"]
-    for bad in ("admin", "infer:", "infer:a b", "metadata:x", ""):
+    # a model name as the store allows it: no leading '.' or '-', at most 128 characters
+    for bad in ("admin", "infer:", "infer:a b", "metadata:x", "", "infer:.x", "infer:" + "a" * 129):
         with pytest.raises(ScopeError):
             parse_scope(bad)
     scopes = Scopes.parse(["infer:digits", "manage"])
@@ -162,10 +163,27 @@ def test_changes_take_effect_within_a_second_and_a_bad_file_keeps_the_last_good(
         assert isinstance(ring.authenticate(f"Bearer {first}"), Principal)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "stay in force" in warnings[0].getMessage()
-    key_file.unlink()  # a removed file is a bad file too: never "everyone allowed"
-    clock.now += 1.0
-    assert isinstance(ring.authenticate(f"Bearer {first}"), Principal)
     assert isinstance(ring.authenticate(None), Unauthenticated)
+
+
+def test_a_deleted_key_file_refuses_every_token_until_it_is_back(key_file, caplog):
+    """Deleting the file is a way to lock everyone out: it fails closed, with a warning."""
+    _, text = create_token(key_file, ["infer"], None)
+    clock = Clock()
+    ring = KeyRing(key_file, clock=clock)
+    kept = key_file.read_bytes()
+    key_file.unlink()
+    clock.now += 1.0
+    with caplog.at_level(logging.WARNING, logger="torchferry.auth"):
+        refusal = ring.authenticate(f"Bearer {text}")
+        clock.now += 1.0
+        assert isinstance(ring.authenticate(f"Bearer {text}"), Unauthenticated)
+    assert isinstance(refusal, Unauthenticated) and refusal.message == "invalid token"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "every token is refused" in warnings[0], warnings
+    key_file.write_bytes(kept)  # back: its tokens work again
+    clock.now += 1.0
+    assert isinstance(ring.authenticate(f"Bearer {text}"), Principal)
 
 
 def test_a_rate_limited_token_is_refused_with_retry_after_then_let_in_again(key_file):

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from torchferry.errors import PermissionDenied, TorchferryError, error_headers
 from torchferry.serving.auth.keyfile import KeyFileError
-from torchferry.serving.auth.keyring import KeyRing, Principal
+from torchferry.serving.auth.keyring import KeyRing, Principal, authorization_of
 from torchferry.serving.auth.scopes import Scopes
 
 #: None when scopes allow a request (given its method and path), else the scope it needs.
@@ -77,12 +77,7 @@ class RequireToken:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            authorization = None
-            for key, value in scope["headers"]:
-                if key == b"authorization":
-                    authorization = value.decode("latin-1")
-                    break
-            grant = self.keys.authenticate(authorization)
+            grant = self.keys.authenticate(authorization_of(scope["headers"]))
             method, path = scope["method"], scope.get("path", "")
             if isinstance(grant, Principal):
                 missing = self.needs(grant.scopes, method, path)

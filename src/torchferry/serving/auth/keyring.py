@@ -3,7 +3,9 @@
 A :class:`KeyRing` holds the key file's tokens and re-reads the file when it changes (its
 mtime, size or inode), looking at most once a second, on use: ``torchferry token revoke``
 takes effect within about a second, with no restart. A file that turns unreadable or
-invalid leaves the last good tokens in force and logs a warning; it never lets everyone in.
+invalid leaves the last good tokens in force and logs a warning (a half-edited file locks
+nobody out); a file that is deleted refuses every token, with a warning, until it is back
+(deleting it is a way to lock everyone out). Neither ever lets everyone in.
 
 Every check costs the same whether the id exists or not: the token's hash is compared, with
 :func:`hmac.compare_digest`, against the entry's hash or a dummy one, so timing does not
@@ -16,17 +18,17 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from torchferry.errors import TooManyRequests, TorchferryError, Unauthenticated
 from torchferry.serving.auth.keyfile import (
-    TOKEN_PREFIX,
     KeyFileError,
     TokenEntry,
     hash_token,
     read_key_file,
+    token_id,
 )
 from torchferry.serving.auth.ratelimit import TokenBucket
 from torchferry.serving.auth.scopes import Scopes
@@ -37,6 +39,8 @@ log = logging.getLogger("torchferry.auth")
 RELOAD_CHECK_S = 1.0
 _DUMMY_HASH = hash_token("tf_000000000000_" + "A" * 43)
 _BEARER = "bearer "
+#: The stamp of a file that exists but cannot be looked at (never a real file's stamp).
+_UNREADABLE = (-1, -1, -1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,16 @@ class Principal:
 
 #: What the entry point stores on a request's record: who called, or why nobody did.
 Grant = Principal | TorchferryError
+
+
+def authorization_of(pairs: Iterable[tuple[str | bytes, str | bytes]]) -> str | None:
+    """The ``Authorization`` value a request carries: its first ``authorization`` entry (one
+    rule for every listener: ASGI headers as bytes, gRPC metadata as text; both lowercase
+    their keys), so that a second header a proxy appends changes nothing."""
+    for key, value in pairs:
+        if key == b"authorization" or key == "authorization":
+            return value.decode("latin-1") if isinstance(value, bytes) else value
+    return None
 
 
 class KeyRing:
@@ -78,10 +92,14 @@ class KeyRing:
     # -- the file --------------------------------------------------------------------------
 
     def _status(self) -> tuple[int, int, int] | None:
+        """The file's (mtime, size, inode); None when it does not exist; ``_UNREADABLE``
+        when it cannot be looked at (the load then fails and keeps the last good tokens)."""
         try:
             status = os.stat(self.path)
-        except OSError:
+        except FileNotFoundError:
             return None
+        except OSError:
+            return _UNREADABLE
         return (status.st_mtime_ns, status.st_size, status.st_ino)
 
     def _load(self, stamp: tuple[int, int, int] | None) -> None:
@@ -108,6 +126,15 @@ class KeyRing:
         stamp = self._status()
         if stamp == self._stamp:
             return
+        if stamp is None:  # deleted: fail closed, warned once (the stamp stays None)
+            self._stamp = None
+            self._entries, self._principals, self._expiry = {}, {}, {}
+            log.warning(
+                "key file %s is gone: every token is refused until it is back",
+                self.path,
+                extra={"event": "key_file_missing"},
+            )
+            return
         try:
             self._load(stamp)
         except Exception as exc:  # KeyFileError, or worse (a JSON nested past recursion)
@@ -126,10 +153,6 @@ class KeyRing:
                 extra={"event": "key_file_reloaded", "tokens": len(self._entries)},
             )
 
-    @property
-    def entries(self) -> dict[str, TokenEntry]:
-        return self._entries
-
     # -- checks ----------------------------------------------------------------------------
 
     def authenticate(self, authorization: str | None) -> Grant:
@@ -145,7 +168,8 @@ class KeyRing:
         if text[:7].lower() == _BEARER:
             text = text[7:].strip()
         # the id is only a lookup key: the hash comparison checks the whole text
-        entry = self._entries.get(text[3:15]) if text[:3] == TOKEN_PREFIX else None
+        entry_id = token_id(text)
+        entry = self._entries.get(entry_id) if entry_id is not None else None
         digest = hash_token(text)
         # compared whether or not the id exists: the time taken tells nothing
         matches = hmac.compare_digest(digest, entry.hash if entry is not None else _DUMMY_HASH)

@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from torchferry.store_layout import MODEL_NAME_RULE, is_model_name
 
 INFER = "infer"
 METADATA = "metadata"
 MANAGE = "manage"
 METRICS = "metrics"
 PLAIN_SCOPES = (INFER, METADATA, MANAGE, METRICS)
-
-#: A model name as a scope may name it: what a store directory may be called, no commas.
-_MODEL = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 class ScopeError(ValueError):
@@ -30,11 +28,10 @@ def parse_scope(text: str) -> str:
     kind, colon, models = scope.partition(":")
     if kind == INFER and colon:
         names = [name.strip() for name in models.split(",")]
-        if names and all(_MODEL.fullmatch(name) for name in names):
+        # the store's rule for a model name (which has no comma)
+        if names and all(is_model_name(name) for name in names):
             return f"{INFER}:{','.join(sorted(set(names)))}"
-        raise ScopeError(
-            f"scope {text!r}: name models as infer:MODEL[,MODEL] (letters, digits, '_.-')"
-        )
+        raise ScopeError(f"scope {text!r}: name models as infer:MODEL[,MODEL]; {MODEL_NAME_RULE}")
     raise ScopeError(
         f"unknown scope {text!r}: use infer, infer:MODEL[,MODEL], metadata, manage or metrics"
     )
@@ -72,6 +69,10 @@ class Scopes:
 
     def may_infer(self, model: str) -> bool:
         return self.infer_all or model in self.infer_models
+
+    def may_infer_any(self) -> bool:
+        """Whether the token may run some model (a route that names none needs this)."""
+        return self.infer_all or bool(self.infer_models)
 
     def may_see(self, model: str) -> bool:
         """Whether the token may read a model's metadata: with ``metadata``, or for a model it

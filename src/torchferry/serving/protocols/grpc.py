@@ -43,6 +43,7 @@ from torchferry.errors import (
     ModelNotFound,
     retry_after_header,
 )
+from torchferry.serving.auth.keyring import authorization_of
 from torchferry.serving.dataplane import DataPlane, InferRequest, InferResponse, RequestedOutput
 from torchferry.serving.protocols.common import (
     TRAFFIC_KEY_HEADER,
@@ -210,8 +211,9 @@ def _rpc(method: _Method[_Req, _Resp]) -> _Servicer[_Req, _Resp]:
     @wraps(method)
     async def call(self: Any, request: _Req, context: aio.ServicerContext) -> _Resp:
         observers = self.plane.observers
-        request_id = traceparent = tracestate = traffic = authorization = None
-        for key, value in context.invocation_metadata() or ():
+        request_id = traceparent = tracestate = traffic = None
+        invocation = context.invocation_metadata() or ()
+        for key, value in invocation:
             if key == "x-request-id":
                 request_id = value
             elif key == TRAFFIC_KEY_HEADER:
@@ -220,12 +222,10 @@ def _rpc(method: _Method[_Req, _Resp]) -> _Servicer[_Req, _Resp]:
                 traceparent = value
             elif key == "tracestate":
                 tracestate = value
-            elif key == "authorization":
-                authorization = value
         record = observers.start("v2-grpc", name, request_id, traceparent, tracestate)
         keys = self.plane.keys
         if keys is not None:  # the data plane refuses or allows the caller
-            record.grant = keys.authenticate(authorization)
+            record.grant = keys.authenticate(authorization_of(invocation))
         error = None
         status = "UNKNOWN"
         try:
@@ -308,6 +308,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext, traffic: str | None
     ) -> pb.ModelInferResponse:
+        self.plane.authorize_infer(request.model_name)  # with --auth: 401/403 before decoding
         version = request.model_version or None
         key = None if version else grpc_traffic_key(request, traffic)
         model = self.plane.resolve(request.model_name, version, key)

@@ -140,6 +140,7 @@ def columns(outputs: Mapping[str, np.ndarray], names: list[str]) -> Any:
 
 async def _predict(request: Request, model_name: str, model_version: str | None) -> JSONResponse:
     plane = plane_of(request)
+    plane.authorize_infer(model_name)  # with --auth: 401/403 before the body is read
     key = None if model_version else http_traffic_key(request)
     model = plane.resolve(model_name, model_version, key)
     body = loads(await request.body())

@@ -264,8 +264,10 @@ async def _infer(request: Request, model_name: str, model_version: str | None) -
     """One V2 inference. A named version is resolved before the body is read (an unknown
     one: 404 first); a routed request once its body is read, since a ``traffic_key``
     parameter there outweighs the header. A version retired meanwhile is the data plane's
-    to route again (``DataPlane.infer``)."""
+    to route again (``DataPlane.infer``). With ``--auth``, a caller who may not run the model
+    is refused first, before anything is read."""
     plane = plane_of(request)
+    plane.authorize_infer(model_name)
     headers = request.headers
     if model_version:
         model: LoadedModel | None = plane.resolve(model_name, model_version)
