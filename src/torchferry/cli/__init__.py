@@ -13,6 +13,7 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
+from torchferry._version import __version__
 from torchferry.errors import TorchferryError
 
 #: Subcommand modules under ``torchferry.cli``; a new command is a new module plus a line here.
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchferry", description="Export, optimize and serve PyTorch models."
     )
+    parser.add_argument("--version", action="version", version=f"torchferry {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module_name in COMMANDS:
         module = importlib.import_module(f"torchferry.cli.{module_name}")
