@@ -3,48 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
-from typing import Any
 
+from torchferry.cli.serve_security import register_security, security_settings
+from torchferry.cli.sizes import parse_size
 from torchferry.serving.lifecycle.policy import VersionPolicy
-from torchferry.serving.settings import (
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_DOWNLOAD_BYTES,
-    DEFAULT_MAX_HEADER_BYTES,
-    ModelOverride,
-    ServerSettings,
-    check_url_network,
-    check_url_pattern,
-)
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def parse_size(text: str) -> int:
-    """``64MiB``, ``10m``, ``1048576`` -> bytes (binary units)."""
-    match = _SIZE.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 64MiB or 1048576")
-    unit = (match.group(2) or "").lower()[:1]
-    return int(float(match.group(1)) * _UNITS[unit])
-
-
-def parse_url_pattern(text: str) -> str:
-    """An ``--allowed-urls`` regular expression, checked here so a typo is a usage error."""
-    try:
-        return check_url_pattern(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def parse_network(text: str) -> str:
-    """An ``--allow-url-network`` CIDR (``10.0.0.0/8``; host bits must be zero)."""
-    try:
-        return check_url_network(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+from torchferry.serving.settings import DEFAULT_MAX_BODY_BYTES, ModelOverride, ServerSettings
 
 
 def parse_model_batching(text: str) -> tuple[str, ModelOverride]:
@@ -193,175 +157,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="send OpenTelemetry traces, configured by the OTEL_* variables (OTLP by default; "
         "needs torchferry[otel]; on without this flag when OTEL_TRACES_EXPORTER is set)",
     )
-    auth = parser.add_argument_group("auth (bearer tokens with scopes)")
-    auth.add_argument(
-        "--auth",
-        action="store_true",
-        help="every call needs 'Authorization: Bearer <token>' whose scopes allow it (health "
-        "probes stay open); tokens come from 'torchferry token create'",
-    )
-    auth.add_argument(
-        "--key-file",
-        type=Path,
-        help="the key file --auth reads (default STORE/.torchferry/keys.json); re-read when "
-        "it changes",
-    )
-    remote = parser.add_argument_group(
-        "remote model sources",
-        "management loads from https:// URLs (POST /models?url=https://...); off unless "
-        "--allowed-urls is given",
-    )
-    remote.add_argument(
-        "--allowed-urls",
-        action="append",
-        type=parse_url_pattern,
-        default=[],
-        metavar="REGEX",
-        help="a regular expression a remote URL must match in full, as normalized: "
-        "https://host[:port]/path[?query], host lowercased, port 443 dropped (repeatable; "
-        r"e.g. 'https://models\.example\.com/.*\.mar')",
-    )
-    remote.add_argument(
-        "--allow-url-network",
-        action="append",
-        type=parse_network,
-        default=[],
-        metavar="CIDR",
-        help="let downloads reach this non-public network (loopback, private, link-local; a "
-        "cloud metadata address only as a /32 or /128 of its own) (repeatable)",
-    )
-    remote.add_argument(
-        "--max-download-size",
-        type=parse_size,
-        default=DEFAULT_MAX_DOWNLOAD_BYTES,
-        metavar="SIZE",
-        help="largest remote source fetched (default 2GiB)",
-    )
-    remote.add_argument(
-        "--download-timeout",
-        type=float,
-        default=300.0,
-        metavar="SECONDS",
-        help="deadline for a whole download, redirects included (default 300)",
-    )
-    remote.add_argument(
-        "--url-ca-bundle",
-        type=Path,
-        metavar="PEM",
-        help="CA certificates trusted for downloads, besides the system's",
-    )
-    signing = parser.add_argument_group("signed models")
-    signing.add_argument(
-        "--require-signed",
-        action="store_true",
-        help="serve only archives signed (model.sig, torchferry sign) by a --trusted-key: "
-        "at start, on management loads and on store polling",
-    )
-    signing.add_argument(
-        "--trusted-key",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="PUBLIC.pem",
-        help="an EC public key whose signatures are accepted (repeatable; needed by "
-        "--require-signed; without it, signed archives are still verified)",
-    )
     parser.set_defaults(func=run)
-    _register_tls_and_limits(parser)
-
-
-def _register_tls_and_limits(parser: argparse.ArgumentParser) -> None:
-    tls = parser.add_argument_group(
-        "TLS and limits against abuse", "on every listener: HTTP, gRPC, metrics, management"
-    )
-    tls.add_argument(
-        "--tls-cert",
-        type=Path,
-        metavar="FILE",
-        help="server certificate chain (PEM): serve TLS; reloaded when the file changes",
-    )
-    tls.add_argument(
-        "--tls-key", type=Path, metavar="FILE", help="the certificate's private key (PEM)"
-    )
-    tls.add_argument(
-        "--tls-client-ca",
-        type=Path,
-        metavar="FILE",
-        help="require client certificates signed by a CA in this PEM file (mutual TLS)",
-    )
-    tls.add_argument(
-        "--max-header-size",
-        type=parse_size,
-        metavar="SIZE",
-        default=DEFAULT_MAX_HEADER_BYTES,
-        help="largest request line + headers (431 past it) and gRPC metadata (default 32KiB)",
-    )
-    tls.add_argument(
-        "--header-timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="a request's headers must arrive within this, else 408 and close; also bounds "
-        "TLS handshakes and a gRPC connection's handshake (default 10)",
-    )
-    tls.add_argument(
-        "--body-timeout",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="longest pause while a request body arrives, else 408 and close (default 30)",
-    )
-    tls.add_argument(
-        "--keep-alive-timeout",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="idle keep-alive HTTP connections close after this (default 5)",
-    )
-    tls.add_argument(
-        "--max-connections",
-        type=int,
-        metavar="N",
-        default=1000,
-        help="open HTTP connections per listener and worker; one more is answered 503 "
-        "(default 1000)",
-    )
-    tls.add_argument(
-        "--grpc-max-concurrent-streams",
-        type=int,
-        metavar="N",
-        default=100,
-        help="gRPC calls at once on one connection (default 100)",
-    )
-    tls.add_argument(
-        "--grpc-max-concurrent-rpcs",
-        type=int,
-        metavar="N",
-        default=1000,
-        help="gRPC calls at once per worker; more get RESOURCE_EXHAUSTED (default 1000)",
-    )
-    tls.add_argument(
-        "--grpc-max-connection-idle",
-        type=float,
-        default=300.0,
-        metavar="SECONDS",
-        help="send away gRPC connections without calls for this long (default 300)",
-    )
-    tls.add_argument(
-        "--grpc-keepalive-time",
-        type=float,
-        default=7200.0,
-        metavar="SECONDS",
-        help="ping idle gRPC clients this often to find dead ones (default 7200)",
-    )
-    tls.add_argument(
-        "--grpc-min-ping-interval",
-        type=float,
-        default=300.0,
-        metavar="SECONDS",
-        help="client pings closer than this without calls are abuse: GOAWAY after two "
-        "(default 300)",
-    )
+    register_security(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
@@ -397,35 +194,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         poll_store_s=args.poll_store,
         version_policy=default_policy,
         model_version_policies=policies,
-        auth=args.auth,
-        key_file=args.key_file,
-        allowed_urls=args.allowed_urls,
-        allowed_url_networks=args.allow_url_network,
-        max_download_bytes=args.max_download_size,
-        download_timeout_s=args.download_timeout,
-        url_ca_bundle=args.url_ca_bundle,
-        require_signed=args.require_signed,
-        trusted_keys=args.trusted_key,
-        **_tls_and_limits(args),
+        **security_settings(args),
     )
-
-
-def _tls_and_limits(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "tls_cert": args.tls_cert,
-        "tls_key": args.tls_key,
-        "tls_client_ca": args.tls_client_ca,
-        "max_header_bytes": args.max_header_size,
-        "header_timeout_s": args.header_timeout,
-        "body_timeout_s": args.body_timeout,
-        "keep_alive_timeout_s": args.keep_alive_timeout,
-        "max_connections": args.max_connections,
-        "grpc_max_concurrent_streams": args.grpc_max_concurrent_streams,
-        "grpc_max_concurrent_rpcs": args.grpc_max_concurrent_rpcs,
-        "grpc_max_connection_idle_s": args.grpc_max_connection_idle,
-        "grpc_keepalive_time_s": args.grpc_keepalive_time,
-        "grpc_min_ping_interval_s": args.grpc_min_ping_interval,
-    }
 
 
 def run(args: argparse.Namespace) -> int:
