@@ -2,41 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from small_archive import write_small_archive
 
-from torchferry.archive import Archive, Manifest, ModelStore
+from torchferry.archive import Archive, ModelStore
 from torchferry.errors import ArchiveError
-from torchferry.signature import ModelSignature, TensorSpec
-
-
-def write(store: ModelStore, name: str = "m") -> Archive:
-    spec = TensorSpec(name="x", datatype="FP32", shape=(-1, 2))
-    manifest = Manifest(
-        name=name,
-        version=store.next_version(name),
-        runtime="onnxruntime",
-        graphs={"onnxruntime": "model.onnx"},
-        signature=ModelSignature(inputs=(spec,), outputs=(spec,)),
-    )
-
-    def populate(directory: Path) -> None:
-        (directory / "model.onnx").write_bytes(b"graph bytes")
-        (directory / "extra").mkdir()
-        (directory / "extra" / "labels.json").write_text('["a"]')
-
-    return store.write(manifest, populate)
 
 
 def test_written_archive_lists_and_verifies_every_file(tmp_path):
-    archive = write(ModelStore(tmp_path))
+    archive = write_small_archive(ModelStore(tmp_path))
     assert set(archive.manifest.files) == {"model.onnx", "extra/labels.json"}
     assert Archive.open(archive.path).manifest == archive.manifest
 
 
 def test_tampered_file_is_refused(tmp_path):
-    archive = write(ModelStore(tmp_path))
+    archive = write_small_archive(ModelStore(tmp_path))
     (archive.path / "model.onnx").write_bytes(b"graph bytes, modified")
     with pytest.raises(ArchiveError) as info:
         Archive.open(archive.path)
@@ -50,7 +30,7 @@ def test_tampered_file_is_refused(tmp_path):
 
 
 def test_missing_file_is_refused(tmp_path):
-    archive = write(ModelStore(tmp_path))
+    archive = write_small_archive(ModelStore(tmp_path))
     (archive.path / "extra" / "labels.json").unlink()
     with pytest.raises(
         ArchiveError, match=r"file 'extra/labels\.json' listed in the manifest is missing"

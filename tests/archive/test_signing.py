@@ -14,12 +14,12 @@ import pytest
 from certs import make_signing_keys
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from small_archive import write_small_archive
 
 from torchferry.archive import Archive, Manifest, ModelStore
 from torchferry.archive.signing import SIGNATURE_NAME, is_signed, sign_archive, verify_signature
 from torchferry.errors import ArchiveError, SignatureRefused
 from torchferry.serving.staging import stage_source
-from torchferry.signature import ModelSignature, TensorSpec
 from torchferry.signing_keys import generate_key_pair, read_trusted_key
 
 
@@ -36,27 +36,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def write(store: ModelStore, name: str = "m") -> Archive:
-    spec = TensorSpec(name="x", datatype="FP32", shape=(-1, 2))
-    manifest = Manifest(
-        name=name,
-        version=store.next_version(name),
-        runtime="onnxruntime",
-        graphs={"onnxruntime": "model.onnx"},
-        signature=ModelSignature(inputs=(spec,), outputs=(spec,)),
-    )
-
-    def populate(directory: Path) -> None:
-        (directory / "model.onnx").write_bytes(b"graph bytes")
-        (directory / "extra").mkdir()
-        (directory / "extra" / "labels.json").write_text('["a"]')
-
-    return store.write(manifest, populate)
-
-
 @pytest.fixture
 def signed(tmp_path: Path, keys: dict[str, Path]) -> Path:
-    archive = write(ModelStore(tmp_path / "store"))
+    archive = write_small_archive(ModelStore(tmp_path / "store"))
     sign_archive(archive.path, keys["private"])
     return archive.path
 
@@ -68,7 +50,7 @@ def refusal(directory: Path, *public: Path) -> str:
 
 
 def test_signing_writes_model_sig_and_leaves_every_other_file_as_it_was(tmp_path, keys):
-    archive = write(ModelStore(tmp_path))
+    archive = write_small_archive(ModelStore(tmp_path))
     before = {p.name: p.read_bytes() for p in archive.path.rglob("*") if p.is_file()}
     assert not is_signed(archive.path)
     signature = sign_archive(archive.path, keys["private"])
@@ -86,7 +68,7 @@ def test_signing_writes_model_sig_and_leaves_every_other_file_as_it_was(tmp_path
 
 
 def test_an_archive_signed_from_inside_verifies(tmp_path, keys, monkeypatch):
-    archive = write(ModelStore(tmp_path))
+    archive = write_small_archive(ModelStore(tmp_path))
     monkeypatch.chdir(archive.path)
     sign_archive(Path("."), keys["private"])
     assert sorted(p.name for p in archive.path.iterdir()) == [
@@ -99,7 +81,7 @@ def test_an_archive_signed_from_inside_verifies(tmp_path, keys, monkeypatch):
 
 
 def test_an_unsigned_archive_is_refused(tmp_path, keys):
-    archive = write(ModelStore(tmp_path))
+    archive = write_small_archive(ModelStore(tmp_path))
     reason = refusal(archive.path, keys["public"])
     assert "is not signed: no signature file model.sig" in reason, reason
     assert "torchferry sign" in reason
@@ -180,7 +162,7 @@ def test_the_larger_nist_curves_sign_and_verify(tmp_path, curve):
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    archive = write(ModelStore(tmp_path / "store"))
+    archive = write_small_archive(ModelStore(tmp_path / "store"))
     sign_archive(archive.path, private)
     assert verify_signature(archive.path, [read_trusted_key(public)]).path == public
 
@@ -214,7 +196,7 @@ def test_keys_model_signing_cannot_use_are_refused_clearly(tmp_path, make, kind)
     assert (
         f"trusted key {public} is {kind}" in caught.value.message and needs in caught.value.message
     )
-    archive = write(ModelStore(tmp_path / "store"))
+    archive = write_small_archive(ModelStore(tmp_path / "store"))
     with pytest.raises(ArchiveError) as caught:
         sign_archive(archive.path, private)
     assert f"signing key {private} is {kind}" in caught.value.message, caught.value.message
@@ -228,7 +210,7 @@ def test_key_files_that_are_not_keys_are_refused_clearly(tmp_path, keys):
         read_trusted_key(keys["private"])
     with pytest.raises(ArchiveError, match="cannot be read"):
         read_trusted_key(tmp_path / "missing.pem")
-    archive = write(ModelStore(tmp_path / "store"))
+    archive = write_small_archive(ModelStore(tmp_path / "store"))
     with pytest.raises(
         ArchiveError, match=re.escape("is not a PEM private key (that is a public key")
     ):
@@ -236,7 +218,7 @@ def test_key_files_that_are_not_keys_are_refused_clearly(tmp_path, keys):
 
 
 def test_a_corrupt_archive_is_not_signed(tmp_path, keys):
-    archive = write(ModelStore(tmp_path))
+    archive = write_small_archive(ModelStore(tmp_path))
     (archive.path / "model.onnx").write_bytes(b"changed")
     with pytest.raises(ArchiveError, match="does not match the manifest"):
         sign_archive(archive.path, keys["private"])
@@ -246,7 +228,7 @@ def test_a_corrupt_archive_is_not_signed(tmp_path, keys):
 def test_keygen_makes_a_pair_that_signs_and_verifies_and_never_overwrites(tmp_path):
     private, public = generate_key_pair(tmp_path / "keys")
     assert private.stat().st_mode & 0o077 == 0  # the private key: its owner's only
-    archive = write(ModelStore(tmp_path / "store"))
+    archive = write_small_archive(ModelStore(tmp_path / "store"))
     sign_archive(archive.path, private)
     assert verify_signature(archive.path, [read_trusted_key(public)]).path == public
     with pytest.raises(ArchiveError, match="already exists"):
@@ -254,7 +236,7 @@ def test_keygen_makes_a_pair_that_signs_and_verifies_and_never_overwrites(tmp_pa
 
 
 def test_a_manifest_with_the_old_placeholder_still_loads(tmp_path):
-    archive = write(ModelStore(tmp_path))
+    archive = write_small_archive(ModelStore(tmp_path))
     data = json.loads((archive.path / "manifest.json").read_text())
     data["signature_ed25519"] = None
     (archive.path / "manifest.json").write_text(json.dumps(data))
@@ -264,10 +246,10 @@ def test_a_manifest_with_the_old_placeholder_still_loads(tmp_path):
 def test_a_signed_archive_is_staged_verbatim_and_still_verifies(tmp_path, keys):
     """A management load copies a signed archive into the store as is (its manifest is
     signed: rewriting it, as unsigned archives are, would break the signature)."""
-    source = write(ModelStore(tmp_path / "outside"), name="original").path
+    source = write_small_archive(ModelStore(tmp_path / "outside"), name="original").path
     sign_archive(source, keys["private"])
     store = ModelStore(tmp_path / "store")
-    write(store, name="m")  # m 1 exists: the source comes in as m 2
+    write_small_archive(store, name="m")  # m 1 exists: the source comes in as m 2
     staged = stage_source(source, store.root, "m")
     assert staged.path == store.path("m", 2)
     assert (staged.manifest.name, staged.manifest.version) == ("m", 2)  # as its directory says
@@ -298,7 +280,7 @@ def test_an_encrypted_key_signs_with_its_password_and_is_refused_clearly_without
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    archive = write(ModelStore(tmp_path / "store"))
+    archive = write_small_archive(ModelStore(tmp_path / "store"))
     with pytest.raises(ArchiveError, match="is encrypted: give its password"):
         sign_archive(archive.path, private)
     with pytest.raises(ArchiveError, match="wrong password"):

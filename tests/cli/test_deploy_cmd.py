@@ -3,33 +3,19 @@ management app over an in-memory fleet: what they call, what they print, their e
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
+from fake_fleet_loader import fake_fleet_module
 
 from torchferry.cli import main
 from torchferry.serving.process import free_ports, serve_in_thread
 from torchferry.serving.settings import ServerSettings
 
-
-def _fake_fleet_module() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "serving" / "management" / "fake_fleet.py"
-    spec = importlib.util.spec_from_file_location("fake_fleet", path)
-    assert spec is not None and spec.loader is not None
-    module = sys.modules.get("fake_fleet") or importlib.util.module_from_spec(spec)
-    if "fake_fleet" not in sys.modules:
-        sys.modules["fake_fleet"] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-fake = _fake_fleet_module()
+fake = fake_fleet_module()
 FAST = ["--interval", "0.05", "--min-requests", "1", "--poll-interval", "0.02"]
 
 

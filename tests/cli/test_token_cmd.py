@@ -3,15 +3,12 @@ without a key file, and ``torchferry rollout --token`` against a guarded managem
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import stat
-import sys
 from datetime import timedelta
-from pathlib import Path
-from types import ModuleType
 
 import pytest
+from fake_fleet_loader import fake_fleet_module
 
 from torchferry.cli import build_parser, main
 from torchferry.cli.token_cmd import parse_rate, parse_ttl
@@ -21,17 +18,6 @@ from torchferry.serving.process import free_ports, serve_in_thread
 from torchferry.serving.settings import ServerSettings
 
 TOKEN = re.compile(r"^tf_[0-9a-f]{12}_[A-Za-z0-9_\-]{43}$", re.MULTILINE)
-
-
-def _fake_fleet_module() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "serving" / "management" / "fake_fleet.py"
-    spec = importlib.util.spec_from_file_location("fake_fleet", path)
-    assert spec is not None and spec.loader is not None
-    module = sys.modules.get("fake_fleet") or importlib.util.module_from_spec(spec)
-    if "fake_fleet" not in sys.modules:
-        sys.modules["fake_fleet"] = module
-        spec.loader.exec_module(module)
-    return module
 
 
 def test_create_prints_the_token_once_and_list_and_revoke_manage_the_rest(tmp_path, capsys):
@@ -117,7 +103,7 @@ def test_serve_with_auth_and_no_key_file_fails_naming_the_command(tmp_path, caps
 def test_rollout_sends_its_token_to_a_guarded_management_api(tmp_path, capsys):
     from torchferry.serving.management.app import management_app
 
-    fake = _fake_fleet_module()
+    fake = fake_fleet_module()
     key_file = tmp_path / "keys.json"
     manage = create_token(key_file, ["manage"], None)[1]
     metadata = create_token(key_file, ["metadata"], None)[1]
