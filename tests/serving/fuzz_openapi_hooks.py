@@ -62,40 +62,28 @@ def _sometimes(value: Any, choices: list[str]) -> st.SearchStrategy[Any]:
     return st.one_of(st.just(value), st.sampled_from(choices))
 
 
+def _substituted(given: dict[str, Any], choices: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """``given`` with each field named in ``choices`` sometimes replaced by one of them."""
+    fields = [name for name in choices if name in given]
+
+    def chosen(values: tuple[Any, ...]) -> dict[str, Any]:
+        return {**given, **dict(zip(fields, values, strict=True))}
+
+    return st.tuples(*(_sometimes(given[name], choices[name]) for name in fields)).map(chosen)
+
+
 @schemathesis.hook
 def flatmap_path_parameters(context: Any, path: dict[str, Any]) -> st.SearchStrategy[Any]:
     if not path:
         return st.just(path)
-    names = _sometimes(path.get("model_name"), _MODELS)
-    versions = _sometimes(path.get("model_version"), _VERSIONS)
-
-    def chosen(pair: tuple[Any, Any]) -> dict[str, Any]:
-        out = dict(path)
-        if "model_name" in path:
-            out["model_name"] = pair[0]
-        if "model_version" in path:
-            out["model_version"] = pair[1]
-        return out
-
-    return st.tuples(names, versions).map(chosen)
+    return _substituted(path, {"model_name": _MODELS, "model_version": _VERSIONS})
 
 
 @schemathesis.hook
 def flatmap_query(context: Any, query: dict[str, Any] | None) -> st.SearchStrategy[Any]:
     if not query:
         return st.just(query)
-    urls = _sometimes(query.get("url"), _SOURCES)
-    names = _sometimes(query.get("model_name"), _MODELS)
-
-    def chosen(pair: tuple[Any, Any]) -> dict[str, Any]:
-        out = dict(query)
-        if "url" in query:
-            out["url"] = pair[0]
-        if "model_name" in query:
-            out["model_name"] = pair[1]
-        return out
-
-    return st.tuples(urls, names).map(chosen)
+    return _substituted(query, {"url": _SOURCES, "model_name": _MODELS})
 
 
 def names_protected(value: Any) -> bool:
