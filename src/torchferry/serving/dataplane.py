@@ -41,7 +41,7 @@ from torchferry.errors import (
 from torchferry.handlers.base import Handler, HandlerRequest
 from torchferry.serving.auth.keyring import KeyRing, Principal
 from torchferry.serving.observe import Observers, RequestRecord, current_record
-from torchferry.serving.repository import LoadedModel, ModelRepository
+from torchferry.serving.repository import LoadedModel, ModelRepository, not_loaded
 from torchferry.serving.shadow import Shadows
 from torchferry.serving.versionstats import StatsObserver
 from torchferry.signature import ModelSignature
@@ -303,7 +303,7 @@ class DataPlane:
         see (the repository's own 404 lists every model)."""
         self._authorize(name, infer=False)
         if not self.repository.loaded(name):
-            raise ModelNotFound(f"model {name!r} is not loaded; loaded models are {self.names()}")
+            raise not_loaded(name, self.names())
 
     def _reroute(self, model: LoadedModel, version: str | None, key: str | None) -> LoadedModel:
         """A request that resolved ``model`` just before it was retired: routed again, or a

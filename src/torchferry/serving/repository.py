@@ -104,6 +104,11 @@ class LoadedModel:
         return True
 
 
+def not_loaded(name: str, names: list[str]) -> ModelNotFound:
+    """The 404 for a model that is not loaded, naming the models the caller may see."""
+    return ModelNotFound(f"model {name!r} is not loaded; loaded models are {names}")
+
+
 class ModelRepository:
     """Every loaded model version, addressable by name and version."""
 
@@ -354,7 +359,7 @@ class ModelRepository:
     def _lookup_versions(self, name: str) -> dict[int, LoadedModel]:
         versions = self._models.get(name)
         if not versions:
-            raise ModelNotFound(f"model {name!r} is not loaded; loaded models are {self.names()}")
+            raise not_loaded(name, self.names())
         return versions
 
     # -- building ------------------------------------------------------------------------------
