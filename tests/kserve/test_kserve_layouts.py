@@ -103,8 +103,8 @@ def test_a_broken_config_is_named(tmp_path: Path, config: str, message: str) -> 
 
 
 def test_properties_keep_case_and_skip_comments(tmp_path: Path) -> None:
-    path = touch(tmp_path / "c.properties", b"# one\n! two\nModel_Store = /x\nkey: a=b:c\n")
-    assert read_properties(path) == {"Model_Store": "/x", "key": "a=b:c"}
+    path = touch(tmp_path / "c.properties", b"# one\n! two\nModel_Store = /x\nkey: a=b:c\nbare\n")
+    assert read_properties(path) == {"Model_Store": "/x", "key": "a=b:c", "bare": ""}
 
 
 def test_unknown_layouts_exit_2_naming_what_was_found(

@@ -109,10 +109,13 @@ def servers(
         for layout, start in starts.items():  # every started one stops, even if one failed
             if started[layout].exception() is None:
                 stack.push(start.__exit__)
-        yield {
+        served = {
             layout: Served(layout, future.result(), SERVED_AS[layout])
             for layout, future in started.items()
         }
+        yield served
+        for each in served.values():  # all drain at once; the stack then waits for each
+            each.server.process.terminate()
 
 
 @pytest.fixture(params=sorted(SERVED_AS))

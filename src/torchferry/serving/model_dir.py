@@ -159,14 +159,18 @@ def read_properties(path: Path) -> dict[str, str]:
     """A Java properties file as TorchServe reads it, for one-line entries (``key=value`` or
     ``key: value``, ``#``/``!`` comments); a ``model_snapshot`` is one line of JSON."""
     parser = configparser.ConfigParser(
-        interpolation=None, delimiters=("=", ":"), comment_prefixes=("#", "!"), strict=False
+        interpolation=None,
+        delimiters=("=", ":"),
+        comment_prefixes=("#", "!"),
+        strict=False,  # a key given twice: the last wins, as in Java
+        allow_no_value=True,  # a line that is only a key
     )
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys keep their case
     try:
         parser.read_string("[properties]\n" + path.read_text(encoding="utf-8"), str(path))
     except (OSError, UnicodeDecodeError, configparser.Error) as exc:
         raise LayoutError(f"cannot read {path}: {exc}") from None
-    return dict(parser["properties"])
+    return {key: value or "" for key, value in parser["properties"].items()}
 
 
 def _torchserve_models(root: Path, model_name: str | None) -> tuple[MountedModel, ...]:
