@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from rich.markup import escape
+
+from torchferry.cli import err_console
 from torchferry.cli.serve_security import register_security, security_settings
 from torchferry.cli.sizes import parse_size
 from torchferry.serving.lifecycle.policy import VersionPolicy
 from torchferry.serving.settings import DEFAULT_MAX_BODY_BYTES, ModelOverride, ServerSettings
+
+if TYPE_CHECKING:
+    from torchferry.serving.model_dir import ServedSource
 
 
 def parse_model_batching(text: str) -> tuple[str, ModelOverride]:
@@ -45,13 +52,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--store", type=Path, help="model store directory (STORE/NAME/VERSION/)")
     parser.add_argument("--model", action="append", default=[], help="serve only this model")
-    parser.add_argument("--model-name", help="TorchServe style: the name to serve --model-dir as")
-    parser.add_argument("--model-dir", type=Path, help="TorchServe style: one model's folder")
+    # --model_name, --model_dir, --http_port, --grpc_port: KServe's spellings (docs/kserve.md)
+    parser.add_argument(
+        "--model-name",
+        "--model_name",
+        help="the name to serve --model-dir's model as (KServe: the InferenceService's name)",
+    )
+    parser.add_argument(
+        "--model-dir",
+        "--model_dir",
+        type=Path,
+        help="one model's folder: an archive, numbered versions, a model store, a TorchServe "
+        "layout (config/config.properties + model-store/*.mar, or *.mar) or a model.onnx; "
+        ".mar and .onnx are imported into --store, else a temporary store",
+    )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", "--rest-port", dest="port", type=int, default=8080)
+    parser.add_argument("--port", "--rest-port", "--http_port", dest="port", type=int, default=8080)
     grpc = parser.add_mutually_exclusive_group()
     grpc.add_argument(
         "--grpc-port",
+        "--grpc_port",
         type=int,
         default=7070,
         help="KServe V2 gRPC port (default 7070; 0 picks a free one)",
@@ -201,4 +221,23 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 def run(args: argparse.Namespace) -> int:
     from torchferry.serving.server import serve
 
-    return serve(settings_from_args(args))
+    if args.model_dir is None:
+        return serve(settings_from_args(args))
+    from torchferry.serving.model_dir import LayoutError, mounted
+
+    try:
+        with mounted(args.model_dir, args.model_name, args.store) as source:
+            report_imports(source)
+            served = {"store": source.store, "model_dir": source.model_dir}
+            return serve(settings_from_args(args).model_copy(update=served))
+    except LayoutError as exc:  # a usage error, like argparse's
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
+        return 2
+
+
+def report_imports(source: ServedSource) -> None:
+    """One line per imported file: KServe's pod log says what each name serves."""
+    for name, version, file in source.imported:
+        err_console.print(f"imported {escape(file)} as {escape(name)} version {version}")
+    if source.imported:
+        err_console.print(f"serving the imported models from the store {source.store}")

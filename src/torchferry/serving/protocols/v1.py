@@ -182,6 +182,12 @@ def _status(ready: bool, name: str, versions: list[int]) -> dict[str, Any]:
     }
 
 
+@router.get("/", summary="Server liveness (KServe V1)")
+async def server_live() -> JSONResponse:
+    # what KServe's ModelServer answers, and its V1 REST client's is_server_live asks
+    return JSONResponse({"status": "alive"})
+
+
 @router.get("/v1/models", summary="Names of the loaded models (KServe V1)")
 async def list_models(request: Request) -> JSONResponse:
     return JSONResponse({"models": plane_of(request).names()})

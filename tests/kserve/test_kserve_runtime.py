@@ -1,0 +1,203 @@
+"""The KServe runtime end to end: the server started with exactly the ClusterServingRuntime's
+container arguments, against each ``/mnt/models`` layout, queried with the KServe SDK's own
+REST (V1 and V2) and gRPC clients.
+
+What differs from a pod, and why: ``{{.Name}}`` is the InferenceService's name, ``/mnt/models``
+is a temporary folder, ``$(VAR)`` comes from the container's ``env`` as the kubelet expands it,
+and the ports are free ones (``serve_in_subprocess`` appends ``--http_port``, ``--grpc-port``,
+``--metrics-port`` and ``--management-port``, which win over the YAML's as the last given).
+One server per layout, each asked by all three clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
+from kserve_layouts import SNAPSHOT_MODEL, STORE_MODEL, build_layouts, expected
+
+from torchferry.serving.process import ServerProcess, serve_in_subprocess
+
+RUNTIME = Path(__file__).parents[2] / "deploy" / "kserve" / "cluster-serving-runtime.yaml"
+#: The InferenceService's name, which KServe puts in ``{{.Name}}``.
+ISVC = "tiny"
+#: Layout -> the name it is served by: the InferenceService's, unless the layout names it.
+SERVED_AS = {"archive": ISVC, "onnx": ISVC, "store": STORE_MODEL, "torchserve": SNAPSHOT_MODEL}
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+
+def container() -> dict[str, Any]:
+    runtime = yaml.safe_load(RUNTIME.read_text())
+    (kserve_container,) = runtime["spec"]["containers"]
+    return dict(kserve_container)
+
+
+def _cpus(quantity: str) -> int:
+    """A CPU quantity (``"1"``, ``"500m"``) with ``divisor: 1``: rounded up, as the kubelet."""
+    if quantity.endswith("m"):
+        return math.ceil(int(quantity[:-1]) / 1000)
+    return math.ceil(float(quantity))
+
+
+def _env(spec: dict[str, Any]) -> dict[str, str]:
+    """The container's variables as the kubelet gives them (values, and limits.cpu)."""
+    values = {}
+    for variable in spec.get("env", []):
+        if "value" in variable:
+            values[variable["name"]] = variable["value"]
+            continue
+        field = variable["valueFrom"]["resourceFieldRef"]
+        assert field["resource"] == "limits.cpu", f"test cannot expand {variable}"
+        values[variable["name"]] = str(_cpus(spec["resources"]["limits"]["cpu"]))
+    return values
+
+
+def container_args(name: str, model_dir: Path) -> list[str]:
+    spec = container()
+    env = _env(spec)
+    args = []
+    for arg in spec["args"]:
+        arg = arg.replace("{{.Name}}", name).replace("/mnt/models", str(model_dir))
+        args.append(re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg))
+    assert not any("{{" in a or "$(" in a for a in args), args
+    return args
+
+
+@dataclass
+class Served:
+    layout: str
+    server: ServerProcess
+    name: str
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build_layouts(tmp_path_factory.mktemp("mnt"))
+
+
+@pytest.fixture(scope="module")
+def servers(
+    layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Served]]:
+    """A server per layout, two starting at a time (a start is mostly one process importing
+    modules: on two cores, two starts take the time of one)."""
+    logs = tmp_path_factory.mktemp("logs")
+    with ExitStack() as stack:
+        starts = {
+            layout: serve_in_subprocess(
+                container_args(ISVC, layouts[layout]),
+                logs / f"{layout}.log",
+                "--http_port",
+                timeout=180,
+            )
+            for layout in SERVED_AS
+        }
+        with ThreadPoolExecutor(2) as pool:
+            started = {layout: pool.submit(start.__enter__) for layout, start in starts.items()}
+        for layout, start in starts.items():  # every started one stops, even if one failed
+            if started[layout].exception() is None:
+                stack.push(start.__exit__)
+        served = {
+            layout: Served(layout, future.result(), SERVED_AS[layout])
+            for layout, future in started.items()
+        }
+        yield served
+        for each in served.values():  # all drain at once; the stack then waits for each
+            each.server.process.terminate()
+
+
+@pytest.fixture(params=sorted(SERVED_AS))
+def served(request: pytest.FixtureRequest, servers: dict[str, Served]) -> Served:
+    return servers[request.param]
+
+
+def test_v1_rest_client(served: Served) -> None:
+    async def ask() -> tuple[bool, bool, Any]:
+        client = InferenceRESTClient(RESTConfig(protocol="v1", timeout=30))
+        try:
+            live = await client.is_server_live(served.server.url)
+            ready = await client.is_model_ready(served.server.url, served.name)
+            answer = await client.infer(
+                served.server.url, {"instances": X.tolist()}, model_name=served.name
+            )
+            return live, ready, answer
+        finally:
+            await client.close()
+
+    live, ready, answer = asyncio.run(ask())
+    assert live and ready
+    np.testing.assert_allclose(answer["predictions"], expected(X))
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_v2_rest_client(served: Served, binary: bool) -> None:
+    async def ask() -> tuple[bool, bool, Any]:
+        client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
+        tensor = InferInput("x", list(X.shape), "FP32")
+        tensor.set_data_from_numpy(X, binary_data=binary)
+        try:
+            ready = await client.is_server_ready(served.server.url)
+            model_ready = await client.is_model_ready(served.server.url, served.name)
+            answer = await client.infer(
+                served.server.url, InferRequest(served.name, [tensor]), model_name=served.name
+            )
+            return ready, model_ready, answer
+        finally:
+            await client.close()
+
+    ready, model_ready, answer = asyncio.run(ask())
+    assert ready and model_ready
+    assert answer.model_name == served.name
+    (output,) = answer.outputs
+    assert output.name == "y"
+    np.testing.assert_allclose(output.as_numpy(), expected(X))
+
+
+def test_grpc_client(served: Served) -> None:
+    async def ask() -> tuple[bool, bool, Any]:
+        client = InferenceGRPCClient(served.server.grpc_target, timeout=30)
+        tensor = InferInput("x", list(X.shape), "FP32")
+        tensor.set_data_from_numpy(X)
+        try:
+            ready = await client.is_server_ready()
+            model_ready = await client.is_model_ready(served.name)
+            answer = await client.infer(InferRequest(served.name, [tensor]))
+            return ready, model_ready, answer
+        finally:
+            await client.close()
+
+    ready, model_ready, answer = asyncio.run(ask())
+    assert ready and model_ready
+    (output,) = answer.outputs
+    np.testing.assert_allclose(output.as_numpy(), expected(X))
+
+
+def test_probes_and_metrics(served: Served) -> None:
+    """The runtime's probes answer 200 where its ports say, and Prometheus finds metrics."""
+    spec = container()
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        get = spec[probe]["httpGet"]
+        assert get["port"] == 8080, "probes go to the HTTP port"
+        assert httpx.get(served.server.url + get["path"], timeout=10).status_code == 200
+    metrics = httpx.get(served.server.metrics_url, timeout=10)
+    assert metrics.status_code == 200
+    assert f'model="{served.name}"' in metrics.text
+
+
+def test_supervisor_never_loads_torch(served: Served) -> None:
+    """A .mar needs torch to import: that happens in a child process, not the supervisor."""
+    maps = Path(f"/proc/{served.server.process.pid}/maps").read_text()
+    assert "libtorch" not in maps
+    assert served.server.alive(), served.server.output()
