@@ -44,11 +44,11 @@ def log_ticks(low: float, high: float) -> list[float]:
     return ticks
 
 
-def _fmt(value: float) -> str:
+def format_tick(value: float) -> str:
     return f"{value:g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.0e}"
 
 
-class _Axis:
+class Axis:
     def __init__(
         self,
         values: list[float],
@@ -150,9 +150,9 @@ def scatter_svg(
     if not points:
         return "<p>No candidate was measured, so there is nothing to plot.</p>"
     ys = [p.y for p in points] + ([budget_y] if budget_y is not None else [])
-    x = _Axis([p.x for p in points], LEFT, WIDTH - RIGHT, log=True)
+    x = Axis([p.x for p in points], LEFT, WIDTH - RIGHT, log=True)
     # inset: points on the top or bottom tick keep room for a label above or below
-    y = _Axis(ys, HEIGHT - BOTTOM - 12, TOP + 18, log=False, bounds=y_bounds)
+    y = Axis(ys, HEIGHT - BOTTOM - 12, TOP + 18, log=False, bounds=y_bounds)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
         f'width="{WIDTH}" height="{HEIGHT}" font-family="system-ui,sans-serif" font-size="11">',
@@ -163,13 +163,13 @@ def scatter_svg(
         px = x(tick)
         parts.append(
             f'<line x1="{px:.1f}" y1="{TOP}" x2="{px:.1f}" y2="{HEIGHT - BOTTOM}" stroke="#eaeef2"/>'
-            f'<text x="{px:.1f}" y="{HEIGHT - BOTTOM + 15}" text-anchor="middle">{_fmt(tick)}</text>'
+            f'<text x="{px:.1f}" y="{HEIGHT - BOTTOM + 15}" text-anchor="middle">{format_tick(tick)}</text>'
         )
     for tick in y.ticks:
         py = y(tick)
         parts.append(
             f'<line x1="{LEFT}" y1="{py:.1f}" x2="{WIDTH - RIGHT}" y2="{py:.1f}" stroke="#eaeef2"/>'
-            f'<text x="{LEFT - 6}" y="{py + 4:.1f}" text-anchor="end">{_fmt(tick)}</text>'
+            f'<text x="{LEFT - 6}" y="{py + 4:.1f}" text-anchor="end">{format_tick(tick)}</text>'
         )
     scale = " (log scale)" if x.log else ""
     parts.append(
