@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except (BenchError, TorchferryError) as exc:
-        err_console.print(f"[bold red]error:[/] {escape(exc.message)}")
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
         return 2
 
 
@@ -124,6 +124,8 @@ def _run(args: argparse.Namespace) -> int:
     for path in (args.json, args.html):
         if path is not None and not path.parent.is_dir():
             raise BenchError(f"{path}: the directory {path.parent} does not exist")
+    if args.raw is not None and not args.raw.is_dir():
+        raise BenchError(f"--raw {args.raw}: not a model store directory")
     grpc = args.protocol == "grpc"
     target = Target.parse(args.url, args.model, args.version, args.token, grpc)
     target.check_reachable()

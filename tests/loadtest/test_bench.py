@@ -1,0 +1,184 @@
+"""``torchferry bench`` against a real server over the digits model (random weights, as
+TorchScript: no training and no ONNX export, to stay fast): every protocol, the JSON and
+HTML outputs, ``--raw``'s ratio, the calibration endpoints and the user's mistakes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torchferry.archive import HandlerSpec, Manifest, ModelStore
+from torchferry.cli import main
+from torchferry.loadtest.calibrate import trivial_endpoint
+from torchferry.loadtest.generator import GrpcRequest, HttpRequest
+from torchferry.loadtest.pool import GeneratorPool
+from torchferry.serving.process import ServerProcess, serve_in_subprocess
+from torchferry.signature import ModelSignature, TensorSpec
+from torchferry.zoo.digits import DigitsCNN
+
+FAST = ["--duration", "0.5s", "--warmup", "0.2s", "--concurrency", "2"]
+
+
+def write_digits(root: Path) -> Path:
+    """The demo's ``digits`` model (its names, tensor handler, top-3 labels), untrained."""
+    torch.manual_seed(0)
+    graph = torch.jit.trace(DigitsCNN().eval(), torch.zeros(2, 64))
+    manifest = Manifest(
+        name="digits",
+        version=1,
+        runtime="torchscript",
+        graphs={"torchscript": "model.pt"},
+        signature=ModelSignature(
+            inputs=(TensorSpec(name="pixels", datatype="FP32", shape=(-1, 64)),),
+            outputs=(TensorSpec(name="probabilities", datatype="FP32", shape=(-1, 10)),),
+        ),
+        handler=HandlerSpec(name="tensor", config={"top_k": 3, "labels": "labels.json"}),
+        source="tests",
+    )
+
+    def populate(directory: Path) -> None:
+        graph.save(str(directory / "model.pt"))
+        (directory / "labels.json").write_text(json.dumps([str(d) for d in range(10)]))
+
+    ModelStore(root).write(manifest, populate)
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_digits(tmp_path_factory.mktemp("bench") / "models")
+
+
+@pytest.fixture(scope="module")
+def server(store: Path) -> Iterator[ServerProcess]:
+    args = ["--store", str(store), "--threads", "1", "--log-level", "warning"]
+    with serve_in_subprocess(args) as process:
+        yield process
+
+
+def bench(*args: str) -> int:
+    return main(["bench", *args])
+
+
+def test_v2_json_with_raw_writes_every_figure(server, store, tmp_path, capsys):
+    out_json, out_html = tmp_path / "run.json", tmp_path / "run.html"
+    code = bench(
+        server.url, "--model", "digits", "--concurrency", "1,4", "--duration", "0.5s",
+        "--warmup", "0.3s", "--raw", str(store), "--raw-duration", "0.2s",
+        "--json", str(out_json), "--html", str(out_html),
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "digits over v2-json" in printed and "served" in printed
+    report = json.loads(out_json.read_text())
+    assert report["protocol"] == "v2-json" and report["payload"] == "pixels FP32[1, 64]"
+    assert report["command"][:3] == ["torchferry", "bench", server.url]
+    assert {"cpu", "python", "torch"} <= set(report["machine"])
+    assert [s["concurrency"] for s in report["steps"]] == [1, 4]
+    for step in report["steps"]:
+        assert step["ok"] > 0 and step["errors"] == {}
+        assert step["throughput"] > 0
+        assert 0 < step["p50_ms"] <= step["p90_ms"] <= step["p99_ms"] <= step["max_ms"]
+        assert step["ceiling"] > 0  # the calibration ran at this concurrency
+        assert step["batches"] and all(int(size) >= 1 for size in step["batches"])
+        assert step["raw_rows_per_s"] > 0 and step["ratio"] > 0
+    assert report["calibration"]["ceilings"]["1"] > 0
+    assert report["raw_rows_per_s_by_batch"]["1"] > 0
+    page = out_html.read_text()
+    assert "<svg" in page and "polyline" in page and "c=4" in page
+    assert "<script" not in page
+
+
+@pytest.mark.parametrize("protocol", ["v2-binary", "grpc", "predict", "torchserve"])
+def test_each_protocol_is_answered(server, store, protocol, tmp_path):
+    url = f"127.0.0.1:{server.grpc_port}" if protocol == "grpc" else server.url
+    out = tmp_path / "run.json"
+    # the payload routes' raw side runs the archive's handler as the server does
+    raw = ["--raw", str(store), "--raw-duration", "0.1s"] if protocol == "predict" else []
+    code = bench(
+        url, "--model", "digits", "--protocol", protocol, *FAST, "--no-calibrate",
+        *raw, "--json", str(out),
+    )  # fmt: skip
+    assert code == 0
+    (step,) = json.loads(out.read_text())["steps"]
+    assert step["ok"] > 0 and step["errors"] == {}
+    assert step["ceiling"] is None
+    if raw:
+        assert step["ratio"] > 0
+
+
+def test_npz_input_and_failures_by_status(server, tmp_path):
+    good, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
+    np.savez(good, pixels=np.ones((3, 64), np.float32))
+    np.savez(bad, pixels=np.ones((1, 5), np.float32))  # the server answers 400
+    out = tmp_path / "run.json"
+    assert bench(server.url, "--model", "digits", "--input", str(good), *FAST, "--no-calibrate",
+                 "--json", str(out)) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["rows_per_request"] == 3
+    step = report["steps"][0]
+    assert step["rows_per_s"] == pytest.approx(3 * step["throughput"])
+    assert bench(server.url, "--model", "digits", "--input", str(bad), *FAST, "--no-calibrate",
+                 "--json", str(out)) == 0  # fmt: skip
+    step = json.loads(out.read_text())["steps"][0]
+    assert step["ok"] == 0 and step["errors"]["400"] > 0
+
+
+def test_calibration_endpoints_answer_the_generator():
+    with GeneratorPool(1) as pool:
+        with trivial_endpoint() as http:
+            request = HttpRequest("/v2/models/m/infer", b"x" * 300, "application/json")
+            result = pool.start(http, request, 4, 0.1, 0.3).result()
+            assert result.ok > 50 and not result.errors
+        with trivial_endpoint(grpc=True) as grpc:
+            call = GrpcRequest("/inference.GRPCInferenceService/ModelInfer", b"\n\x01m")
+            result = pool.start(grpc, call, 4, 0.1, 0.3).result()
+            assert result.ok > 10 and not result.errors
+
+
+def test_connection_errors_are_counted():
+    with GeneratorPool(1) as pool, trivial_endpoint() as http:
+        pass  # the responder has gone: its port now refuses
+    with GeneratorPool(1) as pool:
+        request = HttpRequest("/", b"", "application/json")
+        result = pool.start(http, request, 2, 0.0, 0.3).result()
+    assert result.ok == 0 and result.errors["connection"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["http://127.0.0.1:1", "--model", "digits"], "cannot reach http://127.0.0.1:1"),
+        (["{url}", "--model", "nope"], "has no model 'nope'"),
+        (["{grpc}", "--model", "nope", "--protocol", "grpc"], "has no model 'nope'"),
+        (["{url}", "--model", "digits", "--input", "{npz}"], "do not match the model's inputs"),
+        (["{url}", "--model", "digits", "--input", "/no/such.npz"], "no such file"),
+        (["{url}", "--model", "digits", "--image", "{npz}"], "BYTES in JSON must be text"),
+        (["{url}", "--model", "digits", "--raw", "/no/store"], "not a model store"),
+        (["ftp://x", "--model", "digits"], "expected http://HOST:PORT"),
+    ],
+)
+def test_mistakes_end_in_one_line_and_exit_2(server, tmp_path, capsys, args, message):
+    npz = tmp_path / "wrong.npz"
+    np.savez(npz, x=np.zeros((1, 64), np.float32))
+    grpc = f"127.0.0.1:{server.grpc_port}"
+    filled = [a.format(url=server.url, grpc=grpc, npz=npz) for a in args]
+    assert bench(*filled) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args", [["--duration", "10q"], ["--concurrency", "0"], ["--concurrency", "a,b"]]
+)
+def test_bad_options_are_usage_errors(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench("http://127.0.0.1:1", "--model", "digits", *args)
+    assert exit_info.value.code == 2
+    assert "is not a" in capsys.readouterr().err
