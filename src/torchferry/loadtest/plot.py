@@ -1,6 +1,6 @@
 """Latency against throughput as inline SVG: one line per percentile, a point per step.
 
-The axes are ``optimize.plot``'s (round ticks, log scale past a 10x span).
+The axes and frame are ``optimize.plot``'s (round ticks, log scale past a 10x span).
 """
 
 from __future__ import annotations
@@ -8,10 +8,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from torchferry.optimize.plot import Axis, format_tick
-
-WIDTH, HEIGHT = 820, 420
-LEFT, RIGHT, TOP, BOTTOM = 70, 30, 34, 56
+from torchferry.optimize.plot import BOTTOM, HEIGHT, LEFT, RIGHT, TOP, WIDTH, Axis, axes_svg
 
 
 @dataclass(frozen=True)
@@ -30,33 +27,7 @@ def latency_svg(series: list[Series], *, x_label: str, y_label: str) -> str:
     ys = [y for s in drawn for _, y, _ in s.points]
     x = Axis(xs, LEFT, WIDTH - RIGHT, log=True)
     y = Axis(ys, HEIGHT - BOTTOM, TOP + 10, log=True)
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
-        f'width="{WIDTH}" height="{HEIGHT}" font-family="system-ui,sans-serif" font-size="11">',
-        f'<rect x="{LEFT}" y="{TOP}" width="{WIDTH - LEFT - RIGHT}" '
-        f'height="{HEIGHT - TOP - BOTTOM}" fill="#fff" stroke="#d0d7de"/>',
-    ]
-    for tick in x.ticks:
-        px = x(tick)
-        parts.append(
-            f'<line x1="{px:.1f}" y1="{TOP}" x2="{px:.1f}" y2="{HEIGHT - BOTTOM}" stroke="#eaeef2"/>'
-            f'<text x="{px:.1f}" y="{HEIGHT - BOTTOM + 15}" text-anchor="middle">'
-            f"{format_tick(tick)}</text>"
-        )
-    for tick in y.ticks:
-        py = y(tick)
-        parts.append(
-            f'<line x1="{LEFT}" y1="{py:.1f}" x2="{WIDTH - RIGHT}" y2="{py:.1f}" stroke="#eaeef2"/>'
-            f'<text x="{LEFT - 6}" y="{py + 4:.1f}" text-anchor="end">{format_tick(tick)}</text>'
-        )
-    x_scale = " (log scale)" if x.log else ""
-    y_scale = " (log scale)" if y.log else ""
-    parts.append(
-        f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 14}" text-anchor="middle" '
-        f'font-size="13">{html.escape(x_label + x_scale)}</text>'
-        f'<text transform="translate(16 {(TOP + HEIGHT - BOTTOM) / 2}) rotate(-90)" '
-        f'text-anchor="middle" font-size="13">{html.escape(y_label + y_scale)}</text>'
-    )
+    parts = axes_svg(x, y, x_label=x_label, y_label=y_label)
     legend_x = LEFT + 10
     for line in drawn:
         coords = [(x(px), y(py), label) for px, py, label in line.points]

@@ -60,11 +60,7 @@ class RawEngine:
         self.seconds = seconds
         self.runtime: Runtime = load_runtime(self.archive)
         self.handler = load_handler(self.archive, trust_code=False) if route else None
-        self.handler_request = (
-            HandlerRequest(body=request.body, content_type=request.content_type, route=route)
-            if request is not None and route
-            else None
-        )
+        self.request, self.route = request, route
         self._rates: dict[int, float] = {}
 
     @property
@@ -85,7 +81,7 @@ class RawEngine:
 
     def _step(self, batch: int) -> tuple[Callable[[], None], int]:
         """One iteration at ``batch`` rows, and the rows it does."""
-        if self.handler is None or self.handler_request is None:
+        if self.handler is None or self.request is None or self.route is None:
             arrays = self.payload.arrays
             if arrays is None:
                 raise BenchError("--raw over a V2 protocol needs tensor inputs, not --image")
@@ -95,12 +91,22 @@ class RawEngine:
                 self.runtime.infer(batch_inputs)
 
             return infer, batch
-        handler, request = self.handler, self.handler_request
+        handler, body, media, route = (
+            self.handler,
+            self.request.body,
+            self.request.content_type,
+            self.route,
+        )
         per_request = self.payload.rows
         requests = max(1, batch // per_request)
 
         def step() -> None:
-            prepared = [handler.preprocess(request) for _ in range(requests)]
+            # a new HandlerRequest each time: it caches its parsed JSON, as a real one would
+            # parse it once per request
+            prepared = [
+                handler.preprocess(HandlerRequest(body=body, content_type=media, route=route))
+                for _ in range(requests)
+            ]
             names = prepared[0][0].keys()
             inputs = {n: np.concatenate([p[0][n] for p in prepared]) for n in names}
             outputs = self.runtime.infer(inputs)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 import math
-import os
 import platform
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import orjson
 from rich.table import Table
 
+from torchferry.cores import cpu_name, default_threads
 from torchferry.loadtest.calibrate import LIMITED_SHARE
 from torchferry.loadtest.plot import Series, latency_svg
 from torchferry.loadtest.run import BenchRun, Step, as_dict
@@ -38,22 +38,10 @@ LIMITED_MARK = " *"
 
 def machine() -> dict[str, str]:
     """What the figures were measured on (no engine import: the plain path needs none)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
     facts = {
         "host": platform.node(),
         "os": platform.platform(),
-        "cpu": f"{cpu}, {cores} cores available",
+        "cpu": f"{cpu_name()}, {default_threads()} cores available",
         "python": platform.python_version(),
     }
     for module in ("torch", "onnxruntime"):  # versions of the engines --raw loaded

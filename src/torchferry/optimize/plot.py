@@ -137,22 +137,9 @@ def _place_labels(
     return result
 
 
-def scatter_svg(
-    points: list[Point],
-    *,
-    x_label: str,
-    y_label: str,
-    budget_y: float | None = None,
-    y_bounds: tuple[float, float] | None = None,
-) -> str:
-    """An SVG scatter of ``points`` (log x axis when the values span more than 10x), with a
-    dashed horizontal line at ``budget_y``; the y axis stays within ``y_bounds``."""
-    if not points:
-        return "<p>No candidate was measured, so there is nothing to plot.</p>"
-    ys = [p.y for p in points] + ([budget_y] if budget_y is not None else [])
-    x = Axis([p.x for p in points], LEFT, WIDTH - RIGHT, log=True)
-    # inset: points on the top or bottom tick keep room for a label above or below
-    y = Axis(ys, HEIGHT - BOTTOM - 12, TOP + 18, log=False, bounds=y_bounds)
+def axes_svg(x: Axis, y: Axis, *, x_label: str, y_label: str) -> list[str]:
+    """The opening ``<svg>``, the plot frame, grid lines, tick values and axis titles (a log
+    axis says so); the caller adds its marks and the closing tag."""
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
         f'width="{WIDTH}" height="{HEIGHT}" font-family="system-ui,sans-serif" font-size="11">',
@@ -172,12 +159,33 @@ def scatter_svg(
             f'<text x="{LEFT - 6}" y="{py + 4:.1f}" text-anchor="end">{format_tick(tick)}</text>'
         )
     scale = " (log scale)" if x.log else ""
+    y_scale = " (log scale)" if y.log else ""
     parts.append(
         f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 14}" text-anchor="middle" '
         f'font-size="13">{html.escape(x_label + scale)}</text>'
         f'<text transform="translate(16 {(TOP + HEIGHT - BOTTOM) / 2}) rotate(-90)" '
-        f'text-anchor="middle" font-size="13">{html.escape(y_label)}</text>'
+        f'text-anchor="middle" font-size="13">{html.escape(y_label + y_scale)}</text>'
     )
+    return parts
+
+
+def scatter_svg(
+    points: list[Point],
+    *,
+    x_label: str,
+    y_label: str,
+    budget_y: float | None = None,
+    y_bounds: tuple[float, float] | None = None,
+) -> str:
+    """An SVG scatter of ``points`` (log x axis when the values span more than 10x), with a
+    dashed horizontal line at ``budget_y``; the y axis stays within ``y_bounds``."""
+    if not points:
+        return "<p>No candidate was measured, so there is nothing to plot.</p>"
+    ys = [p.y for p in points] + ([budget_y] if budget_y is not None else [])
+    x = Axis([p.x for p in points], LEFT, WIDTH - RIGHT, log=True)
+    # inset: points on the top or bottom tick keep room for a label above or below
+    y = Axis(ys, HEIGHT - BOTTOM - 12, TOP + 18, log=False, bounds=y_bounds)
+    parts = axes_svg(x, y, x_label=x_label, y_label=y_label)
     obstacles = [(LEFT, 0.0, float(WIDTH), float(TOP))]  # the legend
     if budget_y is not None:
         py = y(budget_y)
