@@ -182,3 +182,24 @@ def test_bad_options_are_usage_errors(args, capsys):
         bench("http://127.0.0.1:1", "--model", "digits", *args)
     assert exit_info.value.code == 2
     assert "is not a" in capsys.readouterr().err
+
+
+def test_a_server_without_v2_extensions_gets_a_note_and_fallback_raw(store, tmp_path, capsys):
+    """Nothing torchferry-specific is needed: a bare HTTP server that answers 200 to
+    everything (no metadata, no statistics) is benched, and --raw says why it measured
+    batch 1 and the max batch instead of the server's batches."""
+    npz, out = tmp_path / "in.npz", tmp_path / "run.json"
+    np.savez(npz, pixels=np.zeros((1, 64), np.float32))
+    with trivial_endpoint() as bare:
+        code = bench(
+            f"http://127.0.0.1:{bare.port}", "--model", "digits", "--protocol", "predict",
+            "--input", str(npz), *FAST, "--no-calibrate", "--raw", str(store),
+            "--raw-duration", "0.1s", "--json", str(out),
+        )  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert "no V2 batch statistics" in report["notes"][0]
+    assert sorted(report["raw_rows_per_s_by_batch"]) == ["1", "32"]
+    (step,) = report["steps"]
+    assert step["batches"] is None and step["ratio"] > 0
+    assert "no V2 batch statistics" in capsys.readouterr().out

@@ -92,8 +92,11 @@ class Target:
             }
         response = self._get(self.v2_path)
         if response.status_code == 200:
-            body: dict[str, Any] = response.json()
-            return body
+            try:
+                body = response.json()
+            except ValueError:
+                return None
+            return body if isinstance(body, dict) else None
         if response.status_code in (401, 403):
             raise BenchError(f"{self.url} refused the metadata call: give --token")
         if response.status_code == 404 and _error_names_model(response):
@@ -113,10 +116,14 @@ class Target:
                     counts[int(entry.batch_size)] += int(entry.compute_infer.count)
             return counts
         response = self._get(self.v2_path + "/stats")
-        if response.status_code != 200:
+        try:
+            body = response.json() if response.status_code == 200 else {}
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict) or not isinstance(body.get("model_stats"), list):
             return None
         counts = Counter()
-        for stats in response.json().get("model_stats", []):
+        for stats in body["model_stats"]:
             for entry in stats.get("batch_stats", []):
                 counts[int(entry["batch_size"])] += int(entry["compute_infer"]["count"])
         return counts
@@ -126,9 +133,11 @@ class Target:
         if self.endpoint.grpc:
             return None
         response = self._get(self.v2_path + "/config")
-        if response.status_code != 200:
+        try:
+            body = response.json() if response.status_code == 200 else {}
+        except ValueError:
             return None
-        value = response.json().get("max_batch_size")
+        value = body.get("max_batch_size") if isinstance(body, dict) else None
         return int(value) if isinstance(value, int) and value > 0 else None
 
 
