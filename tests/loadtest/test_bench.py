@@ -129,24 +129,28 @@ def test_npz_input_and_failures_by_status(server, tmp_path):
     assert step["ok"] == 0 and step["errors"]["400"] > 0
 
 
-def test_calibration_endpoints_answer_the_generator():
-    with GeneratorPool(1) as pool:
-        with trivial_endpoint() as http:
-            request = HttpRequest("/v2/models/m/infer", b"x" * 300, "application/json")
-            result = pool.start(http, request, 4, 0.1, 0.3).result()
-            assert result.ok > 50 and not result.errors
-        with trivial_endpoint(grpc=True) as grpc:
-            call = GrpcRequest("/inference.GRPCInferenceService/ModelInfer", b"\n\x01m")
-            result = pool.start(grpc, call, 4, 0.1, 0.3).result()
-            assert result.ok > 10 and not result.errors
+@pytest.fixture(scope="module")
+def pool() -> Iterator[GeneratorPool]:
+    with GeneratorPool(1) as generators:
+        yield generators
 
 
-def test_connection_errors_are_counted():
-    with GeneratorPool(1) as pool, trivial_endpoint() as http:
+def test_calibration_endpoints_answer_the_generator(pool):
+    with trivial_endpoint() as http:
+        request = HttpRequest("/v2/models/m/infer", b"x" * 300, "application/json")
+        result = pool.start(http, request, 4, 0.1, 0.3).result()
+        assert result.ok > 50 and not result.errors
+    with trivial_endpoint(grpc=True) as grpc:
+        call = GrpcRequest("/inference.GRPCInferenceService/ModelInfer", b"\n\x01m")
+        result = pool.start(grpc, call, 4, 0.1, 0.3).result()
+        assert result.ok > 10 and not result.errors
+
+
+def test_connection_errors_are_counted(pool):
+    with trivial_endpoint() as http:
         pass  # the responder has gone: its port now refuses
-    with GeneratorPool(1) as pool:
-        request = HttpRequest("/", b"", "application/json")
-        result = pool.start(http, request, 2, 0.0, 0.3).result()
+    request = HttpRequest("/", b"", "application/json")
+    result = pool.start(http, request, 2, 0.0, 0.3).result()
     assert result.ok == 0 and result.errors["connection"] > 0
 
 
