@@ -19,17 +19,25 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$", re.IGNORECASE)
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "": 1.0}
 
 
+def _seconds(text: str) -> float | None:
+    match = _DURATION.match(text)
+    return float(match.group(1)) * _SECONDS[(match.group(2) or "").lower()] if match else None
+
+
 def parse_duration(text: str) -> float:
     """``10s``, ``500ms``, ``1m``, ``2.5`` -> seconds (more than zero)."""
-    match = _DURATION.match(text)
-    seconds = float(match.group(1)) * _SECONDS[(match.group(2) or "").lower()] if match else 0
-    if seconds <= 0:
+    seconds = _seconds(text)
+    if seconds is None or seconds <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 10s or 500ms")
     return seconds
 
 
 def parse_warmup(text: str) -> float:
-    return 0.0 if text.strip() in ("0", "0s") else parse_duration(text)
+    """A duration, or zero for no warm-up."""
+    seconds = _seconds(text)
+    if seconds is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 2s or 0")
+    return seconds
 
 
 def parse_concurrency(text: str) -> list[int]:
