@@ -1,6 +1,6 @@
-"""``torchferry bench`` against a real server over the digits model (random weights, as
-TorchScript: no training and no ONNX export, to stay fast): every protocol, the JSON and
-HTML outputs, ``--raw``'s ratio, the calibration endpoints and the user's mistakes."""
+"""``torchferry bench`` against a real server over a digits model (the demo's interface, a
+random ONNX graph: no training, no export, no torch, to stay fast): every protocol, the JSON
+and HTML outputs, ``--raw``'s ratio, the calibration endpoints and the user's mistakes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
-import torch
+from onnx import TensorProto, helper, numpy_helper
 
 from torchferry.archive import HandlerSpec, Manifest, ModelStore
 from torchferry.cli import main
@@ -19,20 +20,33 @@ from torchferry.loadtest.generator import GrpcRequest, HttpRequest
 from torchferry.loadtest.pool import GeneratorPool
 from torchferry.serving.process import ServerProcess, serve_in_subprocess
 from torchferry.signature import ModelSignature, TensorSpec
-from torchferry.zoo.digits import DigitsCNN
 
 FAST = ["--duration", "0.5s", "--warmup", "0.2s", "--concurrency", "2"]
 
 
 def write_digits(root: Path) -> Path:
-    """The demo's ``digits`` model (its names, tensor handler, top-3 labels), untrained."""
-    torch.manual_seed(0)
-    graph = torch.jit.trace(DigitsCNN().eval(), torch.zeros(2, 64))
+    """A model with the demo ``digits`` model's interface (``pixels`` FP32 [-1, 64] in,
+    ``probabilities`` [-1, 10] out, the tensor handler with top-3 labels): a random linear
+    layer and a softmax, as ONNX, so that neither the server nor this test loads torch."""
+    weights = np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32) / 16
+    graph = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("MatMul", ["pixels", "w"], ["logits"]),
+                helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+            ],
+            "digits",
+            [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 64])],
+            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])],
+            [numpy_helper.from_array(weights, "w")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     manifest = Manifest(
         name="digits",
         version=1,
-        runtime="torchscript",
-        graphs={"torchscript": "model.pt"},
+        runtime="onnxruntime",
+        graphs={"onnxruntime": "model.onnx"},
         signature=ModelSignature(
             inputs=(TensorSpec(name="pixels", datatype="FP32", shape=(-1, 64)),),
             outputs=(TensorSpec(name="probabilities", datatype="FP32", shape=(-1, 10)),),
@@ -42,7 +56,7 @@ def write_digits(root: Path) -> Path:
     )
 
     def populate(directory: Path) -> None:
-        graph.save(str(directory / "model.pt"))
+        onnx.save(graph, str(directory / "model.onnx"))
         (directory / "labels.json").write_text(json.dumps([str(d) for d in range(10)]))
 
     ModelStore(root).write(manifest, populate)
@@ -78,7 +92,7 @@ def test_v2_json_with_raw_writes_every_figure(server, store, tmp_path, capsys):
     report = json.loads(out_json.read_text())
     assert report["protocol"] == "v2-json" and report["payload"] == "pixels FP32[1, 64]"
     assert report["command"][:3] == ["torchferry", "bench", server.url]
-    assert {"cpu", "python", "torch"} <= set(report["machine"])
+    assert {"cpu", "python", "onnxruntime"} <= set(report["machine"])
     assert [s["concurrency"] for s in report["steps"]] == [1, 4]
     for step in report["steps"]:
         assert step["ok"] > 0 and step["errors"] == {}
