@@ -132,9 +132,14 @@ class _Raw:
 
         if before is not None and after is not None:
             batches = after - before
+            step.raw_note = "at the server's batch sizes"
+            if any(count > after[size] for size, count in before.items()):
+                # several workers each answer for themselves, and the two reads reached
+                # different ones: the later worker's whole history is the nearest sample
+                batches = after
+                step.raw_note = "at one worker's batch sizes since it started"
             step.batches = dict(sorted(batches.items()))
             step.raw_rows_per_s = equivalent_rate(self.engine, batches)
-            step.raw_note = "at the server's batch sizes"
             if step.raw_rows_per_s is None:
                 step.raw_note = "the server ran no batch in this step"
         else:
