@@ -1,8 +1,9 @@
-"""Shared pieces of the benchmarks: a lean HTTP load generator, a served process, statistics.
+"""Shared pieces of the benchmarks: a served process, statistics, and the load generators.
 
-The load generator speaks HTTP/1.1 with keep-alive over asyncio streams: a generic client
-library would spend more CPU per request than the server does on a small model, and on a
-2-core machine that CPU is taken from the server being measured.
+The closed-loop HTTP generator is ``torchferry bench``'s (``torchferry.loadtest.generator``:
+HTTP/1.1 with keep-alive over asyncio streams, pre-encoded requests), so there is one; this
+module adapts it to the benchmarks' ``LoadResult``. The open-loop ``paced_loop`` and wrk are
+the benchmarks' own.
 """
 
 from __future__ import annotations
@@ -23,15 +24,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torchferry.loadtest import generator
+from torchferry.loadtest.generator import HttpRequest
 from torchferry.serving.process import ServerProcess, free_ports, serve_in_subprocess
 
-
-@dataclass(frozen=True)
-class Request:
-    path: str
-    body: bytes
-    content_type: str
-    headers: tuple[tuple[str, str], ...] = ()
+#: One pre-encoded HTTP request (path, body, content type, headers): the load tester's own.
+Request = HttpRequest
 
 
 @dataclass(frozen=True)
@@ -56,77 +54,24 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    await reader.readexactly(length)
-    return status
-
-
-async def _worker(
-    host: str, port: int, request: Request, deadline: float, latencies: list[float]
-) -> int:
-    reader, writer = await asyncio.open_connection(host, port)
-    extra = "".join(f"{name}: {value}\r\n" for name, value in request.headers)
-    payload = (
-        f"POST {request.path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {request.content_type}\r\n"
-        f"{extra}Content-Length: {len(request.body)}\r\n\r\n"
-    ).encode() + request.body
-    errors = 0
-    try:
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            writer.write(payload)
-            status = await _read_response(reader)
-            if status == 200:
-                latencies.append((time.perf_counter() - started) * 1000)
-            else:
-                errors += 1
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-    return errors
+def _from_generator(result: generator.LoadResult) -> LoadResult:
+    return LoadResult(result.ok, sum(result.errors.values()), result.seconds, result.latencies_ms)
 
 
 async def _drive(
     host: str, port: int, request: Request, concurrency: int, seconds: float
 ) -> LoadResult:
-    latencies: list[float] = []
-    started = time.perf_counter()
-    deadline = started + seconds
-    errors = await asyncio.gather(
-        *(_worker(host, port, request, deadline, latencies) for _ in range(concurrency))
-    )
-    elapsed = time.perf_counter() - started
-    return LoadResult(len(latencies), sum(errors), elapsed, latencies)
+    """``torchferry bench``'s HTTP generator (keep-alive, pre-encoded) for ``seconds``."""
+    now = time.time()
+    window = generator.Window(now, now, now + seconds)
+    return _from_generator(await generator.http_load(host, port, request, concurrency, window))
 
 
 async def timed_loop(
     call: Callable[[], Awaitable[bool]], concurrency: int, seconds: float
 ) -> LoadResult:
     """Run ``call`` from ``concurrency`` tasks until ``seconds`` pass; ``call`` says success."""
-    latencies: list[float] = []
-    errors = 0
-    started = time.perf_counter()
-    deadline = started + seconds
-
-    async def worker() -> None:
-        nonlocal errors
-        while time.perf_counter() < deadline:
-            begun = time.perf_counter()
-            if await call():
-                latencies.append((time.perf_counter() - begun) * 1000)
-            else:
-                errors += 1
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return LoadResult(len(latencies), errors, time.perf_counter() - started, latencies)
+    return _from_generator(await generator.timed_loop(call, concurrency, seconds))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ COMMANDS = [
     "deploy_cmd",
     "token_cmd",
     "sign_cmd",
+    "bench_cmd",
 ]
 
 err_console = Console(stderr=True)

@@ -64,16 +64,10 @@ def machine_info(threads: int) -> dict[str, str]:
     import onnxruntime
     import torch
 
+    from torchferry.cores import cpu_name
     from torchferry.runtimes import default_threads
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {
         "host": platform.node(),
         "os": platform.platform(),

@@ -44,11 +44,11 @@ def log_ticks(low: float, high: float) -> list[float]:
     return ticks
 
 
-def _fmt(value: float) -> str:
+def format_tick(value: float) -> str:
     return f"{value:g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.0e}"
 
 
-class _Axis:
+class Axis:
     def __init__(
         self,
         values: list[float],
@@ -137,6 +137,38 @@ def _place_labels(
     return result
 
 
+def axes_svg(x: Axis, y: Axis, *, x_label: str, y_label: str) -> list[str]:
+    """The opening ``<svg>``, the plot frame, grid lines, tick values and axis titles (a log
+    axis says so); the caller adds its marks and the closing tag."""
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        f'width="{WIDTH}" height="{HEIGHT}" font-family="system-ui,sans-serif" font-size="11">',
+        f'<rect x="{LEFT}" y="{TOP}" width="{WIDTH - LEFT - RIGHT}" '
+        f'height="{HEIGHT - TOP - BOTTOM}" fill="#fff" stroke="#d0d7de"/>',
+    ]
+    for tick in x.ticks:
+        px = x(tick)
+        parts.append(
+            f'<line x1="{px:.1f}" y1="{TOP}" x2="{px:.1f}" y2="{HEIGHT - BOTTOM}" stroke="#eaeef2"/>'
+            f'<text x="{px:.1f}" y="{HEIGHT - BOTTOM + 15}" text-anchor="middle">{format_tick(tick)}</text>'
+        )
+    for tick in y.ticks:
+        py = y(tick)
+        parts.append(
+            f'<line x1="{LEFT}" y1="{py:.1f}" x2="{WIDTH - RIGHT}" y2="{py:.1f}" stroke="#eaeef2"/>'
+            f'<text x="{LEFT - 6}" y="{py + 4:.1f}" text-anchor="end">{format_tick(tick)}</text>'
+        )
+    scale = " (log scale)" if x.log else ""
+    y_scale = " (log scale)" if y.log else ""
+    parts.append(
+        f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 14}" text-anchor="middle" '
+        f'font-size="13">{html.escape(x_label + scale)}</text>'
+        f'<text transform="translate(16 {(TOP + HEIGHT - BOTTOM) / 2}) rotate(-90)" '
+        f'text-anchor="middle" font-size="13">{html.escape(y_label + y_scale)}</text>'
+    )
+    return parts
+
+
 def scatter_svg(
     points: list[Point],
     *,
@@ -150,34 +182,10 @@ def scatter_svg(
     if not points:
         return "<p>No candidate was measured, so there is nothing to plot.</p>"
     ys = [p.y for p in points] + ([budget_y] if budget_y is not None else [])
-    x = _Axis([p.x for p in points], LEFT, WIDTH - RIGHT, log=True)
+    x = Axis([p.x for p in points], LEFT, WIDTH - RIGHT, log=True)
     # inset: points on the top or bottom tick keep room for a label above or below
-    y = _Axis(ys, HEIGHT - BOTTOM - 12, TOP + 18, log=False, bounds=y_bounds)
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
-        f'width="{WIDTH}" height="{HEIGHT}" font-family="system-ui,sans-serif" font-size="11">',
-        f'<rect x="{LEFT}" y="{TOP}" width="{WIDTH - LEFT - RIGHT}" '
-        f'height="{HEIGHT - TOP - BOTTOM}" fill="#fff" stroke="#d0d7de"/>',
-    ]
-    for tick in x.ticks:
-        px = x(tick)
-        parts.append(
-            f'<line x1="{px:.1f}" y1="{TOP}" x2="{px:.1f}" y2="{HEIGHT - BOTTOM}" stroke="#eaeef2"/>'
-            f'<text x="{px:.1f}" y="{HEIGHT - BOTTOM + 15}" text-anchor="middle">{_fmt(tick)}</text>'
-        )
-    for tick in y.ticks:
-        py = y(tick)
-        parts.append(
-            f'<line x1="{LEFT}" y1="{py:.1f}" x2="{WIDTH - RIGHT}" y2="{py:.1f}" stroke="#eaeef2"/>'
-            f'<text x="{LEFT - 6}" y="{py + 4:.1f}" text-anchor="end">{_fmt(tick)}</text>'
-        )
-    scale = " (log scale)" if x.log else ""
-    parts.append(
-        f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 14}" text-anchor="middle" '
-        f'font-size="13">{html.escape(x_label + scale)}</text>'
-        f'<text transform="translate(16 {(TOP + HEIGHT - BOTTOM) / 2}) rotate(-90)" '
-        f'text-anchor="middle" font-size="13">{html.escape(y_label)}</text>'
-    )
+    y = Axis(ys, HEIGHT - BOTTOM - 12, TOP + 18, log=False, bounds=y_bounds)
+    parts = axes_svg(x, y, x_label=x_label, y_label=y_label)
     obstacles = [(LEFT, 0.0, float(WIDTH), float(TOP))]  # the legend
     if budget_y is not None:
         py = y(budget_y)

@@ -1,0 +1,170 @@
+"""``torchferry bench``: load-test a running server, optionally against the archive's raw speed."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from torchferry.cores import default_threads
+from torchferry.errors import TorchferryError
+
+console = Console()
+err_console = Console(stderr=True)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$", re.IGNORECASE)
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "": 1.0}
+
+
+def _seconds(text: str) -> float | None:
+    match = _DURATION.match(text)
+    return float(match.group(1)) * _SECONDS[(match.group(2) or "").lower()] if match else None
+
+
+def parse_duration(text: str) -> float:
+    """``10s``, ``500ms``, ``1m``, ``2.5`` -> seconds (more than zero)."""
+    seconds = _seconds(text)
+    if seconds is None or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 10s or 500ms")
+    return seconds
+
+
+def parse_warmup(text: str) -> float:
+    """A duration, or zero for no warm-up."""
+    seconds = _seconds(text)
+    if seconds is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 2s or 0")
+    return seconds
+
+
+def parse_concurrency(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of concurrencies such as 1,8,32")
+    return values
+
+
+def default_processes(concurrencies: list[int]) -> int:
+    """Half the cores (the server under test often shares the machine), at most the
+    largest concurrency, at least one."""
+    return max(1, min(default_threads() // 2, max(concurrencies)))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from torchferry.loadtest.target import PROTOCOLS
+
+    parser = subparsers.add_parser(
+        "bench",
+        help="load-test a running server (torchferry, Triton or TorchServe)",
+        description=(
+            "Measure requests/s, p50/p90/p99 latency and errors at each concurrency. Inputs "
+            "come from --input (named arrays), --image (raw bytes), or else the model's V2 "
+            "metadata. --raw STORE also runs the same archive in this process at the batch "
+            "sizes the server ran and prints served/raw. For --protocol grpc, URL is the "
+            "gRPC HOST:PORT."
+        ),
+    )
+    parser.add_argument("url", metavar="URL")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--version")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="v2-json")
+    parser.add_argument(
+        "--concurrency", type=parse_concurrency, default=[1, 8, 32], metavar="N[,N...]"
+    )
+    parser.add_argument("--duration", type=parse_duration, default=10.0, metavar="TIME")
+    parser.add_argument("--warmup", type=parse_warmup, default=2.0, metavar="TIME")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--input", type=Path, metavar="FILE.npz")
+    source.add_argument("--image", type=Path, metavar="FILE")
+    parser.add_argument(
+        "--raw", type=Path, metavar="STORE", help="also measure the archive in-process"
+    )
+    parser.add_argument(
+        "--raw-duration", type=parse_duration, default=2.0, metavar="TIME",
+        help="how long each raw batch size runs",
+    )  # fmt: skip
+    parser.add_argument("--processes", type=int, metavar="N", help="generator processes")
+    parser.add_argument("--timeout", type=parse_duration, default=30.0, metavar="TIME")
+    parser.add_argument(
+        "--no-calibrate", action="store_true", help="skip the generator's calibration"
+    )
+    parser.add_argument("--token", help="bearer token (default: $TORCHFERRY_TOKEN)")
+    parser.add_argument("--json", type=Path, metavar="OUT.json")
+    parser.add_argument("--html", type=Path, metavar="OUT.html")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from torchferry.loadtest.target import BenchError
+
+    try:
+        return _run(args)
+    except (BenchError, TorchferryError) as exc:
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
+        return 2
+
+
+def _command_line(args: argparse.Namespace) -> list[str]:
+    """The command as parsed (with its defaults filled in), for the report."""
+    command = ["torchferry", "bench", args.url, "--model", args.model]
+    command += ["--protocol", args.protocol, "--concurrency", ",".join(map(str, args.concurrency))]
+    command += ["--duration", f"{args.duration:g}s", "--warmup", f"{args.warmup:g}s"]
+    for flag in ("version", "input", "image", "raw", "processes"):
+        if getattr(args, flag) is not None:
+            command += [f"--{flag}", str(getattr(args, flag))]
+    return command
+
+
+def _run(args: argparse.Namespace) -> int:
+    from torchferry.loadtest.payloads import Payload, encode, from_metadata, image_payload, load_npz
+    from torchferry.loadtest.report import rich_table, write_html, write_json
+    from torchferry.loadtest.run import BenchRun, Settings, run_bench
+    from torchferry.loadtest.target import BenchError, Target
+
+    if args.processes is not None and args.processes < 1:
+        raise BenchError("--processes must be 1 or more")
+    for path in (args.json, args.html):
+        if path is not None and not path.parent.is_dir():
+            raise BenchError(f"{path}: the directory {path.parent} does not exist")
+    if args.raw is not None and not args.raw.is_dir():
+        raise BenchError(f"--raw {args.raw}: not a model store directory")
+    grpc = args.protocol == "grpc"
+    target = Target.parse(args.url, args.model, args.version, args.token, grpc)
+    target.check_reachable()
+    metadata = target.metadata()
+    if args.image is not None:
+        payload = image_payload(args.image)
+    elif args.input is not None:
+        payload = Payload(arrays=load_npz(args.input, metadata))
+    else:
+        payload = Payload(arrays=from_metadata(metadata, args.model))
+    request = encode(args.protocol, target, payload, metadata)
+    settings = Settings(
+        protocol=args.protocol,
+        concurrencies=args.concurrency,
+        seconds=args.duration,
+        warmup_s=args.warmup,
+        processes=args.processes or default_processes(args.concurrency),
+        timeout_s=args.timeout,
+        calibrate=not args.no_calibrate,
+        raw_store=args.raw,
+        raw_seconds=args.raw_duration,
+    )
+    bench = BenchRun(target, settings, payload)
+    console.print(f"[bold]bench[/] {escape(args.model)} over {args.protocol}: {payload.describe()}")
+    run_bench(bench, request, lambda line: console.print(f"  {escape(line)}"))
+    console.print(rich_table(bench))
+    command = _command_line(args)
+    if args.json is not None:
+        write_json(bench, args.json, command)
+        console.print(f"wrote {args.json}")
+    if args.html is not None:
+        write_html(bench, args.html, command)
+        console.print(f"wrote {args.html}")
+    return 0
