@@ -1,0 +1,62 @@
+"""The deployment: each replica loads the store and serves the same ASGI app a worker
+serves (every HTTP protocol), behind Serve's HTTP proxy.
+
+The app is built in ``__serve_build_asgi_app__``, which Serve calls in the replica after
+the constructor and before it runs the app's lifespan (the batchers start there); loading
+the models in the constructor instead would load them in the driver too."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from typing import Any
+
+from ray import serve
+from starlette.types import ASGIApp
+
+from torchferry.ray.config import APP_NAME
+from torchferry.serving.app import build_app
+from torchferry.serving.lifecycle.restore import initial_state
+from torchferry.serving.lifecycle.state import DesiredState
+from torchferry.serving.loading import load_repository
+from torchferry.serving.logs import configure_logging
+from torchferry.serving.settings import ServerSettings
+
+log = logging.getLogger("torchferry.ray")
+
+
+def start_state(settings: ServerSettings) -> DesiredState | None:
+    """What a replica starts from: the store's saved state (what the management API last
+    set) when there is one, else each model's version policy over the store; None for
+    ``model_dir`` mode (the folder as it is)."""
+    if settings.store is None:
+        return None
+    return initial_state(settings, settings.store)
+
+
+@serve.deployment(name=APP_NAME)
+@serve.ingress()
+class TorchferryReplica:
+    """One replica. ``settings`` is ``ServerSettings`` as JSON; Serve restarts the replicas
+    (rolling) when it or ``revision`` changes, which is all ``revision`` is for."""
+
+    def __init__(self, settings: dict[str, Any], revision: str | None = None) -> None:
+        self.settings = ServerSettings.model_validate(settings)
+
+    async def __serve_build_asgi_app__(self) -> ASGIApp:
+        settings = self.settings
+        configure_logging(settings.log_level, settings.log_format)
+        state = start_state(settings)
+        # loading builds and warms up every version: off the replica's event loop
+        repository = await asyncio.to_thread(load_repository, settings, state)
+        app = build_app(settings, repository)
+        # as in a worker: torch's long-lived objects out of the collector's sight
+        gc.collect()
+        gc.freeze()
+        log.info(
+            "replica serving %s",
+            ", ".join(f"{m.name}:{m.version}" for m in repository.all()),
+            extra={"event": "replica_serving"},
+        )
+        return app

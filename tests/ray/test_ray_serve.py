@@ -1,0 +1,165 @@
+"""torchferry as a Ray Serve application, end to end: one local Ray (2 CPUs) for the whole
+module, 2 replicas of a digits store behind Serve's HTTP proxy, and the plain server over the
+same store to compare answers with.
+
+The tests run in file order and share the deployment: the answers first, then a replica
+killed under load, then a rolling update to a new version under load."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+import ray
+import torch
+from ray import serve
+
+from torchferry.demo.digits import export_digits, sample_request
+from torchferry.ray import RaySettings, application
+from torchferry.serving.process import ServerProcess, free_ports, serve_in_subprocess
+from torchferry.serving.settings import ServerSettings
+from torchferry.zoo.digits import DigitsCNN
+
+from ray_traffic import client_loop
+
+APP = "torchferry"
+PIXELS, _ = sample_request(count=3)
+V2_BODY = {
+    "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [3, 64], "data": PIXELS["data"]}]
+}
+
+
+def new_digits_version(store: Path, seed: int) -> None:
+    torch.manual_seed(seed)
+    export_digits(DigitsCNN().eval(), store, format="onnx")
+
+
+def deployment_settings(store: Path, revision: str | None = None) -> RaySettings:
+    return RaySettings(
+        num_replicas=2,
+        num_cpus=0.5,  # room for a replacement beside both replicas on 2 CPUs
+        revision=revision,
+        server=ServerSettings(store=store, threads=1, access_log=False),
+    )
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("ray") / "store"
+    new_digits_version(store, seed=0)
+    return store
+
+
+@pytest.fixture(scope="module")
+def servers(store: Path) -> Iterator[tuple[ServerProcess, str]]:
+    """The plain server and Serve's proxy over the same store, started side by side."""
+    with ExitStack() as stack, ThreadPoolExecutor(1) as pool:
+        plain = pool.submit(
+            stack.enter_context,
+            serve_in_subprocess(
+                ["--store", str(store), "--threads", "1", "--no-access-log"]
+                + ["--no-grpc", "--no-metrics", "--no-management"]
+            ),
+        )
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+        stack.callback(ray.shutdown)
+        (port,) = free_ports(1)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        stack.callback(serve.shutdown)
+        serve.run(application(deployment_settings(store)), name=APP, route_prefix="/")
+        yield plain.result(), f"http://127.0.0.1:{port}"
+
+
+def replica_actors() -> list[str]:
+    return sorted(
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith(f"SERVE_REPLICA::{APP}#")
+    )
+
+
+def running_replicas() -> int:
+    deployment = serve.status().applications[APP].deployments[APP]
+    return deployment.replica_states.get("RUNNING", 0)
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+ROUTES = [
+    ("/v2/models/digits/infer", V2_BODY),
+    ("/v1/models/digits:predict", {"instances": PIXELS["data"]}),
+    ("/predict/digits", PIXELS),
+    ("/predictions/digits", PIXELS),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), ROUTES, ids=["v2", "v1", "predict", "torchserve"])
+def test_answers_equal_the_plain_servers(servers, path, body):
+    plain, proxy = servers
+    expected = httpx.post(plain.url + path, json=body, timeout=30)
+    assert expected.status_code == 200, expected.text
+    for _ in range(4):  # both replicas, whichever Serve picks
+        answer = httpx.post(proxy + path, json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == expected.json()
+
+
+def test_errors_keep_their_status_through_the_proxy(servers):
+    _, proxy = servers
+    missing = httpx.post(f"{proxy}/v2/models/nothing/infer", json=V2_BODY, timeout=30)
+    assert missing.status_code == 404
+    assert "nothing" in missing.json()["error"]
+    bad = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
+    wrong = httpx.post(f"{proxy}/v2/models/digits/infer", json=bad, timeout=30)
+    assert wrong.status_code == 400
+    assert "pixels" in wrong.json()["error"]
+    assert httpx.get(f"{proxy}/v2/health/ready", timeout=30).status_code == 200
+
+
+def test_a_killed_replica_is_replaced_while_requests_go_on(servers):
+    _, proxy = servers
+    before = replica_actors()
+    assert len(before) == 2
+    with client_loop(proxy, V2_BODY) as loop:
+        time.sleep(1.0)
+        killed_at = time.monotonic()
+        ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
+        wait_for(lambda: before[0] not in replica_actors() and len(replica_actors()) == 2)
+        wait_for(lambda: running_replicas() == 2)
+        replaced_at = time.monotonic()
+        time.sleep(1.0)
+    in_flight = [a for a in loop.failures() if a.sent < killed_at]
+    after = [a for a in loop.failures() if a.sent >= killed_at]
+    print(
+        f"\nkill: {loop.count_since(killed_at)} requests sent after the kill, "
+        f"{len(after)} failed; {len(in_flight)} in flight at the kill failed "
+        f"({sorted({a.outcome for a in loop.failures()})}); replaced in "
+        f"{replaced_at - killed_at:.1f} s"
+    )
+    assert loop.count_since(killed_at) > 10
+    assert after == []
+    assert len(in_flight) <= loop.threads  # at most the requests the dead replica held
+
+
+def test_a_rolling_update_drops_nothing(servers, store):
+    _, proxy = servers
+    new_digits_version(store, seed=1)  # version 2: the highest, so the default
+    with client_loop(proxy, V2_BODY) as loop:
+        time.sleep(0.5)
+        serve.run(application(deployment_settings(store, revision="2")), name=APP, route_prefix="/")
+        time.sleep(0.5)
+    assert loop.failures() == []
+    assert {a.version for a in loop.answers} == {1, 2}
+    for _ in range(10):
+        answer = httpx.post(f"{proxy}/v2/models/digits/infer", json=V2_BODY, timeout=30)
+        assert answer.json()["model_version"] == "2"
