@@ -2,8 +2,9 @@
 module, 2 replicas of a digits store behind Serve's HTTP proxy, and the plain server over the
 same store to compare answers with.
 
-The tests run in file order and share the deployment: the answers first, then a replica
-killed under load, then a rolling update to a new version under load."""
+The tests run in file order and share the deployment: the answers first, then a rolling
+update to a new version under load, then management calls through the manager, then a
+replica killed under load (its replacement starts from the state management left)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from ray import serve
 
 from torchferry.demo.digits import export_digits, sample_request
-from torchferry.ray import RaySettings, application
+from torchferry.ray import RaySettings, deploy
 from torchferry.serving.process import ServerProcess, free_ports, serve_in_subprocess
 from torchferry.serving.settings import ServerSettings
 from torchferry.zoo.digits import DigitsCNN
@@ -66,12 +67,12 @@ def servers(store: Path) -> Iterator[tuple[ServerProcess, str]]:
                 + ["--no-grpc", "--no-metrics", "--no-management"]
             ),
         )
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
         stack.callback(ray.shutdown)
         (port,) = free_ports(1)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         stack.callback(serve.shutdown)
-        serve.run(application(deployment_settings(store)), name=APP, route_prefix="/")
+        deploy(deployment_settings(store))
         yield plain.result(), f"http://127.0.0.1:{port}"
 
 
@@ -126,6 +127,47 @@ def test_errors_keep_their_status_through_the_proxy(servers):
     assert httpx.get(f"{proxy}/v2/health/ready", timeout=30).status_code == 200
 
 
+def test_a_rolling_update_drops_nothing(servers, store):
+    _, proxy = servers
+    new_digits_version(store, seed=1)  # version 2: the highest, so the default
+    with client_loop(proxy, V2_BODY) as loop:
+        time.sleep(0.5)
+        deploy(deployment_settings(store, revision="2"))
+        time.sleep(0.5)
+    assert loop.failures() == []
+    assert {a.version for a in loop.answers} == {1, 2}
+    for _ in range(10):
+        answer = httpx.post(f"{proxy}/v2/models/digits/infer", json=V2_BODY, timeout=30)
+        assert answer.json()["model_version"] == "2"
+
+
+def versions_answering(proxy: str, count: int = 30) -> set[str]:
+    return {
+        httpx.post(f"{proxy}/v2/models/digits/infer", json=V2_BODY, timeout=30).json()[
+            "model_version"
+        ]
+        for _ in range(count)
+    }
+
+
+def test_management_calls_reach_every_replica(servers, store):
+    _, proxy = servers
+    new_digits_version(store, seed=2)  # version 3, not served until management loads it
+    assert versions_answering(proxy, 10) == {"2"}
+    manage = f"{proxy}/manage"
+    loaded = httpx.post(f"{manage}/models", params={"url": "digits/3"}, timeout=120)
+    assert loaded.status_code == 200, loaded.text
+    assert versions_answering(proxy, 10) == {"2"}  # loaded, not yet the default
+    v3 = httpx.post(f"{proxy}/v2/models/digits/versions/3/infer", json=V2_BODY, timeout=30)
+    assert v3.status_code == 200
+    default = httpx.put(f"{manage}/models/digits/3/set-default", timeout=30)
+    assert default.status_code == 200, default.text
+    assert versions_answering(proxy) == {"3"}  # in both replicas
+    described = httpx.get(f"{manage}/models/digits/all", timeout=30).json()
+    assert sorted(int(v["modelVersion"]) for v in described) == [1, 2, 3]
+    assert (store / ".torchferry" / "state.json").is_file()
+
+
 def test_a_killed_replica_is_replaced_while_requests_go_on(servers):
     _, proxy = servers
     before = replica_actors()
@@ -149,17 +191,5 @@ def test_a_killed_replica_is_replaced_while_requests_go_on(servers):
     assert loop.count_since(killed_at) > 10
     assert after == []
     assert len(in_flight) <= loop.threads  # at most the requests the dead replica held
-
-
-def test_a_rolling_update_drops_nothing(servers, store):
-    _, proxy = servers
-    new_digits_version(store, seed=1)  # version 2: the highest, so the default
-    with client_loop(proxy, V2_BODY) as loop:
-        time.sleep(0.5)
-        serve.run(application(deployment_settings(store, revision="2")), name=APP, route_prefix="/")
-        time.sleep(0.5)
-    assert loop.failures() == []
-    assert {a.version for a in loop.answers} == {1, 2}
-    for _ in range(10):
-        answer = httpx.post(f"{proxy}/v2/models/digits/infer", json=V2_BODY, timeout=30)
-        assert answer.json()["model_version"] == "2"
+    # the replacement started from the state management left
+    assert versions_answering(proxy) == {"3"}

@@ -9,7 +9,7 @@ extra: ``pip install 'torchferry[ray]'``).
 
 from __future__ import annotations
 
-from torchferry.ray.application import app, application
+from torchferry.ray.application import app, application, deploy, manager, manager_application
 from torchferry.ray.config import Autoscaling, RaySettings, settings_from_args
 from torchferry.ray.run import serve_on_ray
 
@@ -18,6 +18,9 @@ __all__ = [
     "RaySettings",
     "app",
     "application",
+    "deploy",
+    "manager",
+    "manager_application",
     "serve_on_ray",
     "settings_from_args",
 ]

@@ -5,16 +5,48 @@ from __future__ import annotations
 
 from typing import Any
 
+from ray import serve
 from ray.serve import Application
 
 from torchferry.ray.config import RaySettings, settings_from_args
+from torchferry.ray.manager import TorchferryManager
 from torchferry.ray.replica import TorchferryReplica
 
 
 def application(settings: RaySettings) -> Application:
-    """The torchferry deployment, bound and ready for ``serve.run``."""
+    """The serving replicas, bound and ready for ``serve.run`` (with the manager's
+    application, ``manager_application``, when management is on)."""
     deployment = TorchferryReplica.options(**settings.deployment_options())
-    return deployment.bind(settings.replica_settings().model_dump(mode="json"), settings.revision)
+    manager = settings.manager_name if settings.management else None
+    replica = settings.replica_settings().model_dump(mode="json")
+    return deployment.bind(replica, settings.revision, manager)
+
+
+def manager_application(settings: RaySettings) -> Application:
+    """The management API and the fleet behind it: one replica, no CPU reserved."""
+    deployment = TorchferryManager.options(ray_actor_options={"num_cpus": 0})
+    return deployment.bind(settings.manager_settings().model_dump(mode="json"))
+
+
+def deploy(settings: RaySettings) -> None:
+    """Run the application (and its manager) on the Serve this process is connected to;
+    returns once every replica serves. Running it again with new settings is a rolling
+    update of the replicas; a manager already running is kept (``serve.run`` would replace
+    it, and the replicas would have to join again for nothing)."""
+    running = serve.status().applications.get(settings.manager_name)
+    if settings.management and (running is None or running.status != "RUNNING"):
+        serve.run(
+            manager_application(settings),
+            name=settings.manager_name,
+            route_prefix=settings.manager_route,
+        )
+    serve.run(application(settings), name=settings.name, route_prefix=settings.route_prefix)
+
+
+def manager(args: dict[str, Any] | None = None) -> Application:
+    """Serve's builder for the manager's application (``import_path:
+    torchferry.ray:manager``), given the same ``args`` as ``app``."""
+    return manager_application(settings_from_args(args))
 
 
 def app(args: dict[str, Any] | None = None) -> Application:

@@ -63,6 +63,9 @@ class RaySettings(BaseModel):
     #: Extra replicas a rolling update may start before it stops old ones, in percent of
     #: ``num_replicas`` (Serve's ``max_surge_percent``; 0: stop one, then start one).
     max_surge_percent: int = Field(default=0, ge=0, le=100)
+    #: A manager application (``NAME-manage`` at ``ROUTE_PREFIX/manage``) that serves the
+    #: management API and makes each change in every replica.
+    management: bool = True
     server: ServerSettings
 
     @model_validator(mode="after")
@@ -88,6 +91,18 @@ class RaySettings(BaseModel):
         else:
             options["num_replicas"] = self.num_replicas or 1
         return options
+
+    @property
+    def manager_name(self) -> str:
+        return f"{self.name}-manage"
+
+    @property
+    def manager_route(self) -> str:
+        return self.route_prefix.rstrip("/") + "/manage"
+
+    def manager_settings(self) -> ServerSettings:
+        """The manager's: the server's own (its store, policies, poller, auth)."""
+        return self.server.model_copy(update={"workers": 1})
 
     def replica_settings(self) -> ServerSettings:
         """What each replica serves: the server's settings, less what Serve does instead

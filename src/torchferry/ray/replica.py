@@ -16,6 +16,7 @@ from ray import serve
 from starlette.types import ASGIApp
 
 from torchferry.ray.config import APP_NAME
+from torchferry.ray.link import ManagerLink
 from torchferry.serving.app import build_app
 from torchferry.serving.lifecycle.restore import initial_state
 from torchferry.serving.lifecycle.state import DesiredState
@@ -41,8 +42,14 @@ class TorchferryReplica:
     """One replica. ``settings`` is ``ServerSettings`` as JSON; Serve restarts the replicas
     (rolling) when it or ``revision`` changes, which is all ``revision`` is for."""
 
-    def __init__(self, settings: dict[str, Any], revision: str | None = None) -> None:
+    def __init__(
+        self, settings: dict[str, Any], revision: str | None = None, manager: str | None = None
+    ) -> None:
         self.settings = ServerSettings.model_validate(settings)
+        #: The manager's application name (management on), else None.
+        self.manager = manager
+        self.link: ManagerLink | None = None
+        self._linking: asyncio.Task[None] | None = None
 
     async def __serve_build_asgi_app__(self) -> ASGIApp:
         settings = self.settings
@@ -54,9 +61,21 @@ class TorchferryReplica:
         # as in a worker: torch's long-lived objects out of the collector's sight
         gc.collect()
         gc.freeze()
+        if self.manager is not None:
+            replica_id = serve.get_replica_context().replica_id.unique_id
+            self.link = ManagerLink(repository, self.manager, replica_id)
+            self._linking = asyncio.get_running_loop().create_task(self.link.run())
         log.info(
             "replica serving %s",
             ", ".join(f"{m.name}:{m.version}" for m in repository.all()),
             extra={"event": "replica_serving"},
         )
         return app
+
+    async def __del__(self) -> None:
+        """After the app's lifespan has ended (its queues answered): out of the fleet now,
+        rather than when the manager notices the polls stopped."""
+        if self._linking is not None:
+            self._linking.cancel()
+        if self.link is not None:
+            await self.link.leave()

@@ -13,7 +13,7 @@ from ray import serve
 from rich.console import Console
 from rich.markup import escape
 
-from torchferry.ray.application import application
+from torchferry.ray.application import deploy
 from torchferry.ray.config import RaySettings
 from torchferry.serving.listen import reserve
 from torchferry.serving.logs import configure_logging
@@ -46,7 +46,7 @@ def serve_on_ray(settings: RaySettings, address: str | None = None) -> int:
         serve.start(http_options={"host": server.host, "port": server.port})
         console.print(f"deploying {settings.name} with {describe(settings)} on Ray...")
         try:
-            serve.run(application(settings), name=settings.name, route_prefix=settings.route_prefix)
+            deploy(settings)
         except Exception as exc:  # a replica could not start: Serve says why
             console.print(f"[bold red]error:[/] {escape(_last_line(exc))}")
             return 1
@@ -65,6 +65,8 @@ def serve_on_ray(settings: RaySettings, address: str | None = None) -> int:
             pass
         console.print("stopping: deleting the application")
         serve.delete(settings.name)
+        if settings.management:
+            serve.delete(settings.manager_name)
         return 0
     finally:
         if own_cluster:
