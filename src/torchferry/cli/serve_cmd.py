@@ -261,7 +261,8 @@ def run_on_ray(args: argparse.Namespace) -> int:
         if exc.name is None or exc.name.split(".")[0] != "ray":
             raise
         err_console.print(
-            "[bold red]error:[/] --ray needs Ray Serve: pip install 'torchferry[ray]'"
+            "[bold red]error:[/] --ray needs Ray Serve: "
+            + escape("pip install 'torchferry[ray]'")
         )
         return 2
     autoscaling = None
