@@ -20,7 +20,10 @@ SERVE_YAML = Path(__file__).parents[2] / "deploy" / "ray" / "serve.yaml"
 def test_serves_config_schema_accepts_the_file():
     config = ServeDeploySchema.model_validate(yaml.safe_load(SERVE_YAML.read_text()))
     paths = {a.name: a.import_path for a in config.applications}
-    assert paths == {"torchferry": "torchferry.ray:app", "torchferry-manage": "torchferry.ray:manager"}
+    assert paths == {
+        "torchferry": "torchferry.ray:app",
+        "torchferry-manage": "torchferry.ray:manager",
+    }
     assert {a.route_prefix for a in config.applications} == {"/", "/manage"}
 
 
@@ -42,12 +45,10 @@ def test_the_builders_build_the_files_applications(tmp_path):
 
 
 def test_arguments_are_checked():
-    with pytest.raises(InvalidInput, match="unknown torchferry.ray:app argument.*replicas"):
+    with pytest.raises(InvalidInput, match=r"unknown torchferry\.ray:app argument\(s\) replicas"):
         settings_from_args({"store": "/s", "replicas": 2})
     with pytest.raises(InvalidInput, match="num_replicas or autoscaling, not both"):
-        settings_from_args(
-            {"store": "/s", "num_replicas": 2, "autoscaling": {"max_replicas": 3}}
-        )
+        settings_from_args({"store": "/s", "num_replicas": 2, "autoscaling": {"max_replicas": 3}})
     with pytest.raises(InvalidInput, match="min_replicas 3 is above max_replicas 1"):
         settings_from_args({"store": "/s", "autoscaling": {"min_replicas": 3, "max_replicas": 1}})
     scaled = settings_from_args({"store": "/s", "autoscaling": {"max_replicas": 4}, "threads": 2})
@@ -83,7 +84,9 @@ def test_serve_ray_usage_errors_are_one_line_with_exit_code_2(tmp_path, capsys, 
 
 
 def test_serve_ray_without_ray_says_what_to_install(tmp_path, capsys, monkeypatch):
-    for name in [m for m in sys.modules if m == "torchferry.ray" or m.startswith("torchferry.ray.")]:
+    for name in [
+        m for m in sys.modules if m == "torchferry.ray" or m.startswith("torchferry.ray.")
+    ]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails, as where it is missing
     assert main(["serve", "--ray", "--store", str(tmp_path)]) == 2

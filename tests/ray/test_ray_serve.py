@@ -19,6 +19,7 @@ import pytest
 import ray
 import torch
 from ray import serve
+from ray_traffic import client_loop
 
 from torchferry.demo.digits import export_digits, sample_request
 from torchferry.ray import RaySettings, deploy
@@ -26,9 +27,9 @@ from torchferry.serving.process import ServerProcess, free_ports, serve_in_subpr
 from torchferry.serving.settings import ServerSettings
 from torchferry.zoo.digits import DigitsCNN
 
-from ray_traffic import client_loop
-
 APP = "torchferry"
+#: The plain server's listeners that the comparison does not need.
+PLAIN_OFF = ("--no-grpc", "--no-metrics", "--no-management")
 PIXELS, _ = sample_request(count=3)
 V2_BODY = {
     "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [3, 64], "data": PIXELS["data"]}]
@@ -63,8 +64,7 @@ def servers(store: Path) -> Iterator[tuple[ServerProcess, str]]:
         plain = pool.submit(
             stack.enter_context,
             serve_in_subprocess(
-                ["--store", str(store), "--threads", "1", "--no-access-log"]
-                + ["--no-grpc", "--no-metrics", "--no-management"]
+                [*("--store", str(store), "--threads", "1", "--no-access-log"), *PLAIN_OFF]
             ),
         )
         ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)

@@ -250,7 +250,9 @@ def run(args: argparse.Namespace) -> int:
 
 def run_on_ray(args: argparse.Namespace) -> int:
     if args.workers != 1:
-        err_console.print("[bold red]error:[/] --workers does not apply with --ray: use --replicas N")
+        err_console.print(
+            "[bold red]error:[/] --workers does not apply with --ray: use --replicas N"
+        )
         return 2
     try:
         from pydantic import ValidationError
@@ -261,8 +263,7 @@ def run_on_ray(args: argparse.Namespace) -> int:
         if exc.name is None or exc.name.split(".")[0] != "ray":
             raise
         err_console.print(
-            "[bold red]error:[/] --ray needs Ray Serve: "
-            + escape("pip install 'torchferry[ray]'")
+            "[bold red]error:[/] --ray needs Ray Serve: " + escape("pip install 'torchferry[ray]'")
         )
         return 2
     autoscaling = None

@@ -9,14 +9,14 @@ from ray import serve
 from ray.serve import Application
 
 from torchferry.ray.config import RaySettings, settings_from_args
-from torchferry.ray.manager import TorchferryManager
-from torchferry.ray.replica import TorchferryReplica
+from torchferry.ray.manager import MANAGER
+from torchferry.ray.replica import REPLICAS
 
 
 def application(settings: RaySettings) -> Application:
     """The serving replicas, bound and ready for ``serve.run`` (with the manager's
     application, ``manager_application``, when management is on)."""
-    deployment = TorchferryReplica.options(**settings.deployment_options())
+    deployment = REPLICAS.options(**settings.deployment_options())
     manager = settings.manager_name if settings.management else None
     replica = settings.replica_settings().model_dump(mode="json")
     return deployment.bind(replica, settings.revision, manager)
@@ -24,7 +24,11 @@ def application(settings: RaySettings) -> Application:
 
 def manager_application(settings: RaySettings) -> Application:
     """The management API and the fleet behind it: one replica, no CPU reserved."""
-    deployment = TorchferryManager.options(ray_actor_options={"num_cpus": 0})
+    deployment = MANAGER.options(
+        ray_actor_options={"num_cpus": 0},
+        # Serve's line per call would log every replica's poll, every 2 s
+        logging_config={"enable_access_log": False},
+    )
     return deployment.bind(settings.manager_settings().model_dump(mode="json"))
 
 

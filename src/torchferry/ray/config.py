@@ -85,6 +85,8 @@ class RaySettings(BaseModel):
             # a replica drains like a worker: its batchers' queues are answered first
             "graceful_shutdown_timeout_s": self.server.drain_timeout_s,
             "max_surge_percent": self.max_surge_percent,
+            # one line per request is torchferry's access log's job, when it is on
+            "logging_config": {"enable_access_log": not self.server.access_log},
         }
         if self.autoscaling is not None:
             options["autoscaling_config"] = self.autoscaling.model_dump()

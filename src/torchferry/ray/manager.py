@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ray import serve
+from ray.serve import Deployment
 from starlette.types import ASGIApp
 
 from torchferry.serving.auth.guard import open_key_ring
@@ -167,8 +168,6 @@ async def admit(fleet: Fleet, links: ReplicaLinks, link: Link, status: dict[str,
     log.info("replica %d (%s) serves", link.index, link.replica_id)
 
 
-@serve.deployment(name=MANAGER_DEPLOYMENT, num_replicas=1, max_ongoing_requests=1000)
-@serve.ingress()
 class TorchferryManager:
     """The manager: the fleet, the management API over it, and the replicas' links."""
 
@@ -222,3 +221,9 @@ class TorchferryManager:
             with contextlib.suppress(BaseException):
                 await task
         await self.fleet.rollouts.close()
+
+
+#: One replica; many calls at once (every replica's poll, and the management calls).
+MANAGER: Deployment = serve.deployment(
+    name=MANAGER_DEPLOYMENT, num_replicas=1, max_ongoing_requests=1000
+)(serve.ingress()(TorchferryManager))

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from ray import serve
+from ray.serve import Deployment
 from starlette.types import ASGIApp
 
 from torchferry.ray.config import APP_NAME
@@ -36,8 +37,6 @@ def start_state(settings: ServerSettings) -> DesiredState | None:
     return initial_state(settings, settings.store)
 
 
-@serve.deployment(name=APP_NAME)
-@serve.ingress()
 class TorchferryReplica:
     """One replica. ``settings`` is ``ServerSettings`` as JSON; Serve restarts the replicas
     (rolling) when it or ``revision`` changes, which is all ``revision`` is for."""
@@ -79,3 +78,8 @@ class TorchferryReplica:
             self._linking.cancel()
         if self.link is not None:
             await self.link.leave()
+
+
+#: The deployment (Serve's ingress wrapper around the class: the app's lifespan runs in each
+#: replica).
+REPLICAS: Deployment = serve.deployment(name=APP_NAME)(serve.ingress()(TorchferryReplica))

@@ -56,11 +56,13 @@ def serve_on_ray(settings: RaySettings, address: str | None = None) -> int:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
-        prefix = settings.route_prefix.rstrip("/")
+        url = f"{server.scheme}://{server.host}:{server.port}"
         console.print(
-            f"serving on {server.scheme}://{server.host}:{server.port}{prefix} through Ray "
-            f"Serve with {describe(settings)}; Ctrl+C stops"
+            f"serving on {url}{settings.route_prefix.rstrip('/')} through Ray Serve with "
+            f"{describe(settings)}; Ctrl+C stops"
         )
+        if settings.management:
+            console.print(f"management API on {url}{settings.manager_route}")
         while not stop.wait(0.5):
             pass
         console.print("stopping: deleting the application")
