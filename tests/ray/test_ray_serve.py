@@ -12,14 +12,19 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import ray
 import torch
+import tritonclient.grpc as grpcclient
 from ray import serve
 from ray_traffic import client_loop
+from tritonclient.utils import InferenceServerException
 
 from torchferry.demo.digits import export_digits, sample_request
 from torchferry.ray import RaySettings, deploy
@@ -41,11 +46,10 @@ def new_digits_version(store: Path, seed: int) -> None:
     export_digits(DigitsCNN().eval(), store, format="onnx")
 
 
-def deployment_settings(store: Path, revision: str | None = None) -> RaySettings:
+def deployment_settings(store: Path) -> RaySettings:
     return RaySettings(
         num_replicas=2,
         num_cpus=0.5,  # room for a replacement beside both replicas on 2 CPUs
-        revision=revision,
         server=ServerSettings(store=store, threads=1, access_log=False),
     )
 
@@ -57,9 +61,22 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return store
 
 
+@dataclass
+class Servers:
+    plain: ServerProcess
+    #: Serve's HTTP proxy
+    proxy: str
+    #: Serve's gRPC proxy (host:port)
+    grpc_target: str
+    settings: RaySettings
+
+    def __iter__(self) -> Iterator[Any]:  # plain, proxy = servers
+        return iter((self.plain, self.proxy))
+
+
 @pytest.fixture(scope="module")
-def servers(store: Path) -> Iterator[tuple[ServerProcess, str]]:
-    """The plain server and Serve's proxy over the same store, started side by side."""
+def servers(store: Path) -> Iterator[Servers]:
+    """The plain server and Serve's proxies over the same store, started side by side."""
     with ExitStack() as stack, ThreadPoolExecutor(1) as pool:
         plain = pool.submit(
             stack.enter_context,
@@ -69,11 +86,17 @@ def servers(store: Path) -> Iterator[tuple[ServerProcess, str]]:
         )
         ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
         stack.callback(ray.shutdown)
-        (port,) = free_ports(1)
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        settings = deployment_settings(store)
+        settings.server.port, settings.server.grpc_port = free_ports(2)
+        serve.start(**settings.proxy_options())
         stack.callback(serve.shutdown)
-        deploy(deployment_settings(store))
-        yield plain.result(), f"http://127.0.0.1:{port}"
+        deploy(settings)
+        yield Servers(
+            plain.result(),
+            f"http://127.0.0.1:{settings.server.port}",
+            f"127.0.0.1:{settings.server.grpc_port}",
+            settings,
+        )
 
 
 def replica_actors() -> list[str]:
@@ -127,12 +150,29 @@ def test_errors_keep_their_status_through_the_proxy(servers):
     assert httpx.get(f"{proxy}/v2/health/ready", timeout=30).status_code == 200
 
 
+def test_kserve_v2_grpc_through_serves_grpc_proxy(servers):
+    client = grpcclient.InferenceServerClient(servers.grpc_target)
+    # Serve routes gRPC by this metadata once several applications run (the manager too)
+    route = {"application": APP}
+    assert client.is_server_ready(headers=route)
+    assert client.get_model_metadata("digits", headers=route).inputs[0].name == "pixels"
+    pixels = grpcclient.InferInput("pixels", [3, 64], "FP32")
+    pixels.set_data_from_numpy(np.array(PIXELS["data"], np.float32))
+    answer = client.infer("digits", [pixels], headers=route).as_numpy("probabilities")
+    expected = httpx.post(f"{servers.proxy}/v2/models/digits/infer", json=V2_BODY, timeout=30)
+    assert answer.tolist() == expected.json()["outputs"][0]["data"]  # the same floats
+    with pytest.raises(InferenceServerException) as missing:
+        client.infer("nothing", [pixels], headers=route)
+    assert missing.value.status() == "StatusCode.NOT_FOUND"
+    assert "nothing" in missing.value.message()
+
+
 def test_a_rolling_update_drops_nothing(servers, store):
     _, proxy = servers
     new_digits_version(store, seed=1)  # version 2: the highest, so the default
     with client_loop(proxy, V2_BODY) as loop:
         time.sleep(0.5)
-        deploy(deployment_settings(store, revision="2"))
+        deploy(servers.settings.model_copy(update={"revision": "2"}))
         time.sleep(0.5)
     assert loop.failures() == []
     assert {a.version for a in loop.answers} == {1, 2}

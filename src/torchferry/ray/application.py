@@ -34,11 +34,10 @@ def manager_application(settings: RaySettings) -> Application:
 
 def deploy(settings: RaySettings) -> None:
     """Run the application (and its manager) on the Serve this process is connected to;
-    returns once every replica serves. Running it again with new settings is a rolling
-    update of the replicas; a manager already running is kept (``serve.run`` would replace
-    it, and the replicas would have to join again for nothing)."""
-    running = serve.status().applications.get(settings.manager_name)
-    if settings.management and (running is None or running.status != "RUNNING"):
+    returns once every replica serves. Running it again is a rolling update of the replicas,
+    and a restart of the manager: like a restarted server, it starts from the store's state
+    file when there is one, else from the store (new versions in it are then served)."""
+    if settings.management:
         serve.run(
             manager_application(settings),
             name=settings.manager_name,

@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from torchferry.errors import InvalidInput
 from torchferry.serving.settings import ServerSettings
 
+#: What Serve's gRPC proxy imports to learn KServe V2's service (``grpc_proxy.py``).
+GRPC_SERVICER_FUNCTION = (
+    "torchferry.serving.protos.inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+)
 #: The application's (and its deployment's) name unless told otherwise.
 APP_NAME = "torchferry"
 
@@ -92,6 +96,20 @@ class RaySettings(BaseModel):
             options["autoscaling_config"] = self.autoscaling.model_dump()
         else:
             options["num_replicas"] = self.num_replicas or 1
+        return options
+
+    def proxy_options(self) -> dict[str, Any]:
+        """``serve.start``'s options: Serve's HTTP proxy on the server's host and port, and
+        its gRPC proxy hosting KServe V2 on the server's gRPC port (none when that is off).
+        They apply where Serve is not running yet (Serve keeps a running cluster's)."""
+        options: dict[str, Any] = {
+            "http_options": {"host": self.server.host, "port": self.server.port}
+        }
+        if self.server.grpc_port is not None:
+            options["grpc_options"] = {
+                "port": self.server.grpc_port,
+                "grpc_servicer_functions": [GRPC_SERVICER_FUNCTION],
+            }
         return options
 
     @property

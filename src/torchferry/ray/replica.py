@@ -17,12 +17,14 @@ from ray.serve import Deployment
 from starlette.types import ASGIApp
 
 from torchferry.ray.config import APP_NAME
+from torchferry.ray.grpc_proxy import RPCS, rpc_method
 from torchferry.ray.link import ManagerLink
 from torchferry.serving.app import build_app
 from torchferry.serving.lifecycle.restore import initial_state
 from torchferry.serving.lifecycle.state import DesiredState
 from torchferry.serving.loading import load_repository
 from torchferry.serving.logs import configure_logging
+from torchferry.serving.protocols.grpc import InferenceServicer
 from torchferry.serving.settings import ServerSettings
 
 log = logging.getLogger("torchferry.ray")
@@ -57,6 +59,8 @@ class TorchferryReplica:
         # loading builds and warms up every version: off the replica's event loop
         repository = await asyncio.to_thread(load_repository, settings, state)
         app = build_app(settings, repository)
+        # the methods Serve's gRPC proxy calls (grpc_proxy.rpc_method) answer through it
+        self.grpc_servicer = InferenceServicer(app.state.plane)
         # as in a worker: torch's long-lived objects out of the collector's sight
         gc.collect()
         gc.freeze()
@@ -79,6 +83,9 @@ class TorchferryReplica:
         if self.link is not None:
             await self.link.leave()
 
+
+for _rpc in RPCS:  # KServe V2 gRPC through Serve's gRPC proxy
+    setattr(TorchferryReplica, _rpc, rpc_method(_rpc))
 
 #: The deployment (Serve's ingress wrapper around the class: the app's lifespan runs in each
 #: replica).

@@ -40,10 +40,12 @@ def serve_on_ray(settings: RaySettings, address: str | None = None) -> int:
         server.check_sources()
         server.check_tls()
         reserve(server.host, server.port, "HTTP", "--port").close()
+        if server.grpc_port is not None:
+            reserve(server.host, server.grpc_port, "gRPC", "--grpc-port").close()
     ray.init(address=address, logging_level=logging.WARNING, configure_logging=False)
     stop = threading.Event()
     try:
-        serve.start(http_options={"host": server.host, "port": server.port})
+        serve.start(**settings.proxy_options())
         console.print(f"deploying {settings.name} with {describe(settings)} on Ray...")
         try:
             deploy(settings)
@@ -61,6 +63,11 @@ def serve_on_ray(settings: RaySettings, address: str | None = None) -> int:
             f"serving on {url}{settings.route_prefix.rstrip('/')} through Ray Serve with "
             f"{describe(settings)}; Ctrl+C stops"
         )
+        if server.grpc_port is not None:
+            console.print(
+                f"KServe V2 gRPC on {server.host}:{server.grpc_port} (Serve's gRPC proxy; "
+                f"metadata application={settings.name} when several applications run)"
+            )
         if settings.management:
             console.print(f"management API on {url}{settings.manager_route}")
         while not stop.wait(0.5):
