@@ -37,13 +37,11 @@ def deploy(settings: RaySettings) -> None:
     returns once every replica serves. Running it again is a rolling update of the replicas,
     and a restart of the manager: like a restarted server, it starts from the store's state
     file when there is one, else from the store (new versions in it are then served)."""
-    if settings.management:
-        serve.run(
-            manager_application(settings),
-            name=settings.manager_name,
-            route_prefix=settings.manager_route,
-        )
-    serve.run(application(settings), name=settings.name, route_prefix=settings.route_prefix)
+    targets = [serve.RunTarget(application(settings), settings.name, settings.route_prefix)]
+    if settings.management:  # at once: a replica joins the manager whenever it is up
+        manager = manager_application(settings)
+        targets.append(serve.RunTarget(manager, settings.manager_name, settings.manager_route))
+    serve.run_many(targets)
 
 
 def manager(args: dict[str, Any] | None = None) -> Application:
