@@ -19,7 +19,7 @@ from torchferry.serving.listen import reserve
 from torchferry.serving.logs import configure_logging
 
 log = logging.getLogger("torchferry.ray")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def describe(settings: RaySettings) -> str:
