@@ -39,10 +39,17 @@ def serve_on_ray(settings: RaySettings, address: str | None = None) -> int:
     if own_cluster:  # the store must be here; on a cluster, it must be where the replicas are
         server.check_sources()
         server.check_tls()
-        reserve(server.host, server.port, "HTTP", "--port").close()
+        # free now (Serve's proxies bind them later), and port 0 resolved to a free one
+        ports = {"port": _free(server.host, server.port, "HTTP", "--port")}
         if server.grpc_port is not None:
-            reserve(server.host, server.grpc_port, "gRPC", "--grpc-port").close()
-    ray.init(address=address, logging_level=logging.WARNING, configure_logging=False)
+            ports["grpc_port"] = _free(server.host, server.grpc_port, "gRPC", "--grpc-port")
+        server = server.model_copy(update=ports)
+        settings = settings.model_copy(update={"server": server})
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:  # no cluster at ADDRESS
+        console.print(f"[bold red]error:[/] cannot reach Ray at {address}: {escape(str(exc))}")
+        return 1
     stop = threading.Event()
     try:
         serve.start(**settings.proxy_options())
@@ -81,6 +88,12 @@ def serve_on_ray(settings: RaySettings, address: str | None = None) -> int:
         if own_cluster:
             serve.shutdown()
         ray.shutdown()
+
+
+def _free(host: str, port: int, what: str, flag: str) -> int:
+    guard = reserve(host, port, what, flag)  # PortInUse (exit 1) names the option
+    guard.close()
+    return guard.port
 
 
 def _last_line(exc: BaseException) -> str:
