@@ -55,15 +55,9 @@ def deployment_settings(store: Path) -> RaySettings:
     )
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("ray") / "store"
-    new_digits_version(store, seed=0)
-    return store
-
-
 @dataclass
 class Servers:
+    store: Path
     plain: ServerProcess
     #: Serve's HTTP proxy
     proxy: str
@@ -76,27 +70,34 @@ class Servers:
 
 
 @pytest.fixture(scope="module")
-def servers(store: Path) -> Iterator[Servers]:
-    """The plain server and Serve's proxies over the same store, started side by side."""
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """The plain server and Serve's proxies over the same store. The store's export and
+    the plain server's start (a thread) overlap Ray's start (the main thread: it sets up
+    signal handling)."""
+    store = tmp_path_factory.mktemp("ray") / "store"
+    plain_args = [*("--store", str(store), "--threads", "1", "--no-access-log"), *PLAIN_OFF]
     with ExitStack() as stack, ThreadPoolExecutor(1) as pool:
-        plain = pool.submit(
-            stack.enter_context,
-            serve_in_subprocess(
-                [*("--store", str(store), "--threads", "1", "--no-access-log"), *PLAIN_OFF]
-            ),
-        )
+        exported = pool.submit(new_digits_version, store, 0)
+        plain = pool.submit(stack.enter_context, serve_in_subprocess(plain_args))
         ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
         stack.callback(ray.shutdown)
         settings = deployment_settings(store)
         settings.server.port, settings.server.grpc_port = free_ports(2)
         serve.start(**settings.proxy_options())  # ray.shutdown takes Serve down with it
+        exported.result()
         deploy(settings)
         yield Servers(
+            store,
             plain.result(),
             f"http://127.0.0.1:{settings.server.port}",
             f"127.0.0.1:{settings.server.grpc_port}",
             settings,
         )
+
+
+@pytest.fixture(scope="module")
+def store(servers: Servers) -> Path:
+    return servers.store
 
 
 def replica_actors() -> list[str]:
