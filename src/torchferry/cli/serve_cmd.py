@@ -179,6 +179,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.set_defaults(func=run)
     register_security(parser)
+    register_ray(parser)
+
+
+def register_ray(parser: argparse.ArgumentParser) -> None:
+    ray = parser.add_argument_group(
+        "Ray Serve", "serve through Ray Serve's proxy instead (needs torchferry[ray])"
+    )
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="run the server as a Ray Serve application: replicas behind Serve's HTTP proxy "
+        "on --host/--port (the store must be on a path every Ray node sees)",
+    )
+    scaling = ray.add_mutually_exclusive_group()
+    scaling.add_argument("--replicas", type=int, help="replicas (default 1)")
+    scaling.add_argument(
+        "--autoscale",
+        type=parse_autoscale,
+        metavar="MIN:MAX",
+        help="let Serve scale between MIN and MAX replicas",
+    )
+    ray.add_argument(
+        "--ray-address",
+        help="join this Ray cluster (auto, ray://HOST:10001) instead of starting one here",
+    )
+    ray.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica (1)")
+    ray.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs per replica (0)")
+
+
+def parse_autoscale(text: str) -> tuple[int, int]:
+    """``MIN:MAX`` replicas -> (MIN, MAX); the same rule as the Ray settings' (no Ray here)."""
+    low, sep, high = text.partition(":")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MIN:MAX replicas, such as 1:4")
+    if int(high) < 1 or int(low) > int(high):
+        raise argparse.ArgumentTypeError(f"{text!r}: MIN must be at most MAX, and MAX at least 1")
+    return int(low), int(high)
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
@@ -219,6 +256,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ray:
+        return run_on_ray(args)
     from torchferry.serving.server import serve
 
     if args.model_dir is None:
@@ -241,3 +280,39 @@ def report_imports(source: ServedSource) -> None:
         err_console.print(f"imported {escape(file)} as {escape(name)} version {version}")
     if source.imported:
         err_console.print(f"serving the imported models from the store {source.store}")
+
+
+def run_on_ray(args: argparse.Namespace) -> int:
+    if args.workers != 1:
+        err_console.print(
+            "[bold red]error:[/] --workers does not apply with --ray: use --replicas N"
+        )
+        return 2
+    try:
+        from pydantic import ValidationError
+
+        from torchferry.ray import Autoscaling, RaySettings, serve_on_ray
+        from torchferry.ray.config import validation_reason
+    except ImportError as exc:
+        if exc.name is None or exc.name.split(".")[0] != "ray":
+            raise
+        err_console.print(
+            "[bold red]error:[/] --ray needs Ray Serve: " + escape("pip install 'torchferry[ray]'")
+        )
+        return 2
+    autoscaling = None
+    if args.autoscale is not None:
+        low, high = args.autoscale
+        autoscaling = Autoscaling(min_replicas=low, max_replicas=high)
+    try:
+        settings = RaySettings(
+            num_replicas=args.replicas,
+            autoscaling=autoscaling,
+            num_cpus=args.replica_cpus,
+            num_gpus=args.replica_gpus,
+            server=settings_from_args(args),
+        )
+    except ValidationError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(validation_reason(exc))}")
+        return 2
+    return serve_on_ray(settings, args.ray_address)

@@ -1,0 +1,103 @@
+"""``torchferry serve --ray``: start (or join) Ray, run the application behind Serve's HTTP
+proxy on ``--host``/``--port``, and take it down again on SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+import ray
+from ray import serve
+from rich.console import Console
+from rich.markup import escape
+
+from torchferry.ray.application import deploy
+from torchferry.ray.config import RaySettings
+from torchferry.serving.listen import reserve
+from torchferry.serving.logs import configure_logging
+
+log = logging.getLogger("torchferry.ray")
+console = Console(stderr=True, soft_wrap=True)
+
+
+def describe(settings: RaySettings) -> str:
+    if settings.autoscaling is not None:
+        scale = settings.autoscaling
+        return f"{scale.min_replicas} to {scale.max_replicas} replicas (autoscaling)"
+    return f"{settings.num_replicas or 1} replica(s)"
+
+
+def serve_on_ray(settings: RaySettings, address: str | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; the exit code. Without ``address`` a Ray of this machine
+    is started and shut down again; with one (``auto``, ``ray://HOST:10001``) the app joins
+    that cluster, and only the app is deleted at the end (Serve keeps running there)."""
+    server = settings.server
+    configure_logging(server.log_level, server.log_format)
+    own_cluster = address is None
+    if own_cluster:  # the store must be here; on a cluster, it must be where the replicas are
+        server.check_sources()
+        server.check_tls()
+        # free now (Serve's proxies bind them later), and port 0 resolved to a free one
+        ports = {"port": _free(server.host, server.port, "HTTP", "--port")}
+        if server.grpc_port is not None:
+            ports["grpc_port"] = _free(server.host, server.grpc_port, "gRPC", "--grpc-port")
+        server = server.model_copy(update=ports)
+        settings = settings.model_copy(update={"server": server})
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:  # no cluster at ADDRESS
+        console.print(f"[bold red]error:[/] cannot reach Ray at {address}: {escape(str(exc))}")
+        return 1
+    stop = threading.Event()
+    try:
+        serve.start(**settings.proxy_options())
+        console.print(f"deploying {settings.name} with {describe(settings)} on Ray...")
+        try:
+            deploy(settings)
+        except Exception as exc:  # a replica could not start: Serve says why
+            console.print(f"[bold red]error:[/] {escape(_last_line(exc))}")
+            return 1
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
+        url = f"{server.scheme}://{server.host}:{server.port}"
+        console.print(
+            f"serving on {url}{settings.route_prefix.rstrip('/')} through Ray Serve with "
+            f"{describe(settings)}; Ctrl+C stops"
+        )
+        if server.grpc_port is not None:
+            console.print(
+                f"KServe V2 gRPC on {server.host}:{server.grpc_port} (Serve's gRPC proxy; "
+                f"metadata application={settings.name} when several applications run)"
+            )
+        if settings.management:
+            console.print(f"management API on {url}{settings.manager_route}")
+        while not stop.wait(0.5):
+            pass
+        console.print("stopping: deleting the application")
+        serve.delete(settings.name)
+        if settings.management:
+            serve.delete(settings.manager_name)
+        return 0
+    finally:
+        if own_cluster:
+            serve.shutdown()
+        ray.shutdown()
+
+
+def _free(host: str, port: int, what: str, flag: str) -> int:
+    guard = reserve(host, port, what, flag)  # PortInUse (exit 1) names the option
+    guard.close()
+    return guard.port
+
+
+def _last_line(exc: BaseException) -> str:
+    """Serve's deployment errors carry the replica's whole traceback: its last line is the
+    reason."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
