@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 from ray import serve
 
 from torchferry.ray.manager import MANAGER_DEPLOYMENT
-from torchferry.serving.describe import version_record
 from torchferry.serving.repository import ModelRepository
-from torchferry.serving.worker import _MODEL_COMMANDS as MODEL_COMMANDS
+from torchferry.serving.worker import MODEL_COMMANDS, worker_status
 
 log = logging.getLogger("torchferry.ray")
 
@@ -23,17 +21,8 @@ RETRY_S = 1.0
 
 
 def replica_status(repository: ModelRepository, index: int) -> dict[str, Any]:
-    """What a worker's ``status`` says, for the fleet: every model, whatever a token sees."""
-    return {
-        "worker": index,
-        "pid": os.getpid(),
-        "serving": repository.started,
-        "draining": False,
-        "models": [version_record(m) for m in repository.all()],
-        "routes": {
-            name: repository.routes(name).model_dump(mode="json") for name in repository.names()
-        },
-    }
+    """A worker's ``status``, for the fleet; a replica drains through Serve, never here."""
+    return worker_status(repository, index, repository.started, draining=False)
 
 
 class ManagerLink:

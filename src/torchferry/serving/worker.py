@@ -212,8 +212,8 @@ class Worker:
         if op == "drain":
             self.drain()
             return self.status()
-        if op in _MODEL_COMMANDS:
-            return await _MODEL_COMMANDS[op](self._repository(op), args)
+        if op in MODEL_COMMANDS:
+            return await MODEL_COMMANDS[op](self._repository(op), args)
         raise ValueError(f"unknown command {op!r}")
 
     def _repository(self, op: str) -> ModelRepository:
@@ -222,23 +222,8 @@ class Worker:
         return self.plane.repository
 
     def status(self) -> dict[str, Any]:
-        # the repository itself, not the data plane: the supervisor sees every model,
-        # whatever a request's token may see
         repository = self.plane.repository if self.plane else None
-        models = repository.all() if repository is not None else []
-        routes = (
-            {name: repository.routes(name).model_dump(mode="json") for name in repository.names()}
-            if repository is not None
-            else {}
-        )
-        return {
-            "worker": self.index,
-            "pid": os.getpid(),
-            "serving": self.serving.is_set(),
-            "draining": self.draining,
-            "models": [version_record(m) for m in models],
-            "routes": routes,
-        }
+        return worker_status(repository, self.index, self.serving.is_set(), self.draining)
 
     def stop_listening(self) -> None:
         """A drain's first step: refuse new connections and gRPC calls, answer "not ready",
@@ -316,6 +301,28 @@ async def _stage(repository: ModelRepository, args: dict[str, Any]) -> dict[str,
     return {"name": manifest.name, "version": manifest.version, "path": str(archive.path)}
 
 
+def worker_status(
+    repository: ModelRepository | None, index: int, serving: bool, draining: bool
+) -> dict[str, Any]:
+    """What the fleet knows a worker (or a Ray replica) by: its models and routes, read from
+    the repository itself, not the data plane, so every model is listed whatever a
+    request's token may see."""
+    models = repository.all() if repository is not None else []
+    routes = (
+        {name: repository.routes(name).model_dump(mode="json") for name in repository.names()}
+        if repository is not None
+        else {}
+    )
+    return {
+        "worker": index,
+        "pid": os.getpid(),
+        "serving": serving,
+        "draining": draining,
+        "models": [version_record(m) for m in models],
+        "routes": routes,
+    }
+
+
 def _versions(repository: ModelRepository, name: str) -> list[Any]:
     """The model's active versions (none for a model that is not loaded)."""
     return (
@@ -325,7 +332,9 @@ def _versions(repository: ModelRepository, name: str) -> list[Any]:
     )
 
 
-_MODEL_COMMANDS: dict[str, Callable[[ModelRepository, dict[str, Any]], Awaitable[Any]]] = {
+#: The model commands a worker takes on its control channel (a Ray replica takes the same
+#: ones from the manager): op -> coroutine over the worker's repository and the arguments.
+MODEL_COMMANDS: dict[str, Callable[[ModelRepository, dict[str, Any]], Awaitable[Any]]] = {
     "load": _load,
     "activate": _activate,
     "discard": _discard,
