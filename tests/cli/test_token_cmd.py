@@ -96,6 +96,7 @@ def test_serve_with_auth_and_no_key_file_fails_naming_the_command(tmp_path, caps
     assert "torchferry token create" in err and "keys.json" in err
     model_dir = tmp_path / "model"
     model_dir.mkdir()
+    (model_dir / "manifest.json").write_text("{}")  # an archive's layout; never read
     argv = ["serve", "--model-name", "m", "--model-dir", str(model_dir), "--auth"]
     assert main(argv) == 1 and "--key-file" in _err(capsys)
 
