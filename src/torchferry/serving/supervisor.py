@@ -30,7 +30,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,12 @@ from torchferry.serving.lifecycle.listener import management_listener
 from torchferry.serving.lifecycle.poll import StorePoller
 from torchferry.serving.lifecycle.workers import WorkerGone
 from torchferry.serving.listen import PortGuard, QuietServer, listen_exclusive, reserve
-from torchferry.serving.metrics_render import metrics_app, render_metrics, worker_died
+from torchferry.serving.metrics_render import (
+    metrics_app,
+    new_multiproc_dir,
+    render_metrics,
+    worker_died,
+)
 from torchferry.serving.settings import ServerSettings
 
 log = logging.getLogger("torchferry.supervisor")
@@ -131,7 +135,7 @@ class Supervisor:
             self.worker_settings = settings.model_copy(update=update)
             if settings.metrics_port is not None:
                 # fresh for every run: files left by an earlier one would add to the counters
-                self.metrics_dir = Path(tempfile.mkdtemp(prefix="torchferry-metrics-"))
+                self.metrics_dir = new_multiproc_dir()
                 metrics_listener = listen_exclusive(
                     settings.host, settings.metrics_port, "metrics", "--metrics-port"
                 )
