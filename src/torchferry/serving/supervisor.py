@@ -37,6 +37,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from torchferry.errors import TorchferryError
 from torchferry.serving.auth.guard import RequireToken, metrics_needs, open_key_ring
 from torchferry.serving.control import Channel, ControlError
 from torchferry.serving.http_guard import GuardedServer, http_config
@@ -140,7 +141,14 @@ class Supervisor:
                     settings.host, settings.metrics_port, "metrics", "--metrics-port"
                 )
             management = management_listener(self.fleet, settings, self.keys)
-            self.fleet.restore()
+            try:
+                self.fleet.restore()
+            except PermissionError as exc:  # a store owned by another user (a volume)
+                raise TorchferryError(
+                    f"cannot read the model store: {exc.filename}: permission denied to user "
+                    f"{os.getuid()}; make the store readable (and writable, for its "
+                    ".torchferry/) by that user"
+                ) from None
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
             try:
