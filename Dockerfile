@@ -47,7 +47,6 @@ ENV PATH=/opt/torchferry/bin:${PATH} \
 EXPOSE 8080 8081 8085 8082
 # No VOLUME: an image built FROM this one may COPY a store into /mnt/models, which a
 # VOLUME would discard; mount one at run time (docker run -v, compose, KServe).
-WORKDIR /mnt/models
 USER 10001:10001
 HEALTHCHECK --interval=15s --timeout=6s --start-period=60s --retries=3 \
     CMD ["torchferry-healthcheck"]
