@@ -8,6 +8,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,9 +18,11 @@ import httpx
 import pytest
 import uvicorn
 
+from torchferry.errors import TorchferryError
 from torchferry.serving.metrics_render import (
     fresh_multiproc_dir,
     metrics_app,
+    new_multiproc_dir,
     parse_metrics,
     render_metrics,
     sample_value,
@@ -127,6 +130,15 @@ def test_process_stats_of_this_process_and_a_gone_one():
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     assert read_process(gone.pid) is None
+
+
+def test_no_writable_temporary_directory_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    with pytest.raises(TorchferryError, match=r"mount a tmpfs on /tmp.*--no-metrics"):
+        new_multiproc_dir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made = new_multiproc_dir()
+    assert made.parent == tmp_path and made.is_dir()
 
 
 def test_a_fresh_directory_holds_no_earlier_run(multiproc_dir):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from torchferry.errors import TorchferryError
 from torchferry.serving.procstats import WorkerProcesses
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -64,6 +66,20 @@ def worker_died(pid: int, multiproc_dir: str | os.PathLike[str] | None = None) -
     path = multiproc_dir if multiproc_dir is not None else os.environ.get(MULTIPROC_ENV)
     if path is not None:
         mark_process_dead(pid, str(path))
+
+
+def new_multiproc_dir() -> Path:
+    """A new, empty directory under ``$TMPDIR`` for one run's metric files; a clear error
+    where no temporary directory is writable (a read-only root with no tmpfs on ``/tmp``)."""
+    try:
+        return Path(tempfile.mkdtemp(prefix="torchferry-metrics-"))
+    except OSError as exc:
+        where = os.environ.get("TMPDIR") or tempfile.tempdir or "/tmp"
+        raise TorchferryError(
+            f"no writable temporary directory for the workers' metrics ({where}: "
+            f"{exc.strerror or exc}): set TMPDIR to a writable directory, or mount a tmpfs on "
+            "/tmp (a read-only container: docker run --tmpfs /tmp), or serve --no-metrics"
+        ) from None
 
 
 def fresh_multiproc_dir(path: str | os.PathLike[str]) -> Path:

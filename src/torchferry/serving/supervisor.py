@@ -30,7 +30,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from torchferry.errors import TorchferryError
 from torchferry.serving.auth.guard import RequireToken, metrics_needs, open_key_ring
 from torchferry.serving.control import Channel, ControlError
 from torchferry.serving.http_guard import GuardedServer, http_config
@@ -46,7 +46,12 @@ from torchferry.serving.lifecycle.listener import management_listener
 from torchferry.serving.lifecycle.poll import StorePoller
 from torchferry.serving.lifecycle.workers import WorkerGone
 from torchferry.serving.listen import PortGuard, QuietServer, listen_exclusive, reserve
-from torchferry.serving.metrics_render import metrics_app, render_metrics, worker_died
+from torchferry.serving.metrics_render import (
+    metrics_app,
+    new_multiproc_dir,
+    render_metrics,
+    worker_died,
+)
 from torchferry.serving.settings import ServerSettings
 
 log = logging.getLogger("torchferry.supervisor")
@@ -131,12 +136,19 @@ class Supervisor:
             self.worker_settings = settings.model_copy(update=update)
             if settings.metrics_port is not None:
                 # fresh for every run: files left by an earlier one would add to the counters
-                self.metrics_dir = Path(tempfile.mkdtemp(prefix="torchferry-metrics-"))
+                self.metrics_dir = new_multiproc_dir()
                 metrics_listener = listen_exclusive(
                     settings.host, settings.metrics_port, "metrics", "--metrics-port"
                 )
             management = management_listener(self.fleet, settings, self.keys)
-            self.fleet.restore()
+            try:
+                self.fleet.restore()
+            except PermissionError as exc:  # a store owned by another user (a volume)
+                raise TorchferryError(
+                    f"cannot read the model store: {exc.filename}: permission denied to user "
+                    f"{os.getuid()}; make the store readable (and writable, for its "
+                    ".torchferry/) by that user"
+                ) from None
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
             try:
