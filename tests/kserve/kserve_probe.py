@@ -1,11 +1,13 @@
-"""The KServe SDK's part of the tests, run as a child process: ``python kserve_probe.py
-validate|query``, a JSON request on stdin, a JSON answer on stdout.
+"""The KServe SDK's part of the tests, run as a child process: ``python kserve_probe.py``
+reads requests, ``{"command": "validate" | "query", "request": ...}``, a JSON line each, from
+stdin, and writes each answer as a JSON line to stdout, until stdin ends.
 
 Why a child: ``import kserve`` registers KServe's ``grpc_predict_v2.proto`` (package
 ``inference``) in protobuf's default descriptor pool, where tritonclient's ``grpc_service.proto``
 and our ``inference.proto`` register the same symbols under other file names; in one process
 whichever comes second fails (``duplicate symbol 'inference.ServerLiveRequest'``). The pytest
-process imports those two, so it must never import the SDK: :mod:`sdk_child` runs this.
+process imports those two, so it must never import the SDK: :mod:`sdk_child` runs this, one
+child for all the KServe tests (each ``import kserve`` costs seconds).
 
 ``validate``: ``{name: {"type": SDK class, "data": document}}`` ->
 ``{name: {"outcome": "accepted" | "refused" | "crashed", "message": str}}``.
@@ -125,15 +127,15 @@ async def query(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    (command,) = sys.argv[1:]
-    request = json.load(sys.stdin)
-    if command == "validate":
-        answer = validate(request)
-    elif command == "query":
-        answer = asyncio.run(query(request))
-    else:
-        raise SystemExit(f"unknown command {command!r}: validate or query")
-    json.dump(answer, sys.stdout)
+    for line in sys.stdin:
+        message = json.loads(line)
+        if message["command"] == "validate":
+            answer = validate(message["request"])
+        elif message["command"] == "query":
+            answer = asyncio.run(query(message["request"]))
+        else:
+            raise SystemExit(f"unknown command {message['command']!r}: validate or query")
+        print(json.dumps(answer), flush=True)
 
 
 if __name__ == "__main__":

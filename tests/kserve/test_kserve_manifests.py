@@ -1,8 +1,8 @@
 """``deploy/kserve/``: every file is what the KServe SDK's model classes accept, and the
 runtime and the examples agree with each other and with the ports the image uses.
 
-The SDK checks run in one child process (:mod:`kserve_probe`, which uses
-:func:`kserve_sdk.deserialize`): every file and every broken variant of one at once."""
+The SDK checks run in the package's child process (:mod:`kserve_probe`, which uses
+:func:`kserve_sdk.deserialize`): every file and every broken variant of one in one request."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ BROKEN: dict[str, tuple[Path, Callable[[dict[str, Any]], None], str]] = {
 
 
 @pytest.fixture(scope="module")
-def verdicts() -> dict[str, Any]:
+def verdicts(kserve_sdk: SdkChild) -> dict[str, Any]:
     """The strict check's verdict on every file (by name) and every case of BROKEN."""
     documents = {}
     for path in [RUNTIME, *SERVICES]:
@@ -75,7 +75,7 @@ def verdicts() -> dict[str, Any]:
         data = load(path)
         breaks(data)
         documents[case] = {"type": KINDS[data["kind"]], "data": data}
-    return SdkChild("validate").ask(documents)
+    return kserve_sdk.ask("validate", documents)
 
 
 @pytest.mark.parametrize("path", [RUNTIME, *SERVICES], ids=lambda p: p.name)

@@ -6,9 +6,9 @@ What differs from a pod, and why: ``{{.Name}}`` is the InferenceService's name, 
 is a temporary folder, ``$(VAR)`` comes from the container's ``env`` as the kubelet expands it,
 and the ports are free ones (``serve_in_subprocess`` appends ``--http_port``, ``--grpc-port``,
 ``--metrics-port`` and ``--management-port``, which win over the YAML's as the last given).
-One server per layout, each asked by all three clients: the clients run in one child process
-(:mod:`kserve_probe`, which the SDK's protos need; see there), asking every server at once, and
-each test here reads its part of the answers.
+One server per layout, each asked by all three clients: the clients run in the package's child
+process (:mod:`kserve_probe`, which the SDK's protos need; see there), asking every server at
+once in one request, and each test here reads its part of the answers.
 """
 
 from __future__ import annotations
@@ -119,19 +119,11 @@ def servers(
             each.server.process.terminate()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def sdk_clients() -> Iterator[SdkChild]:
-    """The child with the SDK's clients, started first (autouse) so that its seconds of
-    imports overlap building the layouts and starting the servers."""
-    child = SdkChild("query")
-    yield child
-    child.close()
-
-
 @pytest.fixture(scope="module")
-def answers(sdk_clients: SdkChild, servers: dict[str, Served]) -> dict[str, Any]:
+def answers(kserve_sdk: SdkChild, servers: dict[str, Served]) -> dict[str, Any]:
     """layout -> client (``v1``, ``v2-json``, ``v2-binary``, ``grpc``) -> what it got."""
-    return sdk_clients.ask(
+    return kserve_sdk.ask(
+        "query",
         {
             "x": X.tolist(),
             "servers": {
@@ -142,7 +134,7 @@ def answers(sdk_clients: SdkChild, servers: dict[str, Served]) -> dict[str, Any]
                 }
                 for layout, each in servers.items()
             },
-        }
+        },
     )
 
 
