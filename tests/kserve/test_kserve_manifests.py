@@ -1,14 +1,20 @@
 """``deploy/kserve/``: every file is what the KServe SDK's model classes accept, and the
-runtime and the examples agree with each other and with the ports the image uses."""
+runtime and the examples agree with each other and with the ports the image uses.
+
+The SDK checks run in the package's child process (:mod:`kserve_probe`, which uses
+:func:`kserve_sdk.deserialize`): every file and every broken variant of one in one request."""
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from kserve_sdk import SchemaError, deserialize
+from sdk_child import SdkChild, kserve_imported
 
 DEPLOY = Path(__file__).parents[2] / "deploy" / "kserve"
 RUNTIME = DEPLOY / "cluster-serving-runtime.yaml"
@@ -37,28 +43,57 @@ def options(args: list[str]) -> dict[str, str]:
     return dict(arg.split("=", 1) for arg in args if arg.startswith("--") and "=" in arg)
 
 
+def _misspell_args(runtime: dict[str, Any]) -> None:
+    runtime["spec"]["containers"][0]["agrs"] = runtime["spec"]["containers"][0].pop("args")
+
+
+def _drop_container_name(runtime: dict[str, Any]) -> None:
+    del runtime["spec"]["containers"][0]["name"]
+
+
+def _list_as_format_name(service: dict[str, Any]) -> None:
+    service["spec"]["predictor"]["model"]["modelFormat"]["name"] = ["torchferry"]
+
+
+#: What Kubernetes would refuse: case -> (the file, how it is broken, what the refusal names).
+BROKEN: dict[str, tuple[Path, Callable[[dict[str, Any]], None], str]] = {
+    "misspelt-field": (RUNTIME, _misspell_args, "agrs"),
+    "missing-required": (RUNTIME, _drop_container_name, "name"),
+    "wrong-type": (SERVICES[0], _list_as_format_name, "expected str"),
+}
+
+
+@pytest.fixture(scope="module")
+def verdicts(kserve_sdk: SdkChild) -> dict[str, Any]:
+    """The strict check's verdict on every file (by name) and every case of BROKEN."""
+    documents = {}
+    for path in [RUNTIME, *SERVICES]:
+        data = load(path)
+        if data.get("kind") in KINDS:  # else test_the_sdk_accepts_it says which
+            documents[path.name] = {"type": KINDS[data["kind"]], "data": data}
+    for case, (path, breaks, _) in BROKEN.items():
+        data = load(path)
+        breaks(data)
+        documents[case] = {"type": KINDS[data["kind"]], "data": data}
+    return kserve_sdk.ask("validate", documents)
+
+
 @pytest.mark.parametrize("path", [RUNTIME, *SERVICES], ids=lambda p: p.name)
-def test_the_sdk_accepts_it(path: Path) -> None:
+def test_the_sdk_accepts_it(path: Path, verdicts: dict[str, Any]) -> None:
     data = load(path)
     assert data["apiVersion"].startswith("serving.kserve.io/")
-    deserialize(data, KINDS[data["kind"]])
+    assert data["kind"] in KINDS, f"{path.name}: unexpected kind {data['kind']!r}"
+    verdict = verdicts[path.name]
+    assert verdict["outcome"] == "accepted", verdict["message"]
 
 
-def test_the_check_refuses_what_kubernetes_would() -> None:
+@pytest.mark.parametrize("case", BROKEN)
+def test_the_check_refuses_what_kubernetes_would(case: str, verdicts: dict[str, Any]) -> None:
     """The strict check is not a pass-through: a misspelt field, a missing required one and a
-    wrongly typed value are each refused."""
-    runtime = load(RUNTIME)
-    runtime["spec"]["containers"][0]["agrs"] = runtime["spec"]["containers"][0].pop("args")
-    with pytest.raises(SchemaError, match="agrs"):
-        deserialize(runtime, "V1alpha1ClusterServingRuntime")
-    runtime = load(RUNTIME)
-    del runtime["spec"]["containers"][0]["name"]
-    with pytest.raises(SchemaError, match="name"):
-        deserialize(runtime, "V1alpha1ClusterServingRuntime")
-    service = load(SERVICES[0])
-    service["spec"]["predictor"]["model"]["modelFormat"]["name"] = ["torchferry"]
-    with pytest.raises(SchemaError, match="expected str"):
-        deserialize(service, "V1beta1InferenceService")
+    wrongly typed value are each refused, by the check (not a crash), naming what is wrong."""
+    verdict = verdicts[case]
+    assert verdict["outcome"] == "refused", f"{case}: {verdict['outcome']} {verdict['message']}"
+    assert re.search(BROKEN[case][2], verdict["message"]), verdict["message"]
 
 
 def test_runtime_formats_protocols_and_ports() -> None:
@@ -102,3 +137,9 @@ def test_examples_cover_every_format_and_grpc() -> None:
     models = [load(path)["spec"]["predictor"]["model"] for path in SERVICES]
     assert {m["modelFormat"]["name"] for m in models} == {"torchferry", "onnx", "pytorch"}
     assert any(m.get("protocolVersion") == "grpc-v2" for m in models)
+
+
+def test_the_sdk_stays_out_of_this_process() -> None:
+    """``import kserve`` here would break every test importing tritonclient or our protos."""
+    assert "kserve_sdk" not in sys.modules
+    assert not kserve_imported()

@@ -6,12 +6,13 @@ What differs from a pod, and why: ``{{.Name}}`` is the InferenceService's name, 
 is a temporary folder, ``$(VAR)`` comes from the container's ``env`` as the kubelet expands it,
 and the ports are free ones (``serve_in_subprocess`` appends ``--http_port``, ``--grpc-port``,
 ``--metrics-port`` and ``--management-port``, which win over the YAML's as the last given).
-One server per layout, each asked by all three clients.
+One server per layout, each asked by all three clients: the clients run in the package's child
+process (:mod:`kserve_probe`, which the SDK's protos need; see there), asking every server at
+once in one request, and each test here reads its part of the answers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 from collections.abc import Iterator
@@ -25,8 +26,8 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from kserve_layouts import SNAPSHOT_MODEL, STORE_MODEL, build_layouts, expected
+from sdk_child import SdkChild, kserve_imported
 
 from torchferry.serving.process import ServerProcess, serve_in_subprocess
 
@@ -118,70 +119,57 @@ def servers(
             each.server.process.terminate()
 
 
+@pytest.fixture(scope="module")
+def answers(kserve_sdk: SdkChild, servers: dict[str, Served]) -> dict[str, Any]:
+    """layout -> client (``v1``, ``v2-json``, ``v2-binary``, ``grpc``) -> what it got."""
+    return kserve_sdk.ask(
+        "query",
+        {
+            "x": X.tolist(),
+            "servers": {
+                layout: {
+                    "url": each.server.url,
+                    "grpc_target": each.server.grpc_target,
+                    "name": each.name,
+                }
+                for layout, each in servers.items()
+            },
+        },
+    )
+
+
 @pytest.fixture(params=sorted(SERVED_AS))
 def served(request: pytest.FixtureRequest, servers: dict[str, Served]) -> Served:
     return servers[request.param]
 
 
-def test_v1_rest_client(served: Served) -> None:
-    async def ask() -> tuple[bool, bool, Any]:
-        client = InferenceRESTClient(RESTConfig(protocol="v1", timeout=30))
-        try:
-            live = await client.is_server_live(served.server.url)
-            ready = await client.is_model_ready(served.server.url, served.name)
-            answer = await client.infer(
-                served.server.url, {"instances": X.tolist()}, model_name=served.name
-            )
-            return live, ready, answer
-        finally:
-            await client.close()
+def answer_of(answers: dict[str, Any], served: Served, client: str) -> dict[str, Any]:
+    answer = answers[served.layout][client]
+    assert "error" not in answer, f"{client} client, {served.layout}:\n{answer['error']}"
+    return dict(answer)
 
-    live, ready, answer = asyncio.run(ask())
-    assert live and ready
+
+def test_v1_rest_client(served: Served, answers: dict[str, Any]) -> None:
+    answer = answer_of(answers, served, "v1")
+    assert answer["live"] and answer["ready"]
     np.testing.assert_allclose(answer["predictions"], expected(X))
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
-def test_v2_rest_client(served: Served, binary: bool) -> None:
-    async def ask() -> tuple[bool, bool, Any]:
-        client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
-        tensor = InferInput("x", list(X.shape), "FP32")
-        tensor.set_data_from_numpy(X, binary_data=binary)
-        try:
-            ready = await client.is_server_ready(served.server.url)
-            model_ready = await client.is_model_ready(served.server.url, served.name)
-            answer = await client.infer(
-                served.server.url, InferRequest(served.name, [tensor]), model_name=served.name
-            )
-            return ready, model_ready, answer
-        finally:
-            await client.close()
-
-    ready, model_ready, answer = asyncio.run(ask())
-    assert ready and model_ready
-    assert answer.model_name == served.name
-    (output,) = answer.outputs
-    assert output.name == "y"
-    np.testing.assert_allclose(output.as_numpy(), expected(X))
+def test_v2_rest_client(served: Served, binary: bool, answers: dict[str, Any]) -> None:
+    answer = answer_of(answers, served, "v2-binary" if binary else "v2-json")
+    assert answer["ready"] and answer["model_ready"]
+    assert answer["model_name"] == served.name
+    (output,) = answer["outputs"]
+    assert output["name"] == "y"
+    np.testing.assert_allclose(output["data"], expected(X))
 
 
-def test_grpc_client(served: Served) -> None:
-    async def ask() -> tuple[bool, bool, Any]:
-        client = InferenceGRPCClient(served.server.grpc_target, timeout=30)
-        tensor = InferInput("x", list(X.shape), "FP32")
-        tensor.set_data_from_numpy(X)
-        try:
-            ready = await client.is_server_ready()
-            model_ready = await client.is_model_ready(served.name)
-            answer = await client.infer(InferRequest(served.name, [tensor]))
-            return ready, model_ready, answer
-        finally:
-            await client.close()
-
-    ready, model_ready, answer = asyncio.run(ask())
-    assert ready and model_ready
-    (output,) = answer.outputs
-    np.testing.assert_allclose(output.as_numpy(), expected(X))
+def test_grpc_client(served: Served, answers: dict[str, Any]) -> None:
+    answer = answer_of(answers, served, "grpc")
+    assert answer["ready"] and answer["model_ready"]
+    (output,) = answer["outputs"]
+    np.testing.assert_allclose(output["data"], expected(X))
 
 
 def test_probes_and_metrics(served: Served) -> None:
@@ -201,3 +189,8 @@ def test_supervisor_never_loads_torch(served: Served) -> None:
     maps = Path(f"/proc/{served.server.process.pid}/maps").read_text()
     assert "libtorch" not in maps
     assert served.server.alive(), served.server.output()
+
+
+def test_the_sdk_stays_out_of_this_process() -> None:
+    """``import kserve`` here would break every test importing tritonclient or our protos."""
+    assert not kserve_imported()
