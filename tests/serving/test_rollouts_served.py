@@ -62,26 +62,34 @@ def sources(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def server(sources, start_server, tmp_path):
-    store = tmp_path / "store"
+@pytest.fixture(scope="module")
+def server(sources, start_server, tmp_path_factory):
+    """One server for the module; each test rolls out under a model name of its own."""
+    root = tmp_path_factory.mktemp("rollouts")
+    store = root / "store"
     store.mkdir()
     args = ["--store", str(store), "--model-source-root", str(sources), "--workers", "2"]
     # one request per batch: a refused row must fail only its own request
     args += ["--max-batch-size", "1", "--threads", "1"]
-    with start_server(args, tmp_path / "server.log") as served:
-        mgmt = manage(served)
-        register(mgmt, sources, "double")  # version 1: the stable one
+    with start_server(args, root / "server.log") as served:
         yield served
+
+
+@pytest.fixture
+def gate(server, sources, request) -> str:
+    """A model of this test's own, with ``double`` as its stable version 1."""
+    name = f"gate_{request.node.name.removeprefix('test_')[:40]}"
+    assert register(manage(server), sources, "double", name) == 1
+    return name
 
 
 def manage(server: ServerProcess) -> httpx.Client:
     return httpx.Client(base_url=server.management_url, timeout=60)
 
 
-def register(mgmt: httpx.Client, sources: Path, name: str) -> int:
+def register(mgmt: httpx.Client, sources: Path, name: str, gate: str) -> int:
     url = str(sources / "archives" / name / "1")
-    answer = mgmt.post("/models", params={"url": url, "model_name": "gate"})
+    answer = mgmt.post("/models", params={"url": url, "model_name": gate})
     assert answer.status_code == 200, answer.text
     return int(answer.json()["modelVersion"])
 
@@ -90,18 +98,18 @@ def every_fifth_bad(index: int) -> list[float]:
     return BAD if index % 5 == 0 else GOOD
 
 
-def test_a_failing_canary_rolls_back_within_one_interval(server, sources):
+def test_a_failing_canary_rolls_back_within_one_interval(server, sources, gate):
     mgmt = manage(server)
-    picky = register(mgmt, sources, "picky")
+    picky = register(mgmt, sources, "picky", gate)
     spec = {"version": picky, "steps": [50, 100], "interval_s": 8, "max_error_rate": 0.05}
     spec["min_requests"] = 20
-    traffic = Traffic(server, "gate", ("v2", "predict", "torchserve"), row=every_fifth_bad)
+    traffic = Traffic(server, gate, ("v2", "predict", "torchserve"), row=every_fifth_bad)
     with traffic.running():
         time.sleep(1)
-        started = mgmt.post("/models/gate/rollouts", json=spec)
+        started = mgmt.post(f"/models/{gate}/rollouts", json=spec)
         assert started.status_code == 201, started.text
         began = time.monotonic()
-        while (state := mgmt.get("/models/gate/rollout").json())["phase"] in (
+        while (state := mgmt.get(f"/models/{gate}/rollout").json())["phase"] in (
             "pending",
             "stepping",
         ):
@@ -119,20 +127,24 @@ def test_a_failing_canary_rolls_back_within_one_interval(server, sources):
     assert {a.version for a in failures} == {picky}, failures[:5]
     after = [a for a in traffic.answers if a.sent > decided + 0.5]
     assert after and all(a.ok and a.version == 1 for a in after)
-    assert mgmt.get("/models/gate/traffic").json() == {"model": "gate", "default": 1, "weights": {}}
+    assert mgmt.get(f"/models/{gate}/traffic").json() == {
+        "model": gate,
+        "default": 1,
+        "weights": {},
+    }
     metrics = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
-    assert f'torchferry_rollout_state{{model="gate",version="{picky}"}} 3.0' in metrics
+    assert f'torchferry_rollout_state{{model="{gate}",version="{picky}"}} 3.0' in metrics
 
 
-def test_a_healthy_canary_is_promoted_to_all_traffic(server, sources):
+def test_a_healthy_canary_is_promoted_to_all_traffic(server, sources, gate):
     mgmt = manage(server)
-    canary = register(mgmt, sources, "double")
+    canary = register(mgmt, sources, "double", gate)
     spec = {"version": canary, "steps": [25, 50, 100], "interval_s": 2, "min_requests": 10}
-    with Traffic(server, "gate", ("v2", "v2-grpc", "v1")).running() as traffic:
+    with Traffic(server, gate, ("v2", "v2-grpc", "v1")).running() as traffic:
         time.sleep(0.5)
-        assert mgmt.post("/models/gate/rollouts", json=spec).status_code == 201
+        assert mgmt.post(f"/models/{gate}/rollouts", json=spec).status_code == 201
         began = time.monotonic()
-        while (state := mgmt.get("/models/gate/rollout").json())["phase"] == "stepping":
+        while (state := mgmt.get(f"/models/{gate}/rollout").json())["phase"] == "stepping":
             assert time.monotonic() - began < 30, state
             time.sleep(0.2)
         promoted = time.monotonic()
@@ -144,35 +156,37 @@ def test_a_healthy_canary_is_promoted_to_all_traffic(server, sources):
     assert after and {a.version for a in after} == {canary}
 
 
-def test_deploy_exits_non_zero_when_its_rollout_rolls_back(server, sources, capsys):
+def test_deploy_exits_non_zero_when_its_rollout_rolls_back(server, sources, gate, capsys):
     picky = sources / "archives" / "picky" / "1"
     url = server.management_url
-    with Traffic(server, "gate", ("v2",), row=every_fifth_bad).running():
+    with Traffic(server, gate, ("v2",), row=every_fifth_bad).running():
         code = cli.main(
-            ["deploy", str(picky), "--url", url, "--name", "gate", "--rollout", "50,100",
+            ["deploy", str(picky), "--url", url, "--name", gate, "--rollout", "50,100",
              "--interval", "6", "--min-requests", "15", "--max-error-rate", "0.05"]
         )  # fmt: skip
     assert code == 3, capsys.readouterr()
     assert "rolled back" in capsys.readouterr().out.lower()
 
 
-def test_shadow_agreement_is_full_for_a_twin_and_partial_for_a_perturbed_version(server, sources):
+def test_shadow_agreement_is_full_for_a_twin_and_partial_for_a_perturbed_version(
+    server, sources, gate
+):
     mgmt = manage(server)
-    twin = register(mgmt, sources, "double")
-    tilted = register(mgmt, sources, "tilted")
+    twin = register(mgmt, sources, "double", gate)
+    tilted = register(mgmt, sources, "tilted", gate)
     figures = {}
     for shadow in (twin, tilted):
-        assert mgmt.put("/models/gate/shadow", json={"version": shadow, "share": 1.0}).is_success
-        with Traffic(server, "gate", ("v2", "predict")).running() as traffic:
+        assert mgmt.put(f"/models/{gate}/shadow", json={"version": shadow, "share": 1.0}).is_success
+        with Traffic(server, gate, ("v2", "predict")).running() as traffic:
             deadline = time.monotonic() + 20
-            while (seen := mgmt.get("/models/gate/shadow").json()["figures"])["compared"] < 50:
+            while (seen := mgmt.get(f"/models/{gate}/shadow").json()["figures"])["compared"] < 50:
                 assert time.monotonic() < deadline, seen
                 time.sleep(0.2)
         assert traffic.failures() == []
         # the mirrored version never answers a client
         assert {a.version for a in traffic.answers} == {1}
         figures[shadow] = seen
-        assert mgmt.delete("/models/gate/shadow").is_success
+        assert mgmt.delete(f"/models/{gate}/shadow").is_success
     assert figures[twin]["agreement"] == 1.0 and figures[twin]["max_abs_diff"] == 0.0
     assert figures[tilted]["agreement"] < 1.0 and figures[tilted]["max_abs_diff"] >= 100
     metrics = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
