@@ -30,8 +30,10 @@ demo: $(VENV)/.installed-demo
 	@echo
 	$(BIN)/torchferry serve --store $(STORE) --host $(HOST) --port $(PORT)
 
+# -n auto: a worker per core (at most 4), each taking whole test files, so a module's
+# shared server is started once
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 # ruff (style and bugs), mypy (types, see [tool.mypy]) and import-linter (the layers of
 # docs/architecture.md, see [tool.importlinter]); all configured in pyproject.toml.
