@@ -95,11 +95,18 @@ def test_mar_files_without_a_config(tmp_path: Path) -> None:
         ("load_models=https://example.com/a.mar", "not a .mar file name"),
         ("load_models=m=missing.mar", "names missing.mar, which is not in"),
         ("model_store=/elsewhere/models", "/elsewhere/models (model_store) is not a folder"),
+        ("model_store=../..", "model_store=../.. leads out of"),
+        ("model_store=/mnt/models/../../etc", "leads out of"),
     ],
 )
 def test_a_broken_config_is_named(tmp_path: Path, config: str, message: str) -> None:
     with pytest.raises(LayoutError, match=message.replace("(", r"\(").replace(")", r"\)")):
         detect(torchserve(tmp_path, config + "\n"))
+
+
+def test_a_file_that_is_no_model_is_named(tmp_path: Path) -> None:
+    with pytest.raises(LayoutError, match="is a file, not a model folder"):
+        detect(touch(tmp_path / "model.pt"))
 
 
 def test_properties_keep_case_and_skip_comments(tmp_path: Path) -> None:

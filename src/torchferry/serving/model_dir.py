@@ -92,6 +92,11 @@ def detect(root: Path, model_name: str | None = None) -> Layout:
     if root.is_file() and root.suffix.lower() in (".mar", ".onnx"):
         kind: Kind = "onnx" if root.suffix.lower() == ".onnx" else "torchserve"
         return Layout(kind, root.parent, (MountedModel(root, _single_name(root, model_name)),))
+    if root.is_file():
+        raise LayoutError(
+            f"{root} is a file, not a model folder, a .mar or a .onnx (a TorchScript .pt is "
+            "imported with `torchferry import` first)"
+        )
     if not root.is_dir():
         raise LayoutError(f"model folder {root} does not exist")
     if (root / MANIFEST_NAME).is_file():
@@ -204,10 +209,17 @@ def _model_store(root: Path, configured: str, config_path: Path) -> Path:
         store = root / TORCHSERVE_MODEL_STORE
     else:
         path = PurePosixPath(configured.strip())
-        if path.is_relative_to(KSERVE_MOUNT):
-            store = root / path.relative_to(KSERVE_MOUNT)
+        if path.is_absolute() and not path.is_relative_to(KSERVE_MOUNT):
+            store = Path(path)  # the operator's own absolute path, as TorchServe reads it
         else:
-            store = Path(path) if path.is_absolute() else root / path
+            inside = path.relative_to(KSERVE_MOUNT) if path.is_absolute() else path
+            store = root / inside
+            # a relative path (or one under the mount) stays under the folder: ``..`` may
+            # not lead out of it
+            if not store.resolve().is_relative_to(root.resolve()):
+                raise LayoutError(
+                    f"{config_path}: model_store={configured.strip()} leads out of {root}"
+                )
     if not store.is_dir():
         raise LayoutError(f"{config_path}: the model store {store} (model_store) is not a folder")
     return store
