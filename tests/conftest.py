@@ -21,6 +21,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from torchferry.archive import BatchingSpec, HandlerSpec, Manifest, ModelStore
+from torchferry.serving.logs import unconfigure_logging
 from torchferry.serving.process import ServerProcess, serve_in_subprocess
 from torchferry.signature import ModelSignature, TensorSpec
 
@@ -181,6 +182,16 @@ def build_store(root: Path) -> ModelStore:
         handler=HandlerSpec(name="image", config=config), files={"labels.json": IMAGE_LABELS},
     )  # fmt: skip
     return store
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_pytest_left_it() -> Iterator[None]:
+    """A test that ran a server's start in this process (the CLI's ``serve`` that fails
+    early, a Ray driver) leaves torchferry's log handler on the root logger, where it takes
+    the access lines a later test reads through ``caplog``: which test came first depends on
+    how pytest-xdist spreads the files."""
+    yield
+    unconfigure_logging()
 
 
 @pytest.fixture(scope="session")

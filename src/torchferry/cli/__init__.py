@@ -30,7 +30,9 @@ COMMANDS = [
     "bench_cmd",
 ]
 
-err_console = Console(stderr=True)
+#: Errors are one line each, never wrapped at the terminal's width: a wrapped path or
+#: message no longer matches a grep (or a test), and logs are read by machines.
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

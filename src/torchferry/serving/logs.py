@@ -257,16 +257,26 @@ def configure_logging(
     handler = LineHandler(stream if stream is not None else sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(formatter)
+    unconfigure_logging()
     root = logging.getLogger()
-    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
-        root.removeHandler(old)
-        old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
     for name, least in PAYLOAD_LOGGERS.items():
         logging.getLogger(name).setLevel(least)
     _sink = (handler, formatter)
     return handler
+
+
+def unconfigure_logging() -> None:
+    """Undo ``configure_logging``: its handler off the root logger. For a process that runs
+    several servers in turn (tests, notebooks): access lines then go through ``logging``
+    again, to whatever handlers are there."""
+    global _sink
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+        old.close()
+    _sink = None
 
 
 class AccessLog:
