@@ -4,17 +4,21 @@ and HTML outputs, ``--raw``'s ratio, the calibration endpoints and the user's mi
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from torchferry.archive import HandlerSpec, Manifest, ModelStore
-from torchferry.cli import main
+from torchferry.cli import bench_cmd, main
 from torchferry.loadtest.calibrate import trivial_endpoint
 from torchferry.loadtest.generator import GrpcRequest, HttpRequest
 from torchferry.loadtest.pool import GeneratorPool
@@ -114,9 +118,10 @@ def test_each_protocol_is_answered(server, store, protocol, tmp_path):
     out = tmp_path / "run.json"
     # the payload routes' raw side runs the archive's handler as the server does
     raw = ["--raw", str(store), "--raw-duration", "0.1s"] if protocol == "predict" else []
+    # an extra header (gRPC metadata, as Ray Serve's proxy needs) is sent and not in the way
     code = bench(
         url, "--model", "digits", "--protocol", protocol, *FAST, "--no-calibrate",
-        *raw, "--json", str(out),
+        *raw, "--header", "Application=torchferry", "--json", str(out),
     )  # fmt: skip
     assert code == 0
     (step,) = json.loads(out.read_text())["steps"]
@@ -193,7 +198,14 @@ def test_mistakes_end_in_one_line_and_exit_2(server, tmp_path, capsys, args, mes
 
 
 @pytest.mark.parametrize(
-    "args", [["--duration", "10q"], ["--concurrency", "0"], ["--concurrency", "a,b"]]
+    "args",
+    [
+        ["--duration", "10q"],
+        ["--concurrency", "0"],
+        ["--concurrency", "a,b"],
+        ["--header", "novalue"],
+        ["--header", "a b=1"],
+    ],
 )
 def test_bad_options_are_usage_errors(args, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -221,3 +233,173 @@ def test_a_server_without_v2_extensions_gets_a_note_and_fallback_raw(store, tmp_
     (step,) = report["steps"]
     assert step["batches"] is None and step["ratio"] > 0
     assert "no V2 batch statistics" in capsys.readouterr().out
+
+
+def test_calibration_responders_share_one_port_across_processes(pool):
+    with trivial_endpoint(processes=2) as responder:
+        answered = set()
+        for _ in range(24):  # SO_REUSEPORT spreads connections by their address hash
+            connection = http.client.HTTPConnection(responder.host, responder.port, timeout=5)
+            connection.request("POST", "/", body=b"")
+            answered.add(connection.getresponse().getheader("X-Responder"))
+            connection.close()
+        assert len(answered) == 2
+    with trivial_endpoint(grpc=True, processes=2) as grpc:
+        call = GrpcRequest("/inference.GRPCInferenceService/ModelInfer", b"\n\x01m")
+        assert pool.start(grpc, call, 2, 0.1, 0.2).result().ok > 10
+
+
+PREFIX = "/serve/tf"
+
+
+class PrefixProxy(ThreadingHTTPServer):
+    """A reverse proxy that answers only under ``PREFIX`` and only with ``X-Route: digits``
+    (404 otherwise), as a gateway or Ray Serve's route prefix does. ``stats_faults``: what
+    the n-th ``.../stats`` read gets after the first: ``ok``, ``drop`` (the connection
+    closes unanswered), ``503``, ``list`` (a body that is not an object)."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.upstream = httpx.Client(base_url=upstream, timeout=30)
+        self.paths: list[str] = []
+        self.stats_faults: list[str] = []
+        self.stats_reads = 0
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{PREFIX}"
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: PrefixProxy
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if not self.path.startswith(PREFIX + "/") or self.headers.get("X-Route") != "digits":
+            self._answer(404, b"not here")
+            return
+        path = self.path[len(PREFIX) :]
+        with self.server.lock:
+            self.server.paths.append(path)
+            if path.endswith("/stats"):
+                fault = (["ok", *self.server.stats_faults] + ["ok"] * 99)[self.server.stats_reads]
+                self.server.stats_reads += 1
+            else:
+                fault = "ok"
+        if fault == "drop":
+            self.close_connection = True
+            return
+        if fault in ("503", "list"):
+            self._answer(503 if fault == "503" else 200, b"[]")
+            return
+        forwarded = {
+            k: v
+            for k, v in self.headers.items()
+            if k.lower().startswith(("content-t", "inference-"))
+        }
+        answer = self.server.upstream.request(self.command, path, content=body, headers=forwarded)
+        self._answer(
+            answer.status_code,
+            answer.content,
+            {"Content-Type": answer.headers.get("content-type", "")},
+        )
+
+    do_GET = do_POST = _forward
+
+
+@pytest.fixture(scope="module")
+def proxy(server) -> Iterator[PrefixProxy]:
+    gateway = PrefixProxy(server.url)
+    thread = threading.Thread(target=gateway.serve_forever, daemon=True)
+    thread.start()
+    yield gateway
+    gateway.shutdown()
+    gateway.upstream.close()
+
+
+def test_a_url_path_prefixes_every_request_with_the_headers(proxy, tmp_path):
+    """/predict here; the V2 calls (metadata, infer, stats) go through the proxy in the
+    next test."""
+    out = tmp_path / "run.json"
+    proxy.paths.clear()
+    code = bench(
+        proxy.url + "/", "--model", "digits", "--protocol", "predict", *FAST, "--no-calibrate",
+        "--header", "X-Route=digits", "--json", str(out),
+    )  # fmt: skip
+    assert code == 0
+    (step,) = json.loads(out.read_text())["steps"]
+    assert step["ok"] > 0 and step["errors"] == {}
+    assert {"/v2/models/digits", "/predict/digits"} <= set(proxy.paths)
+
+
+def test_failed_statistics_reads_inside_steps_do_not_end_the_run(proxy, store, tmp_path):
+    # reads after the first: step 1 before (dropped), after; step 2 before, after (503);
+    # step 3 before, after (a list)
+    proxy.stats_reads, proxy.stats_faults = 0, ["drop", "ok", "ok", "503", "ok", "list"]
+    proxy.paths.clear()
+    out = tmp_path / "run.json"
+    code = bench(
+        proxy.url, "--model", "digits", "--concurrency", "1,2,3", "--duration", "0.3s",
+        "--warmup", "0.1s", "--no-calibrate", "--header", "X-Route=digits",
+        "--raw", str(store), "--raw-duration", "0.1s", "--json", str(out),
+    )  # fmt: skip
+    assert code == 0
+    assert {"/v2/models/digits", "/v2/models/digits/infer"} <= set(proxy.paths)
+    report = json.loads(out.read_text())
+    assert report["notes"] == [] and report["interrupted"] is None
+    for step in report["steps"]:
+        assert step["ok"] > 0 and step["ratio"] > 0
+        assert step["batches"] is None
+        assert step["raw_note"].startswith("no batch statistics this step; best of batch [1, 32]")
+
+
+def test_an_interrupted_run_still_writes_the_steps_measured(server, tmp_path, capsys, monkeypatch):
+    """Ctrl-C after the first of two steps: the files hold that step and say why."""
+    printed = bench_cmd.console.print
+
+    def print_then_interrupt(*args: object, **kwargs: object) -> None:
+        printed(*args, **kwargs)
+        if str(args[0]).startswith("  concurrency 1:"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_cmd.console, "print", print_then_interrupt)
+    out_json, out_html = tmp_path / "run.json", tmp_path / "run.html"
+    code = bench(
+        server.url, "--model", "digits", "--concurrency", "1,2", "--duration", "0.3s",
+        "--warmup", "0.1s", "--no-calibrate", "--json", str(out_json), "--html", str(out_html),
+    )  # fmt: skip
+    assert code == 130
+    report = json.loads(out_json.read_text())
+    assert [s["concurrency"] for s in report["steps"]] == [1]
+    assert report["interrupted"] == "interrupted (Ctrl-C)"
+    assert "stopped after 1 of 2 steps" in report["notes"][0]
+    assert "stopped after 1 of 2 steps" in out_html.read_text()
+    err = capsys.readouterr().err
+    assert "stopped after 1 of 2 steps" in err and str(out_json) in err
+    assert "Traceback" not in err
+
+
+def test_grpc_metadata_carries_the_headers_lowercased(server):
+    from torchferry.loadtest.payloads import Payload, encode
+    from torchferry.loadtest.target import Target
+
+    target = Target.parse(
+        f"127.0.0.1:{server.grpc_port}", "digits", None, None, True, (("Application", "tf"),)
+    )
+    request = encode("grpc", target, Payload(arrays={"pixels": np.ones((1, 64), np.float32)}), None)
+    assert ("application", "tf") in request.metadata  # the server gets it: see above

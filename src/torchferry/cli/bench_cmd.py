@@ -17,6 +17,8 @@ err_console = Console(stderr=True)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$", re.IGNORECASE)
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "": 1.0}
+#: An HTTP header name (RFC 9110 token); gRPC takes these too, lowercased.
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
 
 def _seconds(text: str) -> float | None:
@@ -48,6 +50,14 @@ def parse_concurrency(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of concurrencies such as 1,8,32")
     return values
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` -> (KEY, VALUE): an HTTP header, or gRPC metadata (key lowercased)."""
+    key, sep, value = text.partition("=")
+    if not sep or not _HEADER_NAME.match(key.strip()) or any(c in value for c in "\r\n"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a header such as application=torchferry")
+    return key.strip(), value.strip()
 
 
 def default_processes(concurrencies: list[int]) -> int:
@@ -95,6 +105,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-calibrate", action="store_true", help="skip the generator's calibration"
     )
     parser.add_argument("--token", help="bearer token (default: $TORCHFERRY_TOKEN)")
+    parser.add_argument(
+        "--header", type=parse_header, action="append", default=[], metavar="KEY=VALUE",
+        help="sent with every request (HTTP header; gRPC metadata); repeatable",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="OUT.json")
     parser.add_argument("--html", type=Path, metavar="OUT.html")
     parser.set_defaults(func=run)
@@ -118,13 +132,15 @@ def _command_line(args: argparse.Namespace) -> list[str]:
     for flag in ("version", "input", "image", "raw", "processes"):
         if getattr(args, flag) is not None:
             command += [f"--{flag}", str(getattr(args, flag))]
+    for key, value in args.header:
+        command += ["--header", f"{key}={value}"]
     return command
 
 
 def _run(args: argparse.Namespace) -> int:
     from torchferry.loadtest.payloads import Payload, encode, from_metadata, image_payload, load_npz
     from torchferry.loadtest.report import rich_table, write_html, write_json
-    from torchferry.loadtest.run import BenchRun, Settings, run_bench
+    from torchferry.loadtest.run import CTRL_C, BenchRun, Settings, run_bench
     from torchferry.loadtest.target import BenchError, Target
 
     if args.processes is not None and args.processes < 1:
@@ -135,7 +151,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.raw is not None and not args.raw.is_dir():
         raise BenchError(f"--raw {args.raw}: not a model store directory")
     grpc = args.protocol == "grpc"
-    target = Target.parse(args.url, args.model, args.version, args.token, grpc)
+    headers = tuple(args.header)
+    target = Target.parse(args.url, args.model, args.version, args.token, grpc, headers)
     target.check_reachable()
     metadata = target.metadata()
     if args.image is not None:
@@ -167,4 +184,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.html is not None:
         write_html(bench, args.html, command)
         console.print(f"wrote {args.html}")
-    return 0
+    if bench.interrupted is None:
+        return 0
+    written = " and ".join(str(p) for p in (args.json, args.html) if p is not None)
+    kept = f"; {written} hold(s) the steps measured" if written else ""
+    message = (
+        f"the run stopped after {len(bench.steps)} of {len(settings.concurrencies)} "
+        f"steps: {bench.interrupted}{kept}"
+    )
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    return 130 if bench.interrupted == CTRL_C else 2

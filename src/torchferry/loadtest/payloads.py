@@ -117,7 +117,7 @@ def _json_data(array: np.ndarray) -> Any:
 
 def _http(target: Target, path: str, body: bytes, content_type: str, **extra: str) -> HttpRequest:
     headers = tuple({**target.headers, **extra}.items())
-    return HttpRequest(path, body, content_type, headers)
+    return HttpRequest(target.prefix + path, body, content_type, headers)
 
 
 def encode(

@@ -11,13 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchferry.errors import TorchferryError
 from torchferry.loadtest.calibrate import LIMITED_SHARE, trivial_endpoint
 from torchferry.loadtest.generator import GrpcRequest, HttpRequest, LoadResult
 from torchferry.loadtest.payloads import Payload
 from torchferry.loadtest.pool import Endpoint, GeneratorPool
-from torchferry.loadtest.target import Target
+from torchferry.loadtest.target import BenchError, Target
 
 PAYLOAD_ROUTES = {"predict": "predict", "torchserve": "torchserve"}
+#: ``BenchRun.interrupted`` when the user pressed Ctrl-C.
+CTRL_C = "interrupted (Ctrl-C)"
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class BenchRun:
     steps: list[Step] = field(default_factory=list)
     raw_rates: dict[int, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: Why the run stopped before its last step (None when it ran them all).
+    interrupted: str | None = None
 
 
 class _Raw:
@@ -116,13 +121,22 @@ class _Raw:
             settings.raw_seconds,
         )
         self.target = target
+        self._fallback: list[int] | None = None
         self.has_stats = target.batch_counts() is not None
         if not self.has_stats:
-            self.fallback = sorted({1, target.max_batch_size() or self.engine.max_batch_size})
             run.notes.append(
                 "the server reports no V2 batch statistics (GET .../stats), so the raw rate "
                 f"is the best of batch sizes {self.fallback}, not the batches the server ran"
             )
+
+    @property
+    def fallback(self) -> list[int]:
+        """Batch 1 and the max batch: the raw sizes when the server's batches are unknown
+        (asked for only then, since it may be the first time: a read that failed mid-run)."""
+        if self._fallback is None:
+            largest = self.target.max_batch_size() or self.engine.max_batch_size
+            self._fallback = sorted({1, largest})
+        return self._fallback
 
     def counts(self) -> Counter[int] | None:
         return self.target.batch_counts() if self.has_stats else None
@@ -145,6 +159,9 @@ class _Raw:
         else:
             step.raw_rows_per_s = max(self.engine.rate(size) for size in self.fallback)
             step.raw_note = f"best of batch {self.fallback}"
+            if self.has_stats:
+                # the server has statistics, but a read in this step failed
+                step.raw_note = f"no batch statistics this step; {step.raw_note}"
         if step.raw_rows_per_s:
             step.ratio = step.rows_per_s / step.raw_rows_per_s
 
@@ -170,18 +187,46 @@ def _wait_until(instant: float) -> None:
 def run_bench(
     run: BenchRun, request: HttpRequest | GrpcRequest, progress: Callable[[str], None]
 ) -> BenchRun:
-    """Measure every concurrency of ``run.settings`` and fill ``run.steps``."""
+    """Measure every concurrency of ``run.settings`` and fill ``run.steps``.
+
+    An error (or Ctrl-C) after some steps does not lose them: the run stops, says why in
+    ``run.interrupted`` and its notes, and returns what it measured. Before the first step
+    the error propagates: there is nothing to keep."""
+    try:
+        _run_steps(run, request, progress)
+    except (BenchError, TorchferryError, OSError, RuntimeError, KeyboardInterrupt) as exc:
+        if not run.steps:
+            raise
+        reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        if isinstance(exc, KeyboardInterrupt):
+            reason = CTRL_C
+        run.interrupted = reason
+        run.notes.append(
+            f"the run stopped after {len(run.steps)} of {len(run.settings.concurrencies)} "
+            f"steps: {reason}; the figures are those of the steps measured"
+        )
+    return run
+
+
+def _run_steps(
+    run: BenchRun, request: HttpRequest | GrpcRequest, progress: Callable[[str], None]
+) -> None:
     settings, target = run.settings, run.target
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(GeneratorPool(settings.processes))
         calibration = (
-            stack.enter_context(trivial_endpoint(grpc=target.endpoint.grpc))
+            stack.enter_context(
+                trivial_endpoint(grpc=target.endpoint.grpc, processes=settings.processes)
+            )
             if settings.calibrate
             else None
         )
         raw = _Raw(run, request) if settings.raw_store is not None else None
         if raw is not None:
-            stack.callback(raw.engine.close)
+            engine = raw.engine
+            stack.callback(engine.close)
+            # the rates measured so far go in the report even if a later step fails
+            stack.callback(lambda: run.raw_rates.update(engine.rates))
         for concurrency in settings.concurrencies:
             ceiling = _calibrate(pool, calibration, request, concurrency, settings)
             running = pool.start(
@@ -208,9 +253,6 @@ def run_bench(
                 raw.fill(step, before, after)
             run.steps.append(step)
             progress(_progress_line(step))
-        if raw is not None:
-            run.raw_rates = raw.engine.rates
-    return run
 
 
 def _progress_line(step: Step) -> str:
@@ -251,6 +293,7 @@ def as_dict(run: BenchRun) -> dict[str, Any]:
         },
         "raw_rows_per_s_by_batch": {str(k): v for k, v in run.raw_rates.items()},
         "notes": run.notes,
+        "interrupted": run.interrupted,
         "steps": [
             {
                 **{k: v for k, v in vars(step).items() if k != "batches"},

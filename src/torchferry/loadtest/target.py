@@ -32,15 +32,26 @@ class BenchError(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    url: str  # "http://host:port" or "grpc://host:port"
+    url: str  # "http://host:port[/prefix]" or "grpc://host:port"
     endpoint: Endpoint
     model: str
     version: str | None
     token: str | None
+    #: The URL's path (no trailing slash): the server answers under it (a reverse proxy's
+    #: route, Ray Serve's route prefix), so every HTTP request path starts with it.
+    prefix: str = ""
+    #: ``--header KEY=VALUE``: sent with every call (HTTP headers; gRPC metadata).
+    extra_headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def parse(
-        cls, url: str, model: str, version: str | None, token: str | None, grpc: bool
+        cls,
+        url: str,
+        model: str,
+        version: str | None,
+        token: str | None,
+        grpc: bool,
+        extra_headers: tuple[tuple[str, str], ...] = (),
     ) -> Target:
         text = url if "://" in url else f"{'grpc' if grpc else 'http'}://{url}"
         parts = urlsplit(text)
@@ -54,12 +65,14 @@ class Target:
             port = parts.port or (8081 if grpc else 80)
         except ValueError:
             raise BenchError(f"URL {url!r}: the port is not a number") from None
-        base = f"{'grpc' if grpc else 'http'}://{parts.hostname}:{port}"
-        return cls(base, Endpoint(parts.hostname, port, grpc), model, version, token)
+        prefix = "" if grpc else parts.path.rstrip("/")
+        base = f"{'grpc' if grpc else 'http'}://{parts.hostname}:{port}{prefix}"
+        endpoint = Endpoint(parts.hostname, port, grpc)
+        return cls(base, endpoint, model, version, token, prefix, extra_headers)
 
     @property
     def headers(self) -> dict[str, str]:
-        return auth_headers(self.token)
+        return {**dict(self.extra_headers), **auth_headers(self.token)}
 
     @property
     def v2_path(self) -> str:
@@ -67,6 +80,7 @@ class Target:
         return f"/v2/models/{self.model}{versioned}"
 
     def _get(self, path: str) -> httpx.Response:
+        """GET ``path`` under the URL's prefix (``self.url`` ends with it)."""
         try:
             return httpx.get(self.url + path, headers=self.headers, timeout=10)
         except httpx.HTTPError as exc:
@@ -104,7 +118,9 @@ class Target:
         return None
 
     def batch_counts(self) -> Counter[int] | None:
-        """Batches run so far by batch size (V2 statistics); None when the server has none."""
+        """Batches run so far by batch size (V2 statistics); None when the server has none
+        or this read failed (a refused or slow call under load, a body not as V2 says): a
+        step then goes on without its batches rather than ending the run."""
         if self.endpoint.grpc:
             try:
                 answer = _grpc_call(self, "ModelStatistics", None)
@@ -115,27 +131,30 @@ class Target:
                 for entry in stats.batch_stats:
                     counts[int(entry.batch_size)] += int(entry.compute_infer.count)
             return counts
-        response = self._get(self.v2_path + "/stats")
         try:
+            response = self._get(self.v2_path + "/stats")
             body = response.json() if response.status_code == 200 else {}
-        except ValueError:
-            body = {}
+        except (BenchError, ValueError):
+            return None
         if not isinstance(body, dict) or not isinstance(body.get("model_stats"), list):
             return None
         counts = Counter()
-        for stats in body["model_stats"]:
-            for entry in stats.get("batch_stats", []):
-                counts[int(entry["batch_size"])] += int(entry["compute_infer"]["count"])
+        try:
+            for stats in body["model_stats"]:
+                for entry in stats.get("batch_stats", []):
+                    counts[int(entry["batch_size"])] += int(entry["compute_infer"]["count"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
         return counts
 
     def max_batch_size(self) -> int | None:
         """The server's max batch size for the model (V2 model configuration), if it says."""
         if self.endpoint.grpc:
             return None
-        response = self._get(self.v2_path + "/config")
         try:
+            response = self._get(self.v2_path + "/config")
             body = response.json() if response.status_code == 200 else {}
-        except ValueError:
+        except (BenchError, ValueError):
             return None
         value = body.get("max_batch_size") if isinstance(body, dict) else None
         return int(value) if isinstance(value, int) and value > 0 else None
