@@ -13,7 +13,7 @@ from ray import serve
 from rich.console import Console
 from rich.markup import escape
 
-from torchferry.ray.application import deploy
+from torchferry.ray.builders import deploy
 from torchferry.ray.config import RaySettings
 from torchferry.serving.listen import reserve
 from torchferry.serving.logs import configure_logging
@@ -52,12 +52,18 @@ def serve_on_ray(settings: RaySettings, address: str | None = None) -> int:
         return 1
     stop = threading.Event()
     try:
-        serve.start(**settings.proxy_options())
+        try:
+            serve.start(**settings.proxy_options())
+        except Exception as exc:  # the proxy's port taken, options this Serve refuses...
+            console.print(f"[bold red]error:[/] Serve did not start: {escape(_last_line(exc))}")
+            return 1
         console.print(f"deploying {settings.name} with {describe(settings)} on Ray...")
         try:
             deploy(settings)
         except Exception as exc:  # a replica could not start: Serve says why
             console.print(f"[bold red]error:[/] {escape(_last_line(exc))}")
+            if not own_cluster:  # nothing of it stays behind on a cluster that lives on
+                _delete(settings)
             return 1
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -80,14 +86,23 @@ def serve_on_ray(settings: RaySettings, address: str | None = None) -> int:
         while not stop.wait(0.5):
             pass
         console.print("stopping: deleting the application")
-        serve.delete(settings.name)
-        if settings.management:
-            serve.delete(settings.manager_name)
+        _delete(settings)
         return 0
     finally:
         if own_cluster:
             serve.shutdown()
         ray.shutdown()
+
+
+def _delete(settings: RaySettings) -> None:
+    """Delete the application and its manager (``deploy`` runs both at once, so either may
+    be there after a failed deploy)."""
+    names = [settings.name] + ([settings.manager_name] if settings.management else [])
+    for name in names:
+        try:
+            serve.delete(name)
+        except Exception as exc:  # one that is not there, or a Serve going down
+            log.warning("could not delete the application %s: %s", name, _last_line(exc))
 
 
 def _free(host: str, port: int, what: str, flag: str) -> int:
