@@ -16,6 +16,7 @@ from ray.serve.config import HTTPOptions
 from torchferry.errors import TorchferryError
 from torchferry.ray.config import RaySettings
 from torchferry.ray.management import ReplicaLinks, admit
+from torchferry.ray.run import _last_line
 from torchferry.serving.lifecycle.fleet import Fleet
 from torchferry.serving.settings import ServerSettings
 
@@ -77,3 +78,16 @@ def test_a_replica_that_cannot_be_staged_is_an_error_naming_the_version(tmp_path
         assert not second.admitted
 
     asyncio.run(join_two())
+
+
+def test_a_failed_deploy_is_told_by_the_replicas_own_error():
+    """Serve's error quotes the replica's traceback and ends with its own summary."""
+    serve_error = RuntimeError(
+        "Traceback (most recent call last):\n"
+        '  File "loading.py", line 9, in load\n'
+        "    raise ArchiveError(\n"
+        "torchferry.errors.ArchiveError: /s/digits/1: file 'model.onnx' does not match\n"
+        "Deploying application torchferry failed: Failed to update the deployments"
+    )
+    assert _last_line(serve_error) == "/s/digits/1: file 'model.onnx' does not match"
+    assert _last_line(RuntimeError("port taken\n")) == "port taken"

@@ -4,6 +4,7 @@ proxy on ``--host``/``--port``, and take it down again on SIGINT or SIGTERM."""
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 from types import FrameType
@@ -19,6 +20,8 @@ from torchferry.serving.listen import reserve
 from torchferry.serving.logs import configure_logging
 
 log = logging.getLogger("torchferry.ray")
+#: A traceback's line that names one of torchferry's errors, up to its message.
+OUR_ERROR = re.compile(r"^(?:.*\s)?torchferry\.errors\.\w+: ", re.MULTILINE)
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -60,8 +63,8 @@ def serve_on_ray(settings: RaySettings, address: str | None = None) -> int:
         console.print(f"deploying {settings.name} with {describe(settings)} on Ray...")
         try:
             deploy(settings)
-        except Exception as exc:  # a replica could not start: Serve says why
-            console.print(f"[bold red]error:[/] {escape(_last_line(exc))}")
+        except Exception as exc:  # a replica could not start: Serve's status says why
+            console.print(f"[bold red]error:[/] {escape(_deploy_failure(settings, exc))}")
             if not own_cluster:  # nothing of it stays behind on a cluster that lives on
                 _delete(settings)
             return 1
@@ -111,8 +114,34 @@ def _free(host: str, port: int, what: str, flag: str) -> int:
     return guard.port
 
 
+def _deploy_failure(settings: RaySettings, exc: BaseException) -> str:
+    """Why a deploy failed: ``serve.run``'s error names only the deployment, while the
+    deployment's status message holds the replica's traceback, and the reason in it."""
+    try:
+        applications = serve.status().applications
+        messages = [
+            deployment.message
+            for name in (settings.name, settings.manager_name)
+            if name in applications
+            for deployment in applications[name].deployments.values()
+            if deployment.message
+        ]
+    except Exception:  # the reason is lost, not the failure
+        messages = []
+    reasons = [_last_line(RuntimeError(message)) for message in messages]
+    ours = [
+        reason
+        for reason, message in zip(reasons, messages, strict=True)
+        if OUR_ERROR.search(message)
+    ]
+    return (ours or reasons or [_last_line(exc)])[0]
+
+
 def _last_line(exc: BaseException) -> str:
-    """Serve's deployment errors carry the replica's whole traceback: its last line is the
-    reason."""
+    """Serve's deployment errors carry the replica's whole traceback: the last torchferry
+    error in it is the reason (``torchferry.errors.ArchiveError: ...``), else its last line."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    ours = [line for line in lines if OUR_ERROR.match(line)]
+    if ours:
+        return OUR_ERROR.sub("", ours[-1])
     return lines[-1] if lines else type(exc).__name__
