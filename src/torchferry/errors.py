@@ -7,6 +7,7 @@ protocol library: gRPC codes are their names (``grpc.StatusCode[name]``).
 
 from __future__ import annotations
 
+import os
 from typing import ClassVar
 
 
@@ -166,6 +167,16 @@ class TooManyRequests(TorchferryError):
 
 class ExportError(TorchferryError):
     """Export failed, or an exported form disagrees with eager PyTorch beyond the tolerance."""
+
+
+def store_unreadable(exc: PermissionError) -> TorchferryError:
+    """A store owned by another user (a volume mounted as it was made): one line, for the
+    supervisor and for each Ray replica alike."""
+    return TorchferryError(
+        f"cannot read the model store: {exc.filename}: permission denied to user "
+        f"{os.getuid()}; make the store readable (and writable, for its .torchferry/) by "
+        "that user"
+    )
 
 
 def retry_after_header(error: TorchferryError) -> str | None:

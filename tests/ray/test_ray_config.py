@@ -15,6 +15,8 @@ from torchferry.errors import InvalidInput
 from torchferry.ray import app, manager, settings_from_args
 
 SERVE_YAML = Path(__file__).parents[2] / "deploy" / "ray" / "serve.yaml"
+#: A store and tokens: what management on Ray needs wherever the proxy listens.
+GUARDED = {"store": "/s", "auth": True}
 
 
 def test_serves_config_schema_accepts_the_file():
@@ -45,13 +47,18 @@ def test_the_builders_build_the_files_applications(tmp_path):
 
 
 def test_arguments_are_checked():
+    with pytest.raises(InvalidInput, match=r"management API on Ray .*--auth; auth: true"):
+        settings_from_args({"store": "/s"})  # the proxy's address is not the builder's to see
+    with pytest.raises(InvalidInput, match="set ssl_certfile and ssl_keyfile in the config"):
+        settings_from_args({"store": "/s", "auth": True, "tls_cert": "c", "tls_key": "k"})
+    assert settings_from_args({"store": "/s", "management": False}).management is False
     with pytest.raises(InvalidInput, match=r"unknown torchferry\.ray:app argument\(s\) replicas"):
         settings_from_args({"store": "/s", "replicas": 2})
     with pytest.raises(InvalidInput, match="num_replicas or autoscaling, not both"):
-        settings_from_args({"store": "/s", "num_replicas": 2, "autoscaling": {"max_replicas": 3}})
+        settings_from_args({**GUARDED, "num_replicas": 2, "autoscaling": {"max_replicas": 3}})
     with pytest.raises(InvalidInput, match="min_replicas 3 is above max_replicas 1"):
-        settings_from_args({"store": "/s", "autoscaling": {"min_replicas": 3, "max_replicas": 1}})
-    scaled = settings_from_args({"store": "/s", "autoscaling": {"max_replicas": 4}, "threads": 2})
+        settings_from_args({**GUARDED, "autoscaling": {"min_replicas": 3, "max_replicas": 1}})
+    scaled = settings_from_args({**GUARDED, "autoscaling": {"max_replicas": 4}, "threads": 2})
     options = scaled.deployment_options()
     assert options["autoscaling_config"] == {
         "min_replicas": 1,
@@ -65,11 +72,15 @@ def test_arguments_are_checked():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--autoscale", "3:1"], "MIN must be at most MAX"),
+        (["--autoscale", "3:1"], "min_replicas 3 is above max_replicas 1"),
         (["--autoscale", "two"], "expected MIN:MAX replicas"),
         (["--replicas", "2", "--autoscale", "1:2"], "not allowed with argument"),
         (["--workers", "2"], "--workers does not apply with --ray"),
         (["--replicas", "0"], "num_replicas: Input should be greater than or equal to 1"),
+        (["--host", "0.0.0.0"], "turn on tokens (--auth; auth: true in a Serve config"),
+        (["--ray-address", "auto"], "answers on the proxies of the Serve at auto"),
+        (["--model-dir", "/m"], "--model-dir (model_dir) is not served on Ray"),
+        (["--tls-cert", "c", "--tls-key", "k", "--tls-client-ca", "a"], "mutual TLS"),
     ],
 )
 def test_serve_ray_usage_errors_are_one_line_with_exit_code_2(tmp_path, capsys, args, message):

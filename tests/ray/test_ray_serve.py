@@ -4,7 +4,12 @@ same store to compare answers with.
 
 The tests run in file order and share the deployment: the answers first, then a rolling
 update to a new version under load, then management calls through the manager, then a
-replica killed under load (its replacement starts from the state management left)."""
+replica killed under load (its replacement starts from the state management left).
+
+So they depend on their order and cannot run alone: the rolling update exports version 2,
+the management test expects {"2"} served and exports and loads version 3, and the killed
+replica's replacement must answer with {"3"}. A deployment per test would cost a Ray and
+Serve start each; run the module whole (pytest-xdist keeps a file on one worker)."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from torchferry.serving.lifecycle.policy import VersionPolicy
 from torchferry.serving.settings import DEFAULT_MAX_BODY_BYTES, ModelOverride, ServerSettings
 
 if TYPE_CHECKING:
+    from torchferry.ray.config import Autoscaling
     from torchferry.serving.model_dir import ServedSource
 
 
@@ -208,14 +209,20 @@ def register_ray(parser: argparse.ArgumentParser) -> None:
     ray.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs per replica (0)")
 
 
-def parse_autoscale(text: str) -> tuple[int, int]:
-    """``MIN:MAX`` replicas -> (MIN, MAX); the same rule as the Ray settings' (no Ray here)."""
+def parse_autoscale(text: str) -> Autoscaling:
+    """``MIN:MAX`` replicas -> Serve's autoscaling, checked by its own rules (the settings
+    module imports no Ray)."""
+    from pydantic import ValidationError
+
+    from torchferry.ray.config import Autoscaling, validation_reason
+
     low, sep, high = text.partition(":")
     if not sep or not low.strip().isdigit() or not high.strip().isdigit():
         raise argparse.ArgumentTypeError(f"{text!r}: expected MIN:MAX replicas, such as 1:4")
-    if int(high) < 1 or int(low) > int(high):
-        raise argparse.ArgumentTypeError(f"{text!r}: MIN must be at most MAX, and MAX at least 1")
-    return int(low), int(high)
+    try:
+        return Autoscaling(min_replicas=int(low), max_replicas=int(high))
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {validation_reason(exc)}") from None
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
@@ -291,7 +298,7 @@ def run_on_ray(args: argparse.Namespace) -> int:
     try:
         from pydantic import ValidationError
 
-        from torchferry.ray import Autoscaling, RaySettings, serve_on_ray
+        from torchferry.ray import RaySettings, serve_on_ray
         from torchferry.ray.config import validation_reason
     except ImportError as exc:
         if exc.name is None or exc.name.split(".")[0] != "ray":
@@ -300,19 +307,21 @@ def run_on_ray(args: argparse.Namespace) -> int:
             "[bold red]error:[/] --ray needs Ray Serve: " + escape("pip install 'torchferry[ray]'")
         )
         return 2
-    autoscaling = None
-    if args.autoscale is not None:
-        low, high = args.autoscale
-        autoscaling = Autoscaling(min_replicas=low, max_replicas=high)
     try:
         settings = RaySettings(
             num_replicas=args.replicas,
-            autoscaling=autoscaling,
+            autoscaling=args.autoscale,
             num_cpus=args.replica_cpus,
             num_gpus=args.replica_gpus,
+            management=not args.no_management,
             server=settings_from_args(args),
         )
+        if args.ray_address is not None:  # a running Serve keeps its proxies, where they are
+            settings.check_management_guarded(f"the proxies of the Serve at {args.ray_address}")
     except ValidationError as exc:
         err_console.print(f"[bold red]error:[/] {escape(validation_reason(exc))}")
+        return 2
+    except ValueError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         return 2
     return serve_on_ray(settings, args.ray_address)

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from torchferry.errors import InvalidInput
+from torchferry.serving.listen import is_loopback
 from torchferry.serving.settings import ServerSettings
 
 #: What Serve's gRPC proxy imports to learn KServe V2's service (``grpc_proxy.py``).
@@ -78,6 +79,55 @@ class RaySettings(BaseModel):
             raise ValueError("give num_replicas or autoscaling, not both")
         return self
 
+    @model_validator(mode="after")
+    def _management_guarded(self) -> RaySettings:
+        if not is_loopback(self.server.host):
+            self.check_management_guarded(f"Serve's proxy on {self.server.host}")
+        return self
+
+    @model_validator(mode="after")
+    def _a_store(self) -> RaySettings:
+        # a model folder is laid out for one machine (and .mar/.onnx/store layouts are
+        # imported by the CLI first): the replicas load a store every node sees
+        if self.server.model_dir is not None:
+            raise ValueError(
+                "--model-dir (model_dir) is not served on Ray: put the model in a store on a "
+                "path every Ray node sees (torchferry import or export write one) and give "
+                "--store"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_as_serve_does_it(self) -> RaySettings:
+        """Serve's HTTP proxy serves HTTPS from a certificate and key; it never asks for
+        client certificates (uvicorn's ``ssl_cert_reqs`` is not among Serve's options), and
+        its gRPC proxy has no TLS at all."""
+        server = self.server
+        if server.tls_client_ca is not None:
+            raise ValueError(
+                "mutual TLS (--tls-client-ca) is not available on Ray: Serve's proxy does not "
+                "ask clients for certificates"
+            )
+        if server.tls_cert is not None and server.grpc_port is not None:
+            raise ValueError(
+                "Serve's gRPC proxy has no TLS: with --tls-cert on Ray, serve no gRPC "
+                "(--no-grpc), or leave TLS to a load balancer in front of Serve"
+            )
+        return self
+
+    def check_management_guarded(self, proxy: str) -> None:
+        """Management on Ray answers on Serve's proxy port, not on a loopback listener of its
+        own, and the Host-name check (``management/guard.py``) is no protection against a
+        client that sends ``Host: localhost``: where the proxy is not known to listen on
+        loopback only, tokens are the API's only guard. ``proxy`` says where it listens."""
+        if self.management and not self.server.auth:
+            raise ValueError(
+                f"the management API on Ray answers on {proxy}, which any client that reaches "
+                "it could use to change the models: turn on tokens (--auth; auth: true in a "
+                "Serve config file) or switch management off (--no-management; "
+                "management: false)"
+            )
+
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments of Serve's ``Deployment.options``."""
         options: dict[str, Any] = {
@@ -102,9 +152,11 @@ class RaySettings(BaseModel):
         """``serve.start``'s options: Serve's HTTP proxy on the server's host and port, and
         its gRPC proxy hosting KServe V2 on the server's gRPC port (none when that is off).
         They apply where Serve is not running yet (Serve keeps a running cluster's)."""
-        options: dict[str, Any] = {
-            "http_options": {"host": self.server.host, "port": self.server.port}
-        }
+        http: dict[str, Any] = {"host": self.server.host, "port": self.server.port}
+        if self.server.tls_cert is not None and self.server.tls_key is not None:
+            http["ssl_certfile"] = str(self.server.tls_cert)
+            http["ssl_keyfile"] = str(self.server.tls_key)
+        options: dict[str, Any] = {"http_options": http}
         if self.server.grpc_port is not None:
             options["grpc_options"] = {
                 "port": self.server.grpc_port,
@@ -166,10 +218,21 @@ def settings_from_args(args: dict[str, Any] | None) -> RaySettings:
             f"settings ({', '.join(sorted(ray_fields))}) or server settings (store, models, "
             "batching, ...)"
         )
+    tls = sorted(key for key in ("tls_cert", "tls_key", "tls_client_ca") if key in args)
+    if tls:
+        raise InvalidInput(
+            f"torchferry.ray:app argument(s) {', '.join(tls)}: Serve's proxy terminates TLS; "
+            "set ssl_certfile and ssl_keyfile in the config file's http_options"
+        )
     ray_args = {key: args.pop(key) for key in list(args) if key in ray_fields}
     server_args = dict(args.pop("server", None) or {})
     server_args.update(args)
     try:
-        return RaySettings(**ray_args, server=ServerSettings.model_validate(server_args))
+        settings = RaySettings(**ray_args, server=ServerSettings.model_validate(server_args))
+        # the proxy's address is the config file's http_options, which a builder never sees
+        settings.check_management_guarded("Serve's proxy (the config file's http_options)")
     except ValidationError as exc:
         raise InvalidInput(f"torchferry.ray:app arguments: {validation_reason(exc)}") from None
+    except ValueError as exc:
+        raise InvalidInput(f"torchferry.ray:app arguments: {exc}") from None
+    return settings

@@ -1,4 +1,4 @@
-"""A replica's side of management (``manager.py``): join the manager, long-poll it for
+"""A replica's side of management (``management.py``): join the manager, long-poll it for
 commands, run each with the worker's own command table, post the reply; join again when the
 manager has forgotten this replica (it restarted) or cannot be reached."""
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from ray import serve
 
-from torchferry.ray.manager import MANAGER_DEPLOYMENT
+from torchferry.ray.management import MANAGER_DEPLOYMENT
 from torchferry.serving.repository import ModelRepository
 from torchferry.serving.worker import MODEL_COMMANDS, worker_status
 
@@ -76,6 +76,12 @@ class ManagerLink:
             log.warning("the manager did not take the reply to %s: %s", op, exc)
 
     async def leave(self) -> None:
+        """Stop the commands still running (the replica is going), then tell the manager,
+        whose fleet fails what it was waiting for as a dead worker's."""
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         if self.index is not None:
             try:
                 await self.handle.leave.remote(self.index)

@@ -8,6 +8,7 @@ the models in the constructor instead would load them in the driver too."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from typing import Any
@@ -16,6 +17,7 @@ from ray import serve
 from ray.serve import Deployment
 from starlette.types import ASGIApp
 
+from torchferry.errors import store_unreadable
 from torchferry.ray.config import APP_NAME
 from torchferry.ray.grpc_proxy import RPCS, rpc_method
 from torchferry.ray.link import ManagerLink
@@ -55,9 +57,12 @@ class TorchferryReplica:
     async def __serve_build_asgi_app__(self) -> ASGIApp:
         settings = self.settings
         configure_logging(settings.log_level, settings.log_format)
-        state = start_state(settings)
-        # loading builds and warms up every version: off the replica's event loop
-        repository = await asyncio.to_thread(load_repository, settings, state)
+        try:
+            state = start_state(settings)
+            # loading builds and warms up every version: off the replica's event loop
+            repository = await asyncio.to_thread(load_repository, settings, state)
+        except PermissionError as exc:  # Serve reports the last line: the supervisor's
+            raise store_unreadable(exc) from None
         app = build_app(settings, repository)
         # the methods Serve's gRPC proxy calls (grpc_proxy.rpc_method) answer through it
         self.grpc_servicer = InferenceServicer(app.state.plane)
@@ -80,6 +85,8 @@ class TorchferryReplica:
         rather than when the manager notices the polls stopped."""
         if self._linking is not None:
             self._linking.cancel()
+            with contextlib.suppress(BaseException):
+                await self._linking
         if self.link is not None:
             await self.link.leave()
 

@@ -4,6 +4,7 @@ proxy on ``--host``/``--port``, and take it down again on SIGINT or SIGTERM."""
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 from types import FrameType
@@ -13,12 +14,14 @@ from ray import serve
 from rich.console import Console
 from rich.markup import escape
 
-from torchferry.ray.application import deploy
+from torchferry.ray.builders import deploy
 from torchferry.ray.config import RaySettings
 from torchferry.serving.listen import reserve
 from torchferry.serving.logs import configure_logging
 
 log = logging.getLogger("torchferry.ray")
+#: A traceback's line that names one of torchferry's errors, up to its message.
+OUR_ERROR = re.compile(r"^(?:.*\s)?torchferry\.errors\.\w+: ", re.MULTILINE)
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -52,12 +55,18 @@ def serve_on_ray(settings: RaySettings, address: str | None = None) -> int:
         return 1
     stop = threading.Event()
     try:
-        serve.start(**settings.proxy_options())
+        try:
+            serve.start(**settings.proxy_options())
+        except Exception as exc:  # the proxy's port taken, options this Serve refuses...
+            console.print(f"[bold red]error:[/] Serve did not start: {escape(_last_line(exc))}")
+            return 1
         console.print(f"deploying {settings.name} with {describe(settings)} on Ray...")
         try:
             deploy(settings)
-        except Exception as exc:  # a replica could not start: Serve says why
-            console.print(f"[bold red]error:[/] {escape(_last_line(exc))}")
+        except Exception as exc:  # a replica could not start: Serve's status says why
+            console.print(f"[bold red]error:[/] {escape(_deploy_failure(settings, exc))}")
+            if not own_cluster:  # nothing of it stays behind on a cluster that lives on
+                _delete(settings)
             return 1
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -80,14 +89,23 @@ def serve_on_ray(settings: RaySettings, address: str | None = None) -> int:
         while not stop.wait(0.5):
             pass
         console.print("stopping: deleting the application")
-        serve.delete(settings.name)
-        if settings.management:
-            serve.delete(settings.manager_name)
+        _delete(settings)
         return 0
     finally:
         if own_cluster:
             serve.shutdown()
         ray.shutdown()
+
+
+def _delete(settings: RaySettings) -> None:
+    """Delete the application and its manager (``deploy`` runs both at once, so either may
+    be there after a failed deploy)."""
+    names = [settings.name] + ([settings.manager_name] if settings.management else [])
+    for name in names:
+        try:
+            serve.delete(name)
+        except Exception as exc:  # one that is not there, or a Serve going down
+            log.warning("could not delete the application %s: %s", name, _last_line(exc))
 
 
 def _free(host: str, port: int, what: str, flag: str) -> int:
@@ -96,8 +114,34 @@ def _free(host: str, port: int, what: str, flag: str) -> int:
     return guard.port
 
 
+def _deploy_failure(settings: RaySettings, exc: BaseException) -> str:
+    """Why a deploy failed: ``serve.run``'s error names only the deployment, while the
+    deployment's status message holds the replica's traceback, and the reason in it."""
+    try:
+        applications = serve.status().applications
+        messages = [
+            deployment.message
+            for name in (settings.name, settings.manager_name)
+            if name in applications
+            for deployment in applications[name].deployments.values()
+            if deployment.message
+        ]
+    except Exception:  # the reason is lost, not the failure
+        messages = []
+    reasons = [_last_line(RuntimeError(message)) for message in messages]
+    ours = [
+        reason
+        for reason, message in zip(reasons, messages, strict=True)
+        if OUR_ERROR.search(message)
+    ]
+    return (ours or reasons or [_last_line(exc)])[0]
+
+
 def _last_line(exc: BaseException) -> str:
-    """Serve's deployment errors carry the replica's whole traceback: its last line is the
-    reason."""
+    """Serve's deployment errors carry the replica's whole traceback: the last torchferry
+    error in it is the reason (``torchferry.errors.ArchiveError: ...``), else its last line."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    ours = [line for line in lines if OUR_ERROR.match(line)]
+    if ours:
+        return OUR_ERROR.sub("", ours[-1])
     return lines[-1] if lines else type(exc).__name__

@@ -37,7 +37,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from torchferry.errors import TorchferryError
+from torchferry.errors import store_unreadable
 from torchferry.serving.auth.guard import RequireToken, metrics_needs, open_key_ring
 from torchferry.serving.control import Channel, ControlError
 from torchferry.serving.http_guard import GuardedServer, http_config
@@ -144,11 +144,7 @@ class Supervisor:
             try:
                 self.fleet.restore()
             except PermissionError as exc:  # a store owned by another user (a volume)
-                raise TorchferryError(
-                    f"cannot read the model store: {exc.filename}: permission denied to user "
-                    f"{os.getuid()}; make the store readable (and writable, for its "
-                    ".torchferry/) by that user"
-                ) from None
+                raise store_unreadable(exc) from None
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
             try:

@@ -26,6 +26,7 @@ from ray import serve
 from ray.serve import Deployment
 from starlette.types import ASGIApp
 
+from torchferry.errors import TorchferryError, store_unreadable
 from torchferry.serving.auth.guard import open_key_ring
 from torchferry.serving.lifecycle.fleet import Fleet
 from torchferry.serving.lifecycle.poll import StorePoller
@@ -146,7 +147,11 @@ async def admit(fleet: Fleet, links: ReplicaLinks, link: Link, status: dict[str,
         state = fleet.state.models
         wants = {(name, version) for name, model in state.items() for version in model.versions}
         for name, version in sorted(wants - has):
-            assert fleet.store is not None
+            if fleet.store is None:  # model_dir mode: nothing to load a version from
+                raise TorchferryError(
+                    f"{name} version {version} cannot be staged in replica {link.index}: "
+                    "the server has no store to load it from"
+                )
             path = str(fleet.store / name / str(version))
             await links.ask(
                 link.index, "load", LOAD_TIMEOUT_S, name=name, version=version, path=path
@@ -180,7 +185,10 @@ class TorchferryManager:
     async def __serve_build_asgi_app__(self) -> ASGIApp:
         settings = self.settings
         configure_logging(settings.log_level, settings.log_format)
-        self.fleet.restore()
+        try:
+            self.fleet.restore()
+        except PermissionError as exc:  # the supervisor's line, as Serve's reason
+            raise store_unreadable(exc) from None
         self._spawn(self.links.sweep())
         self.fleet.rollouts.resume()
         if settings.poll_store_s is not None and self.fleet.store is not None:

@@ -9,7 +9,7 @@ from ray import serve
 from ray.serve import Application
 
 from torchferry.ray.config import RaySettings, settings_from_args
-from torchferry.ray.manager import MANAGER
+from torchferry.ray.management import MANAGER
 from torchferry.ray.replica import REPLICAS
 
 
