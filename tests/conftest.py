@@ -197,6 +197,29 @@ def _share_the_cores_between_xdist_workers() -> None:
 
 _share_the_cores_between_xdist_workers()
 
+#: The longest test files, longest first: pytest-xdist hands whole files to workers in
+#: collection order, so starting these first keeps one worker from being left with a long
+#: file at the end while the other idles. Pairs that start together should not both be
+#: CPU-bound (Ray's cluster, then a pip install that is mostly disk).
+LONGEST_FILES = (
+    "tests/ray/test_ray_serve.py",
+    "tests/docker/test_image_install.py",
+    "tests/serving/test_lifecycle_served.py",
+    "tests/demo/test_demo.py",
+    "tests/kserve/test_kserve_runtime.py",
+    "tests/serving/test_fuzz_openapi.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    root = config.rootpath
+
+    def order(item: pytest.Item) -> int:
+        return rank.get(item.path.relative_to(root).as_posix(), len(rank))
+
+    items.sort(key=order)  # stable: every other file keeps its place
+
 
 @pytest.fixture(autouse=True)
 def _logging_as_pytest_left_it() -> Iterator[None]:
