@@ -17,12 +17,10 @@ PORT := 8080
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# One stamp per extra ("demo", "test"): redone when pyproject.toml changes. --no-compile:
-# Python compiles what it imports when it first imports it; compiling every file of torch,
-# Ray and the Kubernetes client up front cost CI about a minute for files never imported.
+# One stamp per extra ("demo", "test"): redone when pyproject.toml changes.
 $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q --no-compile $(TORCH)
-	$(BIN)/python -m pip install -q --no-compile -e '.[$*]'
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[$*]'
 	touch $@
 
 demo: $(VENV)/.installed-demo
