@@ -12,6 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 _PRIVATE = serialization.PrivateFormat.PKCS8
@@ -33,7 +34,7 @@ def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
+def _write_key(key: PrivateKeyTypes, path: Path) -> Path:
     path.write_bytes(key.private_bytes(_PEM, _PRIVATE, _NO_PASSWORD))
     return path
 
@@ -121,10 +122,14 @@ def make_certs(directory: Path, ca_name: str = "torchferry test CA") -> Certs:
     return paths
 
 
-def make_signing_keys(directory: Path, stem: str = "signing") -> tuple[Path, Path]:
-    """An EC P-256 key pair for model signing: (private PEM, public PEM)."""
+def make_signing_keys(
+    directory: Path, stem: str = "signing", key: PrivateKeyTypes | None = None
+) -> tuple[Path, Path]:
+    """A key pair for model signing: (private PEM, public PEM); a new EC P-256 key unless
+    ``key`` is given (tests of other curves and of key types signing refuses)."""
     directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
+    if key is None:
+        key = ec.generate_private_key(ec.SECP256R1())
     private = _write_key(key, directory / f"{stem}-key.pem")
     public = directory / f"{stem}-pub.pem"
     public.write_bytes(

@@ -149,19 +149,7 @@ def test_an_unreadable_signature_is_refused(signed, keys, content):
 @pytest.mark.parametrize("curve", [ec.SECP384R1(), ec.SECP521R1()])
 def test_the_larger_nist_curves_sign_and_verify(tmp_path, curve):
     key = ec.generate_private_key(curve)
-    private, public = tmp_path / "key.pem", tmp_path / "pub.pem"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    private, public = make_signing_keys(tmp_path, key=key)
     archive = write_small_archive(ModelStore(tmp_path / "store"))
     sign_archive(archive.path, private)
     assert verify_signature(archive.path, [read_trusted_key(public)]).path == public
@@ -177,19 +165,7 @@ def test_the_larger_nist_curves_sign_and_verify(tmp_path, curve):
 )
 def test_keys_model_signing_cannot_use_are_refused_clearly(tmp_path, make, kind):
     key = make()
-    private, public = tmp_path / "key.pem", tmp_path / "pub.pem"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    private, public = make_signing_keys(tmp_path, key=key)
     needs = "model signing needs an EC key on P-256, P-384 or P-521"
     with pytest.raises(ArchiveError) as caught:
         read_trusted_key(public)
