@@ -9,11 +9,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from torchferry.cli import err_console
 from torchferry.cores import default_threads
 from torchferry.errors import TorchferryError
 
 console = Console()
-err_console = Console(stderr=True)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$", re.IGNORECASE)
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "": 1.0}
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except (BenchError, TorchferryError) as exc:
-        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}")
         return 2
 
 
@@ -192,5 +192,5 @@ def _run(args: argparse.Namespace) -> int:
         f"the run stopped after {len(bench.steps)} of {len(settings.concurrencies)} "
         f"steps: {bench.interrupted}{kept}"
     )
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}")
     return 130 if bench.interrupted == CTRL_C else 2
