@@ -92,6 +92,7 @@ def test_overview(served):
     assert set(models) == {"adder", "tiny_image"}
     adder = models["adder"]
     assert (adder["default"], adder["weights"], adder["shadow"]) == (2, {}, None)
+    assert adder["policy"] == {"all": {}} and adder["rollout"] is None
     versions = {v["version"]: v for v in adder["versions"]}
     assert set(versions) == {1, 2}
     two = versions[2]
