@@ -84,6 +84,7 @@ def test_the_redirect_is_relative(app):
         "/console/static/..%2Ffiles.py",
         "/console/static/%2e%2e/api.py",
         "/console/static/a%2Findex.html",
+        "/console/static/index.html%00.js",
         "/console/static/..\\files.py",
     ],
 )

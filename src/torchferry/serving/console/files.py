@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from importlib.resources.abc import Traversable
+from pathlib import PurePosixPath
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -48,18 +49,16 @@ def static_folder() -> Traversable:
 
 
 def _allowed(name: str) -> bool:
+    """A plain file name: not empty, not hidden, no folder, no way up."""
     return (
         bool(name)
-        and "/" not in name
-        and "\\" not in name
-        and ".." not in name
-        and (not name.startswith("."))
+        and not name.startswith(".")
+        and not any(part in name for part in ("/", "\\", ".."))
     )
 
 
 def _content_type(name: str) -> str:
-    suffix = name[name.rfind(".") :].lower() if "." in name else ""
-    return CONTENT_TYPES.get(suffix, "application/octet-stream")
+    return CONTENT_TYPES.get(PurePosixPath(name).suffix.lower(), "application/octet-stream")
 
 
 class ConsoleFiles:
