@@ -11,8 +11,10 @@ from typing import Any, cast
 import httpx
 import pytest
 
+from torchferry.serving.auth.guard import management_needs
 from torchferry.serving.auth.keyfile import create_token
 from torchferry.serving.auth.keyring import KeyRing
+from torchferry.serving.auth.scopes import Scopes
 from torchferry.serving.console.files import CONTENT_SECURITY_POLICY
 from torchferry.serving.management.api import FleetAPI
 from torchferry.serving.management.app import management_app
@@ -107,3 +109,33 @@ def test_static_files_and_methods(app):
 def test_browser_checks_still_apply(app):
     rebound = call(app, "GET", "/console/", {"host": "rebound.evil.example:8081"})
     assert rebound.status_code == 403
+
+
+def test_under_a_route_prefix(app):
+    """Ray Serve mounts the management app under ``/manage``: the same answers there."""
+    transport = httpx.ASGITransport(app=app, root_path="/manage")
+
+    async def go(path: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8081") as c:
+            return await c.get(path)
+
+    redirect = asyncio.run(go("/manage/console"))
+    assert (redirect.status_code, redirect.headers["location"]) == (307, "console/")
+    assert asyncio.run(go("/manage/console/")).status_code == 200
+    assert asyncio.run(go("/manage/console/api/whoami")).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "needs"),
+    [
+        ("GET", "/console/api/whoami", None),
+        ("POST", "/console/api/try/predict/m", None),
+        ("GET", "/console/api/overview", "the manage or metadata scope"),
+        ("GET", "/console/api/try/predict/m", "the manage or metadata scope"),
+        ("POST", "/console/api/whoami", "the manage scope"),
+        ("POST", "/models/m/console/api/try/x", "the manage scope"),
+        ("POST", "/models/m/rollout/promote", "the manage scope"),
+    ],
+)
+def test_what_an_infer_only_token_may_call(method, path, needs):
+    assert management_needs(Scopes(infer_all=True), method, path) == needs

@@ -20,6 +20,8 @@ from pathlib import PurePosixPath
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from torchferry.serving.auth.guard import route_path
+
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -70,10 +72,7 @@ class ConsoleFiles:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope.get("path", "")
-        root_path: str = scope.get("root_path", "")
-        if root_path and path.startswith(root_path):  # under a prefix (Ray Serve's /manage)
-            path = path[len(root_path) :]
+        path = route_path(scope)  # under a prefix too (Ray Serve's /manage)
         if path == ROOT:
             await self._answer(scope, send, 307, b"", "text/plain", [(b"location", b"console/")])
         elif path == ROOT + "/":
