@@ -1,13 +1,15 @@
-"""The console's API on one real server (``--auth``, one worker, the adder in two versions
-and the tiny image classifier), called as the page calls it: who the caller is for three
-tokens, the models, live figures growing with requests, the server and its listeners, the
-sources a load may offer, try-it requests forwarded to the inference listener (JSON and an
-image upload), and a rollout promoted at once."""
+"""The console's API on one real server (``--auth`` and TLS, one worker, the adder in two
+versions and the tiny image classifier), called as the page calls it: who the caller is for
+three tokens, the models, live figures growing with requests, the server and its listeners,
+the sources a load may offer, try-it requests forwarded to the inference listener (JSON and
+an image upload, over TLS to a certificate the forwarder does not check), and a rollout
+promoted at once."""
 
 from __future__ import annotations
 
 import io
 import shutil
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from certs import make_certs
 from PIL import Image
 
 from torchferry.serving.auth.keyfile import create_token
@@ -41,7 +44,9 @@ class Served:
         if who is not None:
             headers["Authorization"] = f"Bearer {self.tokens[who]}"
         url = f"{self.server.management_url}/{path.lstrip('/')}"
-        return httpx.request(method, url, headers=headers, timeout=30, **kw)
+        return httpx.request(
+            method, url, headers=headers, timeout=30, verify=self.server.verify, **kw
+        )
 
     def api(self, path: str, who: str | None = "manage", **kw: Any) -> httpx.Response:
         return self.call("GET", f"/console/api/{path}", who, **kw)
@@ -61,11 +66,14 @@ def served(model_store, start_server, tmp_path_factory) -> Iterator[Served]:
         who: create_token(key_file, scopes, timedelta(hours=1), who)[1]
         for who, scopes in TOKENS.items()
     }
+    certs = make_certs(root / "certs")
     args = [
         "--store", str(store), "--auth", "--workers", "1", "--threads", "1",
         "--model-source-root", str(sources), "--log-level", "warning",
+        "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
     ]  # fmt: skip
-    with start_server(args, root / "server.log") as server:
+    trust = ssl.create_default_context(cafile=str(certs.ca))
+    with start_server(args, root / "server.log", verify=trust) as server:
         yield Served(server, sources, store, tokens)
 
 
@@ -120,7 +128,10 @@ def test_metrics_grow_with_requests(served):
     headers = {"Authorization": f"Bearer {served.tokens['infer']}"}
     for _ in range(3):
         answer = httpx.post(
-            f"{served.server.url}/v2/models/adder/versions/2/infer", json=V2_BODY, headers=headers
+            f"{served.server.url}/v2/models/adder/versions/2/infer",
+            json=V2_BODY,
+            headers=headers,
+            verify=served.server.verify,
         )
         assert answer.status_code == 200, answer.text
     deadline = time.monotonic() + 10
@@ -153,7 +164,8 @@ def test_server(served):
     assert listeners["grpc"]["address"].endswith(f":{server.grpc_port}")
     assert listeners["management"]["address"] == f"127.0.0.1:{server.management_port}"
     assert listeners["metrics"]["address"] == f"127.0.0.1:{server.metrics_port}"
-    assert all(item["auth"] and not item["tls"] for item in listeners.values())
+    assert all(item["auth"] and item["tls"] and not item["mtls"] for item in listeners.values())
+    assert [listeners[n]["scheme"] for n in ("http", "grpc")] == ["https", "grpcs"]
     assert body["store"] == str(served.store)
     assert body["model_source_roots"] == [str(served.sources)]
     assert "onnxruntime" in body["packages"]
