@@ -19,8 +19,10 @@ whose argmax agreed) and ``torchferry_shadow_max_abs_diff`` (the largest absolut
 seen; the largest across workers).
 
 And ``torchferry_request_duration_seconds`` (every request, by ``protocol``, ``model``, empty
-for non-inference routes, and ``status``), ``torchferry_queue_duration_seconds`` (by model
-version) and ``torchferry_batch_size`` (rows per executed batch, by model version).
+for non-inference routes, and ``status``), ``torchferry_inference_duration_seconds`` (the
+duration of each successful inference request, by model version: the console's p50 and p99
+per version), ``torchferry_queue_duration_seconds`` (by model version) and
+``torchferry_batch_size`` (rows per executed batch, by model version).
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set (before ``prometheus_client`` is first imported: the
 supervisor sets it in each worker's environment), every process writes its values to files
@@ -106,6 +108,12 @@ class _Families:
             "torchferry_request_duration_seconds",
             "Time from a request's arrival to its answer, every route and protocol",
             ("protocol", "model", "status"),
+            buckets=REQUEST_BUCKETS,
+        )
+        self.inference_seconds = Histogram(
+            "torchferry_inference_duration_seconds",
+            "Time from a successful inference request's arrival to its answer, per version",
+            MODEL_LABELS,
             buckets=REQUEST_BUCKETS,
         )
         self.queue_seconds = Histogram(
@@ -218,6 +226,7 @@ class ModelSeries:
     __slots__ = (
         "_batch_sizes",
         "_children",
+        "_durations",
         "_queue_times",
         "_sent",
         "compute_us",
@@ -245,6 +254,7 @@ class ModelSeries:
             )
         )  # fmt: skip
         f.pending.labels(*labels)  # shows 0 from the start, as Triton does
+        self._durations = _LocalHistogram(REQUEST_BUCKETS, f.inference_seconds.labels(*labels))
         self._queue_times = _LocalHistogram(QUEUE_BUCKETS, f.queue_seconds.labels(*labels))
         self._batch_sizes = _LocalHistogram(BATCH_BUCKETS, f.batch_size.labels(*labels))
         self.success = self.failure = self.rows = self.executions = 0
@@ -278,6 +288,7 @@ class ModelSeries:
         self.success += 1
         self.rows += record.rows
         self.request_us += duration_s * 1e6
+        self._durations.observe(duration_s)
         queued, started, ended = record.queued, record.compute_started, record.compute_ended
         if queued is not None and started is not None:
             self.queue_us += (started - queued) * 1e6
@@ -294,6 +305,7 @@ class ModelSeries:
             if value != sent:
                 child.inc(value - sent)
         self._sent = now
+        self._durations.flush()
         self._queue_times.flush()
         self._batch_sizes.flush()
         pending = self.pending_now

@@ -133,14 +133,15 @@ class Supervisor:
                 grpc = reserve(settings.host, settings.grpc_port, "gRPC", "--grpc-port")
                 self.guards.append(grpc)
                 update["grpc_port"] = grpc.port
-            self.worker_settings = settings.model_copy(update=update)
             if settings.metrics_port is not None:
                 # fresh for every run: files left by an earlier one would add to the counters
                 self.metrics_dir = new_multiproc_dir()
                 metrics_listener = listen_exclusive(
                     settings.host, settings.metrics_port, "metrics", "--metrics-port"
                 )
-            management = management_listener(self.fleet, settings, self.keys)
+                update["metrics_port"] = metrics_listener.getsockname()[1]  # port 0 resolved
+            self.worker_settings = settings.model_copy(update=update)
+            management = management_listener(self.fleet, settings, self.keys, server=self)
             try:
                 self.fleet.restore()
             except PermissionError as exc:  # a store owned by another user (a volume)

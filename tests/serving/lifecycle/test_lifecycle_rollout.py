@@ -145,6 +145,44 @@ def test_a_step_waits_for_enough_traffic(store):
     asyncio.run(scenario())
 
 
+def test_promote_skips_the_steps_left(store, caplog):
+    async def scenario():
+        fleet, workers = await stable_on_1(store)
+        spec = RolloutSpec(version=2, steps=[10, 50, 100], interval_s=60, min_requests=1000)
+        await fleet.rollouts.start("m", spec)
+        with caplog.at_level(logging.INFO):
+            status = await fleet.rollouts.promote("m")
+        assert (status.phase, status.weight, status.step) == ("promoted", 100, 2)
+        assert status.reason == "promoted by a management call"
+        decision = status.history[-1]
+        assert (decision.verdict, decision.step, decision.weight) == ("promote", 0, 10)
+        for worker in workers.all.values():
+            assert worker.routes["m"] == Routes(default=2)
+        assert fleet.effective_default("m") == 2
+        assert DesiredState.read(store).models["m"].rollout.phase == "promoted"
+        assert any(getattr(r, "event", None) == "rollout_promoted" for r in caplog.records)
+        await asyncio.sleep(0.01)  # the loop's cancellation lands
+        assert not [t for t in asyncio.all_tasks() if "_tick" in repr(t.get_coro())]
+        with pytest.raises(Conflict, match="no rollout running"):
+            await fleet.rollouts.promote("m")
+
+    asyncio.run(scenario())
+
+
+def test_promote_during_the_shadow_check_drops_the_shadow(store):
+    async def scenario():
+        fleet, workers = await stable_on_1(store)
+        spec = RolloutSpec(version=2, steps=[50, 100], interval_s=60, min_requests=1000,
+                           min_agreement=0.99)  # fmt: skip
+        await fleet.rollouts.start("m", spec)
+        assert workers[1].routes["m"].shadow is not None
+        status = await fleet.rollouts.promote("m")
+        assert status.phase == "promoted"
+        assert workers[1].routes["m"] == Routes(default=2)
+
+    asyncio.run(scenario())
+
+
 def test_shadow_agreement_is_checked_before_the_first_step(store):
     async def scenario():
         fleet, workers = await stable_on_1(store)

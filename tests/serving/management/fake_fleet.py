@@ -138,6 +138,18 @@ class FakeRollouts:
         self._decide(status, "abort", status.reason)
         return status.model_copy(deep=True)
 
+    async def promote(self, name: str) -> RolloutStatus:
+        status = self.current.get(name)
+        if status is None or not status.running:
+            raise Conflict(f"model {name} has no rollout running")
+        self.tasks[name].cancel()
+        await self.fleet.set_weights(name, None)
+        await self.fleet.set_default(name, status.spec.version)
+        status.step, status.weight = len(status.spec.steps) - 1, 100
+        status.phase, status.reason = "promoted", "promoted by a management call"
+        self._decide(status, "promote", status.reason)
+        return status.model_copy(deep=True)
+
     async def wait(self, name: str) -> RolloutStatus:
         while (status := self.current[name]).running:
             await asyncio.sleep(0.01)

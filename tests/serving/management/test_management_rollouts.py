@@ -54,6 +54,18 @@ def test_abort(client: Client, fleet: FakeFleet) -> None:
     assert fleet.effective_default("iris") == 1
 
 
+def test_promote(client: Client, fleet: FakeFleet) -> None:
+    fleet.rollouts.outcome = "hang"
+    assert client.post("/models/iris/rollouts", json={"version": 2}).status_code == 201
+    promoted = client.post("/models/iris/rollout/promote")
+    assert promoted.status_code == 200
+    assert (promoted.json()["phase"], promoted.json()["weight"]) == ("promoted", 100)
+    assert fleet.effective_default("iris") == 2
+    refused = client.post("/models/iris/rollout/promote")
+    assert refused.status_code == 409 and "no rollout running" in refused.json()["message"]
+    assert client.post("/models/nope/rollout/promote").status_code == 404
+
+
 @pytest.mark.parametrize(
     ("body", "status", "words"),
     [

@@ -1,6 +1,7 @@
 """``RequireToken``: the supervisor's listeners (``/metrics``, the management API) behind a
 bearer token, refused before any route runs: 401 (with ``WWW-Authenticate``) without a valid
-token, 403 when its scopes do not allow the call, 429 over its rate."""
+token, 403 when its scopes do not allow the call, 429 over its rate. A request let through
+carries its caller in the ASGI scope (:func:`principal_of`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,21 @@ from torchferry.serving.auth.scopes import Scopes
 Needs = Callable[[Scopes, str, str], str | None]
 #: An error as the listener's API writes its errors.
 Render = Callable[[Scope, TorchferryError], Response]
+
+
+#: The ASGI scope key under which ``RequireToken`` leaves the caller's ``Principal``.
+PRINCIPAL_KEY = "torchferry.principal"
+#: The console's calls any valid token may make: who am I, and the try-it forwarder (the
+#: inference listener then checks the ``infer`` scope itself). Matched at the end of the
+#: path, which under Ray Serve carries the application's route prefix.
+_WHOAMI = "/console/api/whoami"
+_TRY = "/console/api/try/"
+
+
+def principal_of(scope: Scope) -> Principal | None:
+    """The caller ``RequireToken`` let through; None where no token is checked."""
+    principal = scope.get(PRINCIPAL_KEY)
+    return principal if isinstance(principal, Principal) else None
 
 
 class AuthSetupError(TorchferryError):
@@ -54,7 +70,10 @@ def metrics_needs(scopes: Scopes, method: str, path: str) -> str | None:
 
 
 def management_needs(scopes: Scopes, method: str, path: str) -> str | None:
-    """Reading needs ``manage`` or ``metadata``; anything that changes state, ``manage``."""
+    """Reading needs ``manage`` or ``metadata``; anything that changes state, ``manage``;
+    the console's ``whoami`` and try-it forwarder, any valid token."""
+    if (method == "GET" and path.endswith(_WHOAMI)) or (method == "POST" and _TRY in path):
+        return None
     if method in ("GET", "HEAD"):
         return None if scopes.manage or scopes.metadata else "the manage or metadata scope"
     return None if scopes.manage else "the manage scope"
@@ -88,4 +107,5 @@ class RequireToken:
             if not isinstance(grant, Principal):
                 await self.render(scope, grant)(scope, receive, send)
                 return
+            scope = {**scope, PRINCIPAL_KEY: grant}
         await self.app(scope, receive, send)

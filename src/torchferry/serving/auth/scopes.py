@@ -67,6 +67,16 @@ class Scopes:
                 models.update(scope.partition(":")[2].split(","))
         return cls(infer_all, frozenset(models), metadata, manage, metrics)
 
+    def texts(self) -> list[str]:
+        """These scopes written as scopes (``infer:a,b``, ``metadata``...), canonical."""
+        out = []
+        if self.infer_all:
+            out.append(INFER)
+        elif self.infer_models:
+            out.append(f"{INFER}:{','.join(sorted(self.infer_models))}")
+        out += [name for name in (METADATA, MANAGE, METRICS) if getattr(self, name)]
+        return out
+
     def may_infer(self, model: str) -> bool:
         return self.infer_all or model in self.infer_models
 
@@ -83,11 +93,4 @@ class Scopes:
 def canonical_scopes(texts: Iterable[str]) -> list[str]:
     """Scopes as the key file stores them: parsed, the ``infer:`` ones merged into one, and
     ``infer:`` dropped where plain ``infer`` already allows every model."""
-    scopes = Scopes.parse(texts)
-    out = []
-    if scopes.infer_all:
-        out.append(INFER)
-    elif scopes.infer_models:
-        out.append(f"{INFER}:{','.join(sorted(scopes.infer_models))}")
-    out += [name for name in (METADATA, MANAGE, METRICS) if getattr(scopes, name)]
-    return out
+    return Scopes.parse(texts).texts()

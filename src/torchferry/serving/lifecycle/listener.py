@@ -5,21 +5,28 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchferry.serving.auth.keyring import KeyRing
 from torchferry.serving.lifecycle.fleet import Fleet
 from torchferry.serving.listen import LOOPBACK, is_loopback, listen_exclusive
 from torchferry.serving.settings import ServerSettings
 
+if TYPE_CHECKING:
+    from torchferry.serving.console.server_view import ServerView
+
 log = logging.getLogger("torchferry.supervisor")
 
 
 def management_listener(
-    fleet: Fleet, settings: ServerSettings, keys: KeyRing | None = None
+    fleet: Fleet,
+    settings: ServerSettings,
+    keys: KeyRing | None = None,
+    server: ServerView | None = None,
 ) -> tuple[Any, socket.socket] | None:
     """The management app and its bound socket (bound before the workers start, so that a
-    taken port fails the start at once), or None when the API is off."""
+    taken port fails the start at once), or None when the API is off. ``server`` is what
+    the console shows of the supervisor."""
     if settings.management_port is None:
         return None
     # imported here: a server without the API never builds its routes
@@ -33,4 +40,4 @@ def management_listener(
             extra={"event": "management_exposed", "host": host},
         )
     sock = listen_exclusive(host, settings.management_port, "management", "--management-port")
-    return management_app(fleet, settings, keys), sock
+    return management_app(fleet, settings, keys, server), sock

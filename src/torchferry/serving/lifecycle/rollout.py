@@ -123,6 +123,16 @@ class Rollouts:
             task.cancel()
         return status
 
+    async def promote(self, name: str) -> RolloutStatus:
+        """Skip the remaining steps: the canary becomes the default at once."""
+        status = await self._decide(name, "promote", "promoted by a management call", None)
+        if status is None:
+            raise Conflict(f"model {name} has no rollout running")
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+        return status
+
     async def wait(self, name: str) -> RolloutStatus:
         """The rollout's status once it is no longer running."""
         while True:
@@ -243,8 +253,10 @@ class Rollouts:
                 canary=canary,
                 stable=stable,
             )
-            if verdict == "advance":
-                routes = _enter(status, status.step + 1, model.routes)
+            if verdict in ("advance", "promote"):
+                # a promotion jumps to the last step (100%), which promotes
+                step = status.step + 1 if verdict == "advance" else len(status.spec.steps) - 1
+                routes = _enter(status, step, model.routes)
                 decision.verdict = "promote" if status.phase == "promoted" else "advance"
             else:
                 routes = _back(status, model.routes)

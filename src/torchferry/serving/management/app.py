@@ -1,6 +1,6 @@
 """``management_app(fleet, settings)``: the management API as one ASGI app, which the
 supervisor serves on its own listener (``--management-port``, loopback unless
-``--management-host`` says otherwise)."""
+``--management-host`` says otherwise), with the web console under ``/console``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from torchferry._version import __version__
 from torchferry.errors import InvalidInput, TorchferryError
 from torchferry.serving.auth.guard import RequireToken, management_needs
 from torchferry.serving.auth.keyring import KeyRing
+from torchferry.serving.console import api as console_api
+from torchferry.serving.console.files import ConsoleFiles
+from torchferry.serving.console.server_view import ServerView
 from torchferry.serving.listen import LOOPBACK, is_loopback
 from torchferry.serving.management import rollouts, torchserve, traffic, triton
 from torchferry.serving.management.answers import (
@@ -41,10 +44,12 @@ class _RouteError(TorchferryError):
         }.get(status_code, "BadRequestException")
 
 
+#: Paths whose errors are ``{"error": message}`` (Triton's, and the console's API).
+_PLAIN_ERRORS = ("/v2/", "/console/")
+
+
 def _render(request: Request, error: TorchferryError) -> Response:
-    if request.url.path.startswith("/v2/"):
-        return triton_error(error)
-    return torchserve_error(error)
+    return _render_refusal(request.scope, error)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -65,16 +70,20 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 def _render_refusal(scope: Scope, error: TorchferryError) -> Response:
     """A token's refusal in the shape of the API the path belongs to."""
-    return (
-        triton_error(error) if scope.get("path", "").startswith("/v2/") else torchserve_error(error)
-    )
+    plain = scope.get("path", "").startswith(_PLAIN_ERRORS)
+    return triton_error(error) if plain else torchserve_error(error)
 
 
 def management_app(
-    fleet: FleetAPI, settings: ServerSettings, keys: KeyRing | None = None
+    fleet: FleetAPI,
+    settings: ServerSettings,
+    keys: KeyRing | None = None,
+    server: ServerView | None = None,
 ) -> RefuseBrowsers:
     """The API; with ``keys`` (``--auth``), every call needs a token: reading ones the
-    ``manage`` or ``metadata`` scope, the rest ``manage``."""
+    ``manage`` or ``metadata`` scope, the rest ``manage`` (``auth.guard.management_needs``).
+    The console's files need none; what its pages show of the server comes from ``server``
+    (the supervisor; None under Ray Serve)."""
     app = FastAPI(
         title="torchferry management",
         version=__version__,
@@ -83,6 +92,8 @@ def management_app(
         default_response_class=JSONResponse,
     )
     app.state.management = Management(fleet, settings)
+    app.state.console = console_api.console_state(server)
+    app.include_router(console_api.router)
     # the literal routes (/models/{m}/traffic...) first: /models/{m}/{v} would take them
     for module in (traffic, rollouts, triton, torchserve):
         app.include_router(module.router)
@@ -91,4 +102,7 @@ def management_app(
     guarded: ASGIApp = app
     if keys is not None:
         guarded = RequireToken(app, keys, management_needs, _render_refusal)
-    return RefuseBrowsers(guarded, loopback=is_loopback(settings.management_host or LOOPBACK))
+    # the console's files hold no data: no token, but the browser checks still apply
+    return RefuseBrowsers(
+        ConsoleFiles(guarded), loopback=is_loopback(settings.management_host or LOOPBACK)
+    )

@@ -1,7 +1,8 @@
 """Canary rollouts of a model: ``POST /models/{m}/rollouts`` (a ``RolloutSpec``) starts
 one and answers 201 with its status; ``GET /models/{m}/rollout`` follows it (each decision
 with the figures behind it); ``POST /models/{m}/rollout/abort`` stops it and sends the
-traffic back to the stable version."""
+traffic back to the stable version; ``POST /models/{m}/rollout/promote`` skips the steps
+left and makes the canary the default at once (409 for either when none runs)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,14 @@ async def abort(request: Request, model_name: str) -> Response:
     management = management_of(request)
     management.require(model_name)
     return JSONResponse((await management.fleet.rollouts.abort(model_name)).model_dump(mode="json"))
+
+
+@router.post(
+    "/models/{model_name}/rollout/promote",
+    summary="Promote the running rollout's canary at once (skip the steps left)",
+)
+async def promote(request: Request, model_name: str) -> Response:
+    management = management_of(request)
+    management.require(model_name)
+    status = await management.fleet.rollouts.promote(model_name)
+    return JSONResponse(status.model_dump(mode="json"))

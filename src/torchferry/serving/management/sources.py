@@ -24,6 +24,24 @@ _MANIFEST = "manifest.json"
 _FILE_SUFFIXES = (".mar", ".onnx")
 
 
+def source_kind(path: Path) -> str | None:
+    """``archive`` (a folder with a manifest), ``mar`` or ``onnx``: what a load can read;
+    None for anything else."""
+    if path.is_dir():
+        return "archive" if (path / _MANIFEST).is_file() else None
+    suffix = path.suffix.lower()
+    return suffix[1:] if path.is_file() and suffix in _FILE_SUFFIXES else None
+
+
+def allowed_roots(settings: ServerSettings) -> list[Path]:
+    """The source roots, resolved (what every source is checked against)."""
+    return [root.resolve() for root in settings.source_roots()]
+
+
+def inside_roots(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
 def _roots_text(roots: list[Path]) -> str:
     return ", ".join(str(r) for r in roots)
 
@@ -44,13 +62,9 @@ def _local_path(url: str) -> str:
     return unquote(parts.path)
 
 
-def _inside(path: Path, roots: list[Path]) -> bool:
-    return any(path == root or path.is_relative_to(root) for root in roots)
-
-
 def _check_links(folder: Path, roots: list[Path], shown: str) -> None:
     for item in folder.rglob("*"):
-        if item.is_symlink() and not _inside(item.resolve(), roots):
+        if item.is_symlink() and not inside_roots(item.resolve(), roots):
             raise SourceRefused(
                 f"{shown}: {item.relative_to(folder)} links outside the model source roots "
                 f"({_roots_text(roots)})"
@@ -58,9 +72,7 @@ def _check_links(folder: Path, roots: list[Path], shown: str) -> None:
 
 
 def _check_kind(path: Path, shown: str) -> None:
-    if path.is_dir() and (path / _MANIFEST).is_file():
-        return
-    if path.is_file() and path.suffix.lower() in _FILE_SUFFIXES:
+    if source_kind(path) is not None:
         return
     raise InvalidInput(
         f"{shown} is not a model: expected an archive folder (with {_MANIFEST}), "
@@ -77,7 +89,7 @@ def resolve_source(url: str, settings: ServerSettings) -> Path:
     if "\x00" in text:
         raise InvalidInput("the model source contains a NUL character")
     given = Path(_local_path(text))
-    roots = [root.resolve() for root in settings.source_roots()]
+    roots = allowed_roots(settings)
     if not roots:
         raise SourceRefused(
             "no model source roots: start the server with --store or --model-source-root DIR"
@@ -92,7 +104,7 @@ def resolve_source(url: str, settings: ServerSettings) -> Path:
     # rather than skipped, so a link never silently falls through to another root
     for candidate in candidates:
         path = candidate.resolve()
-        if not _inside(path, roots):
+        if not inside_roots(path, roots):
             if candidate.exists() or candidate.is_symlink():
                 raise refusal
             continue

@@ -1,0 +1,120 @@
+"""The console's JSON API, under ``/console/api/`` on the management app: who the caller
+is, the models (``overview``), a model's live figures (``metrics``), the server, the sources
+a load may offer, and the try-it forwarder. Errors are ``{"error": message}`` with their
+status; changes go through the management routes, never through here."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from prometheus_client.core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.responses import Response
+
+from torchferry.errors import InvalidInput
+from torchferry.serving.auth.guard import principal_of
+from torchferry.serving.console.about import server_page
+from torchferry.serving.console.figures import version_figures
+from torchferry.serving.console.overview import overview
+from torchferry.serving.console.proxy import Forwarder
+from torchferry.serving.console.server_view import ServerView
+from torchferry.serving.console.sources import list_sources
+from torchferry.serving.management.answers import JSONResponse, TritonRoute
+from torchferry.serving.management.context import management_of
+from torchferry.serving.settings import ServerSettings
+
+router = APIRouter(prefix="/console/api", tags=["torchferry console"], route_class=TritonRoute)
+
+UNDER_RAY = "under Ray Serve, scrape Ray's metrics"
+METRICS_OFF = "the server runs without metrics (--no-metrics)"
+
+
+@dataclass
+class Console:
+    """What the console's routes read beside the management state."""
+
+    #: The supervisor; None under Ray Serve (no workers, no metrics files of its own).
+    server: ServerView | None
+    forwarder: Forwarder
+    #: When the app was made: the start shown where there is no supervisor.
+    made_at: float = field(default_factory=time.time)
+
+
+def console_state(server: ServerView | None) -> Console:
+    def target() -> ServerSettings | None:
+        return server.worker_settings if server is not None else None
+
+    return Console(server, Forwarder(target))
+
+
+def console_of(request: Request) -> Console:
+    console: Console = request.app.state.console
+    return console
+
+
+@router.get("/whoami", summary="The caller's token and what it may do")
+async def whoami(request: Request) -> Response:
+    principal = principal_of(request.scope)
+    if principal is None:
+        return JSONResponse(
+            {"auth": False, "token": None, "scopes": [], "can_read": True, "can_manage": True}
+        )
+    scopes = principal.scopes
+    return JSONResponse(
+        {
+            "auth": True,
+            "token": principal.id,
+            "scopes": scopes.texts(),
+            "can_read": scopes.manage or scopes.metadata,
+            "can_manage": scopes.manage,
+        }
+    )
+
+
+@router.get("/overview", summary="Every model, its routes, rollout and versions")
+async def models_overview(request: Request) -> Response:
+    return JSONResponse(overview(management_of(request)))
+
+
+@router.get("/metrics", summary="A model's cumulative figures per version")
+async def model_metrics(request: Request, model: str | None = None) -> Response:
+    if not model:
+        raise InvalidInput("metrics: name the model, as ?model=NAME")
+    management_of(request).require(model)
+    server = console_of(request).server
+    at = time.time()
+    if server is None or server.metrics_dir is None:
+        reason = UNDER_RAY if server is None else METRICS_OFF
+        return JSONResponse({"at": at, "available": False, "reason": reason, "versions": {}})
+    metrics = await asyncio.to_thread(_collect, server.metrics_dir)
+    versions = version_figures(metrics, model)
+    return JSONResponse({"at": at, "available": True, "reason": None, "versions": versions})
+
+
+def _collect(directory: Path) -> list[Metric]:
+    """Every worker's metric files, summed (as ``/metrics`` sums them)."""
+    return list(MultiProcessCollector(None, path=str(directory)).collect())
+
+
+@router.get("/server", summary="The server: build, workers, listeners, load policies")
+async def server(request: Request) -> Response:
+    console = console_of(request)
+    address = request.scope.get("server")
+    port = address[1] if address else management_of(request).settings.management_port
+    settings = management_of(request).settings
+    return JSONResponse(server_page(settings, console.server, console.made_at, port))
+
+
+@router.get("/sources", summary="Models a load may offer, under the model source roots")
+async def sources(request: Request) -> Response:
+    settings = management_of(request).settings
+    return JSONResponse(await asyncio.to_thread(list_sources, settings))
+
+
+@router.post("/try/{path:path}", summary="Send an inference request through the console")
+async def try_request(request: Request, path: str) -> Response:
+    return await console_of(request).forwarder.forward(request, path)
