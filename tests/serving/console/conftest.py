@@ -33,6 +33,8 @@ from versions_store import WEIGHTS, write_lin  # noqa: E402
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 REPOSITORY = Path(__file__).resolve().parents[3]
+
+
 def _artifacts() -> Path:
     root = os.environ.get("TORCHFERRY_ARTIFACTS")
     folder = (Path(root) if root else REPOSITORY / "test-artifacts") / "console"
@@ -76,7 +78,12 @@ def browser() -> Iterator[WebDriver]:
         pytest.skip(reason)
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)

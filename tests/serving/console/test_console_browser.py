@@ -6,8 +6,10 @@ axe-core accessibility report of every page (``$TORCHFERRY_ARTIFACTS/console/``)
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,10 +18,12 @@ from typing import Any
 
 import axe_core_python
 import httpx
+import numpy as np
 import pytest
 from console_support import BLOCKING_IMPACTS, Console, write_json
 from PIL import Image
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -27,6 +31,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 AXE_SOURCE = (Path(axe_core_python.__file__).parent / "axe.min.js").read_text(encoding="utf-8")
 PAGES = ("sign-in", "models", "try", "model", "server", "refusal")
 ROW = [1.0, 2.0, 3.0, 4.0]
+#: lin's answer to ROW, as pretty JSON writes it
+Y = re.compile(r"\[\s*0(\.0)?,\s*-3\.5,\s*10(\.0)?\s*\]")
 
 
 def wait_for(browser: WebDriver, condition: Callable[[WebDriver], Any], timeout: float = 10) -> Any:
@@ -55,7 +61,9 @@ def text_of(browser: WebDriver, css: str, expected: str, timeout: float = 10) ->
         return wait_for(browser, has, timeout)
     except Exception:
         found = browser.find_elements(By.CSS_SELECTOR, css)
-        raise AssertionError(f"{css} never said {expected!r}: {found[0].text if found else '(absent)'}")
+        raise AssertionError(
+            f"{css} never said {expected!r}: {found[0].text if found else '(absent)'}"
+        )
 
 
 def type_into(element: WebElement, text: str) -> None:
@@ -93,7 +101,9 @@ def answer_in(browser: WebDriver, region: str, status: int, timeout: float = 30)
     try:
         wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, css), timeout)
     except Exception:
-        raise AssertionError(f"no answer in {region}: {browser.find_element(By.CSS_SELECTOR, region).text}")
+        raise AssertionError(
+            f"no answer in {region}: {browser.find_element(By.CSS_SELECTOR, region).text}"
+        )
     answer = browser.find_element(By.CSS_SELECTOR, css)
     assert answer.get_attribute("data-status") == str(status), answer.text
     return answer
@@ -102,7 +112,7 @@ def answer_in(browser: WebDriver, region: str, status: int, timeout: float = 30)
 def capture(browser: WebDriver, console: Console, page: str) -> None:
     """A screenshot of the page and its axe-core audit, both kept as artifacts; the page
     must have no serious or critical violation."""
-    browser.save_screenshot(str(console.artifacts / f"{page}.png"))
+    save_full_page(browser, console.artifacts / f"{page}.png")
     browser.set_script_timeout(30)
     browser.execute_script(AXE_SOURCE)
     results = browser.execute_async_script(
@@ -113,7 +123,20 @@ def capture(browser: WebDriver, console: Console, page: str) -> None:
     assert "error" not in results, results
     console.audits[page] = results
     blocking = [v for v in results["violations"] if v["impact"] in BLOCKING_IMPACTS]
-    assert not blocking, [(v["id"], v["impact"], v["help"], [n["target"] for n in v["nodes"]]) for v in blocking]
+    assert not blocking, [
+        (v["id"], v["impact"], v["help"], [n["target"] for n in v["nodes"]]) for v in blocking
+    ]
+
+
+def save_full_page(browser: WebDriver, path: Path) -> None:
+    """The whole page, not just the window (Chromium's DevTools screenshot past the viewport)."""
+    browser.execute_script("window.scrollTo(0, 0)")
+    size = browser.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    shot = browser.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+    )
+    path.write_bytes(base64.b64decode(shot["data"]))
 
 
 def png(path: Path) -> Path:
@@ -124,7 +147,9 @@ def png(path: Path) -> Path:
 
 
 def loaded(console: Console) -> list[int]:
-    answer = httpx.get(f"{console.server.management_url}/models/lin/all", headers=console.bearer("manage"))
+    answer = httpx.get(
+        f"{console.server.management_url}/models/lin/all", headers=console.bearer("manage")
+    )
     return [int(v["modelVersion"]) for v in answer.json()] if answer.status_code == 200 else []
 
 
@@ -137,7 +162,9 @@ def traffic(console: Console, model: str) -> Iterator[list[int]]:
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": ROW}]}
 
     def send() -> None:
-        with httpx.Client(base_url=console.server.url, timeout=10, headers=console.bearer("infer")) as client:
+        with httpx.Client(
+            base_url=console.server.url, timeout=10, headers=console.bearer("infer")
+        ) as client:
             while not stop.is_set():
                 statuses.append(client.post(f"/v2/models/{model}/infer", json=body).status_code)
 
@@ -162,7 +189,10 @@ def test_load_a_version_through_the_console_and_see_it_ready(console, browser):
 
     type_into(find(browser, "#load-name"), "lin")
     candidate = str(console.sources / "lin" / "2")
-    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'#load-found option[value="{candidate}"]'))
+    wait_for(
+        browser,
+        lambda d: d.find_elements(By.CSS_SELECTOR, f'#load-found option[value="{candidate}"]'),
+    )
     Select(find(browser, "#load-found")).select_by_value(candidate)
     find(browser, "#load-submit").click()
     confirm(browser, candidate)
@@ -170,14 +200,25 @@ def test_load_a_version_through_the_console_and_see_it_ready(console, browser):
     assert "lin" in answer.text
     row = text_of(browser, 'tr[data-key="lin/2"]', "ready")
     assert "onnxruntime" in row and "unsigned" in row, row
-    assert browser.find_element(By.CSS_SELECTOR, 'tr[data-key="lin/2"] [data-state]').get_attribute("data-state") == "ready"
+    assert (
+        browser.find_element(By.CSS_SELECTOR, 'tr[data-key="lin/2"] [data-state]').get_attribute(
+            "data-state"
+        )
+        == "ready"
+    )
     assert 2 in loaded(console)
     capture(browser, console, "models")
 
 
 def _top_k(browser: WebDriver) -> list[tuple[str, float]]:
     rows = find(browser, "#topk-table").find_elements(By.CSS_SELECTOR, "tbody tr")
-    return [(r.find_elements(By.TAG_NAME, "td")[1].text, float(r.find_elements(By.TAG_NAME, "td")[2].text)) for r in rows]
+    return [
+        (
+            r.find_elements(By.TAG_NAME, "td")[1].text,
+            float(r.find_elements(By.TAG_NAME, "td")[2].text),
+        )
+        for r in rows
+    ]
 
 
 def try_image(browser: WebDriver, image: Path) -> None:
@@ -215,6 +256,43 @@ def test_try_an_image_and_read_its_top_k(console, browser, tmp_path):
     capture(browser, console, "try")
 
 
+def send_try(browser: WebDriver, protocol: str, kind: str, value: str | Path) -> WebElement:
+    """Send the Try it form with this protocol and input; the new outcome."""
+    Select(find(browser, "#try-protocol")).select_by_value(protocol)
+    find(browser, f"#try-kind-{kind}").click()
+    if kind == "json":
+        type_into(find(browser, "#try-json"), str(value))
+    else:
+        find(browser, f"#try-{kind}").send_keys(str(value))
+    browser.execute_script("document.getElementById('try-outcome')?.remove()")
+    find(browser, "#try-send").click()
+    return find(browser, "#try-outcome", timeout=20)
+
+
+def test_try_it_speaks_every_protocol_with_json_and_npy(console, browser, tmp_path):
+    """lin's y = x @ W for x = [1, 2, 3, 4] is [0, -3.5, 10], whatever the protocol."""
+    sign_in(browser, console, "manage")
+    go(browser, "#/try")
+    type_into(find(browser, "#try-model"), "lin")
+    type_into(find(browser, "#try-version"), "1")
+    text_of(browser, "#try-signature", "x (FP32 [-1, 4])")
+    npy = tmp_path / "row.npy"
+    np.save(npy, np.array([ROW], dtype=np.float32))
+    cases = [("v2", "json", "[1, 2, 3, 4]"), ("v2-binary", "json", "[[1, 2, 3, 4]]"),
+             ("v1", "json", "[1, 2, 3, 4]"), ("predict", "json", "[[1, 2, 3, 4]]"),
+             ("torchserve", "json", '{"data": [[1, 2, 3, 4]]}'), ("v2-binary", "npy", npy),
+             ("v2", "npy", npy), ("v1", "npy", npy)]  # fmt: skip
+    for protocol, kind, value in cases:
+        outcome = send_try(browser, protocol, kind, value)
+        assert outcome.get_attribute("data-status") == "200", (protocol, kind, outcome.text)
+        answer = find(browser, "#try-answer").text
+        assert Y.search(answer), (protocol, kind, answer)
+        assert find(browser, "#try-model-version").text == "1"
+    outcome = send_try(browser, "v2", "json", "[1, 2, 3]")  # the server's refusal, shown
+    assert outcome.get_attribute("data-status") == "400", outcome.text
+    assert "x" in outcome.text and "4" in outcome.text
+
+
 def test_a_rollout_that_breaks_its_threshold_rolls_back_on_the_page(console, browser):
     if 2 not in loaded(console):  # run on its own: the first test loads it through the page
         answer = httpx.post(
@@ -242,7 +320,10 @@ def test_a_rollout_that_breaks_its_threshold_rolls_back_on_the_page(console, bro
     find(browser, "#rollout-submit").click()
     confirm(browser, "max_p99_ms")
     answer_in(browser, "#action-status", 201)
-    wait_for(browser, lambda d: d.find_element(By.ID, "rollout-phase").get_attribute("data-phase") == "stepping")
+    wait_for(
+        browser,
+        lambda d: d.find_element(By.ID, "rollout-phase").get_attribute("data-phase") == "stepping",
+    )
     assert find(browser, '#rollout-machine [aria-current="step"]').text == "stepping"
     with traffic(console, "lin") as statuses:
         text_of(browser, "#rollout-phase", "rolled back", timeout=20)
@@ -260,7 +341,9 @@ def test_the_server_page_shows_workers_and_listeners(console, browser):
     sign_in(browser, console, "manage")
     go(browser, "#/server")
     workers = text_of(browser, "#workers-table", "serving")
-    assert len(find(browser, "#workers-table").find_elements(By.CSS_SELECTOR, "tbody tr")) == 1, workers
+    assert len(find(browser, "#workers-table").find_elements(By.CSS_SELECTOR, "tbody tr")) == 1, (
+        workers
+    )
     listeners = find(browser, "#listeners-table").text
     assert "management" in listeners and f"127.0.0.1:{console.server.management_port}" in listeners
     capture(browser, console, "server")
@@ -279,9 +362,14 @@ def test_an_infer_only_token_is_refused_management_but_can_try(console, browser,
     find(browser, "#manage-notice")
     type_into(find(browser, "#unload-version"), "1")
     find(browser, "#unload-submit").click()
+    find(browser, "#confirm-dialog").send_keys(Keys.ESCAPE)  # Escape says no
+    text_of(browser, "#action-status", "cancelled")
+    find(browser, "#unload-submit").click()
     confirm(browser, "Unload")
     refused = answer_in(browser, "#action-status", 403)
-    expected = httpx.delete(f"{console.server.management_url}/models/lin/1", headers=console.bearer("infer"))
+    expected = httpx.delete(
+        f"{console.server.management_url}/models/lin/1", headers=console.bearer("infer")
+    )
     assert expected.status_code == 403
     assert expected.json()["message"] in refused.text
     assert "403" in refused.text
@@ -294,7 +382,16 @@ def test_an_infer_only_token_is_refused_management_but_can_try(console, browser,
     assert _top_k(browser)
 
 
-def test_every_page_has_a_screenshot_and_an_accessibility_report(console):
+def test_every_page_has_a_screenshot_and_an_accessibility_report(console, browser):
+    # no script error and no Content-Security-Policy violation on any page (a refused
+    # fetch is logged too: those are the refusals the tests asked for)
+    logged = browser.get_log("browser")
+    errors = [
+        entry["message"]
+        for entry in logged
+        if entry["level"] == "SEVERE" and "Failed to load resource" not in entry["message"]
+    ]
+    assert not errors, errors
     for page in PAGES:
         shot = console.artifacts / f"{page}.png"
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", page

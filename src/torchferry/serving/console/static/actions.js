@@ -70,6 +70,8 @@ export async function runAction(action, region, afterwards = () => {}) {
         : null,
     ),
   );
+  // the answer may be far from the button that asked: bring it into view
+  region.scrollIntoView({ block: "nearest", behavior: "smooth" });
   afterwards(answer);
   return answer;
 }

@@ -34,7 +34,7 @@ function label(value) {
  * series: [{name, colour (0..5), dashed, points: [{t, v}]}] with t in seconds; v null for
  * a gap. format(v) writes a value for the summary. Answers a <figure>.
  */
-export function lineChart({ title, series, format, windowSeconds = 120 }) {
+export function lineChart({ title, series, format, windowSeconds: most = 120 }) {
   const latest = series.map((s) => {
     const last = [...s.points].reverse().find((p) => p.v !== null && p.v !== undefined);
     return `${s.name}: ${last ? format(last.v) : "no data yet"}`;
@@ -42,6 +42,8 @@ export function lineChart({ title, series, format, windowSeconds = 120 }) {
   const summary = `${title}. Latest: ${latest.join("; ") || "no data yet"}.`;
   const times = series.flatMap((s) => s.points.map((p) => p.t));
   const end = times.length ? Math.max(...times) : 0;
+  // the x axis grows with the data, from 20 s up to `most`, so a new page is not a sliver
+  const windowSeconds = Math.min(most, Math.max(20, end - (times.length ? Math.min(...times) : end)));
   const start = end - windowSeconds;
   const values = series.flatMap((s) => s.points.filter((p) => p.t >= start && p.v !== null).map((p) => p.v));
   const top = niceMax(values.length ? Math.max(...values) : 0);
@@ -65,7 +67,7 @@ export function lineChart({ title, series, format, windowSeconds = 120 }) {
     chart.append(text);
   }
   const axisLabel = svg("text", { x: WIDTH - PAD.right, y: HEIGHT - 4, class: "tick", "text-anchor": "end" });
-  axisLabel.textContent = `last ${windowSeconds / 60} min`;
+  axisLabel.textContent = windowSeconds >= 60 ? `last ${Math.round(windowSeconds / 6) / 10} min` : `last ${Math.round(windowSeconds)} s`;
   chart.append(axisLabel);
   for (const s of series) {
     // a gap (null) breaks the line; a lone point shows as a dot
@@ -84,7 +86,7 @@ export function lineChart({ title, series, format, windowSeconds = 120 }) {
     const cls = `series series-${s.colour % 6}${s.dashed ? " dashed" : ""}`;
     for (const r of runs) {
       if (r.length === 1) {
-        chart.append(svg("circle", { cx: x(r[0].t), cy: y(r[0].v), r: 2.5, class: `${cls} dot` }));
+        chart.append(svg("circle", { cx: x(r[0].t), cy: y(r[0].v), r: 3, class: `${cls} dot` }));
       } else {
         const d = r.map((p, i) => `${i ? "L" : "M"}${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(" ");
         chart.append(svg("path", { d, class: cls }));

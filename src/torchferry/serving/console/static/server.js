@@ -17,20 +17,20 @@ function workerState(state) {
 function view(server) {
   const workers = server.workers
     ? table(
-        "Workers",
+        "Worker processes",
         ["Index", "PID", "State", "Restarts", "Started", "Serving since"],
         server.workers.map((w) => [String(w.index), String(w.pid ?? "—"), workerState(w.state), String(w.restarts), when(w.started_at), when(w.serving_since)]),
         "workers#workers-table",
       )
     : h("p", {}, "Workers are not this server's to show (it runs under Ray Serve).");
   const listeners = table(
-    "Listeners",
+    "Every listener and its security",
     ["Name", "Address", "Scheme", "TLS", "Client certificates (mTLS)", "Tokens (auth)"],
     server.listeners.map((l) => [l.name, h("code", {}, l.address), l.scheme, yesNo(l.tls), yesNo(l.mtls), yesNo(l.auth)]),
     "listeners#listeners-table",
   );
   const packages = table(
-    "Package versions",
+    "Versions of the packages that serve",
     ["Package", "Version"],
     Object.entries(server.packages || {}).map(([name, version]) => [name, version ?? "not installed"]),
     "packages",
