@@ -27,8 +27,8 @@ from torchferry.serving.settings import KEY_FILE_DIR, KEY_FILE_NAME
 
 # versions_store lives one folder up, beside the other served tests that share it
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from console_support import Console  # noqa: E402
-from versions_store import WEIGHTS, write_lin  # noqa: E402
+from console_support import Console
+from versions_store import WEIGHTS, write_lin
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from console_support import BLOCKING_IMPACTS, Console, write_json
 from PIL import Image
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -59,11 +60,11 @@ def text_of(browser: WebDriver, css: str, expected: str, timeout: float = 10) ->
 
     try:
         return wait_for(browser, has, timeout)
-    except Exception:
+    except TimeoutException:
         found = browser.find_elements(By.CSS_SELECTOR, css)
         raise AssertionError(
             f"{css} never said {expected!r}: {found[0].text if found else '(absent)'}"
-        )
+        ) from None
 
 
 def type_into(element: WebElement, text: str) -> None:
@@ -100,10 +101,10 @@ def answer_in(browser: WebDriver, region: str, status: int, timeout: float = 30)
     css = f"{region} .action-answer"
     try:
         wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, css), timeout)
-    except Exception:
+    except TimeoutException:
         raise AssertionError(
             f"no answer in {region}: {browser.find_element(By.CSS_SELECTOR, region).text}"
-        )
+        ) from None
     answer = browser.find_element(By.CSS_SELECTOR, css)
     assert answer.get_attribute("data-status") == str(status), answer.text
     return answer
