@@ -66,7 +66,7 @@ export async function runAction(action, region, afterwards = () => {}) {
       h("p", {}, h("strong", {}, `${action.title}: `), answer.ok ? "done" : "refused", ` (${statusText(answer.status)})`),
       h("p.answer-message", {}, message),
       answer.text
-        ? h("details", {}, h("summary", {}, "The server's answer"), h("pre", {}, pretty(answer.text)))
+        ? h("details", {}, h("summary", {}, "The server's answer"), h("pre", { tabindex: "0" }, pretty(answer.text)))
         : null,
     ),
   );

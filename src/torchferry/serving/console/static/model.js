@@ -138,6 +138,9 @@ export function render(main, ctx) {
     } catch (err) {
       if (stopped()) return;
       fill(problem, h("p.notice.notice-bad", { role: "alert" }, `This model cannot be read: ${err.status ? err.status + " " : ""}${err.message}`));
+      for (const box of [summaryBox, signatureBox, liveBox, rolloutBox, shadowBox]) {
+        if (!box.childElementCount) fill(box, h("p.help", {}, "Not available: see the message above."));
+      }
     }
   }
   const poll = poller(refresh, REFRESH_MS);

@@ -96,7 +96,7 @@ export function render(main) {
       models,
       field("Version (empty: the default)", version),
       versions,
-      field("Protocol", protocol),
+      h("div.wide", {}, field("Protocol", protocol)),
       field("Input name (optional)", inputName, "For data without a name; the model's single input by default."),
     ),
     signatureNote,
@@ -216,7 +216,7 @@ export function render(main) {
         "div.answer",
         {},
         h("h3", {}, decoded.binary ? "The answer (binary outputs decoded)" : "The answer"),
-        h("pre#try-answer", { tabindex: "0", "aria-label": "The answer" }, decoded.json ? JSON.stringify(decoded.json, null, 2) : decoded.text || "(empty)"),
+        h("pre#try-answer", { tabindex: "0" }, decoded.json ? JSON.stringify(decoded.json, null, 2) : decoded.text || "(empty)"),
       ),
     );
   }
