@@ -133,7 +133,9 @@ def save_full_page(browser: WebDriver, path: Path) -> None:
     """The whole page, not just the window (Chromium's DevTools screenshot past the viewport)."""
     browser.execute_script("window.scrollTo(0, 0)")
     size = browser.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
-    clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    # the page is laid out again without a scroll bar: as wide as the window, then
+    width = max(size["width"], browser.execute_script("return window.innerWidth"))
+    clip = {"x": 0, "y": 0, "width": width, "height": size["height"], "scale": 1}
     shot = browser.execute_cdp_cmd(
         "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
     )

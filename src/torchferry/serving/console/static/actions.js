@@ -3,7 +3,7 @@
 
 import { call } from "./api.js";
 import { confirmAction } from "./dialog.js";
-import { h, fill } from "./dom.js";
+import { h, fill, prettyJSON } from "./dom.js";
 
 /** The status region actions report into (role=status, polite). */
 export function statusRegion(id = "action-status") {
@@ -78,7 +78,7 @@ export async function runAction(action, region, afterwards = () => {}) {
 
 export function pretty(text) {
   try {
-    return JSON.stringify(JSON.parse(text), null, 2);
+    return prettyJSON(JSON.parse(text));
   } catch {
     return text;
   }

@@ -103,3 +103,27 @@ export function duration(seconds) {
 export function badge(text, kind) {
   return h(`span.badge.badge-${kind}`, {}, text);
 }
+
+const SHOWN_VALUES = 1000;
+
+/**
+ * JSON indented for reading, with arrays of plain values on one line (a tensor's data is
+ * not one number per line) and cut after 1000 values, saying how many more there are.
+ */
+export function prettyJSON(value, indent = "") {
+  const inner = `${indent}  `;
+  if (Array.isArray(value)) {
+    if (value.every((x) => x === null || typeof x !== "object")) {
+      const shown = value.slice(0, SHOWN_VALUES).map((x) => JSON.stringify(x));
+      if (value.length > SHOWN_VALUES) shown.push(`… ${value.length - SHOWN_VALUES} more`);
+      return `[${shown.join(", ")}]`;
+    }
+    return `[\n${value.map((x) => inner + prettyJSON(x, inner)).join(",\n")}\n${indent}]`;
+  }
+  if (value && typeof value === "object") {
+    const entries = Object.entries(value);
+    if (!entries.length) return "{}";
+    return `{\n${entries.map(([k, v]) => `${inner}${JSON.stringify(k)}: ${prettyJSON(v, inner)}`).join(",\n")}\n${indent}}`;
+  }
+  return JSON.stringify(value);
+}

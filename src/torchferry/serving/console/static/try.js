@@ -4,7 +4,7 @@
 
 import { authHeaders, getJSON, errorMessage } from "./api.js";
 import { statusText } from "./actions.js";
-import { facts, fill, h, ms } from "./dom.js";
+import { facts, fill, h, ms, prettyJSON } from "./dom.js";
 import { field, input, syncOptions } from "./forms.js";
 import { NpyError, parseNpy } from "./npy.js";
 import { decodeAnswer, topK, topKTable } from "./tryanswer.js";
@@ -62,7 +62,7 @@ export function render(main) {
   };
   kinds.addEventListener("change", showKind);
   const send = h("button#try-send", { type: "submit" }, "Send");
-  const status = h("div#try-status.action-status", { role: "status", "aria-live": "polite", "aria-atomic": "true" });
+  const status = h("div.action-status#try-status", { role: "status", "aria-live": "polite", "aria-atomic": "true" });
   const result = h("div#try-result");
 
   const signatureOf = () => {
@@ -216,7 +216,7 @@ export function render(main) {
         "div.answer",
         {},
         h("h3", {}, decoded.binary ? "The answer (binary outputs decoded)" : "The answer"),
-        h("pre#try-answer", { tabindex: "0" }, decoded.json ? JSON.stringify(decoded.json, null, 2) : decoded.text || "(empty)"),
+        h("pre#try-answer", { tabindex: "0" }, decoded.json ? prettyJSON(decoded.json) : decoded.text || "(empty)"),
       ),
     );
   }
