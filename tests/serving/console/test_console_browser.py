@@ -23,6 +23,7 @@ import pytest
 from console_support import BLOCKING_IMPACTS, Console, write_json
 from PIL import Image
 from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -356,6 +357,27 @@ def test_the_server_page_shows_workers_and_listeners(console, browser):
     listeners = find(browser, "#listeners-table").text
     assert "management" in listeners and f"127.0.0.1:{console.server.management_port}" in listeners
     capture(browser, console, "server")
+
+
+def test_the_keyboard_alone_reaches_the_pages(console, browser):
+    sign_in(browser, console, "manage")
+    go(browser, "#/models")
+    browser.refresh()  # a fresh load: Tab starts at the top
+    find(browser, "#models-table")
+    keys = ActionChains(browser)
+    keys.send_keys(Keys.TAB).perform()
+    skip = browser.switch_to.active_element
+    assert skip.get_attribute("id") == "skip-link" and skip.is_displayed()
+    keys.send_keys(Keys.ENTER).perform()
+    assert browser.switch_to.active_element.get_attribute("id") == "main"
+    assert browser.execute_script("return location.hash") == "#/models"
+    browser.refresh()
+    find(browser, "#models-table")
+    ActionChains(browser).send_keys(Keys.TAB, Keys.TAB, Keys.TAB).perform()  # skip, Models, Try it
+    assert browser.switch_to.active_element.text == "Try it"
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    find(browser, "#try-model")
+    assert find(browser, 'nav a[aria-current="page"]').text == "Try it"
 
 
 def test_an_infer_only_token_is_refused_management_but_can_try(console, browser, tmp_path):

@@ -7,7 +7,7 @@ import { bytes, facts, fill, h, num, percent, table } from "./dom.js";
 import { LiveFigures } from "./live.js";
 import { poller } from "./poll.js";
 import { signatureCell, stateCell, tensors } from "./overview.js";
-import { rolloutView } from "./rollout.js";
+import { phaseName, rolloutView } from "./rollout.js";
 
 const REFRESH_MS = 2000;
 
@@ -85,6 +85,8 @@ export function render(main, ctx) {
   const liveBox = h("div#model-live", { "aria-live": "off" });
   const rolloutBox = h("div#model-rollout");
   const shadowBox = h("div#model-shadow");
+  // a screen reader hears the rollout's phase change, not the whole section every 2 s
+  const announce = h("p.sr-only#rollout-announce", { "aria-live": "polite" });
   const actions = actionPanel(name, ctx.who, () => poll.now());
   const section = (id, title, ...content) => h(`section.card#${id}`, { "aria-labelledby": `${id}-heading` }, h(`h2#${id}-heading`, {}, title), ...content);
   fill(
@@ -95,7 +97,7 @@ export function render(main, ctx) {
     section("sec-summary", "Summary", summaryBox, versionsBox),
     section("sec-signature", "Signature", signatureBox),
     section("sec-live", "Live figures", h("p.help", {}, "Per version, from the server's own metrics; refreshed every 2 s."), liveBox),
-    section("sec-rollout", "Rollout", h("div#rollout-live", { "aria-live": "polite" }, rolloutBox)),
+    section("sec-rollout", "Rollout", announce, rolloutBox),
     section("sec-shadow", "Shadow agreement", shadowBox),
     actions.element,
   );
@@ -126,6 +128,9 @@ export function render(main, ctx) {
           actions.update(model);
         }
         if (changed("rollout", model.rollout)) fill(rolloutBox, rolloutView(model.rollout));
+        if (model.rollout && changed("phase", model.rollout.phase)) {
+          announce.textContent = `Rollout of version ${model.rollout.spec.version}: ${phaseName(model.rollout.phase)}`;
+        }
         let shadow = null;
         if (model.shadow) {
           const answer = await call("GET", `../models/${encodeURIComponent(name)}/shadow`, { throwOnError: false });
