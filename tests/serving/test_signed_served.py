@@ -117,6 +117,23 @@ def test_a_management_load_is_refused_with_its_reason_and_the_old_version_serves
     assert server.alive()
 
 
+def test_the_console_shows_the_refused_versions_and_no_metrics(server):
+    """After the refusals above: the console's Models page tells a refused signature from
+    a verified one, and its figures say why there are none (--no-metrics)."""
+    answer = httpx.get(f"{server.management_url}/console/api/overview", timeout=10)
+    [lin] = [model for model in answer.json()["models"] if model["name"] == "lin"]
+    statuses = {v["version"]: (v["state"], v["signature_status"]) for v in lin["versions"]}
+    assert statuses[1] == ("ready", "signed"), statuses
+    refused = [v for v in lin["versions"] if v["signature_status"] == "refused"]
+    assert refused and all("signature refused" in v["signature_detail"] for v in refused)
+    assert all(v["state"] == "failed" for v in refused), refused
+    figures = httpx.get(
+        f"{server.management_url}/console/api/metrics", params={"model": "lin"}, timeout=10
+    ).json()
+    assert (figures["available"], figures["versions"]) == (False, {})
+    assert "--no-metrics" in figures["reason"]
+
+
 def test_a_signed_archive_loads_with_its_signature_kept_through_staging(server, tree):
     loaded = load(server, "signed")
     assert loaded.status_code == 200, loaded.text

@@ -229,9 +229,12 @@ class LineHandler(logging.StreamHandler):
 #: Libraries whose lines quote request data, each with the least level it may log at:
 #: Pillow's debug lines name an image's chunks (``STREAM b'tEXt' 41 23``), python-multipart's
 #: warnings the bytes of a malformed body (``Expected boundary character 45, got 77``). The
-#: client hears of such a failure in its 400; the log would only hold its data.
+#: client hears of such a failure in its 400; the log would only hold its data. httpx's info
+#: lines quote every URL it requests (a remote source's signed query; each try-it call the
+#: console forwards, which the worker's access line already records).
 PAYLOAD_LOGGERS = {
     "PIL": logging.INFO,
+    "httpx": logging.WARNING,
     "python_multipart": logging.ERROR,
     "multipart": logging.ERROR,
 }

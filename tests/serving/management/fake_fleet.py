@@ -127,11 +127,16 @@ class FakeRollouts:
         current = self.current.get(name)
         return current.model_copy(deep=True) if current is not None else None
 
-    async def abort(self, name: str) -> RolloutStatus:
+    def _stop(self, name: str) -> RolloutStatus:
+        """The running rollout, its loop stopped (409 when none runs)."""
         status = self.current.get(name)
         if status is None or not status.running:
             raise Conflict(f"model {name} has no rollout running")
         self.tasks[name].cancel()
+        return status
+
+    async def abort(self, name: str) -> RolloutStatus:
+        status = self._stop(name)
         await self.fleet.set_weights(name, None)
         await self.fleet.set_default(name, status.stable)
         status.phase, status.weight, status.reason = "aborted", 0, "aborted by request"
@@ -139,10 +144,7 @@ class FakeRollouts:
         return status.model_copy(deep=True)
 
     async def promote(self, name: str) -> RolloutStatus:
-        status = self.current.get(name)
-        if status is None or not status.running:
-            raise Conflict(f"model {name} has no rollout running")
-        self.tasks[name].cancel()
+        status = self._stop(name)
         await self.fleet.set_weights(name, None)
         await self.fleet.set_default(name, status.spec.version)
         status.step, status.weight = len(status.spec.steps) - 1, 100

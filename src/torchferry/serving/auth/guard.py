@@ -26,8 +26,7 @@ Render = Callable[[Scope, TorchferryError], Response]
 #: The ASGI scope key under which ``RequireToken`` leaves the caller's ``Principal``.
 PRINCIPAL_KEY = "torchferry.principal"
 #: The console's calls any valid token may make: who am I, and the try-it forwarder (the
-#: inference listener then checks the ``infer`` scope itself). Matched at the end of the
-#: path, which under Ray Serve carries the application's route prefix.
+#: inference listener then checks the ``infer`` scope itself).
 _WHOAMI = "/console/api/whoami"
 _TRY = "/console/api/try/"
 
@@ -72,11 +71,19 @@ def metrics_needs(scopes: Scopes, method: str, path: str) -> str | None:
 def management_needs(scopes: Scopes, method: str, path: str) -> str | None:
     """Reading needs ``manage`` or ``metadata``; anything that changes state, ``manage``;
     the console's ``whoami`` and try-it forwarder, any valid token."""
-    if (method == "GET" and path.endswith(_WHOAMI)) or (method == "POST" and _TRY in path):
+    if (method == "GET" and path == _WHOAMI) or (method == "POST" and path.startswith(_TRY)):
         return None
     if method in ("GET", "HEAD"):
         return None if scopes.manage or scopes.metadata else "the manage or metadata scope"
     return None if scopes.manage else "the manage scope"
+
+
+def route_path(scope: Scope) -> str:
+    """The path the app routes on: without the prefix it is mounted under (Ray Serve's
+    route prefix arrives as ``root_path``, and ``path`` starts with it)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def _what(method: str, path: str) -> str:
@@ -99,7 +106,7 @@ class RequireToken:
             grant = self.keys.authenticate(authorization_of(scope["headers"]))
             method, path = scope["method"], scope.get("path", "")
             if isinstance(grant, Principal):
-                missing = self.needs(grant.scopes, method, path)
+                missing = self.needs(grant.scopes, method, route_path(scope))
                 if missing is not None:
                     grant = PermissionDenied(
                         f"token {grant.id} may not call {_what(method, path)}: that needs {missing}"

@@ -46,7 +46,7 @@ class _Histogram:
     def as_json(self) -> dict[str, Any]:
         bounds = sorted(self.buckets)
         return {
-            "bounds": [INF if math.isinf(b) else b for b in bounds],
+            "bounds": [INF if math.isinf(b) else _number(b) for b in bounds],
             "counts": [_number(self.buckets[b]) for b in bounds],
             "sum": self.sum,
         }
@@ -72,7 +72,8 @@ class _Version:
 
 
 def _number(value: float) -> int | float:
-    """Counts as integers (they are whole numbers stored as floats)."""
+    """Whole numbers (counts, batch sizes) as integers: Prometheus keeps every value as a
+    float."""
     return int(value) if value.is_integer() else value
 
 

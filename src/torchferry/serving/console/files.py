@@ -16,8 +16,11 @@ from __future__ import annotations
 import json
 from importlib import resources
 from importlib.resources.abc import Traversable
+from pathlib import PurePosixPath
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from torchferry.serving.auth.guard import route_path
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
@@ -48,18 +51,16 @@ def static_folder() -> Traversable:
 
 
 def _allowed(name: str) -> bool:
+    """A plain file name: not empty, not hidden, no folder, no way up."""
     return (
         bool(name)
-        and "/" not in name
-        and "\\" not in name
-        and ".." not in name
-        and (not name.startswith("."))
+        and not name.startswith(".")
+        and not any(part in name for part in ("/", "\\", ".."))
     )
 
 
 def _content_type(name: str) -> str:
-    suffix = name[name.rfind(".") :].lower() if "." in name else ""
-    return CONTENT_TYPES.get(suffix, "application/octet-stream")
+    return CONTENT_TYPES.get(PurePosixPath(name).suffix.lower(), "application/octet-stream")
 
 
 class ConsoleFiles:
@@ -71,10 +72,7 @@ class ConsoleFiles:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope.get("path", "")
-        root_path: str = scope.get("root_path", "")
-        if root_path and path.startswith(root_path):  # under a prefix (Ray Serve's /manage)
-            path = path[len(root_path) :]
+        path = route_path(scope)  # under a prefix too (Ray Serve's /manage)
         if path == ROOT:
             await self._answer(scope, send, 307, b"", "text/plain", [(b"location", b"console/")])
         elif path == ROOT + "/":

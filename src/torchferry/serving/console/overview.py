@@ -37,7 +37,10 @@ def model_view(management: Management, name: str) -> dict[str, Any]:
         "default": default,
         "weights": {str(v): w for v, w in weights.items()},
         "shadow": routes.shadow.model_dump(mode="json") if routes and routes.shadow else None,
-        "policy": model.policy.model_dump(mode="json") if model and model.policy else None,
+        # as GET /models/{m}/version-policy: the model's own, else the server's for it
+        "policy": (
+            model.policy if model and model.policy else management.settings.policy_for(name)
+        ).to_triton(),
         "rollout": rollout.model_dump(mode="json") if rollout is not None else None,
         "versions": [
             version_view(info, default, weights) for info in management.versions(name).values()

@@ -96,7 +96,13 @@ class Forwarder:
             read = read + TIMEOUT_MARGIN_S if read is not None else DEFAULT_READ_TIMEOUT_S
             timeout = httpx.Timeout(read, connect=5.0)
             # our own listener: its certificate may name anything but this loopback address
-            self._client = httpx.AsyncClient(timeout=timeout, verify=False, trust_env=False)
+            # and no idle connection kept: one would hold up a worker's drain
+            self._client = httpx.AsyncClient(
+                timeout=timeout,
+                verify=False,
+                trust_env=False,
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )
             self._loop = loop
         return self._client
 

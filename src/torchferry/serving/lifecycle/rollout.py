@@ -115,17 +115,15 @@ class Rollouts:
         return status.model_copy(deep=True)
 
     async def abort(self, name: str) -> RolloutStatus:
-        status = await self._decide(name, "abort", "aborted by a management call", None)
-        if status is None:
-            raise Conflict(f"model {name} has no rollout running")
-        task = self._tasks.pop(name, None)
-        if task is not None:
-            task.cancel()
-        return status
+        return await self._end_now(name, "abort", "aborted by a management call")
 
     async def promote(self, name: str) -> RolloutStatus:
         """Skip the remaining steps: the canary becomes the default at once."""
-        status = await self._decide(name, "promote", "promoted by a management call", None)
+        return await self._end_now(name, "promote", "promoted by a management call")
+
+    async def _end_now(self, name: str, verdict: str, reason: str) -> RolloutStatus:
+        """A management call's verdict on the running rollout (409 when none runs)."""
+        status = await self._decide(name, verdict, reason, None)
         if status is None:
             raise Conflict(f"model {name} has no rollout running")
         task = self._tasks.pop(name, None)

@@ -1,0 +1,141 @@
+"""The console's files on the management app (built as the supervisor builds it, with
+``--auth``): no token needed for them while every API call still needs one; the security
+headers on every answer; the redirect relative; a traversal or an unknown name is a 404."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any, cast
+
+import httpx
+import pytest
+
+from torchferry.serving.auth.guard import management_needs
+from torchferry.serving.auth.keyfile import create_token
+from torchferry.serving.auth.keyring import KeyRing
+from torchferry.serving.auth.scopes import Scopes
+from torchferry.serving.console.files import CONTENT_SECURITY_POLICY
+from torchferry.serving.management.api import FleetAPI
+from torchferry.serving.management.app import management_app
+from torchferry.serving.settings import ServerSettings
+
+
+class NoFleet:
+    """Never reached: every request here is answered before a route runs."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the fleet was asked for {name}")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    key_file = tmp_path_factory.mktemp("keys") / "keys.json"
+    create_token(key_file, ["infer"], timedelta(hours=1), "infer-only")
+    settings = ServerSettings(auth=True, key_file=key_file)
+    return management_app(cast(FleetAPI, NoFleet()), settings, KeyRing(key_file))
+
+
+def call(app, method: str, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+
+    async def go() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8081") as c:
+            return await c.request(method, path, headers=headers)
+
+    return asyncio.run(go())
+
+
+def assert_secured(answer: httpx.Response) -> None:
+    assert answer.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.headers["referrer-policy"] == "no-referrer"
+    assert answer.headers["cache-control"] == "no-cache"
+
+
+def test_the_page_needs_no_token_but_the_api_does(app):
+    page = call(app, "GET", "/console/")
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert b"<html" in page.content
+    assert_secured(page)
+    head = call(app, "HEAD", "/console/")
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-length"] == page.headers["content-length"]
+    for path in ("/models", "/console/api/overview", "/console/api/whoami"):
+        refused = call(app, "GET", path)
+        assert refused.status_code == 401, path
+    # the console's API answers in its own shape; the management API in TorchServe's
+    assert "error" in call(app, "GET", "/console/api/overview").json()
+    assert "message" in call(app, "GET", "/models").json()
+
+
+def test_the_redirect_is_relative(app):
+    answer = call(app, "GET", "/console")
+    assert answer.status_code == 307
+    assert answer.headers["location"] == "console/"
+    assert_secured(answer)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/console/static/nothing.js",
+        "/console/static/",
+        "/console/static/.hidden",
+        "/console/static/..%2Ffiles.py",
+        "/console/static/%2e%2e/api.py",
+        "/console/static/a%2Findex.html",
+        "/console/static/index.html%00.js",
+        "/console/static/..\\files.py",
+    ],
+)
+def test_nothing_outside_the_static_folder(app, path):
+    answer = call(app, "GET", path)
+    assert answer.status_code == 404, answer.text
+    assert "no such console file" in answer.json()["error"]
+    assert_secured(answer)
+
+
+def test_static_files_and_methods(app):
+    index = call(app, "GET", "/console/static/index.html")
+    assert index.status_code == 200
+    assert index.content == call(app, "GET", "/console/").content
+    posted = call(app, "POST", "/console/")
+    assert posted.status_code == 405
+    assert posted.headers["allow"] == "GET, HEAD"
+
+
+def test_browser_checks_still_apply(app):
+    rebound = call(app, "GET", "/console/", {"host": "rebound.evil.example:8081"})
+    assert rebound.status_code == 403
+
+
+def test_under_a_route_prefix(app):
+    """Ray Serve mounts the management app under ``/manage``: the same answers there."""
+    transport = httpx.ASGITransport(app=app, root_path="/manage")
+
+    async def go(path: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8081") as c:
+            return await c.get(path)
+
+    redirect = asyncio.run(go("/manage/console"))
+    assert (redirect.status_code, redirect.headers["location"]) == (307, "console/")
+    assert asyncio.run(go("/manage/console/")).status_code == 200
+    assert asyncio.run(go("/manage/console/api/whoami")).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "needs"),
+    [
+        ("GET", "/console/api/whoami", None),
+        ("POST", "/console/api/try/predict/m", None),
+        ("GET", "/console/api/overview", "the manage or metadata scope"),
+        ("GET", "/console/api/try/predict/m", "the manage or metadata scope"),
+        ("POST", "/console/api/whoami", "the manage scope"),
+        ("POST", "/models/m/console/api/try/x", "the manage scope"),
+        ("POST", "/models/m/rollout/promote", "the manage scope"),
+    ],
+)
+def test_what_an_infer_only_token_may_call(method, path, needs):
+    assert management_needs(Scopes(infer_all=True), method, path) == needs
