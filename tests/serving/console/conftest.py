@@ -14,12 +14,9 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.remote.webdriver import WebDriver
 
 from torchferry.archive import ModelStore
 from torchferry.serving.auth.keyfile import create_token
@@ -29,6 +26,9 @@ from torchferry.serving.settings import KEY_FILE_DIR, KEY_FILE_NAME
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from console_support import Console
 from versions_store import WEIGHTS, write_lin
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -71,8 +71,13 @@ def console(
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    try:  # imported here: the other tests of this folder (the console's API) need no Selenium
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing.append("the selenium package")
     if missing:
-        reason = f"the console's browser tests need {' and '.join(missing)} (apt-get install chromium chromium-driver)"
+        reason = f"the console's browser tests need {' and '.join(missing)} (apt-get install chromium chromium-driver; pip install selenium)"
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)

@@ -26,6 +26,10 @@ function successLine(json) {
   if (json && typeof json === "object") {
     if (typeof json.status === "string") return json.status;
     if (typeof json.phase === "string") return `rollout ${json.phase.replace("_", " ")}`;
+    if (json.weights && typeof json.weights === "object") {
+      const weights = Object.entries(json.weights).map(([v, w]) => `v${v}: ${w} %`);
+      return weights.length ? `traffic weights ${weights.join(", ")}` : `no weights: every request goes to the default version (${json.default ?? "the highest"})`;
+    }
     if (typeof json.message === "string") return json.message;
   }
   return "done";
