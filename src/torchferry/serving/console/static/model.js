@@ -6,7 +6,7 @@ import { call, getJSON } from "./api.js";
 import { bytes, facts, fill, h, num, percent, table } from "./dom.js";
 import { LiveFigures } from "./live.js";
 import { poller } from "./poll.js";
-import { signatureCell, stateCell, tensors } from "./overview.js";
+import { signatureCell, versionCells } from "./overview.js";
 import { phaseName, rolloutView } from "./rollout.js";
 
 const REFRESH_MS = 2000;
@@ -16,12 +16,7 @@ function versionsTable(model) {
     "Versions",
     ["Version", "State", "Default", "Weight", "Runtime", "Handler", "Device", "Size", "Signature", "Batching", "Loaded in"],
     model.versions.map((v) => [
-      String(v.version),
-      stateCell(v),
-      v.is_default ? "default" : "",
-      v.weight === null || v.weight === undefined ? "—" : `${v.weight} %`,
-      v.runtime || "—",
-      v.handler || "—",
+      ...versionCells(v),
       v.device || "—",
       bytes(v.size_bytes),
       signatureCell(v),

@@ -7,19 +7,14 @@ import { getJSON } from "./api.js";
 import { bytes, h, fill } from "./dom.js";
 import { loadForm } from "./forms.js";
 import { poller } from "./poll.js";
-import { modelLink, signatureCell, stateCell } from "./overview.js";
+import { modelLink, signatureCell, versionCells } from "./overview.js";
 
 const REFRESH_MS = 3000;
 
 function rowCells(model, version) {
   return [
     modelLink(model.name),
-    String(version.version),
-    stateCell(version),
-    version.is_default ? "default" : "",
-    version.weight === null || version.weight === undefined ? "—" : `${version.weight} %`,
-    version.runtime || "—",
-    version.handler || "—",
+    ...versionCells(version),
     bytes(version.size_bytes),
     signatureCell(version),
     h("span.source", {}, version.source || "—"),

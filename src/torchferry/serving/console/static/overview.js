@@ -43,7 +43,14 @@ export function modelLink(name) {
   return h("a", { href: `#/models/${encodeURIComponent(name)}` }, name);
 }
 
-export function tensors(specs) {
-  if (!specs || !specs.length) return "—";
-  return specs.map((s) => `${s.name}: ${s.datatype} [${s.shape.join(", ")}]`).join("; ");
+/** The cells every table of versions starts with: version, state, default, weight, runtime, handler. */
+export function versionCells(v) {
+  return [
+    String(v.version),
+    stateCell(v),
+    v.is_default ? "default" : "",
+    v.weight === null || v.weight === undefined ? "—" : `${v.weight} %`,
+    v.runtime || "—",
+    v.handler || "—",
+  ];
 }
