@@ -223,7 +223,7 @@ def test_load_a_version_through_the_console_and_see_it_ready(console, browser):
     link = find(browser, 'tr[data-key="tiny_image/1"] a')
     browser.execute_script("arguments[0].focus()", link)
     before = find(browser, "#models-updated").text
-    wait_for(browser, lambda d: d.find_element(By.ID, "models-updated").text != before, 5)
+    wait_for(browser, lambda d: d.find_element(By.ID, "models-updated").text != before, 10)
     assert browser.switch_to.active_element == link
     capture(browser, console, "models")
 
