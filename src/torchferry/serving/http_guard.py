@@ -18,6 +18,8 @@ a connection and a file descriptor forever. Here:
   a new connection's request gets ``503`` with ``Retry-After`` and the connection closes;
   the open ones keep being served (uvicorn's ``limit_concurrency`` would refuse requests on
   every connection, old ones included).
+- **Idle TLS closes**: a connection closed between requests (keep-alive timeout, a drain)
+  does not wait for the client's TLS close_notify, which an idle client never sends.
 
 The clock checks are lazy: a request only stamps the time; the one timer per connection
 re-arms itself for what is left when it fires early. Refusals log nothing above DEBUG (an
@@ -27,6 +29,7 @@ attack must not flood the log).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import sys
@@ -209,6 +212,38 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._raw_header_bytes += len(data)
             if self._raw_header_bytes > self.limits.max_header_bytes:
                 self._refuse(431, self._too_large())
+
+    def shutdown(self) -> None:
+        """uvicorn's, called by its shutdown (a drain), with the idle close below."""
+        if self.cycle is None or self.cycle.response_complete:
+            self._close_idle()
+        else:
+            self.cycle.keep_alive = False
+
+    def timeout_keep_alive_handler(self) -> None:
+        if not self.transport.is_closing():
+            self._close_idle()
+
+    def _close_idle(self) -> None:
+        """Close a connection between requests. Over TLS, asyncio (and uvloop) send
+        close_notify and then wait up to 30 s for the client's, which a keep-alive client
+        that is not reading never sends: the connection stays open all that time, holding a
+        drain and counting against the connection limit. A TLS server need not wait (RFC 8446
+        6.1), so once nothing is left to encrypt, reading is shut: the end of input ends the
+        wait, and the TCP transport closes after its buffer has gone out (no answer is cut
+        short, as it would be by ``abort``)."""
+        self.transport.close()
+        if self.scheme != "https" or self.transport.get_write_buffer_size():
+            return  # an answer still being encrypted: asyncio's wait, as before
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return
+        # uvloop's socket object cannot shut down: a duplicate of its descriptor can
+        with (
+            contextlib.suppress(OSError),
+            socket.fromfd(sock.fileno(), sock.family, sock.type) as duplicate,
+        ):
+            duplicate.shutdown(socket.SHUT_RD)
 
     def _invalid(self) -> None:
         self.logger.debug("invalid HTTP request received")
