@@ -16,11 +16,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.responses import Response
 
 from torchferry.errors import InvalidInput
-from torchferry.serving.auth.guard import principal_of
-from torchferry.serving.console.about import server_page
+from torchferry.serving.auth.guard import management_needs, principal_of
 from torchferry.serving.console.figures import version_figures
 from torchferry.serving.console.overview import overview
 from torchferry.serving.console.proxy import Forwarder
+from torchferry.serving.console.server_page import server_page
 from torchferry.serving.console.server_view import ServerView
 from torchferry.serving.console.sources import list_sources
 from torchferry.serving.management.answers import JSONResponse, TritonRoute
@@ -35,6 +35,10 @@ router = APIRouter(
     route_class=TritonRoute,
     include_in_schema=False,
 )
+
+#: The console's calls that are not the management API's reads (``app.console_needs``).
+WHOAMI_PATH = f"{router.prefix}/whoami"
+TRY_PREFIX = f"{router.prefix}/try/"
 
 UNDER_RAY = "under Ray Serve, scrape Ray's metrics"
 METRICS_OFF = "the server runs without metrics (--no-metrics)"
@@ -76,8 +80,9 @@ async def whoami(request: Request) -> Response:
             "auth": True,
             "token": principal.id,
             "scopes": scopes.texts(),
-            "can_read": scopes.manage or scopes.metadata,
-            "can_manage": scopes.manage,
+            # as the management API judges a read and a change
+            "can_read": management_needs(scopes, "GET", "/models") is None,
+            "can_manage": management_needs(scopes, "POST", "/models") is None,
         }
     )
 
