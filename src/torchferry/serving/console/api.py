@@ -158,4 +158,4 @@ async def sources(request: Request) -> Response:
 
 @router.post("/try/{path:path}", summary="Send an inference request through the console")
 async def try_request(request: Request, path: str) -> Response:
-    return await console_of(request).forwarder.forward(request, path)
+    return await console_of(request).forwarder.forward(request, path, TRY_PREFIX)

@@ -65,7 +65,6 @@ MAX_CONCURRENT = 4
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 #: A try-it answer is never rendered as a page of the console's origin.
 ANSWER_HEADERS = {"Content-Security-Policy": "sandbox"}
-_TRY_MARK = b"/try/"
 _ANY_ADDRESS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 
 
@@ -134,7 +133,9 @@ class Forwarder:
             self._loop = loop
         return self._client
 
-    async def forward(self, request: Request, path: str) -> Response:
+    async def forward(self, request: Request, path: str, route: str) -> Response:
+        """Forward ``path`` (decoded, as routed: what is checked) as the client wrote it
+        after ``route`` (the try route's own path, ``/console/api/try/``)."""
         try:
             inference_path(path)  # the decoded path: what the listener will route on
             if self.in_flight >= MAX_CONCURRENT:
@@ -143,7 +144,7 @@ class Forwarder:
                 )
             self.in_flight += 1
             try:
-                answer = await self._forward(request, encoded_path(request.scope, path))
+                answer = await self._forward(request, encoded_path(request.scope, route, path))
             finally:
                 self.in_flight -= 1
         except (ProxyFailed, ProxyUnsupported, ProxyBusy, InvalidInput) as exc:
@@ -196,15 +197,17 @@ class Forwarder:
         return Response(content, status_code=answer.status_code, headers=passed)
 
 
-def encoded_path(scope: Scope, decoded: str) -> str:
-    """The try path as the client encoded it (``raw_path`` after ``/try/``), so that an
-    escape stays inside its segment; the decoded one, quoted, where there is no raw path."""
+def encoded_path(scope: Scope, route: str, decoded: str) -> str:
+    """The try path as the client encoded it (``raw_path`` after ``route``, under any
+    prefix), so that an escape stays inside its segment; the decoded one, quoted, where
+    there is no raw path."""
     raw = scope.get("raw_path")
+    mark = route.encode()
     if isinstance(raw, bytes):
         raw = raw.split(b"?", 1)[0]
-        at = raw.find(_TRY_MARK)
+        at = raw.find(mark)
         if at >= 0:
-            return raw[at + len(_TRY_MARK) :].decode("latin-1")
+            return raw[at + len(mark) :].decode("latin-1")
     return quote(decoded, safe="/")
 
 
