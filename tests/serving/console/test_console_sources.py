@@ -27,8 +27,13 @@ def test_a_link_loop_is_skipped_and_a_load_of_it_refused(tmp_path):
 
 
 def test_a_walk_looks_at_a_bounded_number_of_entries(tmp_path):
-    for i in range(MAX_ENTRIES + 1):
-        (tmp_path / f"f{i:05d}.txt").touch()
-    (tmp_path / "z.onnx").write_bytes(b"")  # sorted last: past the bound
-    body = list_sources(ServerSettings(model_source_roots=[tmp_path]))
+    assert MAX_ENTRIES == 5000  # the route's bound; a smaller one here keeps the test quick
+    for i in range(60):
+        (tmp_path / "deep" / f"f{i:02d}").mkdir(parents=True)
+    (tmp_path / "z.onnx").write_bytes(b"")  # sorted after "deep": past the bound
+    settings = ServerSettings(model_source_roots=[tmp_path])
+    body = list_sources(settings, max_entries=50)
     assert body == {"roots": [str(tmp_path.resolve())], "candidates": [], "truncated": True}
+    whole = list_sources(settings, max_entries=100)
+    assert whole["candidates"] == [{"path": str(tmp_path / "z.onnx"), "kind": "onnx"}]
+    assert whole["truncated"] is False

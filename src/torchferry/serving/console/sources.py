@@ -26,10 +26,10 @@ MAX_ENTRIES = 5000
 class _Walk:
     """One listing: what it found, and how many entries it may still look at."""
 
-    def __init__(self, roots: list[Path]) -> None:
+    def __init__(self, roots: list[Path], max_entries: int) -> None:
         self.roots = roots
         self.found: list[dict[str, str]] = []
-        self.budget = MAX_ENTRIES
+        self.budget = max_entries
 
     def folder(self, folder: Path, depth: int) -> bool:
         """Add the candidates under ``folder``; True once the list (or the budget) is full."""
@@ -68,8 +68,8 @@ class _Walk:
         )
 
 
-def list_sources(settings: ServerSettings) -> dict[str, Any]:
+def list_sources(settings: ServerSettings, max_entries: int = MAX_ENTRIES) -> dict[str, Any]:
     roots = allowed_roots(settings)
-    walk = _Walk(roots)
+    walk = _Walk(roots, max_entries)
     truncated = any(walk.folder(root, 0) for root in roots)
     return {"roots": [str(r) for r in roots], "candidates": walk.found, "truncated": truncated}
