@@ -94,6 +94,11 @@ class UntrustedCode(ArchiveError):
     allowed to run: ``torchferry serve --trust-code`` allows it."""
 
 
+#: In every signature refusal's message (``serving.build.check_signature``): the one mark
+#: the supervisor, which sees only a failed load's reason text, finds a refusal by.
+SIGNATURE_REFUSED = "signature refused"
+
+
 class SignatureRefused(ArchiveError):
     """Signed archives are required (``--require-signed``) or a signature is present, and
     this archive's is missing, does not match its files, or was made by a key that is not

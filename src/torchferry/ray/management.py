@@ -28,13 +28,13 @@ from starlette.types import ASGIApp
 
 from torchferry.errors import TorchferryError, store_unreadable
 from torchferry.serving.auth.guard import open_key_ring
+from torchferry.serving.console.app import management_with_console
 from torchferry.serving.lifecycle.fleet import Fleet
 from torchferry.serving.lifecycle.poll import StorePoller
 from torchferry.serving.lifecycle.state import Routes
 from torchferry.serving.lifecycle.steps import LOAD_TIMEOUT_S, QUICK_TIMEOUT_S
 from torchferry.serving.lifecycle.workers import WorkerGone
 from torchferry.serving.logs import configure_logging
-from torchferry.serving.management.app import management_app
 from torchferry.serving.settings import ServerSettings
 
 log = logging.getLogger("torchferry.ray")
@@ -194,7 +194,7 @@ class TorchferryManager:
         if settings.poll_store_s is not None and self.fleet.store is not None:
             self._spawn(StorePoller(self.fleet, settings.poll_store_s).run())
         keys = open_key_ring(settings.key_path()) if settings.auth else None
-        return management_app(self.fleet, settings, keys)
+        return management_with_console(self.fleet, settings, keys)
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -24,7 +24,7 @@ from torchferry.archive.integrity import verify_archive
 from torchferry.archive.manifest import Manifest
 from torchferry.archive.signing import is_signed, verify_signature
 from torchferry.archive.store import Archive
-from torchferry.errors import ModelLoadFailed, SignatureRefused, TorchferryError
+from torchferry.errors import SIGNATURE_REFUSED, ModelLoadFailed, SignatureRefused, TorchferryError
 from torchferry.handlers import load_handler
 from torchferry.handlers.base import Handler
 from torchferry.runtimes import Runtime, load_runtime
@@ -99,7 +99,7 @@ def check_signature(archive: Archive, settings: ServerSettings, while_serving: b
     setting too: ``check_signing``; this holds whatever path a load comes by)."""
     signed = is_signed(archive.path)
     manifest = archive.manifest
-    where = f"model {manifest.name!r} version {manifest.version}: signature refused"
+    where = f"model {manifest.name!r} version {manifest.version}: {SIGNATURE_REFUSED}"
     if settings.require_signed and not settings.trusted_keys:
         reason = f"{where}: --require-signed without a --trusted-key cannot verify any signature"
         raise ModelLoadFailed(reason) if while_serving else SignatureRefused(reason)

@@ -41,6 +41,13 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 TRITON_PREFIX = "nv_"
 
 
+def workers_metrics(multiproc_dir: str | os.PathLike[str]) -> list[Metric]:
+    """Every worker's metrics from the multiprocess files in ``multiproc_dir``, summed as
+    ``/metrics`` shows them (reads every file: callers off the event loop run it in a
+    thread)."""
+    return list(MultiProcessCollector(None, path=str(multiproc_dir)).collect())
+
+
 def render_metrics(
     multiproc_dir: str | os.PathLike[str] | None,
     workers: Mapping[int, int] | None = None,
@@ -54,7 +61,7 @@ def render_metrics(
     if multiproc_dir is None:
         metrics.extend(REGISTRY.collect())
     else:
-        metrics.extend(MultiProcessCollector(None, path=str(multiproc_dir)).collect())
+        metrics.extend(workers_metrics(multiproc_dir))
         if workers:
             metrics.extend(WorkerProcesses(workers).collect())
     return _render(metrics), CONTENT_TYPE_LATEST

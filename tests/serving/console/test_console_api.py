@@ -29,7 +29,12 @@ from torchferry.serving.settings import KEY_FILE_DIR, KEY_FILE_NAME
 
 ROW = [1.0, 2.0, 3.0, 4.0]
 V2_BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
-TOKENS = {"manage": ["manage"], "reader": ["metadata", "infer"], "infer": ["infer"]}
+TOKENS = {
+    "manage": ["manage"],
+    "reader": ["metadata", "infer"],
+    "infer": ["infer"],
+    "metadata": ["metadata"],
+}
 
 
 @dataclass
@@ -61,6 +66,7 @@ def served(model_store, start_server, tmp_path_factory) -> Iterator[Served]:
     shutil.copytree(model_store.root / "adder" / "1", sources / "team" / "adder_copy")
     shutil.copy(model_store.root / "adder" / "1" / "model.onnx", sources / "plain.onnx")
     shutil.copytree(model_store.root / "adder" / "1", sources / ".hidden" / "secret")
+    (sources / "loop").symlink_to(sources / "loop")  # skipped by the listing, refused by a load
     key_file = store / KEY_FILE_DIR / KEY_FILE_NAME
     tokens = {
         who: create_token(key_file, scopes, timedelta(hours=1), who)[1]
@@ -179,6 +185,8 @@ def test_sources(served):
         {"path": str(root / "plain.onnx"), "kind": "onnx"},
         {"path": str(root / "team" / "adder_copy"), "kind": "archive"},
     ]
+    loop = served.call("POST", "/models?url=loop&model_name=loop&synchronous=true")
+    assert loop.status_code == 400 and "cannot be resolved" in loop.json()["message"]
 
 
 def test_try_forwards_json_and_an_image(served):
@@ -206,11 +214,26 @@ def test_try_forwards_json_and_an_image(served):
 
 
 def test_try_refusals(served):
-    for path in ("metrics", "models", "v2/health/ready", "v2/models/../../models"):
+    # %2e%2e: httpx would fold a plain ".." before sending, and the check would not be asked
+    for path in ("metrics", "models", "v2/health/ready", "v2/models/%2e%2e/%2e%2e/models"):
         answer = served.call("POST", f"/console/api/try/{path}", "infer", json={})
         assert answer.status_code == 404, (path, answer.text)
         assert "not an inference route" in answer.json()["error"]
     assert served.call("POST", "/console/api/try/predict/adder", None, json={}).status_code == 401
+    no_infer = served.call("POST", "/console/api/try/predict/adder", "metadata", json={})
+    assert no_infer.status_code == 403 and "an infer scope" in no_infer.json()["error"]
+    # escapes stay in their segment (the listener is asked for the model "a?b"), and what
+    # httpx cannot write is the caller's error, never a 500
+    escaped = served.call("POST", "/console/api/try/v2/models/a%3Fb/infer", "infer", json=V2_BODY)
+    assert escaped.status_code == 404 and "a?b" in escaped.text
+    control = served.call("POST", "/console/api/try/predict/a%01", "infer", json={})
+    assert control.status_code == 404, control.text
+    odd_type = served.call(
+        "POST", "/console/api/try/predict/adder", "infer", content=b"{}",
+        headers={"content-type": "application/json; x=\xe9".encode("latin-1")},
+    )  # fmt: skip
+    assert odd_type.status_code < 500, odd_type.text
+    assert odd_type.headers["content-security-policy"] == "sandbox"
     # the inference listener's own refusal, passed through
     unknown = served.call("POST", "/console/api/try/v2/models/nope/infer", "infer", json=V2_BODY)
     assert unknown.status_code == 404 and "x-torchferry-proxy" not in unknown.headers

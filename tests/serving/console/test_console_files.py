@@ -11,13 +11,12 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from torchferry.serving.auth.guard import management_needs
 from torchferry.serving.auth.keyfile import create_token
 from torchferry.serving.auth.keyring import KeyRing
 from torchferry.serving.auth.scopes import Scopes
+from torchferry.serving.console.app import console_needs, management_with_console
 from torchferry.serving.console.files import CONTENT_SECURITY_POLICY
 from torchferry.serving.management.api import FleetAPI
-from torchferry.serving.management.app import management_app
 from torchferry.serving.settings import ServerSettings
 
 
@@ -33,7 +32,7 @@ def app(tmp_path_factory):
     key_file = tmp_path_factory.mktemp("keys") / "keys.json"
     create_token(key_file, ["infer"], timedelta(hours=1), "infer-only")
     settings = ServerSettings(auth=True, key_file=key_file)
-    return management_app(cast(FleetAPI, NoFleet()), settings, KeyRing(key_file))
+    return management_with_console(cast(FleetAPI, NoFleet()), settings, KeyRing(key_file))
 
 
 def call(app, method: str, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -122,7 +121,31 @@ def test_under_a_route_prefix(app):
     redirect = asyncio.run(go("/manage/console"))
     assert (redirect.status_code, redirect.headers["location"]) == (307, "console/")
     assert asyncio.run(go("/manage/console/")).status_code == 200
-    assert asyncio.run(go("/manage/console/api/whoami")).status_code == 401
+    refused = asyncio.run(go("/manage/console/api/whoami"))
+    assert refused.status_code == 401
+    # the console's shape under the prefix too; the management API's own stays TorchServe's
+    assert set(refused.json()) == {"error"}
+    assert asyncio.run(go("/manage/models")).json()["code"] == 401
+    assert set(asyncio.run(go("/manage/console/api/nothing")).json()) == {"error"}
+
+
+def test_one_error_shape_per_path_for_browser_refusals(app):
+    origin = {"origin": "https://evil.example"}
+    read = call(app, "GET", "/console/api/whoami", origin)
+    assert read.status_code == 403
+    assert set(read.json()) == {"error"}
+    assert "may not change models" not in read.json()["error"]
+    assert "another origin (https://evil.example)" in read.json()["error"]
+    assert call(app, "GET", "/models", origin).json()["code"] == 403
+    assert set(call(app, "GET", "/v2/repository/index", origin).json()) == {"error"}
+
+
+def test_every_console_answer_is_neither_sniffed_nor_stored(app):
+    for path in ("/console/api/overview", "/console/api/whoami", "/console/api/try/predict/m"):
+        answer = call(app, "GET", path)
+        assert answer.headers["x-content-type-options"] == "nosniff", path
+        assert answer.headers["cache-control"] == "no-store", path
+    assert "x-content-type-options" not in call(app, "GET", "/models").headers
 
 
 @pytest.mark.parametrize(
@@ -138,4 +161,17 @@ def test_under_a_route_prefix(app):
     ],
 )
 def test_what_an_infer_only_token_may_call(method, path, needs):
-    assert management_needs(Scopes(infer_all=True), method, path) == needs
+    assert console_needs(Scopes(infer_all=True), method, path) == needs
+
+
+@pytest.mark.parametrize(
+    ("scopes", "needs"),
+    [
+        (Scopes(metadata=True), "an infer scope (infer or infer:MODEL)"),
+        (Scopes(manage=True), "an infer scope (infer or infer:MODEL)"),
+        (Scopes(infer_models=frozenset({"m"})), None),
+    ],
+)
+def test_try_needs_some_infer_scope(scopes, needs):
+    assert console_needs(scopes, "POST", "/console/api/try/predict/m") == needs
+    assert console_needs(scopes, "GET", "/console/api/whoami") is None

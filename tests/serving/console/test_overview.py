@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from torchferry.errors import SIGNATURE_REFUSED
 from torchferry.serving.console.overview import signature_of, version_view
 from torchferry.serving.lifecycle.steps import VersionInfo
 
@@ -11,10 +12,11 @@ def test_signature_status():
         return VersionInfo("m", 1, "ready", record={"signature": signature, "path": "/s/m/1"})
 
     assert signature_of(ready("verified")) == ("signed", "verified")
-    assert signature_of(ready("unverified")) == ("signed", "unverified")
+    # signed, but no trusted key checked it: never shown as "signed"
+    assert signature_of(ready("unverified")) == ("unverified", "unverified")
     assert signature_of(ready("unsigned")) == ("unsigned", "unsigned")
     assert signature_of(VersionInfo("m", 1, "loading")) == ("unknown", None)
-    refusal = "model 'm' version 2: signature refused: the files do not match"
+    refusal = f"model 'm' version 2: {SIGNATURE_REFUSED}: the files do not match"
     failed = VersionInfo("m", 2, "failed", reason=refusal)
     assert signature_of(failed) == ("refused", refusal)
     other = VersionInfo("m", 2, "failed", reason="no such file")

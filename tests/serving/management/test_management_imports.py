@@ -25,6 +25,7 @@ FORBIDDEN = (
 SCRIPT = f"""
 import sys
 import torchferry.serving.management.app
+import torchferry.serving.console.app
 import torchferry.cli.deploy_cmd
 bad = sorted(m for m in sys.modules if any(m == f or m.startswith(f + ".") for f in {FORBIDDEN!r}))
 print(",".join(bad))

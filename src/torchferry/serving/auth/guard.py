@@ -25,10 +25,6 @@ Render = Callable[[Scope, TorchferryError], Response]
 
 #: The ASGI scope key under which ``RequireToken`` leaves the caller's ``Principal``.
 PRINCIPAL_KEY = "torchferry.principal"
-#: The console's calls any valid token may make: who am I, and the try-it forwarder (the
-#: inference listener then checks the ``infer`` scope itself).
-_WHOAMI = "/console/api/whoami"
-_TRY = "/console/api/try/"
 
 
 def principal_of(scope: Scope) -> Principal | None:
@@ -69,10 +65,8 @@ def metrics_needs(scopes: Scopes, method: str, path: str) -> str | None:
 
 
 def management_needs(scopes: Scopes, method: str, path: str) -> str | None:
-    """Reading needs ``manage`` or ``metadata``; anything that changes state, ``manage``;
-    the console's ``whoami`` and try-it forwarder, any valid token."""
-    if (method == "GET" and path == _WHOAMI) or (method == "POST" and path.startswith(_TRY)):
-        return None
+    """Reading needs ``manage`` or ``metadata``; anything that changes state, ``manage``
+    (the console adds its own paths' rules: ``console.app.console_needs``)."""
     if method in ("GET", "HEAD"):
         return None if scopes.manage or scopes.metadata else "the manage or metadata scope"
     return None if scopes.manage else "the manage scope"

@@ -12,19 +12,19 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from prometheus_client.core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.responses import Response
 
 from torchferry.errors import InvalidInput
-from torchferry.serving.auth.guard import principal_of
-from torchferry.serving.console.about import server_page
+from torchferry.serving.auth.guard import management_needs, principal_of
 from torchferry.serving.console.figures import version_figures
 from torchferry.serving.console.overview import overview
 from torchferry.serving.console.proxy import Forwarder
+from torchferry.serving.console.server_page import server_page
 from torchferry.serving.console.server_view import ServerView
 from torchferry.serving.console.sources import list_sources
 from torchferry.serving.management.answers import JSONResponse, TritonRoute
 from torchferry.serving.management.context import management_of
+from torchferry.serving.metrics_render import workers_metrics
 from torchferry.serving.settings import ServerSettings
 
 #: Left out of the management API's OpenAPI document: the console's page is its one client
@@ -35,6 +35,10 @@ router = APIRouter(
     route_class=TritonRoute,
     include_in_schema=False,
 )
+
+#: The console's calls that are not the management API's reads (``app.console_needs``).
+WHOAMI_PATH = f"{router.prefix}/whoami"
+TRY_PREFIX = f"{router.prefix}/try/"
 
 UNDER_RAY = "under Ray Serve, scrape Ray's metrics"
 METRICS_OFF = "the server runs without metrics (--no-metrics)"
@@ -47,6 +51,7 @@ class Console:
     #: The supervisor; None under Ray Serve (no workers, no metrics files of its own).
     server: ServerView | None
     forwarder: Forwarder
+    metrics: MetricsReading = field(default_factory=lambda: MetricsReading())
     #: When the app was made: the start shown where there is no supervisor.
     made_at: float = field(default_factory=time.time)
 
@@ -76,8 +81,9 @@ async def whoami(request: Request) -> Response:
             "auth": True,
             "token": principal.id,
             "scopes": scopes.texts(),
-            "can_read": scopes.manage or scopes.metadata,
-            "can_manage": scopes.manage,
+            # as the management API judges a read and a change
+            "can_read": management_needs(scopes, "GET", "/models") is None,
+            "can_manage": management_needs(scopes, "POST", "/models") is None,
         }
     )
 
@@ -97,14 +103,42 @@ async def model_metrics(request: Request, model: str | None = None) -> Response:
     if server is None or server.metrics_dir is None:
         reason = UNDER_RAY if server is None else METRICS_OFF
         return JSONResponse({"at": at, "available": False, "reason": reason, "versions": {}})
-    metrics = await asyncio.to_thread(_collect, server.metrics_dir)
+    at, metrics = await console_of(request).metrics.read(server.metrics_dir)
     versions = version_figures(metrics, model)
     return JSONResponse({"at": at, "available": True, "reason": None, "versions": versions})
 
 
-def _collect(directory: Path) -> list[Metric]:
-    """Every worker's metric files, summed (as ``/metrics`` sums them)."""
-    return list(MultiProcessCollector(None, path=str(directory)).collect())
+class MetricsReading:
+    """The workers' metrics, read in a thread at most once per ``MAX_AGE_S`` whatever the
+    number of open pages (each polls every ~2 s and every reading opens every worker's
+    file); concurrent callers share one reading."""
+
+    MAX_AGE_S = 1.0
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float, list[Metric]] | None = None  # (monotonic, time, metrics)
+        self._reading: asyncio.Future[tuple[float, float, list[Metric]]] | None = None
+
+    async def read(self, directory: Path) -> tuple[float, list[Metric]]:
+        """``(time.time() of the reading, the metrics)``."""
+        last = self._last
+        if last is not None and time.monotonic() - last[0] < self.MAX_AGE_S:
+            return last[1], last[2]
+        if self._reading is None or self._reading.get_loop() is not asyncio.get_running_loop():
+            self._reading = asyncio.ensure_future(self._take(directory))
+        reading = self._reading
+        try:
+            taken = await asyncio.shield(reading)
+        finally:
+            if reading.done() and self._reading is reading:
+                self._reading = None
+        return taken[1], taken[2]
+
+    async def _take(self, directory: Path) -> tuple[float, float, list[Metric]]:
+        at = time.time()
+        metrics = await asyncio.to_thread(workers_metrics, directory)
+        self._last = (time.monotonic(), at, metrics)
+        return self._last
 
 
 @router.get("/server", summary="The server: build, workers, listeners, load policies")
@@ -124,4 +158,4 @@ async def sources(request: Request) -> Response:
 
 @router.post("/try/{path:path}", summary="Send an inference request through the console")
 async def try_request(request: Request, path: str) -> Response:
-    return await console_of(request).forwarder.forward(request, path)
+    return await console_of(request).forwarder.forward(request, path, TRY_PREFIX)

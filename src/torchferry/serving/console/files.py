@@ -67,6 +67,9 @@ class ConsoleFiles:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.folder = static_folder()
+        #: The files read so far (package data: they do not change under a running server);
+        #: only names that exist get here, so the cache is no larger than the folder.
+        self._read: dict[str, bytes] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,11 +90,14 @@ class ConsoleFiles:
             message = f"{scope['method']} is not allowed on the console's files"
             await self._error(scope, send, 405, message, [(b"allow", b"GET, HEAD")])
             return
-        item = self.folder / name if _allowed(name) else None
-        if item is None or not item.is_file():
-            await self._error(scope, send, 404, f"no such console file: {name[:200]}")
-            return
-        await self._answer(scope, send, 200, item.read_bytes(), _content_type(name))
+        body = self._read.get(name)
+        if body is None:
+            item = self.folder / name if _allowed(name) else None
+            if item is None or not item.is_file():
+                await self._error(scope, send, 404, f"no such console file: {name[:200]}")
+                return
+            body = self._read[name] = item.read_bytes()
+        await self._answer(scope, send, 200, body, _content_type(name))
 
     async def _error(
         self,

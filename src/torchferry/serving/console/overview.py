@@ -6,14 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from torchferry.errors import SIGNATURE_REFUSED
 from torchferry.serving.management.api import VersionView
 from torchferry.serving.management.context import Management
 
-#: The record's ``signature`` (``build.check_signature``) -> the console's status.
-SIGNATURE_STATUS = {"verified": "signed", "unverified": "signed", "unsigned": "unsigned"}
-#: The worker's refusal says this (``build.check_signature``: a refusal while serving is a
-#: ``ModelLoadFailed`` whose message names it); only the reason string reaches the fleet.
-SIGNATURE_REFUSED = "signature refused"
+#: The record's ``signature`` (``build.check_signature``) -> the console's status: "signed"
+#: only where a trusted key verified it; "unverified" is signed with no trusted key to check.
+SIGNATURE_STATUS = {"verified": "signed", "unverified": "unverified", "unsigned": "unsigned"}
 #: Record fields shown as they are (None where the fleet has no record).
 RECORD_FIELDS = (
     "runtime", "handler", "device", "size_bytes", "inputs", "outputs", "max_batch_size",
@@ -38,9 +37,7 @@ def model_view(management: Management, name: str) -> dict[str, Any]:
         "weights": {str(v): w for v, w in weights.items()},
         "shadow": routes.shadow.model_dump(mode="json") if routes and routes.shadow else None,
         # as GET /models/{m}/version-policy: the model's own, else the server's for it
-        "policy": (
-            model.policy if model and model.policy else management.settings.policy_for(name)
-        ).to_triton(),
+        "policy": management.policy(name).to_triton(),
         "rollout": rollout.model_dump(mode="json") if rollout is not None else None,
         "versions": [
             version_view(info, default, weights) for info in management.versions(name).values()
@@ -67,7 +64,8 @@ def version_view(
 
 
 def signature_of(info: VersionView) -> tuple[str, str | None]:
-    """``(signed | unsigned | refused | unknown, the record's signature or the refusal)``."""
+    """``(signed | unverified | unsigned | refused | unknown, the record's signature or the
+    refusal)``; a refusal is found by the mark every refusal's message carries."""
     if info.state == "failed" and info.reason and SIGNATURE_REFUSED in info.reason:
         return "refused", info.reason
     signature = info.record.get("signature") if info.record is not None else None

@@ -4,8 +4,15 @@ cross-origin access and the inference listener keeps checking the token itself.
 
 Only the inference routes can be reached (``v2/models/...``, ``v1/models/...``,
 ``predict[/...]``, ``predictions/...``); only the headers an inference call needs go, and
-come back, plus ``X-Torchferry-Latency-Ms`` (the time of the inference call as the
-forwarder measured it). The listener is our own socket: an address it listens on every
+come back, plus ``X-Torchferry-Latency-Ms``: the forwarder's round trip to the inference
+listener, connection included (it keeps no idle connection, so each call connects, with TLS
+where the listener has it).
+
+The path is checked decoded (``..``, the allowed routes) and forwarded as the client encoded
+it, so ``%3F``, ``%23`` or ``%2F`` stay inside a name. At most ``MAX_CONCURRENT`` calls are
+forwarded at once (503 with ``Retry-After`` beyond), only tokens with an infer scope get
+here (``app.console_needs``), and an answer is read up to ``MAX_ANSWER_BYTES`` (502 beyond):
+the supervisor holds little for the page. The listener is our own socket: an address it listens on every
 interface with is reached on loopback, and its TLS certificate is not checked (its name may
 be anything); with mutual TLS the forwarder has no client certificate, so it refuses (501).
 """
@@ -15,12 +22,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from urllib.parse import quote
 
 import httpx
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
-from torchferry.errors import ModelNotFound, PayloadTooLarge, TorchferryError
+from torchferry.errors import (
+    InvalidInput,
+    ModelNotFound,
+    Overloaded,
+    PayloadTooLarge,
+    TorchferryError,
+)
 from torchferry.serving.management.answers import triton_error
 from torchferry.serving.settings import ServerSettings
 
@@ -44,6 +59,12 @@ INFERENCE_PREFIXES = ("v2/models/", "v1/models/", "predictions/", "predict/")
 DEFAULT_READ_TIMEOUT_S = 120.0
 #: Beyond the server's own request timeout (it answers 504 itself first).
 TIMEOUT_MARGIN_S = 5.0
+#: Try-it calls forwarded at once; each holds its request body (up to --max-body-size).
+MAX_CONCURRENT = 4
+#: The largest answer passed back to the page.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+#: A try-it answer is never rendered as a page of the console's origin.
+ANSWER_HEADERS = {"Content-Security-Policy": "sandbox"}
 _ANY_ADDRESS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 
 
@@ -51,6 +72,10 @@ class ProxyFailed(TorchferryError):
     """The inference listener could not be reached, or did not answer in time."""
 
     status_code = 502
+
+
+class ProxyBusy(Overloaded):
+    """Too many try-it calls at once."""
 
 
 class ProxyUnsupported(TorchferryError):
@@ -88,6 +113,8 @@ class Forwarder:
         self.target = target
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Calls in flight (one event loop: checked and counted with no await between).
+        self.in_flight = 0
 
     def _client_for(self, settings: ServerSettings) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -106,13 +133,25 @@ class Forwarder:
             self._loop = loop
         return self._client
 
-    async def forward(self, request: Request, path: str) -> Response:
+    async def forward(self, request: Request, path: str, route: str) -> Response:
+        """Forward ``path`` (decoded, as routed: what is checked) as the client wrote it
+        after ``route`` (the try route's own path, ``/console/api/try/``)."""
         try:
-            return await self._forward(request, inference_path(path))
-        except (ProxyFailed, ProxyUnsupported) as exc:
+            inference_path(path)  # the decoded path: what the listener will route on
+            if self.in_flight >= MAX_CONCURRENT:
+                raise ProxyBusy(
+                    f"try: {MAX_CONCURRENT} calls are being forwarded already; try again"
+                )
+            self.in_flight += 1
+            try:
+                answer = await self._forward(request, encoded_path(request.scope, route, path))
+            finally:
+                self.in_flight -= 1
+        except (ProxyFailed, ProxyUnsupported, ProxyBusy, InvalidInput) as exc:
             answer = triton_error(exc)
             answer.headers[PROXY_HEADER] = "error"
-            return answer
+        answer.headers.update(ANSWER_HEADERS)
+        return answer
 
     async def _forward(self, request: Request, path: str) -> Response:
         settings = self.target()
@@ -126,15 +165,24 @@ class Forwarder:
                 "no client certificate; send the request with your own"
             )
         body = await _read_body(request, settings.max_body_bytes)
-        headers = {k: v for k in REQUEST_HEADERS if (v := request.headers.get(k)) is not None}
+        wanted = {k.encode() for k in REQUEST_HEADERS}
+        # the raw bytes, as the client sent them (a non-ASCII value stays the client's own)
+        headers = [(k, v) for k, v in request.scope["headers"] if k.lower() in wanted]
         url = f"{base_url(settings)}/{path}"
-        query = request.url.query
+        query = request.scope.get("query_string", b"").decode("latin-1")
         client = self._client_for(settings)
         started = time.perf_counter()
         try:
-            answer = await client.post(
-                url + (f"?{query}" if query else ""), content=body, headers=headers
+            call = client.build_request(
+                "POST", url + (f"?{query}" if query else ""), content=body, headers=headers
             )
+            answer = await client.send(call, stream=True)
+            try:
+                content = await _read_answer(answer)
+            finally:
+                await answer.aclose()
+        except (httpx.InvalidURL, UnicodeError) as exc:
+            raise InvalidInput(f"try: this request cannot be forwarded: {exc}") from None
         except httpx.TimeoutException:
             raise ProxyFailed(
                 f"try: the inference listener at {url} did not answer in time"
@@ -146,7 +194,35 @@ class Forwarder:
         latency_ms = (time.perf_counter() - started) * 1000.0
         passed = {k: v for k in RESPONSE_HEADERS if (v := answer.headers.get(k)) is not None}
         passed[LATENCY_HEADER] = f"{latency_ms:.3f}"
-        return Response(answer.content, status_code=answer.status_code, headers=passed)
+        return Response(content, status_code=answer.status_code, headers=passed)
+
+
+def encoded_path(scope: Scope, route: str, decoded: str) -> str:
+    """The try path as the client encoded it (``raw_path`` after ``route``, under any
+    prefix), so that an escape stays inside its segment; the decoded one, quoted, where
+    there is no raw path."""
+    raw = scope.get("raw_path")
+    mark = route.encode()
+    if isinstance(raw, bytes):
+        raw = raw.split(b"?", 1)[0]
+        at = raw.find(mark)
+        if at >= 0:
+            return raw[at + len(mark) :].decode("latin-1")
+    return quote(decoded, safe="/")
+
+
+async def _read_answer(answer: httpx.Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in answer.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise ProxyFailed(
+                f"try: the answer is too large for the console (over {MAX_ANSWER_BYTES} "
+                "bytes); send the request to the inference listener itself"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

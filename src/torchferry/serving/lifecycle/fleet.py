@@ -289,9 +289,9 @@ class Fleet(Steps):
     async def load_model(self, name: str) -> list[int]:
         """Triton's repository load: the model's policy (its own, else the server's) over
         the store's versions."""
-        model = self.state.models.get(name)
-        policy = model.policy if model is not None else None
-        return (await self.converge(name, policy or self.settings.policy_for(name))).versions
+        return (
+            await self.converge(name, self.state.policy(name, self.settings.policy_for))
+        ).versions
 
     async def converge(
         self, name: str, policy: VersionPolicy | None = None, *, strict: bool = True

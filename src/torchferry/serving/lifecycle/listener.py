@@ -30,7 +30,7 @@ def management_listener(
     if settings.management_port is None:
         return None
     # imported here: a server without the API never builds its routes
-    from torchferry.serving.management.app import management_app
+    from torchferry.serving.console.app import management_with_console
 
     host = settings.management_host or LOOPBACK
     if not is_loopback(host):
@@ -40,4 +40,4 @@ def management_listener(
             extra={"event": "management_exposed", "host": host},
         )
     sock = listen_exclusive(host, settings.management_port, "management", "--management-port")
-    return management_app(fleet, settings, keys, server), sock
+    return management_with_console(fleet, settings, keys, server), sock

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -169,6 +170,14 @@ class ModelState(BaseModel):
 
 class DesiredState(BaseModel):
     models: dict[str, ModelState] = Field(default_factory=dict)
+
+    def policy(self, name: str, server_policy: Callable[[str], VersionPolicy]) -> VersionPolicy:
+        """The version policy ``name`` follows: its own, else the server's for it
+        (``ServerSettings.policy_for``): what a load, the API and the console all show."""
+        model = self.models.get(name)
+        return (
+            model.policy if model is not None and model.policy is not None else server_policy(name)
+        )
 
     @classmethod
     def path_in(cls, store: Path) -> Path:

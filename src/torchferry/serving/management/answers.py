@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
+from starlette.types import Scope
 
 from torchferry.codecs.jsonio import dumps, loads
 from torchferry.errors import (
@@ -23,6 +24,7 @@ from torchferry.errors import (
     error_headers,
     internal_error,
 )
+from torchferry.serving.auth.guard import route_path
 from torchferry.serving.torchserve_rules import VERSION, VersionNotFound, error_type
 
 log = logging.getLogger("torchferry.management")
@@ -118,6 +120,19 @@ def torchserve_error(error: TorchferryError) -> Response:
 
 def triton_error(error: TorchferryError) -> Response:
     return _respond(error, {"error": error.message})
+
+
+#: Paths whose errors are ``{"error": message}`` (Triton's, and the console's); every other
+#: path on the management listener answers in TorchServe's shape.
+PLAIN_ERROR_PATHS = ("/v2/", "/console/")
+
+
+def error_for(scope: Scope, error: TorchferryError) -> Response:
+    """``error`` in the shape of the API its path belongs to, judged on the path the app
+    routes on (without a prefix such as Ray Serve's ``/manage``): the one rule every
+    refusal on the management listener follows (browser checks, tokens, routing)."""
+    plain = route_path(scope).startswith(PLAIN_ERROR_PATHS)
+    return triton_error(error) if plain else torchserve_error(error)
 
 
 class _AnsweringRoute(APIRoute):

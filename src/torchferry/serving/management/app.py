@@ -1,30 +1,26 @@
 """``management_app(fleet, settings)``: the management API as one ASGI app, which the
 supervisor serves on its own listener (``--management-port``, loopback unless
-``--management-host`` says otherwise), with the web console under ``/console``."""
+``--management-host`` says otherwise). What is served beside it (the web console) is added
+by the caller that assembles the listener (``console.app``): routes, a wrapper inside the
+browser checks, and the scope rules of its paths."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Scope
+from starlette.types import ASGIApp
 
 from torchferry._version import __version__
 from torchferry.errors import InvalidInput, TorchferryError
-from torchferry.serving.auth.guard import RequireToken, management_needs
+from torchferry.serving.auth.guard import Needs, RequireToken, management_needs
 from torchferry.serving.auth.keyring import KeyRing
-from torchferry.serving.console import api as console_api
-from torchferry.serving.console.files import ConsoleFiles
-from torchferry.serving.console.server_view import ServerView
 from torchferry.serving.listen import LOOPBACK, is_loopback
 from torchferry.serving.management import rollouts, torchserve, traffic, triton
-from torchferry.serving.management.answers import (
-    JSONResponse,
-    torchserve_error,
-    triton_error,
-    validation_message,
-)
+from torchferry.serving.management.answers import JSONResponse, error_for, validation_message
 from torchferry.serving.management.api import FleetAPI
 from torchferry.serving.management.context import Management
 from torchferry.serving.management.guard import RefuseBrowsers
@@ -44,12 +40,8 @@ class _RouteError(TorchferryError):
         }.get(status_code, "BadRequestException")
 
 
-#: Paths whose errors are ``{"error": message}`` (Triton's, and the console's API).
-_PLAIN_ERRORS = ("/v2/", "/console/")
-
-
 def _render(request: Request, error: TorchferryError) -> Response:
-    return _render_refusal(request.scope, error)
+    return error_for(request.scope, error)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -68,22 +60,20 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return _render(request, InvalidInput(validation_message(exc)))
 
 
-def _render_refusal(scope: Scope, error: TorchferryError) -> Response:
-    """A token's refusal in the shape of the API the path belongs to."""
-    plain = scope.get("path", "").startswith(_PLAIN_ERRORS)
-    return triton_error(error) if plain else torchserve_error(error)
-
-
 def management_app(
     fleet: FleetAPI,
     settings: ServerSettings,
     keys: KeyRing | None = None,
-    server: ServerView | None = None,
+    *,
+    extend: Callable[[FastAPI], None] | None = None,
+    inner: Callable[[ASGIApp], ASGIApp] | None = None,
+    needs: Needs = management_needs,
 ) -> RefuseBrowsers:
     """The API; with ``keys`` (``--auth``), every call needs a token: reading ones the
-    ``manage`` or ``metadata`` scope, the rest ``manage`` (``auth.guard.management_needs``).
-    The console's files need none; what its pages show of the server comes from ``server``
-    (the supervisor; None under Ray Serve)."""
+    ``manage`` or ``metadata`` scope, the rest ``manage`` (``needs``, by default
+    ``auth.guard.management_needs``). ``extend`` adds routes (and their state) before the
+    API's own; ``inner`` wraps the guarded app inside the browser checks (what needs no
+    token goes there)."""
     app = FastAPI(
         title="torchferry management",
         version=__version__,
@@ -92,8 +82,8 @@ def management_app(
         default_response_class=JSONResponse,
     )
     app.state.management = Management(fleet, settings)
-    app.state.console = console_api.console_state(server)
-    app.include_router(console_api.router)
+    if extend is not None:
+        extend(app)
     # the literal routes (/models/{m}/traffic...) first: /models/{m}/{v} would take them
     for module in (traffic, rollouts, triton, torchserve):
         app.include_router(module.router)
@@ -101,8 +91,7 @@ def management_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     guarded: ASGIApp = app
     if keys is not None:
-        guarded = RequireToken(app, keys, management_needs, _render_refusal)
-    # the console's files hold no data: no token, but the browser checks still apply
-    return RefuseBrowsers(
-        ConsoleFiles(guarded), loopback=is_loopback(settings.management_host or LOOPBACK)
-    )
+        guarded = RequireToken(app, keys, needs, error_for)
+    if inner is not None:
+        guarded = inner(guarded)
+    return RefuseBrowsers(guarded, loopback=is_loopback(settings.management_host or LOOPBACK))

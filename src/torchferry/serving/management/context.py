@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import Request
 
 from torchferry.errors import ModelNotFound
+from torchferry.serving.lifecycle.policy import VersionPolicy
 from torchferry.serving.management.answers import parse_version
 from torchferry.serving.management.api import FleetAPI, VersionView
 from torchferry.serving.settings import ServerSettings
@@ -77,6 +78,10 @@ class Management:
         names.update(n for n, model in fleet.state.models.items() if model.versions)
         names.update(n for n, _ in self.registering)
         return sorted(names)
+
+    def policy(self, name: str) -> VersionPolicy:
+        """The version policy ``name`` follows (its own, else the server's for it)."""
+        return self.fleet.state.policy(name, self.settings.policy_for)
 
     def default(self, name: str) -> int | None:
         """The version answering unversioned requests; None while none of the model serves."""

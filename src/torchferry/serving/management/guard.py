@@ -10,7 +10,7 @@ resolve to 127.0.0.1. So, in front of every route:
 - on a loopback listener, a ``Host`` that is not a loopback name is refused (a rebound
   name arrives with the attacker's host name).
 
-Refusals are 403 in TorchServe's error shape (Triton's under ``/v2``).
+Refusals are 403 in the shape of the API the path belongs to (``answers.error_for``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from torchferry.errors import SourceRefused
-from torchferry.serving.management.answers import torchserve_error, triton_error
+from torchferry.serving.management.answers import error_for
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
@@ -39,10 +39,7 @@ class RefuseBrowsers:
         if scope["type"] == "http":
             reason = self.refusal(scope)
             if reason is not None:
-                error = Forbidden(reason)
-                path = scope.get("path", "")
-                answer = triton_error(error) if path.startswith("/v2/") else torchserve_error(error)
-                await answer(scope, receive, send)
+                await error_for(scope, Forbidden(reason))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -52,8 +49,9 @@ class RefuseBrowsers:
         origin = headers.get("origin")
         if origin is not None and urlsplit(origin).netloc != host:
             return (
-                f"requests from web pages ({origin}) may not change models: the management "
-                "API answers only clients that send no cross-site Origin"
+                f"requests from web pages of another origin ({origin}) are refused: the "
+                "management API and its console answer only their own pages and clients "
+                "that send no cross-site Origin"
             )
         if self.loopback and _hostname(host) not in LOOPBACK_NAMES:
             return (

@@ -62,9 +62,18 @@ def _local_path(url: str) -> str:
     return unquote(parts.path)
 
 
+def _resolved(path: Path, shown: str) -> Path:
+    """``path`` resolved; a link loop (RuntimeError on 3.11, OSError later) or an unreadable
+    path is the caller's error (400), not the server's."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:
+        raise InvalidInput(f"{shown}: {path} cannot be resolved (a link loop?): {exc}") from None
+
+
 def _check_links(folder: Path, roots: list[Path], shown: str) -> None:
     for item in folder.rglob("*"):
-        if item.is_symlink() and not inside_roots(item.resolve(), roots):
+        if item.is_symlink() and not inside_roots(_resolved(item, shown), roots):
             raise SourceRefused(
                 f"{shown}: {item.relative_to(folder)} links outside the model source roots "
                 f"({_roots_text(roots)})"
@@ -103,7 +112,7 @@ def resolve_source(url: str, settings: ServerSettings) -> Path:
     # in root order, the first that exists wins; one that exists but leads out is refused
     # rather than skipped, so a link never silently falls through to another root
     for candidate in candidates:
-        path = candidate.resolve()
+        path = _resolved(candidate, text)
         if not inside_roots(path, roots):
             if candidate.exists() or candidate.is_symlink():
                 raise refusal

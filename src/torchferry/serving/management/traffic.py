@@ -158,10 +158,8 @@ async def delete_shadow(request: Request, model_name: str) -> Response:
 
 
 def _policy_answer(management: Management, name: str, versions: list[int]) -> Response:
-    model = management.fleet.state.models.get(name)
-    policy = model.policy if model is not None and model.policy is not None else None
-    policy = policy or management.settings.policy_for(name)
-    return JSONResponse({"model": name, "version_policy": policy.to_triton(), "versions": versions})
+    policy = management.policy(name).to_triton()
+    return JSONResponse({"model": name, "version_policy": policy, "versions": versions})
 
 
 def _known_model(management: Management, name: str) -> None:

@@ -3,6 +3,7 @@ workers, its listeners with their TLS and auth, and the policies models are load
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
@@ -21,7 +22,10 @@ PACKAGES = (
 )  # fmt: skip
 
 
+@functools.cache
 def package_versions() -> dict[str, str]:
+    """Read once (each look-up scans sys.path; the page polls): the installed versions do
+    not change under a running server."""
     found = {}
     for name in PACKAGES:
         try:
@@ -96,7 +100,7 @@ def server_page(
     return {
         "version": __version__,
         "python": platform.python_version(),
-        "packages": package_versions(),
+        "packages": dict(package_versions()),
         "pid": os.getpid(),
         "started_at": started_at,
         "uptime_s": round(now - started_at, 3),
