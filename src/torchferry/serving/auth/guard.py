@@ -28,7 +28,7 @@ PRINCIPAL_KEY = "torchferry.principal"
 #: The console's calls any valid token may make: who am I, and the try-it forwarder (the
 #: inference listener then checks the ``infer`` scope itself).
 _WHOAMI = "/console/api/whoami"
-_TRY = "/console/api/try/"
+_TRY = ("/console/api/try/", "/console/api/try-grpc/")
 
 
 def principal_of(scope: Scope) -> Principal | None:

@@ -125,3 +125,10 @@ async def sources(request: Request) -> Response:
 @router.post("/try/{path:path}", summary="Send an inference request through the console")
 async def try_request(request: Request, path: str) -> Response:
     return await console_of(request).forwarder.forward(request, path)
+
+
+@router.post("/try-grpc/{model}", summary="Send a V2 JSON request over gRPC through the console")
+async def try_grpc_request(request: Request, model: str) -> Response:
+    from torchferry.serving.console.grpc_try import try_grpc  # grpcio only when used
+
+    return await try_grpc(request, model, console_of(request).server)
