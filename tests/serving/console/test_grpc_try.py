@@ -22,9 +22,10 @@ from torchferry.archive import ModelStore
 from torchferry.serving.auth.keyfile import create_token
 from torchferry.serving.console.grpc_tensors import pack_raw, unpack_raw
 from torchferry.serving.process import ServerProcess
-from torchferry.serving.settings import KEY_FILE_DIR, KEY_FILE_NAME
+from torchferry.serving.settings import KEY_FILE_DIR, KEY_FILE_NAME, ServerSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from test_proxy import call
 from versions_store import WEIGHTS, write_lin
 
 SCOPES = {"infer": ["infer"], "metadata": ["metadata"]}
@@ -49,7 +50,9 @@ class Served:
         client = grpcclient.InferenceServerClient(self.server.grpc_target)
         inputs = []
         for name, array in arrays.items():
-            datatype = "BYTES" if array.dtype == object else grpcclient.np_to_triton_dtype(array.dtype)
+            datatype = (
+                "BYTES" if array.dtype == object else grpcclient.np_to_triton_dtype(array.dtype)
+            )
             tensor = grpcclient.InferInput(name, list(array.shape), datatype)
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
@@ -57,7 +60,9 @@ class Served:
         result = client.infer(model, inputs, headers=headers)
         answer = result.get_response()
         flat = {o.name: result.as_numpy(o.name).reshape(-1).tolist() for o in answer.outputs}
-        return {k: [v.decode() if isinstance(v, bytes) else v for v in vs] for k, vs in flat.items()}
+        return {
+            k: [v.decode() if isinstance(v, bytes) else v for v in vs] for k, vs in flat.items()
+        }
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +92,15 @@ def _v2_inputs(arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     for name, array in arrays.items():
         datatype = "BYTES" if array.dtype == object else grpcclient.np_to_triton_dtype(array.dtype)
         data = [v.decode() for v in array.reshape(-1)] if datatype == "BYTES" else array.tolist()
-        inputs.append({"name": name, "datatype": datatype, "shape": list(array.shape), "data": data})
+        inputs.append(
+            {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}
+        )
     return inputs
 
 
-def _check_same_as_tritonclient(served: Served, model: str, arrays: dict[str, np.ndarray]) -> httpx.Response:
+def _check_same_as_tritonclient(
+    served: Served, model: str, arrays: dict[str, np.ndarray]
+) -> httpx.Response:
     answer = served.try_grpc(model, {"id": "t-1", "inputs": _v2_inputs(arrays)})
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -175,3 +184,14 @@ def test_raw_round_trips() -> None:
     assert unpack_raw(pack_raw([1.0, -2.5], "BF16"), "BF16", 2) == [1.0, -2.5]
     assert unpack_raw(pack_raw(["é", ""], "BYTES"), "BYTES", 2) == ["é", ""]
     assert unpack_raw(pack_raw([0.5, 3.0], "FP16"), "FP16", 2) == [0.5, 3.0]
+
+
+def test_no_plaintext_grpc_listener_is_a_501(tmp_path: Path) -> None:
+    body = b'{"inputs": []}'
+    off = call(ServerSettings(grpc_port=None), "/console/api/try-grpc/m", body)
+    assert off.status_code == 501 and "no gRPC listener" in off.json()["error"]
+    tls = ServerSettings.model_construct(tls_cert=tmp_path / "cert.pem", grpc_port=7070)
+    refused = call(tls, "/console/api/try-grpc/m", body)
+    assert refused.status_code == 501, refused.text
+    assert "needs a plaintext gRPC listener" in refused.json()["error"]
+    assert call(None, "/console/api/try-grpc/m", body).status_code == 501
