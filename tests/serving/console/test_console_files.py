@@ -130,6 +130,7 @@ def test_under_a_route_prefix(app):
     [
         ("GET", "/console/api/whoami", None),
         ("POST", "/console/api/try/predict/m", None),
+        ("POST", "/console/api/try-grpc/m", None),
         ("GET", "/console/api/overview", "the manage or metadata scope"),
         ("GET", "/console/api/try/predict/m", "the manage or metadata scope"),
         ("POST", "/console/api/whoami", "the manage scope"),

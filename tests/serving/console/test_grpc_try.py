@@ -169,6 +169,10 @@ def test_refusals(served: Served) -> None:
     refused = served.try_grpc("lin", wrong)
     assert refused.status_code == 400 and refused.json()["grpc_status"] == "INVALID_ARGUMENT"
     assert served.try_grpc("lin", {"inputs": "x"}).status_code == 400
+    url = f"{served.server.management_url}/console/api/try-grpc/lin"
+    headers = {"Authorization": f"Bearer {served.tokens['infer']}"}
+    not_json = served.http.post(url, content=b"{", headers=headers)
+    assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
 
 
 def test_tokens(served: Served) -> None:

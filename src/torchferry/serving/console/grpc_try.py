@@ -11,7 +11,6 @@ when the route is first used: grpcio is not loaded by a console that never calls
 
 from __future__ import annotations
 
-import json
 import struct
 import time
 
@@ -20,7 +19,7 @@ from grpc import aio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from torchferry.errors import InvalidInput
+from torchferry.codecs.jsonio import loads
 from torchferry.serving.console.grpc_tensors import infer_request, response_json
 from torchferry.serving.console.proxy import (
     _ANY_ADDRESS,
@@ -88,10 +87,7 @@ async def try_grpc(request: Request, model: str, server: ServerView | None) -> R
     settings = server.worker_settings
     target = grpc_target(settings)
     body = await _read_body(request, settings.max_body_bytes)
-    try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"try-grpc: the body is not JSON: {exc}") from None
+    parsed = loads(body, "try-grpc: the body")
     message = infer_request(parsed, model, request.query_params.get("version"))
     metadata = tuple((k, v) for k in METADATA_HEADERS if (v := request.headers.get(k)))
     timeout = settings.request_timeout_s or DEFAULT_READ_TIMEOUT_S
