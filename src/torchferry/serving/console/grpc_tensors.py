@@ -71,6 +71,8 @@ def infer_request(body: object, model: str, version: str | None) -> pb.ModelInfe
         tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
         _set_parameters(tensor.parameters, parameters, f"input {name!r}")
         try:
+            if datatype == "BOOL" and not all(isinstance(v, bool) for v in values):
+                raise TypeError("BOOL elements must be true or false")
             if raw:
                 request.raw_input_contents.append(pack_raw(values, datatype))
             else:
@@ -130,8 +132,6 @@ def _fill_contents(contents: pb.InferTensorContents, values: list[Any], datatype
     if datatype == "BYTES":
         contents.bytes_contents.extend(_as_bytes(v) for v in values)
         return
-    if datatype == "BOOL" and not all(isinstance(v, bool) for v in values):
-        raise TypeError("BOOL elements must be true or false")
     getattr(contents, CONTENTS_FIELD[datatype]).extend(values)
 
 
