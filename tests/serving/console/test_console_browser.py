@@ -299,13 +299,15 @@ def test_try_it_speaks_every_protocol_with_json_and_npy(console, browser, tmp_pa
     cases = [("v2", "json", "[1, 2, 3, 4]"), ("v2-binary", "json", "[[1, 2, 3, 4]]"),
              ("v1", "json", "[1, 2, 3, 4]"), ("predict", "json", "[[1, 2, 3, 4]]"),
              ("torchserve", "json", '{"data": [[1, 2, 3, 4]]}'), ("v2-binary", "npy", npy),
-             ("v1", "npy", npy)]  # fmt: skip
+             ("v1", "npy", npy), ("v2-grpc", "json", "[1, 2, 3, 4]"), ("v2-grpc", "npy", npy)]  # fmt: skip
     for protocol, kind, value in cases:
         outcome = send_try(browser, protocol, kind, value)
         assert outcome.get_attribute("data-status") == "200", (protocol, kind, outcome.text)
         answer = find(browser, "#try-answer").text
         assert Y.search(answer), (protocol, kind, answer)
         assert find(browser, "#try-model-version").text == "1"
+        if protocol == "v2-grpc":
+            assert find(browser, "#try-grpc-status").text == "OK"
     outcome = send_try(browser, "v2", "json", "[1, 2, 3]")  # the server's refusal, shown
     assert outcome.get_attribute("data-status") == "400", outcome.text
     assert "x" in outcome.text and "4" in outcome.text

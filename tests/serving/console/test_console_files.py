@@ -153,6 +153,7 @@ def test_every_console_answer_is_neither_sniffed_nor_stored(app):
     [
         ("GET", "/console/api/whoami", None),
         ("POST", "/console/api/try/predict/m", None),
+        ("POST", "/console/api/try-grpc/m", None),
         ("GET", "/console/api/overview", "the manage or metadata scope"),
         ("GET", "/console/api/try/predict/m", "the manage or metadata scope"),
         ("POST", "/console/api/whoami", "the manage scope"),

@@ -39,6 +39,7 @@ router = APIRouter(
 #: The console's calls that are not the management API's reads (``app.console_needs``).
 WHOAMI_PATH = f"{router.prefix}/whoami"
 TRY_PREFIX = f"{router.prefix}/try/"
+TRY_GRPC_PREFIX = f"{router.prefix}/try-grpc/"
 
 UNDER_RAY = "under Ray Serve, scrape Ray's metrics"
 METRICS_OFF = "the server runs without metrics (--no-metrics)"
@@ -159,3 +160,11 @@ async def sources(request: Request) -> Response:
 @router.post("/try/{path:path}", summary="Send an inference request through the console")
 async def try_request(request: Request, path: str) -> Response:
     return await console_of(request).forwarder.forward(request, path, TRY_PREFIX)
+
+
+@router.post("/try-grpc/{model}", summary="Send a V2 JSON request over gRPC through the console")
+async def try_grpc_request(request: Request, model: str) -> Response:
+    from torchferry.serving.console.grpc_try import try_grpc  # grpcio only when used
+
+    console = console_of(request)
+    return await try_grpc(request, model, console.server, console.forwarder)

@@ -29,7 +29,7 @@ def console_needs(scopes: Scopes, method: str, path: str) -> str | None:
     try-it for a token with some infer scope (the inference listener then checks the model)."""
     if method == "GET" and path == console_api.WHOAMI_PATH:
         return None
-    if method == "POST" and path.startswith(console_api.TRY_PREFIX):
+    if method == "POST" and path.startswith((console_api.TRY_PREFIX, console_api.TRY_GRPC_PREFIX)):
         return None if scopes.may_infer_any() else "an infer scope (infer or infer:MODEL)"
     return management_needs(scopes, method, path)
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from urllib.parse import quote
 
 import httpx
@@ -68,6 +69,11 @@ ANSWER_HEADERS = {"Content-Security-Policy": "sandbox"}
 _ANY_ADDRESS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 
 
+def reachable_host(host: str) -> str:
+    """Where the console reaches a listener bound to ``host`` (any address -> loopback)."""
+    return _ANY_ADDRESS.get(host, host)
+
+
 class ProxyFailed(TorchferryError):
     """The inference listener could not be reached, or did not answer in time."""
 
@@ -98,7 +104,7 @@ def inference_path(path: str) -> str:
 
 
 def base_url(settings: ServerSettings) -> str:
-    host = _ANY_ADDRESS.get(settings.host, settings.host)
+    host = reachable_host(settings.host)
     if ":" in host:
         host = f"[{host}]"
     return f"{settings.scheme}://{host}:{settings.port}"
@@ -133,20 +139,24 @@ class Forwarder:
             self._loop = loop
         return self._client
 
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """One of the ``MAX_CONCURRENT`` try-it calls (HTTP and gRPC alike), else ProxyBusy."""
+        if self.in_flight >= MAX_CONCURRENT:
+            raise ProxyBusy(f"try: {MAX_CONCURRENT} calls are being forwarded already; try again")
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
     async def forward(self, request: Request, path: str, route: str) -> Response:
         """Forward ``path`` (decoded, as routed: what is checked) as the client wrote it
         after ``route`` (the try route's own path, ``/console/api/try/``)."""
         try:
             inference_path(path)  # the decoded path: what the listener will route on
-            if self.in_flight >= MAX_CONCURRENT:
-                raise ProxyBusy(
-                    f"try: {MAX_CONCURRENT} calls are being forwarded already; try again"
-                )
-            self.in_flight += 1
-            try:
+            with self.slot():
                 answer = await self._forward(request, encoded_path(request.scope, route, path))
-            finally:
-                self.in_flight -= 1
         except (ProxyFailed, ProxyUnsupported, ProxyBusy, InvalidInput) as exc:
             answer = triton_error(exc)
             answer.headers[PROXY_HEADER] = "error"
@@ -164,7 +174,7 @@ class Forwarder:
                 "try-it cannot be forwarded with mutual TLS (--tls-client-ca): the console has "
                 "no client certificate; send the request with your own"
             )
-        body = await _read_body(request, settings.max_body_bytes)
+        body = await read_body(request, settings.max_body_bytes)
         wanted = {k.encode() for k in REQUEST_HEADERS}
         # the raw bytes, as the client sent them (a non-ASCII value stays the client's own)
         headers = [(k, v) for k, v in request.scope["headers"] if k.lower() in wanted]
@@ -225,7 +235,7 @@ async def _read_answer(answer: httpx.Response) -> bytes:
     return b"".join(chunks)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     too_large = PayloadTooLarge(
         f"the request body is larger than the server's limit of {limit} bytes"
     )

@@ -188,6 +188,7 @@ export function render(main) {
       decoded = { json: null, text: `(the binary answer cannot be read: ${err.message})` };
     }
     const serverMs = headers.get("X-Torchferry-Latency-Ms");
+    const grpcStatus = headers.get("X-Torchferry-Grpc-Status");
     const ok = response.ok;
     const message = ok ? null : errorMessage(response.status, decoded.json ? JSON.stringify(decoded.json) : decoded.text || "");
     fill(
@@ -208,6 +209,7 @@ export function render(main) {
           ["Inference (the server's)", h("span#try-server-latency", {}, serverMs ? ms(Number(serverMs)) : "—")],
           ["Request id", h("code#try-request-id", {}, headers.get("X-Request-ID") || "—")],
           ["Model version", h("span#try-model-version", {}, headers.get("X-Model-Version") || "—")],
+          ...(grpcStatus ? [["gRPC status", h("code#try-grpc-status", {}, grpcStatus)]] : []),
         ],
         "facts.try-facts",
       ),

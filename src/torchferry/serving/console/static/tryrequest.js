@@ -6,6 +6,7 @@ import { flatten, jsonValues, nest, shapeOf, toBytes } from "./tensors.js";
 export const PROTOCOLS = [
   ["v2", "KServe V2, JSON (/v2/models/M/infer)"],
   ["v2-binary", "KServe V2, binary tensors (/v2/models/M/infer)"],
+  ["v2-grpc", "KServe V2 gRPC (ModelInfer, through the console)"],
   ["v1", "TF Serving / KServe V1 instances (/v1/models/M:predict)"],
   ["predict", "Plain /predict (the model's handler)"],
   ["torchserve", "TorchServe /predictions (the model's handler)"],
@@ -88,14 +89,14 @@ function imageRequest(protocol, file) {
 
 function pastedRequest(protocol, value, signature, inputName) {
   const isObject = value && typeof value === "object" && !Array.isArray(value);
-  if (protocol === "v2" || protocol === "v2-binary") {
+  if (protocol === "v2" || protocol === "v2-binary" || protocol === "v2-grpc") {
     let body = value;
     if (!(isObject && Array.isArray(value.inputs))) {
       const spec = singleInput(signature, inputName);
       const { data, shape } = asBatch(value, spec);
       body = { inputs: [{ name: spec.name, datatype: spec.datatype || "FP32", shape, data: flatten(data) }] };
     }
-    return protocol === "v2" ? jsonBody(body) : v2Binary(body);
+    return protocol === "v2-binary" ? v2Binary(body) : jsonBody(body);
   }
   if (protocol === "v1") {
     if (isObject && ("instances" in value || "inputs" in value)) return jsonBody(value);
@@ -117,7 +118,7 @@ function npyRequest(protocol, array, signature, inputName) {
     return binaryBody(header, [array.bytes]);
   }
   const values = jsonValues(array.data, array.datatype);
-  if (protocol === "v2") {
+  if (protocol === "v2" || protocol === "v2-grpc") {
     const spec = singleInput(signature, inputName);
     return jsonBody({ inputs: [{ name: spec.name, datatype: array.datatype, shape: array.shape, data: values }] });
   }
@@ -136,6 +137,10 @@ export function buildRequest({ protocol, model, version, input, signature, input
   } catch (err) {
     if (err instanceof RequestError) throw err;
     throw new RequestError(err.message);
+  }
+  if (protocol === "v2-grpc") {
+    // a browser cannot speak gRPC: the console makes the call from the V2 JSON body
+    return { path: `api/try-grpc/${q(model)}${version ? `?version=${q(version)}` : ""}`, ...built };
   }
   return { path: `api/try/${routeFor(protocol, model, version)}`, ...built };
 }
