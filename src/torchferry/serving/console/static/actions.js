@@ -1,7 +1,7 @@
 // Running a management action: confirm it, send it, and show the server's answer (a
 // refusal included, with its status and message as the server wrote it) in a live region.
 
-import { call } from "./api.js";
+import { call, describeError, errorMessage } from "./api.js";
 import { confirmAction } from "./dialog.js";
 import { h, fill, prettyJSON } from "./dom.js";
 
@@ -53,15 +53,16 @@ export async function runAction(action, region, afterwards = () => {}) {
   region.setAttribute("aria-busy", "true");
   let answer;
   try {
-    answer = await call(action.method, action.url, { json: action.json, throwOnError: false });
+    // a synchronous load may take a while: more time than a poll gets
+    answer = await call(action.method, action.url, { json: action.json, throwOnError: false, timeoutMs: 120000 });
   } catch (err) {
-    answer = { status: err.status || 0, ok: false, text: err.message, json: { error: err.message } };
+    answer = { status: err.status || 0, ok: false, text: "", message: describeError(err) };
   }
   region.removeAttribute("aria-busy");
   const kind = answer.ok ? "ok" : "bad";
   const message = answer.ok
     ? successLine(answer.json)
-    : answer.json?.message || answer.json?.error || answer.text || "no message";
+    : answer.message || errorMessage(answer.status, answer.text);
   fill(
     region,
     h(
