@@ -418,6 +418,7 @@ def test_an_infer_only_token_is_refused_management_but_can_try(console, browser,
     browser.execute_script("performance.clearResourceTimings()")
     go(browser, "#/models/lin")
     find(browser, "#manage-notice")
+    find(browser, "#read-notice")
     type_into(find(browser, "#unload-version"), "1")
     find(browser, "#unload-submit").click()
     find(browser, "#confirm-dialog").send_keys(Keys.ESCAPE)  # Escape says no

@@ -107,9 +107,8 @@ export function render(main, ctx) {
 
   if (!ctx.who.can_read) {
     // no polling: the server would refuse every read; the Actions stay (the server decides)
-    for (const box of [summaryBox, signatureBox, liveBox, rolloutBox, shadowBox]) {
-      fill(box, h("p.help", {}, "This token cannot read the model (it needs the manage or metadata scope)."));
-    }
+    for (const section of main.querySelectorAll("section.card:not(#actions)")) section.hidden = true;
+    problem.element.after(h("p.notice.notice-warn#read-notice", {}, "This token cannot read this model's figures (that needs the manage or metadata scope)."));
     return () => {};
   }
   async function refresh(stopped) {
