@@ -2,23 +2,14 @@
 // refusal included, with its status and message as the server wrote it) in a live region.
 
 import { call, describeError, errorMessage } from "./api.js";
+import { statusText } from "./http.js";
 import { confirmAction } from "./dialog.js";
-import { h, fill, prettyJSON } from "./dom.js";
+import { h, fill } from "./dom.js";
+import { prettyJSON } from "./format.js";
 
 /** The status region actions report into (role=status, polite). */
 export function statusRegion(id = "action-status") {
   return h(`div.action-status#${id}`, { role: "status", "aria-live": "polite", "aria-atomic": "true" });
-}
-
-const REASONS = {
-  200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
-  401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 413: "Payload Too Large",
-  422: "Unprocessable", 500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
-  503: "Service Unavailable", 504: "Gateway Timeout",
-};
-
-export function statusText(status) {
-  return status ? `${status} ${REASONS[status] || ""}`.trim() : "no answer";
 }
 
 /** What a successful answer says, in a line. */

@@ -4,7 +4,8 @@
 // each chart's text summary carry the same figures).
 
 import { lineChart } from "./chart.js";
-import { fill, h, ms, num, percent, syncRows } from "./dom.js";
+import { fill, h, syncRows } from "./dom.js";
+import { ms, num, percent } from "./format.js";
 import { intervalFigures } from "./stats.js";
 
 const WINDOW_S = 120;

@@ -3,7 +3,8 @@
 
 import { actionPanel } from "./actionpanel.js";
 import { call, describeError, getJSON } from "./api.js";
-import { alertRegion, bytes, facts, fill, h, num, percent, table } from "./dom.js";
+import { alertRegion, facts, fill, h, table } from "./dom.js";
+import { bytes, num, percent } from "./format.js";
 import { LiveFigures } from "./live.js";
 import { poller } from "./poll.js";
 import { signatureCell, versionCells } from "./overview.js";

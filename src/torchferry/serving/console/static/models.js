@@ -4,7 +4,8 @@
 
 import { statusRegion } from "./actions.js";
 import { describeError, getJSON } from "./api.js";
-import { alertRegion, bytes, h, fill, syncRows } from "./dom.js";
+import { alertRegion, h, fill, syncRows } from "./dom.js";
+import { bytes } from "./format.js";
 import { loadForm } from "./forms.js";
 import { poller } from "./poll.js";
 import { modelLink, signatureCell, versionCells } from "./overview.js";

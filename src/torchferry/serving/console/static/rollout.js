@@ -2,7 +2,8 @@
 // aborted) with the current phase marked, what is going on now, and every decision with
 // the figures that decided it.
 
-import { h, ms, num, percent, table, when } from "./dom.js";
+import { h, table } from "./dom.js";
+import { ms, num, percent, when } from "./format.js";
 
 const PHASES = [
   ["pending", "pending"],

@@ -2,7 +2,8 @@
 // state, every listener with its TLS / mTLS / auth state, the store and signing policy.
 
 import { describeError, getJSON } from "./api.js";
-import { alertRegion, badge, duration, facts, fill, h, table, when } from "./dom.js";
+import { alertRegion, badge, facts, fill, h, table } from "./dom.js";
+import { duration, when } from "./format.js";
 import { poller } from "./poll.js";
 
 const REFRESH_MS = 3000;

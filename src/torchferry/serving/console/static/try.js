@@ -3,8 +3,10 @@
 // answer, the latency (in the page and the server's) and the request's id and version.
 
 import { call, describeError, getJSON, errorMessage } from "./api.js";
-import { statusRegion, statusText } from "./actions.js";
-import { facts, fill, h, ms, prettyJSON } from "./dom.js";
+import { statusRegion } from "./actions.js";
+import { statusText } from "./http.js";
+import { facts, fill, h } from "./dom.js";
+import { ms, prettyJSON } from "./format.js";
 import { field, input, syncOptions } from "./forms.js";
 import { NpyError, parseNpy } from "./npy.js";
 import { decodeAnswer, topK, topKTable } from "./tryanswer.js";
