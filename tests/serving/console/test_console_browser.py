@@ -391,6 +391,8 @@ def test_the_keyboard_reaches_the_server_page_and_it_shows_workers_and_listeners
     listeners = find(browser, "#listeners-table").text
     assert "management" in listeners and f"127.0.0.1:{console.server.management_port}" in listeners
     capture(browser, console, "server")
+    go(browser, "#/models/%E0%A4%A")  # a malformed escape is taken as typed, not a dead page
+    text_of(browser, "#model-problem", "No model named %E0%A4%A is loaded")
 
 
 def test_an_infer_only_token_is_refused_management_but_can_try(console, browser, tmp_path):
