@@ -393,6 +393,22 @@ def test_the_keyboard_reaches_the_server_page_and_it_shows_workers_and_listeners
     capture(browser, console, "server")
     go(browser, "#/models/%E0%A4%A")  # a malformed escape is taken as typed, not a dead page
     text_of(browser, "#model-problem", "No model named %E0%A4%A is loaded")
+    # the page keeps polling, but its one alert is not redrawn (nor announced) each time
+    polls_and_changes = browser.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        performance.clearResourceTimings();
+        let changes = 0;
+        const watch = new MutationObserver((records) => { changes += records.length; });
+        watch.observe(document.getElementById("model-problem"), { subtree: true, childList: true, characterData: true });
+        setTimeout(() => {
+          watch.disconnect();
+          const polls = performance.getEntriesByType("resource").filter((e) => e.name.includes("api/overview")).length;
+          done([polls, changes]);
+        }, 2600);
+        """
+    )
+    assert polls_and_changes[0] >= 1 and polls_and_changes[1] == 0, polls_and_changes
 
 
 def test_an_infer_only_token_is_refused_management_but_can_try(console, browser, tmp_path):
