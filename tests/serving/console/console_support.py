@@ -4,7 +4,7 @@ artifacts go, and the axe-core impacts that fail a page."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,6 @@ class Console:
     store: Path
     sources: Path
     artifacts: Path
-    #: page name -> the axe-core results written for it
-    audits: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:

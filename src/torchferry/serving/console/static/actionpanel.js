@@ -185,7 +185,8 @@ export function actionPanel(name, who, refresh) {
     ),
   );
 
-  const unloadVersion = versionSelect("unload-version", (model) => model.versions[model.versions.length - 1]);
+  // nothing picked for the user: an unload is typed on purpose
+  const unloadVersion = versionSelect("unload-version", () => null);
   const unload = form(
     "Unload a version",
     () =>

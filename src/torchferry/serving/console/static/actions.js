@@ -1,24 +1,15 @@
 // Running a management action: confirm it, send it, and show the server's answer (a
 // refusal included, with its status and message as the server wrote it) in a live region.
 
-import { call } from "./api.js";
+import { call, describeError, errorMessage } from "./api.js";
+import { statusText } from "./http.js";
 import { confirmAction } from "./dialog.js";
-import { h, fill, prettyJSON } from "./dom.js";
+import { h, fill } from "./dom.js";
+import { prettyJSON } from "./format.js";
 
 /** The status region actions report into (role=status, polite). */
 export function statusRegion(id = "action-status") {
   return h(`div.action-status#${id}`, { role: "status", "aria-live": "polite", "aria-atomic": "true" });
-}
-
-const REASONS = {
-  200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
-  401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 413: "Payload Too Large",
-  422: "Unprocessable", 500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
-  503: "Service Unavailable", 504: "Gateway Timeout",
-};
-
-export function statusText(status) {
-  return status ? `${status} ${REASONS[status] || ""}`.trim() : "no answer";
 }
 
 /** What a successful answer says, in a line. */
@@ -53,15 +44,16 @@ export async function runAction(action, region, afterwards = () => {}) {
   region.setAttribute("aria-busy", "true");
   let answer;
   try {
-    answer = await call(action.method, action.url, { json: action.json, throwOnError: false });
+    // a synchronous load may take a while: more time than a poll gets
+    answer = await call(action.method, action.url, { json: action.json, throwOnError: false, timeoutMs: 120000 });
   } catch (err) {
-    answer = { status: err.status || 0, ok: false, text: err.message, json: { error: err.message } };
+    answer = { status: err.status || 0, ok: false, text: "", message: describeError(err) };
   }
   region.removeAttribute("aria-busy");
   const kind = answer.ok ? "ok" : "bad";
   const message = answer.ok
     ? successLine(answer.json)
-    : answer.json?.message || answer.json?.error || answer.text || "no message";
+    : answer.message || errorMessage(answer.status, answer.text);
   fill(
     region,
     h(

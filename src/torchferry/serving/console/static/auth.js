@@ -25,7 +25,8 @@ export function showSignIn(main, message, signedIn) {
   const input = h("input#token-input", {
     type: "password",
     name: "token",
-    autocomplete: "off",
+    // not "off": Chrome still offers to save a password field then; a token is not one
+    autocomplete: "one-time-code",
     required: true,
     spellcheck: "false",
     "aria-describedby": "token-help",

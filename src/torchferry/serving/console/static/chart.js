@@ -1,5 +1,5 @@
-// A small SVG line chart of a few series over time, with an aria-label and a text summary
-// of the latest values (the chart itself is one image to a screen reader).
+// A small SVG line chart of a few series over time, with a text summary of the latest
+// values (the drawing is aria-hidden: the summary carries its figures).
 
 import { h } from "./dom.js";
 
@@ -39,7 +39,6 @@ export function lineChart({ title, series, format, windowSeconds: most = 120 }) 
     const last = [...s.points].reverse().find((p) => p.v !== null && p.v !== undefined);
     return `${s.name}: ${last ? format(last.v) : "no data yet"}`;
   });
-  const summary = `${title}. Latest: ${latest.join("; ") || "no data yet"}.`;
   const times = series.flatMap((s) => s.points.map((p) => p.t));
   const end = times.length ? Math.max(...times) : 0;
   // the x axis grows with the data, from 20 s up to `most`, so a new page is not a sliver
@@ -54,8 +53,8 @@ export function lineChart({ title, series, format, windowSeconds: most = 120 }) 
 
   const chart = svg("svg", {
     viewBox: `0 0 ${WIDTH} ${HEIGHT}`,
-    role: "img",
-    "aria-label": summary,
+    // the drawing says nothing the text summary below it does not
+    "aria-hidden": "true",
     class: "chart",
     preserveAspectRatio: "xMidYMid meet",
   });

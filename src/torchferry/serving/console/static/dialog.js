@@ -1,5 +1,6 @@
 // A confirmation in a modal <dialog>: a clear summary of what will happen, focus on the
-// dialog's Confirm button, Escape (or Cancel) says no, and focus goes back where it was.
+// dialog's Confirm button (on Cancel when the action is destructive, so a stray Enter
+// does nothing), Escape (or Cancel) says no, and focus goes back where it was.
 
 import { h } from "./dom.js";
 
@@ -38,6 +39,6 @@ export function confirmAction(title, lines, { confirmLabel = "Confirm", danger =
     dialog.addEventListener("close", () => finish(false));
     document.body.append(dialog);
     dialog.showModal();
-    confirm.focus();
+    (danger ? cancel : confirm).focus();
   });
 }

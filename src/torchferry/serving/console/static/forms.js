@@ -1,7 +1,7 @@
 // Labelled form fields, version pickers that keep the user's choice across refreshes, and
 // the Load form (shared by the Models page and a model's page).
 
-import { getJSON } from "./api.js";
+import { describeError, getJSON } from "./api.js";
 import { runAction } from "./actions.js";
 import { h } from "./dom.js";
 
@@ -54,7 +54,7 @@ export function loadForm({ model, region, onDone, idPrefix = "load" }) {
       sourcesNote.textContent = `Found under the model source roots: ${roots}${sources.truncated ? " (list cut short)" : ""}.`;
     })
     .catch((err) => {
-      sourcesNote.textContent = `The sources cannot be listed (${err.status || ""} ${err.message}); type one.`;
+      sourcesNote.textContent = `The sources cannot be listed (${describeError(err)}); type one.`;
     });
   const form = h(
     "form.action-form",

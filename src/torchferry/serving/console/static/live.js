@@ -1,29 +1,45 @@
 // A model's live figures: keeps the last readings of api/metrics, turns each pair into
-// per-version rates and quantiles, and draws them (charts plus a table of the latest).
+// per-version rates and quantiles, and draws them: a table of the latest figures that is
+// updated in place, and charts (their drawing hidden from screen readers: the table and
+// each chart's text summary carry the same figures).
 
 import { lineChart } from "./chart.js";
-import { h, ms, num, percent, table } from "./dom.js";
+import { fill, h, syncRows } from "./dom.js";
+import { ms, num, percent } from "./format.js";
 import { intervalFigures } from "./stats.js";
 
 const WINDOW_S = 120;
+const HEADERS = ["Version", "Requests/s", "p50", "p99", "Error rate", "Mean batch", "Queue p50", "Queue p99"];
 
 export class LiveFigures {
   constructor() {
     this.previous = null;
+    this.seconds = null;
     /** version -> [{t, ...figures}] */
     this.series = new Map();
     this.latest = new Map();
+    this.tbody = h("tbody");
+    this.caption = h("caption");
+    this.table = h("table.latest#live-latest", {}, this.caption, h("thead", {}, h("tr", {}, HEADERS.map((name) => h("th", { scope: "col" }, name)))), this.tbody);
+    this.charts = h("div.charts");
   }
 
-  /** Add a reading of api/metrics. */
-  add(reading) {
+  /** Add a reading of api/metrics; `loaded` (version strings) drops the figures of versions gone since. */
+  add(reading, loaded) {
+    for (const version of [...this.series.keys()]) {
+      if (!loaded.includes(version)) {
+        this.series.delete(version);
+        this.latest.delete(version);
+      }
+    }
     if (!reading.available) return;
     const before = this.previous;
     this.previous = reading;
     if (!before) return;
-    const seconds = reading.at - before.at;
+    this.seconds = reading.at - before.at;
     for (const [version, now] of Object.entries(reading.versions)) {
-      const figures = intervalFigures(now, before.versions[version], seconds);
+      if (!loaded.includes(version)) continue;
+      const figures = intervalFigures(now, before.versions[version], this.seconds);
       const points = this.series.get(version) || [];
       points.push({ t: reading.at, ...figures });
       while (points.length && points[0].t < reading.at - WINDOW_S - 5) points.shift();
@@ -48,35 +64,32 @@ export class LiveFigures {
     return lineChart({ title, series, format, windowSeconds: WINDOW_S });
   }
 
-  /** The charts and the latest figures, or why there are none. */
-  view(reading) {
+  /** Bring `box` up to date: the charts and the latest figures, or why there are none. */
+  render(box, reading) {
     if (reading && !reading.available) {
-      return [h("p.notice.notice-warn", {}, `No live figures: ${reading.reason || "metrics are off"}.`)];
+      fill(box, h("p.notice.notice-warn", {}, `No live figures: ${reading.reason || "metrics are off"}.`));
+      return;
     }
     if (!this.versions().length) {
-      return [h("p#live-waiting", {}, "Collecting: the figures appear after two readings (about 4 s).")];
+      fill(box, h("p#live-waiting", {}, "Collecting: the figures appear after two readings (about 4 s)."));
+      return;
     }
     const rows = this.versions().map((version) => {
       const f = this.latest.get(version);
-      return [`v${version}`, num(f.rps), ms(f.p50), ms(f.p99), percent(f.errorRate, 2), num(f.batch), ms(f.queueP50), ms(f.queueP99)];
+      return { key: version, cells: [`v${version}`, num(f.rps), ms(f.p50), ms(f.p99), percent(f.errorRate, 2), num(f.batch), ms(f.queueP50), ms(f.queueP99)] };
     });
-    return [
-      table(
-        "Latest figures (over the last 2 s)",
-        ["Version", "Requests/s", "p50", "p99", "Error rate", "Mean batch", "Queue p50", "Queue p99"],
-        rows,
-        "latest#live-latest",
-      ),
-      h(
-        "div.charts",
-        {},
-        this.chart("Requests per second", "rps", (v) => `${num(v)}/s`),
-        this.chart("Latency p50 and p99 (ms)", "p50", ms, "p99"),
-        this.chart("Error rate", "errorRate", (v) => percent(v, 2)),
-        this.chart("Mean batch size", "batch", num),
-        this.chart("Queue time p50 and p99 (ms)", "queueP50", ms, "queueP99"),
-      ),
-    ];
+    syncRows(this.tbody, rows);
+    const caption = `Latest figures, since the previous reading (${num(this.seconds, 1)} s before)`;
+    if (this.caption.textContent !== caption) this.caption.textContent = caption;
+    fill(
+      this.charts,
+      this.chart("Requests per second", "rps", (v) => `${num(v)}/s`),
+      this.chart("Latency p50 and p99 (ms)", "p50", ms, "p99"),
+      this.chart("Error rate", "errorRate", (v) => percent(v, 2)),
+      this.chart("Mean batch size", "batch", num),
+      this.chart("Queue time p50 and p99 (ms)", "queueP50", ms, "queueP99"),
+    );
+    if (this.table.parentNode !== box) fill(box, this.table, this.charts);
   }
 
   /** Shadow figures from the metrics, per version that has any. */

@@ -2,8 +2,9 @@
 // rollout with its decisions, shadow agreement, and the Actions. Polls every 2 s.
 
 import { actionPanel } from "./actionpanel.js";
-import { call, getJSON } from "./api.js";
-import { bytes, facts, fill, h, num, percent, table } from "./dom.js";
+import { call, describeError, getJSON } from "./api.js";
+import { alertRegion, facts, fill, h, table } from "./dom.js";
+import { bytes, num, percent } from "./format.js";
 import { LiveFigures } from "./live.js";
 import { poller } from "./poll.js";
 import { signatureCell, versionCells } from "./overview.js";
@@ -71,9 +72,10 @@ function shadowView(model, shadow, live) {
 }
 
 export function render(main, ctx) {
+  let poll = null; // none when the token cannot read
   const name = ctx.params.name;
   const live = new LiveFigures();
-  const problem = h("div#model-problem");
+  const problem = alertRegion("model-problem");
   const summaryBox = h("div#model-summary");
   const versionsBox = h("div#model-versions");
   const signatureBox = h("div#model-signature");
@@ -82,13 +84,13 @@ export function render(main, ctx) {
   const shadowBox = h("div#model-shadow");
   // a screen reader hears the rollout's phase change, not the whole section every 2 s
   const announce = h("p.sr-only#rollout-announce", { "aria-live": "polite" });
-  const actions = actionPanel(name, ctx.who, () => poll.now());
+  const actions = actionPanel(name, ctx.who, () => poll?.now());
   const section = (id, title, ...content) => h(`section.card#${id}`, { "aria-labelledby": `${id}-heading` }, h(`h2#${id}-heading`, {}, title), ...content);
   fill(
     main,
     h("p.crumbs", {}, h("a", { href: "#/models" }, "Models"), " / ", name),
     h("h1", {}, `Model ${name}`),
-    problem,
+    problem.element,
     section("sec-summary", "Summary", summaryBox, versionsBox),
     section("sec-signature", "Signature", signatureBox),
     section("sec-live", "Live figures", h("p.help", {}, "Per version, from the server's own metrics; refreshed every 2 s."), liveBox),
@@ -104,18 +106,24 @@ export function render(main, ctx) {
     return true;
   };
 
+  if (!ctx.who.can_read) {
+    // no polling: the server would refuse every read; the Actions stay (the server decides)
+    for (const section of main.querySelectorAll("section.card:not(#actions)")) section.hidden = true;
+    problem.element.after(h("p.notice.notice-warn#read-notice", {}, "This token cannot read this model's figures (that needs the manage or metadata scope)."));
+    return () => {};
+  }
   async function refresh(stopped) {
     try {
       const [overview, metrics] = await Promise.all([
         getJSON("api/overview"),
         getJSON(`api/metrics?model=${encodeURIComponent(name)}`).catch((err) => ({ available: false, reason: err.message })),
       ]);
-      if (stopped()) return;
+      if (stopped()) return true;
       const model = overview.models.find((candidate) => candidate.name === name);
       if (!model) {
-        fill(problem, h("p.notice.notice-bad", { role: "alert" }, `No model named ${name} is loaded.`));
+        problem.show(`No model named ${name} is loaded.`);
       } else {
-        problem.replaceChildren();
+        problem.clear();
         if (changed("summary", [model.default, model.weights, model.shadow, model.versions])) {
           fill(summaryBox, summary(model));
           fill(versionsBox, versionsTable(model));
@@ -131,18 +139,20 @@ export function render(main, ctx) {
           const answer = await call("GET", `../models/${encodeURIComponent(name)}/shadow`, { throwOnError: false });
           shadow = answer.ok ? answer.json : null;
         }
-        live.add(metrics);
-        fill(liveBox, live.view(metrics));
+        live.add(metrics, model.versions.map((v) => String(v.version)));
+        live.render(liveBox, metrics);
         if (changed("shadow", [shadow, live.shadowRows()])) fill(shadowBox, shadowView(model, shadow, live));
       }
+      return true;
     } catch (err) {
-      if (stopped()) return;
-      fill(problem, h("p.notice.notice-bad", { role: "alert" }, `This model cannot be read: ${err.status ? err.status + " " : ""}${err.message}`));
+      if (stopped()) return true;
+      problem.show(`This model cannot be read: ${describeError(err)}`);
       for (const box of [summaryBox, signatureBox, liveBox, rolloutBox, shadowBox]) {
         if (!box.childElementCount) fill(box, h("p.help", {}, "Not available: see the message above."));
       }
+      return false;
     }
   }
-  const poll = poller(refresh, REFRESH_MS);
+  poll = poller(refresh, REFRESH_MS);
   return () => poll.stop();
 }

@@ -3,8 +3,9 @@
 // and the Load action for a new model or version.
 
 import { statusRegion } from "./actions.js";
-import { getJSON } from "./api.js";
-import { bytes, h, fill } from "./dom.js";
+import { describeError, getJSON } from "./api.js";
+import { alertRegion, h, fill, syncRows } from "./dom.js";
+import { bytes } from "./format.js";
 import { loadForm } from "./forms.js";
 import { poller } from "./poll.js";
 import { modelLink, signatureCell, versionCells } from "./overview.js";
@@ -23,37 +24,22 @@ function rowCells(model, version) {
 
 const HEADERS = ["Model", "Version", "State", "Default", "Weight", "Runtime", "Handler", "Size", "Signature", "Source"];
 
-/**
- * Bring tbody up to date row by row: a row whose data did not change is left alone, so a
- * focused link in it keeps its focus and the page keeps its scroll.
- */
-function updateRows(tbody, overview) {
+function rows(overview) {
   const wanted = [];
   for (const model of overview.models) {
-    const versions = model.versions.length ? model.versions : [null];
-    for (const version of versions) {
-      const key = `${model.name}/${version ? version.version : "-"}`;
-      wanted.push({ key, data: JSON.stringify([model.name, version]), model, version });
+    if (!model.versions.length) {
+      wanted.push({ key: `${model.name}/-`, cells: [modelLink(model.name), "—", "no versions", "", "", "", "", "", "", ""] });
     }
+    for (const version of model.versions) wanted.push({ key: `${model.name}/${version.version}`, cells: rowCells(model, version) });
   }
-  const existing = new Map([...tbody.rows].map((row) => [row.dataset.key, row]));
-  const rows = wanted.map(({ key, data, model, version }) => {
-    const old = existing.get(key);
-    if (old && old.dataset.data === data) return old;
-    const cells = version ? rowCells(model, version) : [modelLink(model.name), "—", "no versions", "", "", "", "", "", "", ""];
-    const row = h("tr", { dataset: { key, data } }, cells.map((cell, i) => (i === 0 ? h("th", { scope: "row" }, cell) : h("td", {}, cell))));
-    if (old) old.replaceWith(row);
-    return row;
-  });
-  for (const [key, row] of existing) if (!wanted.some((w) => w.key === key)) row.remove();
-  const inOrder = [...tbody.rows].every((row, i) => row === rows[i]) && tbody.rows.length === rows.length;
-  if (!inOrder) tbody.append(...rows);
+  return wanted;
 }
 
 export function render(main, ctx) {
+  let poll = null; // none when the token cannot read
   const updated = h("span#models-updated", {}, "loading…");
   const tbody = h("tbody");
-  const problem = h("div#models-problem", { role: "alert" });
+  const problem = alertRegion("models-problem");
   const empty = h("p#models-empty", { hidden: true }, "No models are loaded. Load one below.");
   const region = statusRegion("load-status");
   const readOnly = !ctx.who.can_manage
@@ -62,7 +48,7 @@ export function render(main, ctx) {
   fill(
     main,
     h("h1", {}, "Models"),
-    problem,
+    problem.element,
     h(
       "table.models#models-table",
       {},
@@ -76,23 +62,31 @@ export function render(main, ctx) {
       { "aria-labelledby": "load-heading" },
       h("h2#load-heading", {}, "Load a model"),
       readOnly,
-      loadForm({ model: null, region, onDone: () => poll.now(), idPrefix: "load" }),
+      loadForm({ model: null, region, onDone: () => poll?.now(), idPrefix: "load" }),
       region,
     ),
   );
+  if (!ctx.who.can_read) {
+    // no polling: the server would refuse every read, every 3 s
+    updated.textContent = "never (this token cannot read)";
+    fill(tbody, h("tr", {}, h("td", { colspan: HEADERS.length }, "This token cannot read the models (it needs the manage or metadata scope).")));
+    return () => {};
+  }
   async function refresh(stopped) {
     try {
       const overview = await getJSON("api/overview");
-      if (stopped()) return;
-      updateRows(tbody, overview);
+      if (stopped()) return true;
+      syncRows(tbody, rows(overview));
       empty.hidden = overview.models.length > 0;
       updated.textContent = new Date().toLocaleTimeString();
-      problem.replaceChildren();
+      problem.clear();
+      return true;
     } catch (err) {
-      if (stopped()) return;
-      fill(problem, h("p.notice.notice-bad", {}, `The models cannot be read: ${err.status ? err.status + " " : ""}${err.message}`));
+      if (stopped()) return true;
+      problem.show(`The models cannot be read: ${describeError(err)}`);
+      return false;
     }
   }
-  const poll = poller(refresh, REFRESH_MS);
+  poll = poller(refresh, REFRESH_MS);
   return () => poll.stop();
 }

@@ -28,7 +28,8 @@ export function stateCell(version) {
 }
 
 export function signatureCell(version) {
-  const kind = { signed: "ok", unsigned: "muted", refused: "bad" }[version.signature_status] || "muted";
+  // signed: a trusted key verified it; unverified: signed, but no trusted key checked it
+  const kind = { signed: "ok", unverified: "warn", unsigned: "muted", refused: "bad" }[version.signature_status] || "muted";
   return h(
     "span",
     {},

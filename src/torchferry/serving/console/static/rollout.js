@@ -2,7 +2,8 @@
 // aborted) with the current phase marked, what is going on now, and every decision with
 // the figures that decided it.
 
-import { h, ms, num, percent, table, when } from "./dom.js";
+import { h, table } from "./dom.js";
+import { ms, num, percent, when } from "./format.js";
 
 const PHASES = [
   ["pending", "pending"],
@@ -11,6 +12,15 @@ const PHASES = [
   ["rolled_back", "rolled back"],
   ["aborted", "aborted"],
 ];
+
+// a fixed set of class names: the server's text never reaches a selector or a class
+const VERDICT_CLASSES = { advance: "verdict-advance", promote: "verdict-promote", rollback: "verdict-rollback", abort: "verdict-abort" };
+
+function verdictBadge(verdict) {
+  const badge = h("span.verdict", {}, String(verdict));
+  badge.classList.add(VERDICT_CLASSES[verdict] || "verdict-other");
+  return badge;
+}
 
 export function phaseName(phase) {
   return (PHASES.find(([key]) => key === phase) || [phase, phase])[1];
@@ -65,7 +75,7 @@ export function rolloutView(status) {
     when(d.at),
     d.step < 0 ? "shadow" : `${d.step + 1}`,
     `${d.weight} %`,
-    h(`span.verdict.verdict-${d.verdict}`, {}, d.verdict),
+    verdictBadge(d.verdict),
     d.reason,
     figures(d.canary),
     figures(d.stable),

@@ -1,8 +1,9 @@
 // The Server page: build and package versions, uptime and restarts, the workers and their
 // state, every listener with its TLS / mTLS / auth state, the store and signing policy.
 
-import { getJSON } from "./api.js";
-import { badge, duration, facts, fill, h, table, when } from "./dom.js";
+import { describeError, getJSON } from "./api.js";
+import { alertRegion, badge, facts, fill, h, table } from "./dom.js";
+import { duration, when } from "./format.js";
 import { poller } from "./poll.js";
 
 const REFRESH_MS = 3000;
@@ -60,14 +61,20 @@ function view(server) {
   ];
 }
 
-export function render(main) {
+export function render(main, ctx) {
+  const problem = alertRegion("server-problem");
   const body = h("div#server-body", {}, h("p", {}, "Loading…"));
-  fill(main, h("h1", {}, "Server"), body);
+  fill(main, h("h1", {}, "Server"), problem.element, body);
+  if (!ctx.who.can_read) {
+    fill(body, h("p.notice.notice-warn", {}, "This token cannot read the server's description (it needs the manage or metadata scope)."));
+    return () => {};
+  }
   let last = null;
   const poll = poller(async (stopped) => {
     try {
       const server = await getJSON("api/server");
-      if (stopped()) return;
+      if (stopped()) return true;
+      problem.clear();
       // uptime changes every time; redraw only the rest when it changes
       const { uptime_s: _, ...rest } = server;
       const text = JSON.stringify(rest);
@@ -78,10 +85,14 @@ export function render(main) {
         const uptime = [...body.querySelectorAll("dt")].find((dt) => dt.textContent === "Uptime");
         if (uptime) uptime.nextElementSibling.textContent = duration(server.uptime_s);
       }
+      return true;
     } catch (err) {
-      if (stopped()) return;
-      last = null;
-      fill(body, h("p.notice.notice-bad", { role: "alert" }, `The server cannot be described: ${err.status ? err.status + " " : ""}${err.message}`));
+      if (stopped()) return true;
+      // the last description read stays on the page, under the notice
+      const shown = last === null ? "" : " (what follows is the last description read)";
+      problem.show(`The server cannot be described: ${describeError(err)}${shown}`);
+      if (last === null) fill(body, h("p.help", {}, "Not available: see the message above."));
+      return false;
     }
   }, REFRESH_MS);
   return () => poll.stop();

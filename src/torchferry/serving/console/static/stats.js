@@ -1,7 +1,10 @@
 // Rates and quantiles from two readings of cumulative counters (GET api/metrics), the way
 // Prometheus' rate() and histogram_quantile() compute them.
 
-/** Cumulative bucket counts of `now` minus those of `before` (a restart resets: use now). */
+/**
+ * Cumulative bucket counts of `now` minus those of `before`; null when there is no
+ * earlier reading or a count went down (a worker restarted: that interval is skipped).
+ */
 function bucketDelta(now, before) {
   if (!now) return null;
   if (!before || before.counts.length !== now.counts.length) return null;

@@ -2,16 +2,24 @@
 // file; send it through the console's forwarder (api/try/...) and see the status, the
 // answer, the latency (in the page and the server's) and the request's id and version.
 
-import { authHeaders, getJSON, errorMessage } from "./api.js";
-import { statusText } from "./actions.js";
-import { facts, fill, h, ms, prettyJSON } from "./dom.js";
+import { call, describeError, getJSON, errorMessage } from "./api.js";
+import { statusRegion } from "./actions.js";
+import { statusText } from "./http.js";
+import { facts, fill, h } from "./dom.js";
+import { ms, prettyJSON } from "./format.js";
 import { field, input, syncOptions } from "./forms.js";
 import { NpyError, parseNpy } from "./npy.js";
 import { decodeAnswer, topK, topKTable } from "./tryanswer.js";
 import { PROTOCOLS, RequestError, buildRequest } from "./tryrequest.js";
 
 /** Remembered across visits to the page (not the token: that lives in session.js). */
-const remembered = { model: "", version: "", protocol: "predict", kind: "image", json: "" };
+const FRESH = { model: "", version: "", protocol: "predict", kind: "image", json: "" };
+const remembered = { ...FRESH };
+
+/** Sign out: the next person at this tab does not see what was tried. */
+export function forget() {
+  Object.assign(remembered, FRESH);
+}
 
 function radio(name, value, text, checked) {
   const id = `${name}-${value}`;
@@ -23,7 +31,7 @@ function radio(name, value, text, checked) {
   );
 }
 
-export function render(main) {
+export function render(main, ctx) {
   let overview = null;
   const model = input({ id: "try-model", list: "try-models", autocomplete: "off", required: true, value: remembered.model });
   const models = h("datalist#try-models");
@@ -61,8 +69,9 @@ export function render(main) {
     for (const [name, panel] of Object.entries(panels)) panel.hidden = name !== kind;
   };
   kinds.addEventListener("change", showKind);
+  // aria-disabled, not disabled, while a request runs: a disabled button drops the focus
   const send = h("button#try-send", { type: "submit" }, "Send");
-  const status = h("div.action-status#try-status", { role: "status", "aria-live": "polite", "aria-atomic": "true" });
+  const status = statusRegion("try-status");
   const result = h("div#try-result");
 
   const signatureOf = () => {
@@ -108,7 +117,7 @@ export function render(main) {
   showKind();
   describeModel();
 
-  getJSON("api/overview")
+  (ctx.who.can_read ? getJSON("api/overview") : Promise.reject(new Error("this token cannot read")))
     .then((answer) => {
       overview = answer;
       models.replaceChildren(...answer.models.map((m) => h("option", { value: m.name })));
@@ -142,6 +151,7 @@ export function render(main) {
   }
 
   async function submit() {
+    if (send.getAttribute("aria-disabled") === "true") return; // one request at a time
     remembered.model = model.value.trim();
     remembered.version = version.value.trim();
     remembered.protocol = protocol.value;
@@ -161,22 +171,19 @@ export function render(main) {
       result.replaceChildren();
       return;
     }
-    send.disabled = true;
+    send.setAttribute("aria-disabled", "true");
     fill(status, h("p.notice.notice-info", {}, "Sending…"));
     const began = performance.now();
     let response;
-    let bytes;
     try {
-      response = await fetch(request.path, { method: "POST", body: request.body, headers: authHeaders(request.headers), cache: "no-store", credentials: "omit" });
-      bytes = new Uint8Array(await response.arrayBuffer());
+      response = await call("POST", request.path, { body: request.body, headers: request.headers, raw: true, throwOnError: false, timeoutMs: 60000 });
     } catch (err) {
-      send.disabled = false;
-      fill(status, h("p.notice.notice-bad", {}, `No answer: ${err.message}`));
+      fill(status, h("p.notice.notice-bad", {}, `No answer: ${describeError(err)}`));
       return;
+    } finally {
+      send.removeAttribute("aria-disabled");
     }
-    const roundTrip = performance.now() - began;
-    send.disabled = false;
-    show(response, bytes, roundTrip);
+    show(response, response.bytes, performance.now() - began);
   }
 
   function show(response, bytes, roundTrip) {
