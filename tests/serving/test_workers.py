@@ -94,7 +94,7 @@ def test_a_killed_worker_is_replaced_within_5_s_while_the_other_keeps_serving(
     store_root, start_server, tmp_path
 ):
     args = ["--store", store_root, "--model", "adder", "--workers", "2", "--no-grpc"]
-    with start_server(args, tmp_path / "server.log") as server:
+    with start_server(args, tmp_path / "server.log", warm_spare=True) as server:
         wait_for(lambda: len(serving_pids(server)) == 2, 30, "both workers serve")
         before = serving_pids(server)
         with Load(server.url, "/v2/models/adder/infer", BODY, clients=4).running() as load:
@@ -132,6 +132,9 @@ def test_sigterm_under_load_answers_every_accepted_request(store_root, start_ser
         load = Load(server.url, "/v2/models/adder/infer", BODY, clients=8, stop_on_error=True)
         with load.running():
             wait_for(lambda: len(load.outcomes) > 100, 30, "load is flowing")
+            # --no-warm-spare (the test servers' default): the supervisor's children are
+            # its two workers, and no spare waits beside them
+            assert sorted(server.worker_pids()) == sorted(serving_pids(server).values())
             signalled = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
             code = server.process.wait(timeout=60)
@@ -185,7 +188,7 @@ def test_a_model_that_aborts_takes_down_only_its_worker_which_comes_back(
 ):
     args = ["--store", aborting_store, "--trust-code", "--workers", "2", "--no-grpc"]
     poison = {"inputs": [{**ROW, "data": [666.0, 0.0, 0.0, 0.0]}]}
-    with start_server(args, tmp_path / "server.log") as server:
+    with start_server(args, tmp_path / "server.log", warm_spare=True) as server:
         wait_for(lambda: len(serving_pids(server)) == 2, 60, "both workers serve")
         before = serving_pids(server)
         with httpx.Client(base_url=server.url, timeout=30) as client:

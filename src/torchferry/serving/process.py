@@ -134,9 +134,14 @@ def serve_in_subprocess(
     timeout: float = 90.0,
     env: dict[str, str] | None = None,
     verify: ssl.SSLContext | None = None,
+    warm_spare: bool = False,
 ) -> Iterator[ServerProcess]:
     """Run ``torchferry serve ARGS --port FREE --grpc-port FREE --metrics-port FREE
     --management-port FREE`` until the block ends.
+
+    No warm spare unless ``warm_spare`` (``--no-warm-spare``): a server that lives for one
+    test would spend a core-second importing a process that replaces nobody, and the tests
+    of restarts ask for one.
 
     ARGS with ``--no-grpc``/``--no-metrics``/``--no-management`` or their own ports keep those; ``env`` adds to
     the server's environment. ARGS with ``--tls-cert`` make an https server: ``verify`` (a
@@ -146,6 +151,8 @@ def serve_in_subprocess(
     """
     port, free_grpc_port, free_metrics_port, free_management_port = free_ports(4)
     command = [sys.executable, "-m", "torchferry.cli", "serve", *args, port_flag, str(port)]
+    if not warm_spare:
+        command.append("--no-warm-spare")
     grpc_port = _port_option(args, command, "--grpc-port", "--no-grpc", free_grpc_port)
     metrics_port = _port_option(args, command, "--metrics-port", "--no-metrics", free_metrics_port)
     management_port = _port_option(

@@ -91,6 +91,9 @@ class ServerSettings(BaseModel):
     workers: int = Field(default=1, ge=1)
     #: Seconds a drain (SIGTERM, SIGINT) waits for accepted requests before it stops them.
     drain_timeout_s: float = Field(default=30.0, gt=0)
+    #: Keep one worker process started and waiting (the serving stack imported), so a
+    #: crashed worker's replacement only loads its models; off saves that process's memory.
+    warm_spare: bool = True
     #: Prometheus metrics (Triton's per-model counters, latency and batch histograms) on this
     #: port (same host), summed over the workers; no metrics when None.
     metrics_port: int | None = Field(default=8002, ge=0, le=65535)

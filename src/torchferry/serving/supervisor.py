@@ -388,7 +388,7 @@ class Supervisor:
         """Have a warm spare ready: a worker process that has imported everything and waits.
         A crashed worker's replacement then only loads its models (no interpreter start, no
         imports: seconds saved on a small machine, while the other workers are busy)."""
-        if self._spare is None and not self.draining:
+        if self._spare is None and not self.draining and self.settings.warm_spare:
             spare = await self._spawn()
             if self.draining or self._spare is not None:
                 spare.channel.close()
