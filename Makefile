@@ -32,7 +32,12 @@ demo: $(VENV)/.installed-demo
 
 # -n auto: a worker per core (at most 4), each taking whole test files, so a module's
 # shared server is started once
+# compileall first: pip compiles every package it installs but not an editable install's
+# own source, and where PYTHONDONTWRITEBYTECODE is set (as on these machines) every server,
+# worker and CLI process the tests start would otherwise compile torchferry again in memory
+# (~0.5 s of CPU each, hundreds of processes); up-to-date files are skipped
 test: $(VENV)/.installed-test
+	$(BIN)/python -m compileall -q src
 	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 # ruff (style and bugs), mypy (types, see [tool.mypy]) and import-linter (the layers of
