@@ -110,6 +110,12 @@ def listen_shared(host: str, port: int) -> socket.socket:
 LOOPBACK = "127.0.0.1"
 
 
+def host_port(host: str, port: int | None) -> str:
+    """``host:port``, an IPv6 host in brackets (``[::1]:8081``), as gRPC targets, URLs and
+    log lines write it."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -99,12 +99,13 @@ async def model_metrics(request: Request, model: str | None = None) -> Response:
     if not model:
         raise InvalidInput("metrics: name the model, as ?model=NAME")
     management_of(request).require(model)
-    server = console_of(request).server
-    at = time.time()
+    console = console_of(request)
+    server = console.server
     if server is None or server.metrics_dir is None:
         reason = UNDER_RAY if server is None else METRICS_OFF
-        return JSONResponse({"at": at, "available": False, "reason": reason, "versions": {}})
-    at, metrics = await console_of(request).metrics.read(server.metrics_dir)
+        answer = {"at": time.time(), "available": False, "reason": reason, "versions": {}}
+        return JSONResponse(answer)
+    at, metrics = await console.metrics.read(server.metrics_dir)
     versions = version_figures(metrics, model)
     return JSONResponse({"at": at, "available": True, "reason": None, "versions": versions})
 
@@ -145,9 +146,9 @@ class MetricsReading:
 @router.get("/server", summary="The server: build, workers, listeners, load policies")
 async def server(request: Request) -> Response:
     console = console_of(request)
-    address = request.scope.get("server")
-    port = address[1] if address else management_of(request).settings.management_port
     settings = management_of(request).settings
+    address = request.scope.get("server")
+    port = address[1] if address else settings.management_port
     return JSONResponse(server_page(settings, console.server, console.made_at, port))
 
 

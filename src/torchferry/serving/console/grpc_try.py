@@ -31,6 +31,7 @@ from torchferry.serving.console.proxy import (
     read_body,
 )
 from torchferry.serving.console.server_view import ServerView
+from torchferry.serving.listen import host_port
 from torchferry.serving.management.answers import JSONResponse
 from torchferry.serving.protos.inference_pb2_grpc import GRPCInferenceServiceStub
 from torchferry.serving.settings import ServerSettings
@@ -74,8 +75,7 @@ def grpc_target(settings: ServerSettings) -> str:
         raise ProxyUnsupported(NO_GRPC)
     if settings.tls_cert is not None:
         raise ProxyUnsupported(NEEDS_PLAINTEXT)
-    host = reachable_host(settings.host)
-    return f"[{host}]:{settings.grpc_port}" if ":" in host else f"{host}:{settings.grpc_port}"
+    return host_port(reachable_host(settings.host), settings.grpc_port)
 
 
 async def try_grpc(

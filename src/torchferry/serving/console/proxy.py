@@ -37,6 +37,7 @@ from torchferry.errors import (
     PayloadTooLarge,
     TorchferryError,
 )
+from torchferry.serving.listen import host_port
 from torchferry.serving.management.answers import triton_error
 from torchferry.serving.settings import ServerSettings
 
@@ -104,10 +105,7 @@ def inference_path(path: str) -> str:
 
 
 def base_url(settings: ServerSettings) -> str:
-    host = reachable_host(settings.host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{settings.scheme}://{host}:{settings.port}"
+    return f"{settings.scheme}://{host_port(reachable_host(settings.host), settings.port)}"
 
 
 class Forwarder:

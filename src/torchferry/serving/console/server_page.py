@@ -12,7 +12,7 @@ from typing import Any
 
 from torchferry._version import __version__
 from torchferry.serving.console.server_view import ServerView, WorkerView
-from torchferry.serving.listen import LOOPBACK
+from torchferry.serving.listen import LOOPBACK, host_port
 from torchferry.serving.settings import ServerSettings
 
 #: The packages whose versions the page shows, where installed (never imported here).
@@ -33,10 +33,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return found
-
-
-def address(host: str, port: int | None) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def worker_view(worker: WorkerView, now: float, monotonic_now: float) -> dict[str, Any]:
@@ -68,7 +64,7 @@ def listeners(
     def listener(name: str, host: str, port: int | None, scheme: str) -> dict[str, Any]:
         return {
             "name": name,
-            "address": address(host, port),
+            "address": host_port(host, port),
             "scheme": scheme,
             "tls": tls,
             "mtls": mtls,

@@ -45,6 +45,7 @@ from torchferry.errors import (
 )
 from torchferry.serving.auth.keyring import authorization_of
 from torchferry.serving.dataplane import DataPlane, InferRequest, InferResponse, RequestedOutput
+from torchferry.serving.listen import host_port
 from torchferry.serving.protocols.common import (
     TRAFFIC_KEY_HEADER,
     TRAFFIC_KEY_PARAMETER,
@@ -348,10 +349,6 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 # -- lifecycle -----------------------------------------------------------------------------------
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
 async def start_grpc_server(
     plane: DataPlane, settings: ServerSettings, port: int, share_port: bool = False
 ) -> aio.Server:
@@ -365,7 +362,7 @@ async def start_grpc_server(
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
     )
     add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
-    address = _address(settings.host, port)
+    address = host_port(settings.host, port)
     try:
         if files is None:
             bound = server.add_insecure_port(address)
@@ -380,7 +377,7 @@ async def start_grpc_server(
         )
     await server.start()
     scheme = " (TLS)" if files is not None else ""
-    log.info("KServe V2 gRPC on %s%s", _address(settings.host, bound), scheme)
+    log.info("KServe V2 gRPC on %s%s", host_port(settings.host, bound), scheme)
     return server
 
 
