@@ -12,6 +12,10 @@
 #   TORCH_INDEX_URL  where torch comes from (default: the PyTorch CPU index, so no CUDA
 #                    wheels; empty: pip's configured index, as for every other package)
 #   EXTRAS           the project's extras, comma separated (default: none; e.g. "otel")
+#   BYTECODE         what to compile: "all" (default: every package, as the image needs)
+#                    or "no-torch" (all but torch and sympy, which a server of ONNX models
+#                    never imports: for the image's test, on 2 CI cores where they cost
+#                    most of a CPU-minute)
 set -eu
 
 if [ "$#" -ne 2 ]; then
@@ -25,6 +29,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 : "${TORCH:=torch==2.13.0}"
 : "${TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu}"
 : "${EXTRAS:=}"
+: "${BYTECODE:=all}"
 
 "$PYTHON" -m venv "$venv"
 pip_install() {
@@ -46,5 +51,9 @@ install -m 0755 "$here/healthcheck.py" "$venv/bin/torchferry-healthcheck"
 # unchecked-hash: a .pyc is used without comparing its source's mtime, which a copy between
 # build stages need not keep; nothing in the image changes a source file. torch's test
 # helpers are left out: one of them is Python 3.12 syntax, and serving never imports them.
+skipped='/torch/testing/_internal/'
+if [ "$BYTECODE" = no-torch ]; then
+    skipped='/site-packages/(torch|sympy)/'
+fi
 "$venv/bin/python" -m compileall -q -j 0 --invalidation-mode unchecked-hash \
-    -x '/torch/testing/_internal/' "$venv/lib"
+    -x "$skipped" "$venv/lib"

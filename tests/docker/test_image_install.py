@@ -231,6 +231,7 @@ def installed() -> Iterator[Installed]:
         install = ["sh", str(source / "docker/install.sh"), str(venv), str(source)]
         # the plain index: this machine's pip finds a CPU torch of the image's version on disk
         env = {**os.environ, "PYTHON": _interpreter(), "TORCH_INDEX_URL": ""}
+        env["BYTECODE"] = "no-torch"  # the server below never imports them; the image does all
         env["TORCH"] = stages()[0].assignments("ARG")["TORCH"]
         done = subprocess.run(
             install, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S
