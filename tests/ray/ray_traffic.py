@@ -34,6 +34,9 @@ class Loop:
     threads: int = 4
     answers: list[Answer] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    #: Seconds each thread rests between requests: steady traffic, not closed loops that
+    #: take the cores the deploy under test needs (CI has 2).
+    pause_s: float = 0.01
 
     def _run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=30) as client:
@@ -48,6 +51,7 @@ class Loop:
                 self.answers.append(
                     Answer(sent, time.monotonic(), outcome, int(version) if version else None)
                 )
+                self.stop.wait(self.pause_s)
 
     def failures(self) -> list[Answer]:
         return [a for a in self.answers if not a.ok]
