@@ -16,6 +16,7 @@ from versions_store import WEIGHTS, write_lin
 
 from torchferry.archive import ModelStore
 from torchferry.errors import Overloaded, TorchferryError
+from torchferry.serving.describe import version_record
 from torchferry.serving.repository import LoadedModel, ModelRepository
 from torchferry.serving.residency import estimate_bytes
 from torchferry.serving.settings import ServerSettings
@@ -100,7 +101,7 @@ def test_a_busy_version_is_never_evicted_and_a_load_waits_then_503(store, size):
         await residency.ensure(m["a"], None)
         m["a"].inflight = 1  # a request in flight, as the data plane counts it
         started = time.monotonic()
-        with pytest.raises(Overloaded, match="memory budget .* is full of busy models") as info:
+        with pytest.raises(Overloaded, match=r"memory budget .* is full of busy models") as info:
             await residency.ensure(m["b"], None)
         waited = time.monotonic() - started
         assert 0.25 < waited < 2.0  # --request-timeout bounds the wait
@@ -167,3 +168,24 @@ def test_a_broken_graph_fails_its_request_not_the_start(tmp_path: Path, store, s
         asyncio.run(residency.ensure(repo.get("a"), None))
     assert residency.used_bytes == 0
     asyncio.run(repo.close())
+
+
+def test_a_management_load_makes_room_and_the_record_says_what_is_resident(
+    two, size, tmp_path: Path
+):
+    residency, m = two.residency, models(two)
+    assert residency is not None
+    path = write_lin(ModelStore(tmp_path), 2, WEIGHTS, name="c")
+
+    async def run() -> LoadedModel:
+        await residency.ensure(m["a"], None)
+        await residency.ensure(m["b"], None)
+        new = await two.prepare("c", 2, path)  # loaded and warmed up, as without a budget
+        two.activate("c", 2)
+        return new
+
+    new = asyncio.run(run())
+    assert resident(two) == ["b", "c"] and new.resident
+    assert version_record(new)["resident"] is True
+    assert version_record(m["a"])["resident"] is False
+    assert residency.used_bytes == 2 * size

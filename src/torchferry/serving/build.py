@@ -53,7 +53,10 @@ def build_version(
     try:
         engine = runtime_class(runtime_for(manifest, settings))
         runtime = engine(
-            archive, device=settings.device, threads=settings.threads, trust_code=settings.trust_code
+            archive,
+            device=settings.device,
+            threads=settings.threads,
+            trust_code=settings.trust_code,
         )
         if load:
             runtime.load()
