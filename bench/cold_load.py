@@ -73,7 +73,7 @@ def measure(model: str, runtime: str, loads: int, work: Path) -> dict[str, Any]:
         "--no-management", "--log-format", "json", "--no-access-log",
     ]  # fmt: skip
     cold, total, warm = [], [], []
-    with serve_in_subprocess(args, log) as server, server.client(timeout=120) as http:
+    with serve_in_subprocess(args, log) as server, server.client() as http:
         for index in range(2 * loads):
             name = "ab"[index % 2]
             started = time.perf_counter()

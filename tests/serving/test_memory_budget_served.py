@@ -134,9 +134,10 @@ def test_grpc_reports_a_cold_load_in_its_trailer(budget_server):
     assert "torchferry-cold-load" not in warm
 
 
-def test_loads_and_evictions_are_logged(budget_server):
+def test_loads_evictions_and_cold_requests_are_logged(budget_server):
     server, _ = budget_server
     log: Path | None = server.log
     assert log is not None
     text = log.read_text()
-    assert "m00' version 1 resident in" in text and "evicted" in text
+    assert "m00' version 1 resident in" in text and "m00' version 1 evicted" in text
+    assert "m00:1 rows=2 batch=2" in text and " cold_load=" in text  # the access log
