@@ -20,6 +20,7 @@ from torchferry.serving.describe import version_record
 from torchferry.serving.repository import LoadedModel, ModelRepository
 from torchferry.serving.residency import estimate_bytes
 from torchferry.serving.settings import ServerSettings
+from torchferry.serving.shadow import Shadows
 
 NAMES = ("a", "b", "c")
 
@@ -189,3 +190,23 @@ def test_a_management_load_makes_room_and_the_record_says_what_is_resident(
     assert version_record(new)["resident"] is True
     assert version_record(m["a"])["resident"] is False
     assert residency.used_bytes == 2 * size
+
+
+def test_a_mirror_loads_a_cold_shadow_version(two):
+    """A shadow version that is not resident is loaded by the mirror itself (in its own
+    task), and compared as usual."""
+    residency, m = two.residency, models(two)
+    assert residency is not None
+    shadows = Shadows(False, 5.0, residency)
+    x = np.ones((2, 4), np.float32)
+
+    async def run() -> None:
+        await two.start()
+        await residency.ensure(m["a"], None)
+        primary = m["a"].runtime.infer({"x": x})
+        shadows.mirror(m["a"], m["b"], {"x": x}, primary)
+        await shadows.close(5.0)
+        assert m["b"].resident and m["b"].stats.compared == 2
+        await two.close()  # on the loop its batchers run on
+
+    asyncio.run(run())
