@@ -16,11 +16,11 @@ from versions_store import WEIGHTS, write_lin
 
 from torchferry.archive import ModelStore
 from torchferry.errors import Overloaded, TorchferryError
-from torchferry.serving.describe import version_record
 from torchferry.serving.repository import LoadedModel, ModelRepository
 from torchferry.serving.residency import estimate_bytes
 from torchferry.serving.settings import ServerSettings
 from torchferry.serving.shadow import Shadows
+from torchferry.serving.worker import worker_status
 
 NAMES = ("a", "b", "c")
 
@@ -171,7 +171,7 @@ def test_a_broken_graph_fails_its_request_not_the_start(tmp_path: Path, store, s
     asyncio.run(repo.close())
 
 
-def test_a_management_load_makes_room_and_the_record_says_what_is_resident(
+def test_a_management_load_makes_room_and_the_status_says_what_is_resident(
     two, size, tmp_path: Path
 ):
     residency, m = two.residency, models(two)
@@ -186,10 +186,12 @@ def test_a_management_load_makes_room_and_the_record_says_what_is_resident(
         return new
 
     new = asyncio.run(run())
-    assert resident(two) == ["b", "c"] and new.resident
-    assert version_record(new)["resident"] is True
-    assert version_record(m["a"])["resident"] is False
-    assert residency.used_bytes == 2 * size
+    assert resident(two) == ["b", "c"] and new.resident and not m["a"].resident
+    assert worker_status(two, 0, True, False)["memory"] == {
+        "budget_bytes": residency.budget_bytes,
+        "used_bytes": 2 * size,
+        "resident": [{"name": "b", "version": 1}, {"name": "c", "version": 2}],
+    }
 
 
 def test_a_mirror_loads_a_cold_shadow_version(two):

@@ -33,8 +33,6 @@ class Describable(Protocol):
     def load_seconds(self) -> float: ...
     @property
     def signing(self) -> str: ...
-    @property
-    def resident(self) -> bool: ...
 
 
 def _tensors(specs: Any) -> list[dict[str, Any]]:
@@ -65,8 +63,6 @@ def version_record(model: Describable) -> dict[str, Any]:
         "signed": model.signing != "unsigned",
         "signature": model.signing,
         "load_seconds": round(model.load_seconds, 4),
-        # its engines are loaded (always, without --memory-budget)
-        "resident": model.resident,
     }
 
 

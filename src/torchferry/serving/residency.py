@@ -303,6 +303,14 @@ class Residency:
         """The resident versions, least recently used first."""
         return list(self._lru)
 
+    def status(self) -> dict[str, Any]:
+        """This worker's budget as plain JSON (its status to the supervisor)."""
+        return {
+            "budget_bytes": self.budget_bytes,
+            "used_bytes": self.used_bytes,
+            "resident": [{"name": m.name, "version": m.version} for m in self._lru],
+        }
+
     def _report(self) -> None:
         if self.metrics_on:
             metrics.resident_bytes(self.used_bytes)
