@@ -17,6 +17,7 @@ from torchferry.archive.store import Archive, ModelStore
 from torchferry.errors import ArchiveError, ModelError, ModelNotReady, UntrustedCode
 from torchferry.export import export, load_model
 from torchferry.runtimes import load_runtime
+from torchferry.runtimes.eager import EagerRuntime
 
 BRANCHY = '''
 import torch
@@ -190,3 +191,13 @@ def test_a_closed_runtime_loads_again_and_answers_the_same(exported):
         np.testing.assert_allclose(runtime.infer({"x": x})["y"], eager(model, x), atol=1e-6)
     finally:
         runtime.close()
+
+
+def test_check_refuses_untrusted_code_without_loading(exported):
+    """What a memory budget's start runs instead of ``load``: the same refusal, up front."""
+    archive, _ = exported
+    with pytest.raises(UntrustedCode, match="--trust-code"):
+        EagerRuntime(archive, threads=1).check()
+    trusted = EagerRuntime(archive, threads=1, trust_code=True)
+    trusted.check()
+    assert trusted.module is None  # nothing was loaded

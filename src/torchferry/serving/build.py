@@ -60,6 +60,8 @@ def build_version(
         )
         if load:
             runtime.load()
+        else:
+            runtime.check()
     except Exception as exc:
         if not warm_up:  # at start: the error itself, whose class says what to do
             raise
