@@ -188,8 +188,10 @@ class ModelRepository:
 
     def _estimate(self, archive: Archive) -> int:
         """What a version's engines count against the memory budget (``residency.py``)."""
-        instances = getattr(archive.manifest.batching, "instances", 1)  # contract: batch part
-        return estimate_bytes(archive, runtime_for(archive.manifest, self.settings), instances)
+        manifest = archive.manifest
+        batching = manifest.batching.model_copy(update=self.settings.batching_for(manifest.name))
+        instances = getattr(batching, "instances", 1)  # contract: the batch part's instances
+        return estimate_bytes(archive, runtime_for(manifest, self.settings), instances)
 
     # -- changing versions while serving -------------------------------------------------------
 
