@@ -212,3 +212,18 @@ def test_a_mirror_loads_a_cold_shadow_version(two):
         await two.close()  # on the loop its batchers run on
 
     asyncio.run(run())
+
+
+def test_a_version_released_while_it_loads_frees_its_room_when_the_load_ends(two):
+    residency, m = two.residency, models(two)
+    assert residency is not None
+
+    async def run() -> None:
+        loading = asyncio.ensure_future(residency.ensure(m["a"], None))
+        await asyncio.sleep(0)  # the load has started
+        residency.forget(m["a"])  # as an unload whose drain timed out does
+        await loading
+
+    asyncio.run(run())
+    assert not m["a"].resident and residency.used_bytes == 0 and resident(two) == []
+    assert m["a"].runtime.session is None  # type: ignore[attr-defined]

@@ -124,6 +124,8 @@ class Residency:
         self._loads: dict[Resident, asyncio.Future[None]] = {}
         #: Loads still waiting for room (not loading yet).
         self._waiting: set[Resident] = set()
+        #: Versions released (``forget``) while they loaded: closed when their load ends.
+        self._released: set[Resident] = set()
         self._report()
 
     # -- registration ------------------------------------------------------------------------
@@ -160,7 +162,10 @@ class Residency:
         self._report()
 
     def forget(self, model: Resident) -> None:
-        """A version released for good (unloaded, retired, discarded): its room is free."""
+        """A version released for good (unloaded, retired, discarded): its room is free (a
+        load in progress releases it when it ends)."""
+        if model in self._loads:
+            self._released.add(model)
         if model in self._lru:
             del self._lru[model]
             self.used_bytes -= model.size_bytes
@@ -199,6 +204,7 @@ class Residency:
 
     def _loaded(self, model: Resident, load: asyncio.Future[None]) -> None:
         del self._loads[model]
+        self._released.discard(model)
         if not load.cancelled():
             load.exception()  # retrieved: requests that gave up before it ended never read it
 
@@ -219,6 +225,12 @@ class Residency:
             raise ModelError(f"{_label(model)} could not be loaded: {cause}") from exc
         seconds = time.perf_counter() - started
         grown = _rss_bytes() - rss
+        if model in self._released:  # released for good while it loaded
+            self._released.discard(model)
+            for runtime in model.runtimes:
+                runtime.close()
+            self.unreserve(size)
+            return
         self.adopt(model)
         if self.metrics_on:
             metrics.cold_loaded(model.name, str(model.version), seconds)
