@@ -167,3 +167,12 @@ def test_an_unusable_url_ca_bundle_stops_the_start(
     with pytest.raises(TLSConfigError, match=says) as refused:
         settings.check_sources()  # what serve() and every worker run before anything starts
     assert f"--url-ca-bundle {bundle}" in refused.value.message
+
+
+def test_memory_budget_flag() -> None:
+    assert settings_of().memory_budget_bytes is None  # every version loaded at start
+    assert settings_of("--memory-budget", "1.5GiB").memory_budget_bytes == 3 * 2**29
+    assert settings_of("--memory-budget", "4096").memory_budget_bytes == 4096
+    for bad in ("0", "lots"):
+        with pytest.raises(SystemExit):
+            settings_of("--memory-budget", bad)

@@ -14,9 +14,10 @@ import torch
 from torchferry.archive.code import load_archived
 from torchferry.archive.formats import EAGER, WEIGHTS_FILE
 from torchferry.archive.store import Archive, ModelStore
-from torchferry.errors import ArchiveError, ModelError, UntrustedCode
+from torchferry.errors import ArchiveError, ModelError, ModelNotReady, UntrustedCode
 from torchferry.export import export, load_model
 from torchferry.runtimes import load_runtime
+from torchferry.runtimes.eager import EagerRuntime
 
 BRANCHY = '''
 import torch
@@ -174,3 +175,29 @@ def test_no_pickle_is_read(exported, monkeypatch):
     weights = (archive.path / WEIGHTS_FILE).read_bytes()
     header = int.from_bytes(weights[:8], "little")
     assert weights[8 : 8 + header].startswith(b"{")  # a safetensors JSON header
+
+
+def test_a_closed_runtime_loads_again_and_answers_the_same(exported):
+    """A memory budget (serving/residency.py) closes an idle version's engine and loads it
+    again: the factory runs again and the weights load again."""
+    archive, model = exported
+    x = np.abs(np.random.default_rng(3).normal(size=(2, 4))).astype(np.float32)
+    runtime = load_runtime(archive, threads=1, trust_code=True)
+    try:
+        runtime.close()
+        with pytest.raises(ModelNotReady):
+            runtime.infer({"x": x})
+        runtime.load()
+        np.testing.assert_allclose(runtime.infer({"x": x})["y"], eager(model, x), atol=1e-6)
+    finally:
+        runtime.close()
+
+
+def test_check_refuses_untrusted_code_without_loading(exported):
+    """What a memory budget's start runs instead of ``load``: the same refusal, up front."""
+    archive, _ = exported
+    with pytest.raises(UntrustedCode, match="--trust-code"):
+        EagerRuntime(archive, threads=1).check()
+    trusted = EagerRuntime(archive, threads=1, trust_code=True)
+    trusted.check()
+    assert trusted.module is None  # nothing was loaded

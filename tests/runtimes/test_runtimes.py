@@ -93,3 +93,20 @@ def test_onnx_graph_optimization_level_comes_from_the_manifest(archive):
     )
     with pytest.raises(ArchiveError, match="graph_optimization_level 'max'"):
         load_runtime(Archive(exported.path, wrong))
+
+
+# a memory budget (serving/residency.py) closes an idle version's engine and loads it again
+@pytest.mark.parametrize("engine", [ONNXRUNTIME, TORCHSCRIPT])
+def test_a_closed_runtime_loads_again_and_answers_the_same(archive, engine):
+    exported, _ = archive
+    runtime = load_runtime(exported, runtime=engine, threads=1)
+    x = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    try:
+        before = runtime.infer({"x": x})
+        runtime.close()
+        runtime.load()
+        after = runtime.infer({"x": x})
+    finally:
+        runtime.close()
+    np.testing.assert_array_equal(after["y"], before["y"])
+    np.testing.assert_array_equal(after["total"], before["total"])

@@ -101,16 +101,22 @@ def attribute_of(module: ModuleType, attribute: str, source: str) -> Any:
     return obj
 
 
+def untrusted_code(archive: Archive, reference: str, what: str) -> UntrustedCode:
+    """The refusal of code ``reference`` in ``archive`` that the operator does not trust."""
+    manifest = archive.manifest
+    return UntrustedCode(
+        f"model {manifest.name!r} version {manifest.version} carries Python code ({what} "
+        f"{reference!r}); it runs only if you trust the archive: serve with {TRUST_FLAG}"
+    )
+
+
 def load_archived(archive: Archive, reference: str, *, trust_code: bool, what: str) -> Any:
     """Import ``code/FILE.py:Name`` from ``archive`` and return ``Name``, if the operator
     trusts code; ``what`` says what the code is for (``"handler"``, ``"eager model"``)."""
     manifest = archive.manifest
     label = f"model {manifest.name!r} version {manifest.version}"
     if not trust_code:
-        raise UntrustedCode(
-            f"{label} carries Python code ({what} {reference!r}); it runs only if you trust "
-            f"the archive: serve with {TRUST_FLAG}"
-        )
+        raise untrusted_code(archive, reference, what)
     file_name, attribute = split_reference(reference)
     safe_relative(file_name)
     if file_name not in manifest.files:

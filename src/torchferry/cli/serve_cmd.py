@@ -34,6 +34,14 @@ def parse_model_batching(text: str) -> tuple[str, ModelOverride]:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
+def parse_budget(text: str) -> int:
+    """``--memory-budget``: a size above zero."""
+    size = parse_size(text)
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a memory budget must be above zero")
+    return size
+
+
 def parse_version_policy(text: str) -> tuple[str | None, VersionPolicy]:
     """``[MODEL=]POLICY`` -> (model or None for every model, policy)."""
     model, _, policy = text.rpartition("=")
@@ -99,6 +107,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--max-queue-rows", type=int, default=4096)
     parser.add_argument("--request-timeout", type=float, help="seconds before 504")
+    parser.add_argument(
+        "--memory-budget",
+        type=parse_budget,
+        metavar="SIZE",
+        help="model memory per worker process (such as 2GiB): versions load on their first "
+        "request, and the least recently used idle ones are unloaded to make room "
+        "(default: every version loaded at start)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -249,6 +265,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_body_bytes=args.max_body_size,
         max_queue_rows=args.max_queue_rows,
         request_timeout_s=args.request_timeout,
+        memory_budget_bytes=args.memory_budget,
         batching=ModelOverride(max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms),
         per_model=dict(args.batching),
         log_level=args.log_level,

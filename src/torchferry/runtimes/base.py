@@ -42,6 +42,10 @@ class Runtime(ABC):
     def load(self) -> None:
         """Load the graph; called once before the first ``infer``."""
 
+    def check(self) -> None:  # noqa: B027 - optional hook
+        """Refuse now what ``load`` would refuse for the operator's settings (code that is
+        not trusted), without loading: a memory budget loads on the first request."""
+
     @abstractmethod
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch. Inputs are already validated against the signature."""

@@ -18,7 +18,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from torchferry.archive.code import is_archived_reference, load_archived
+from torchferry.archive.code import is_archived_reference, load_archived, untrusted_code
 from torchferry.archive.formats import EAGER, WEIGHTS_FILE
 from torchferry.archive.store import Archive
 from torchferry.errors import ArchiveError, ModelError, ModelNotReady
@@ -109,6 +109,11 @@ class EagerRuntime(Runtime):
         signature = self.archive.manifest.signature
         self.input_names = signature.input_names
         self.output_names = signature.output_names
+
+    def check(self) -> None:
+        reference = self.archive.manifest.factory
+        if reference and not self.trust_code:
+            raise untrusted_code(self.archive, reference, "eager model")
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         module = self.module

@@ -27,30 +27,41 @@ from torchferry.archive.store import Archive
 from torchferry.errors import SIGNATURE_REFUSED, ModelLoadFailed, SignatureRefused, TorchferryError
 from torchferry.handlers import load_handler
 from torchferry.handlers.base import Handler
-from torchferry.runtimes import Runtime, load_runtime
+from torchferry.runtimes import Runtime, runtime_class
 from torchferry.serving.settings import ServerSettings
 from torchferry.signature import ModelSignature
 from torchferry.signing_keys import read_trusted_keys
 
 
+def runtime_for(manifest: Manifest, settings: ServerSettings) -> str:
+    """The runtime a version is served with: ``--runtime`` where the archive has its
+    graph, else the manifest's own."""
+    preferred = settings.runtime
+    return preferred if preferred is not None and preferred in manifest.graphs else manifest.runtime
+
+
 def build_version(
-    archive: Archive, settings: ServerSettings, warm_up: bool
+    archive: Archive, settings: ServerSettings, warm_up: bool, load: bool = True
 ) -> tuple[Runtime, Handler]:
     """Runtime and handler for ``archive``; releases what it built if a later step fails.
 
     ``warm_up`` (a load while serving): one inference first, and every failure a
     ``ModelLoadFailed`` with its reason. Without it (the start), errors keep their own class,
-    which tells the operator what to do (``--trust-code``...)."""
+    which tells the operator what to do (``--trust-code``...). Without ``load`` (a memory
+    budget: ``residency.py``), the runtime is made but not loaded, and nothing runs."""
     manifest = archive.manifest
-    preferred = settings.runtime
     try:
-        runtime = load_runtime(
+        engine = runtime_class(runtime_for(manifest, settings))
+        runtime = engine(
             archive,
-            runtime=preferred if preferred in manifest.graphs else None,
             device=settings.device,
             threads=settings.threads,
             trust_code=settings.trust_code,
         )
+        if load:
+            runtime.load()
+        else:
+            runtime.check()
     except Exception as exc:
         if not warm_up:  # at start: the error itself, whose class says what to do
             raise
@@ -58,7 +69,7 @@ def build_version(
     step = "cannot set up the handler"
     try:
         handler = load_handler(archive, trust_code=settings.trust_code)
-        if warm_up:
+        if warm_up and load:
             step = "the warm-up inference failed"
             runtime.infer(warm_up_inputs(manifest.signature))
     except Exception as exc:

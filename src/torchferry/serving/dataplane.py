@@ -123,7 +123,10 @@ class DataPlane:
         self.observers = observers if observers is not None else Observers()
         # each version's live figures (the supervisor's rollouts read them)
         self.observers.observers.append(StatsObserver(repository.stats.get))
-        self.shadows = Shadows(repository.settings.metrics, request_timeout_s)
+        #: With ``--memory-budget``: a request loads its version's engines if they are not
+        #: resident, before it is queued; None (no budget) costs each request one test.
+        self.residency = repository.residency
+        self.shadows = Shadows(repository.settings.metrics, request_timeout_s, self.residency)
 
     @property
     def ready(self) -> bool:
@@ -200,6 +203,8 @@ class DataPlane:
         try:
             wanted = wanted_outputs(model.signature, request)
             inputs = model.signature.validate_inputs(request.inputs)
+            if self.residency is not None:
+                await self.residency.ensure(model, request.deadline)
             results = await model.batcher.submit(inputs, self._timeout(request.deadline))
             outputs = []
             for name, binary in wanted:
@@ -248,6 +253,8 @@ class DataPlane:
             kept: list[dict[str, np.ndarray]] = []
             finish = functools.partial(_postprocess, handler, state, kept if shadow else None)
             postprocess = _guarded(model, "postprocess", finish)
+            if self.residency is not None:
+                await self.residency.ensure(model, None)
             answer = await model.batcher.submit_then(
                 inputs, self._timeout(None), model.preprocess_pool, postprocess
             )

@@ -324,6 +324,9 @@ class AccessLog:
                 f"{record.model}:{record.version} rows={record.rows} "
                 f"batch={record.batch_size} id={record.request_id}"
             )
+        if record.cold_load_s is not None:  # it waited for its model to load
+            fields["cold_load_ms"] = round(record.cold_load_s * 1000, 3)
+            message = f"{message} cold_load={fields['cold_load_ms']:.1f}ms"
         if who is not None:
             message = f"{message} token={who}"
         sink = _sink

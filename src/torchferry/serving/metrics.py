@@ -178,6 +178,57 @@ def shadow_compared(
             f.max_abs_diff.labels(model, version).set(max_abs_diff)
 
 
+COLD_LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _ResidencyFamilies:
+    """Made when a memory budget is set (``residency.py``): a server without one shows none.
+    Loads and evictions are rare: they go to Prometheus at once."""
+
+    def __init__(self) -> None:
+        self.cold_loads = Counter(
+            "torchferry_cold_loads",
+            "Loads of a version's engines on a request's demand (memory budget)",
+            MODEL_LABELS,
+        )
+        self.cold_load_seconds = Histogram(
+            "torchferry_cold_load_seconds",
+            "Time a version's engines took to load on demand, warm-up included",
+            MODEL_LABELS,
+            buckets=COLD_LOAD_BUCKETS,
+        )
+        self.evictions = Counter(
+            "torchferry_evictions",
+            "Versions whose engines were released to make room under the memory budget",
+            MODEL_LABELS,
+        )
+        self.resident_bytes = Gauge(
+            "torchferry_resident_bytes",
+            "Estimated bytes of the model engines loaded or loading, counted against the "
+            "memory budget (summed over workers)",
+            multiprocess_mode="livesum",
+        )
+
+
+@cache
+def residency_families() -> _ResidencyFamilies:
+    return _ResidencyFamilies()
+
+
+def cold_loaded(model: str, version: str, seconds: float) -> None:
+    f = residency_families()
+    f.cold_loads.labels(model, version).inc()
+    f.cold_load_seconds.labels(model, version).observe(seconds)
+
+
+def evicted(model: str, version: str) -> None:
+    residency_families().evictions.labels(model, version).inc()
+
+
+def resident_bytes(size: int) -> None:
+    residency_families().resident_bytes.set(size)
+
+
 class _LocalHistogram:
     """Observations kept as plain numbers, added to a Prometheus histogram on flush.
 

@@ -68,6 +68,9 @@ class RequestRecord:
     #: With ``--auth``: who called (the token's id and scopes, never its text), or the error
     #: to answer the request with once it reaches a model (no token, a bad one, over rate).
     grant: Grant | None = None
+    #: Seconds the request waited for its model version to load (``--memory-budget``);
+    #: None when it found the version loaded.
+    cold_load_s: float | None = None
 
     def wall_ns_at(self, mark: float) -> int:
         """A ``perf_counter`` mark as ``time.time_ns()`` (for logs and trace spans)."""

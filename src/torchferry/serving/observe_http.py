@@ -38,6 +38,8 @@ _PROTOCOL_PREFIXES = (
     ("/api-description", "torchserve"),
 )
 UNMATCHED = "unmatched"
+#: On an answer whose request waited for its model version to load: the seconds it waited.
+COLD_LOAD_HEADER = b"x-torchferry-cold-load"
 
 
 def protocol_of(route: str) -> str:
@@ -95,6 +97,8 @@ class RecordRequests:
                 ]
                 if record.version is not None:  # the version the data plane routed it to
                     headers.append((b"x-model-version", record.version.encode()))
+                if record.cold_load_s is not None:  # it waited for its model to load
+                    headers.append((COLD_LOAD_HEADER, b"%.3f" % record.cold_load_s))
                 message = {**message, "headers": headers}
             await send(message)
 

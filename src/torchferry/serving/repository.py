@@ -27,7 +27,7 @@ from pathlib import Path
 
 from torchferry.archive.manifest import Manifest
 from torchferry.archive.store import Archive, ModelStore
-from torchferry.errors import Conflict, ModelLoadFailed, ModelNotFound
+from torchferry.errors import Conflict, ModelLoadFailed, ModelNotFound, TorchferryError
 from torchferry.handlers.base import Handler
 from torchferry.runtimes import Runtime
 from torchferry.serving import metrics
@@ -37,9 +37,11 @@ from torchferry.serving.build import (
     build_version,
     check_signature,
     open_archive,
+    runtime_for,
     served_as,
 )
 from torchferry.serving.lifecycle.state import Routes
+from torchferry.serving.residency import Residency, estimate_bytes
 from torchferry.serving.routing import Route
 from torchferry.serving.settings import ServerSettings
 from torchferry.serving.versionstats import VersionStats
@@ -66,7 +68,17 @@ class LoadedModel:
     #: Out of routing: requests that resolved it before are still answered; new ones are
     #: routed elsewhere.
     retired: bool = False
+    #: Whether its engines are loaded: always, without a memory budget; with one, only
+    #: from its first request until it is evicted (``residency.py``).
+    resident: bool = True
+    #: What its engines count against the memory budget (estimated before they load).
+    size_bytes: int = 0
     _idle: asyncio.Event | None = None
+
+    @property
+    def runtimes(self) -> list[Runtime]:
+        # contract: the batch part makes this the list of the version's N instances
+        return [self.runtime]
 
     @property
     def manifest(self) -> Manifest:
@@ -104,6 +116,10 @@ class LoadedModel:
         return True
 
 
+def _label(archive: Archive) -> str:
+    return f"model {archive.manifest.name!r} version {archive.manifest.version}"
+
+
 def not_loaded(name: str, names: list[str]) -> ModelNotFound:
     """The 404 for a model that is not loaded, naming the models the caller may see."""
     return ModelNotFound(f"model {name!r} is not loaded; loaded models are {names}")
@@ -132,6 +148,12 @@ class ModelRepository:
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.resolved_threads(), thread_name_prefix="preprocess"
         )
+        #: With ``--memory-budget``: which versions have their engines loaded (None: all).
+        self.residency = (
+            Residency(settings.memory_budget_bytes, settings.request_timeout_s, settings.metrics)
+            if settings.memory_budget_bytes is not None
+            else None
+        )
         self.started = False
 
     # -- loading at start ----------------------------------------------------------------------
@@ -150,10 +172,26 @@ class ModelRepository:
         """Build and activate one version at once (at start: nothing serves yet)."""
         started = time.perf_counter()
         signing = check_signature(archive, self.settings, while_serving=False)
-        runtime, handler = build_version(archive, self.settings, warm_up=False)
+        residency = self.residency
+        size = 0
+        if residency is not None:  # refused before anything is built
+            size = self._estimate(archive)
+            residency.check_fits(_label(archive), size)
+        load = residency is None  # with a budget, the engines load on the first request
+        runtime, handler = build_version(archive, self.settings, warm_up=False, load=load)
         model = self._assemble(archive, runtime, handler, time.perf_counter() - started, signing)
+        if residency is not None:
+            model.size_bytes = size
+            residency.register(model)
         self._register(model)
         return model
+
+    def _estimate(self, archive: Archive) -> int:
+        """What a version's engines count against the memory budget (``residency.py``)."""
+        manifest = archive.manifest
+        batching = manifest.batching.model_copy(update=self.settings.batching_for(manifest.name))
+        instances = getattr(batching, "instances", 1)  # contract: the batch part's instances
+        return estimate_bytes(archive, runtime_for(manifest, self.settings), instances)
 
     # -- changing versions while serving -------------------------------------------------------
 
@@ -182,8 +220,26 @@ class ModelRepository:
         started = time.perf_counter()
         archive = await asyncio.to_thread(open_archive, name, version, path)
         signing = await asyncio.to_thread(check_signature, archive, self.settings, True)
-        runtime, handler = await asyncio.to_thread(build_version, archive, self.settings, True)
-        return self._assemble(archive, runtime, handler, time.perf_counter() - started, signing)
+        residency = self.residency
+        if residency is None:
+            runtime, handler = await asyncio.to_thread(build_version, archive, self.settings, True)
+            return self._assemble(archive, runtime, handler, time.perf_counter() - started, signing)
+        # with a budget: loaded and warmed up like any load while serving (so a broken version
+        # fails here, not on its first request), in room made as a cold load makes it
+        size = self._estimate(archive)
+        try:
+            await residency.reserve(_label(archive), size)
+        except TorchferryError as exc:
+            raise ModelLoadFailed(exc.message) from exc
+        try:
+            runtime, handler = await asyncio.to_thread(build_version, archive, self.settings, True)
+        except BaseException:
+            residency.unreserve(size)
+            raise
+        model = self._assemble(archive, runtime, handler, time.perf_counter() - started, signing)
+        model.size_bytes = size
+        residency.adopt(model)
+        return model
 
     def _built(self, key: tuple[str, int], loading: asyncio.Future[LoadedModel]) -> None:
         """A build ended: pending, unless it was discarded meanwhile (its release then waits
@@ -466,7 +522,10 @@ class ModelRepository:
         key = (model.name, str(model.version))
         if self.stats.get(key) is model.stats:  # not a newer instance's of the same version
             del self.stats[key]
-        model.runtime.close()
+        if self.residency is not None:
+            self.residency.forget(model)
+        for runtime in model.runtimes:
+            runtime.close()
         log.info(
             "unloaded %s version %d",
             model.name,

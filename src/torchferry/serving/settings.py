@@ -79,6 +79,10 @@ class ServerSettings(BaseModel):
     max_queue_rows: int = Field(default=4096, ge=1)
     #: Seconds a request may wait for its answer before 504; no limit when unset.
     request_timeout_s: float | None = Field(default=None, gt=0)
+    #: Bytes of model engines each worker process keeps loaded (``--memory-budget``): with
+    #: it, versions load on their first request and the least recently used idle ones are
+    #: released to make room (``residency.py``); None loads every version at start, for good.
+    memory_budget_bytes: int | None = Field(default=None, ge=1)
     #: Batching for every model, then per model name.
     batching: ModelOverride = Field(default_factory=ModelOverride)
     per_model: dict[str, ModelOverride] = Field(default_factory=dict)

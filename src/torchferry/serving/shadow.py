@@ -9,6 +9,8 @@ the primary's signature order) and counts, per row, whether the argmax along the
 agrees (equality for one-dimensional or non-numeric outputs), and the largest absolute
 difference, into the shadow version's ``VersionStats`` and, with metrics on, Prometheus.
 The mirrored inputs live only until the comparison ends: nothing is stored or logged.
+Under a memory budget, a mirror to a shadow version that is not resident loads it first (in
+the mirror's task), and counts as that version's use.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import asyncio
 import contextvars
 import logging
 import random
+import time
 
 import numpy as np
 
 from torchferry.errors import TorchferryError
 from torchferry.serving import metrics
 from torchferry.serving.repository import LoadedModel
+from torchferry.serving.residency import Residency
 
 log = logging.getLogger("torchferry.shadow")
 
@@ -37,8 +41,13 @@ Arrays = dict[str, np.ndarray]
 class Shadows:
     """The mirrors of one data plane."""
 
-    def __init__(self, metrics_on: bool, timeout_s: float | None) -> None:
+    def __init__(
+        self, metrics_on: bool, timeout_s: float | None, residency: Residency | None = None
+    ) -> None:
         self.metrics_on = metrics_on
+        #: With a memory budget: a mirror to a shadow version that is not resident loads it
+        #: first (the client's answer never waits for it; one that cannot load is dropped).
+        self.residency = residency
         self.timeout_s = min(timeout_s, MIRROR_TIMEOUT_S) if timeout_s else MIRROR_TIMEOUT_S
         self._in_flight: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -77,6 +86,8 @@ class Shadows:
         self, shadow: LoadedModel, inputs: Arrays, primary: Arrays, names: list[str]
     ) -> None:
         try:
+            if self.residency is not None:
+                await self.residency.ensure(shadow, time.monotonic() + self.timeout_s)
             answer = await shadow.batcher.submit(inputs, self.timeout_s)
         except Exception as exc:  # the shadow's failure is nobody's answer
             reason = exc.log_message if isinstance(exc, TorchferryError) else type(exc).__name__

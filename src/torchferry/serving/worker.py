@@ -313,7 +313,7 @@ def worker_status(
         if repository is not None
         else {}
     )
-    return {
+    status = {
         "worker": index,
         "pid": os.getpid(),
         "serving": serving,
@@ -321,6 +321,10 @@ def worker_status(
         "models": [version_record(m) for m in models],
         "routes": routes,
     }
+    residency = repository.residency if repository is not None else None
+    if residency is not None:  # --memory-budget: which versions are loaded now, in this worker
+        status["memory"] = residency.status()
+    return status
 
 
 def _versions(repository: ModelRepository, name: str) -> list[Any]:

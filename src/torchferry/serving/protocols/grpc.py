@@ -237,6 +237,8 @@ def _rpc(method: _Method[_Req, _Resp]) -> _Servicer[_Req, _Resp]:
             metadata = [("x-request-id", record.request_id)]
             if record.version is not None:
                 metadata.append(("x-model-version", record.version))
+            if record.cold_load_s is not None:  # it waited for its model to load
+                metadata.append(("torchferry-cold-load", f"{record.cold_load_s:.3f}"))
             if error is None:
                 status = "OK"
                 context.set_trailing_metadata(tuple(metadata))
