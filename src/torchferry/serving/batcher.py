@@ -1,14 +1,24 @@
 """Dynamic batching: one queue per model version, coalesced along dimension 0.
 
-Requests wait at most ``max_delay`` after the oldest queued one arrived, or until
-``max_batch_size`` rows are queued; then one inference runs on the batcher's own worker
-thread and its outputs are split back, row for row, to each request. While a batch
-computes, new requests queue up, so under load batches fill without waiting at all.
+Requests queue by priority, then arrival (``batchqueue``). Whenever one of the model's
+instances is free, the batcher decides whether to dispatch the queued rows now or to wait
+for more (``batchpolicy``): in ``adaptive`` mode by the learnt cost of a batch
+(``batchcost``) and the arrival rate, under an optional latency objective; in ``fixed`` mode
+(and in ``adaptive`` mode before the cost is known) it waits at most ``max_delay`` after the
+oldest queued request, or until ``max_batch_size`` rows are queued. One inference then runs
+on the instance's own worker thread and its outputs are split back, row for row, to each
+request. While a batch computes, new requests queue up, so under load batches fill without
+waiting at all.
 
 Only requests whose tensors agree on everything but dimension 0 are merged; others run in
 a batch of their own. A request with more rows than ``max_batch_size`` runs alone. When a
 merged batch raises, each of its requests is retried alone so that only the request that
 causes the failure sees it.
+
+Shedding (``shed="early"``): once the cost is known, a request whose predicted answer comes
+after its deadline (its own timeout, else the objective) is refused at once with 503, and
+a queued request that can no longer make it is refused when its batch forms; one already
+past its own deadline is answered 504 there. ``shed="never"`` sheds nothing.
 
 A request may come with a ``finish`` step (a handler's postprocess) and the executor to run
 it on. The step never runs on the event loop: for a lone request with nothing queued behind
@@ -19,19 +29,19 @@ hand-off per batch, not per request), so that the next batch starts at once.
 Each request keeps the record of the request that submitted it (``observe.current_record``)
 and the batcher writes what only it knows there: when the request was queued, when its
 batch computed, and the batch's size. A ``BatchObserver`` (the metrics) hears of every batch
-executed and of every change in the number of requests waiting.
+executed, every change in the number of requests waiting, and every request shed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -42,15 +52,28 @@ from torchferry.errors import (
     Overloaded,
     TorchferryError,
 )
+from torchferry.serving.batchcost import BatchCost
+from torchferry.serving.batchpolicy import Mode, ArrivalGap, adaptive_wait, fixed_wait
+from torchferry.serving.batchqueue import (
+    DEFAULT_PRIORITY,
+    BatchQueue,
+    Finish,
+    QueuedRequest,
+    priority_level,
+    shape_key,
+)
 from torchferry.serving.batchstats import BatcherStats
-from torchferry.serving.observe import RequestRecord, current_record
+from torchferry.serving.observe import current_record
+
+__all__ = ["DEFAULT_PRIORITY", "Batcher", "BatchObserver", "InferFn"]
+
+log = logging.getLogger("torchferry.batcher")
 
 InferFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 #: Batches that compute faster than this (on average) run on the event loop, no hand-off.
 INLINE_COMPUTE_S = 0.0002
 _T = TypeVar("_T")
-#: A step to run on a request's own outputs, and the executor to run it on.
-Finish = tuple[Executor, Callable[[dict[str, np.ndarray]], Any]]
+Shed = Literal["early", "never"]
 
 
 class BatchObserver(Protocol):
@@ -62,55 +85,61 @@ class BatchObserver(Protocol):
     def pending(self, requests: int) -> None:
         """``requests`` requests now wait in the queue."""
 
-
-@dataclass
-class _Request:
-    inputs: dict[str, np.ndarray]
-    rows: int
-    key: tuple[object, ...]
-    future: asyncio.Future[Any]
-    arrived: float
-    finish: Finish | None = None
-    #: Whether its rows count in the queue (until taken into a batch, or abandoned).
-    queued: bool = True
-    #: The record of the request that submitted it, to write queue and compute times into.
-    record: RequestRecord | None = None
-
-
-def _shape_key(inputs: dict[str, np.ndarray]) -> tuple[object, ...]:
-    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items())
+    def shed(self, reason: str) -> None:
+        """A request was refused because it would miss its ``deadline`` or ``objective``."""
 
 
 class Batcher:
     def __init__(
         self,
-        infer: InferFn,
+        infer: InferFn | Sequence[InferFn],
         *,
         name: str,
         max_batch_size: int = 32,
         max_delay_ms: float = 0.0,
         max_queue_rows: int = 4096,
+        mode: Mode = "adaptive",
+        max_latency_ms: float | None = None,
+        shed: Shed = "early",
         observer: BatchObserver | None = None,
     ) -> None:
-        self._infer = infer
+        #: One infer function per instance (each its own runtime and worker thread).
+        self._infers: list[InferFn] = [infer] if callable(infer) else list(infer)
+        if not self._infers:
+            raise ValueError("a batcher needs at least one infer function")
         self.observer = observer
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue_rows = max_queue_rows
+        self.mode: Mode = mode
+        self.objective = None if max_latency_ms is None else max_latency_ms / 1000.0
+        self.shed_policy: Shed = shed
         self.stats = BatcherStats()
-        self._queue: deque[_Request] = deque()
-        self._queued_rows = 0
-        self._queued_requests = 0
+        self.cost = BatchCost()
+        self._gap = ArrivalGap()
+        self._queue = BatchQueue()
         #: Recent compute time per row (seconds; a small batch's fixed cost makes it an
         #: over-estimate for large ones): decides where a batch runs. Unknown at first, so
         #: the first batches run on the worker thread.
         self._row_compute_ema = float("inf")
-        self._last_compute_s = 0.0
+        #: Instances free to take a batch; busy ones -> (started, rows).
+        self._free = list(range(len(self._infers)))
+        self._busy: dict[int, tuple[float, int]] = {}
+        self._running: set[asyncio.Task[None]] = set()
+        #: The most batches that computed at once (instances in use together).
+        self.peak_concurrent = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self._executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}-{i}")
+            for i in range(len(self._infers))
+        ]
+
+    @property
+    def instances(self) -> int:
+        return len(self._infers)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -123,26 +152,30 @@ class Batcher:
             )
 
     async def close(self) -> None:
-        """Stop taking requests, finish every queued one, then stop the loop and the worker."""
+        """Stop taking requests, finish every queued one, then stop the loop and the workers."""
         self._closing = True
         if self._task is not None and self._wakeup is not None:
             self._wakeup.set()
             await self._task
             self._task = None
-        self._executor.shutdown(wait=True)
+        if self._running:
+            await asyncio.wait(list(self._running))
+        for executor in self._executors:
+            executor.shutdown(wait=True)
 
     @property
     def queued_rows(self) -> int:
-        return self._queued_rows
+        return self._queue.rows
 
     # -- requests ------------------------------------------------------------------------------
 
     async def submit(
-        self, inputs: dict[str, np.ndarray], timeout_s: float | None = None
+        self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, priority: int = 0
     ) -> dict[str, np.ndarray]:
         """Queue one request's validated inputs and wait for its outputs, at most
-        ``timeout_s`` seconds (then 504; the request is dropped if it has not started)."""
-        outputs: dict[str, np.ndarray] = await self._submit(inputs, timeout_s, None)
+        ``timeout_s`` seconds (then 504; the request is dropped if it has not started).
+        ``priority``: lower runs first, 0 is ``DEFAULT_PRIORITY``."""
+        outputs: dict[str, np.ndarray] = await self._submit(inputs, timeout_s, None, priority)
         return outputs
 
     async def submit_then(
@@ -151,39 +184,52 @@ class Batcher:
         timeout_s: float | None,
         executor: Executor,
         finish: Callable[[dict[str, np.ndarray]], _T],
+        priority: int = 0,
     ) -> _T:
         """As ``submit``, then ``finish(outputs)`` on ``executor``, started by the worker
         thread as soon as the batch is computed; returns what ``finish`` returns."""
-        result: _T = await self._submit(inputs, timeout_s, (executor, finish))
+        result: _T = await self._submit(inputs, timeout_s, (executor, finish), priority)
         return result
 
     async def _submit(
-        self, inputs: dict[str, np.ndarray], timeout_s: float | None, finish: Finish | None
+        self,
+        inputs: dict[str, np.ndarray],
+        timeout_s: float | None,
+        finish: Finish | None,
+        priority: int,
     ) -> Any:
         if self._closing or self._task is None or self._wakeup is None:
             state = "is draining" if self._closing else "has not started"
             raise ModelNotReady(f"model {self.name!r} {state}", retry_after=1.0)
         first = next(iter(inputs.values()))
         rows = first.shape[0] if first.ndim else 1
-        if self._queued_rows + rows > self.max_queue_rows and self._queued_rows > 0:
+        queued_rows = self._queue.rows
+        if queued_rows + rows > self.max_queue_rows and queued_rows > 0:
             raise Overloaded(
-                f"model {self.name!r} is overloaded: {self._queued_rows} rows already queued",
+                f"model {self.name!r} is overloaded: {queued_rows} rows already queued",
                 retry_after=max(0.1, self.max_delay * 2),
             )
-        loop = asyncio.get_running_loop()
         arrived = time.perf_counter()
+        level = priority_level(priority)
+        self._gap.arrived(arrived, rows)
+        self._shed_early(rows, level, timeout_s, arrived)
         record = current_record()
         if record is not None:
             record.queued = arrived
             record.rows = rows
-        request = _Request(
-            inputs, rows, _shape_key(inputs), loop.create_future(), arrived, finish, record=record
+        request = QueuedRequest(
+            inputs,
+            rows,
+            shape_key(inputs),
+            asyncio.get_running_loop().create_future(),
+            arrived,
+            finish,
+            record=record,
+            level=level,
+            deadline=None if timeout_s is None else arrived + timeout_s,
         )
-        self._queue.append(request)
-        self._queued_rows += rows
-        self._queued_requests += 1
-        if self.observer is not None:
-            self.observer.pending(self._queued_requests)
+        self._queue.push(request)
+        self._pending_changed()
         self._wakeup.set()
         try:
             if timeout_s is None:  # no timer: nothing to shield the future from
@@ -198,55 +244,150 @@ class Batcher:
             self._abandon(request)
             raise
 
-    def _abandon(self, request: _Request) -> None:
+    def _abandon(self, request: QueuedRequest) -> None:
         """A request whose caller gave up: it frees its place in the queue at once (the loop
         drops it when it reaches it), so that a stuck request cannot hold capacity."""
         request.future.cancel()
         if request.queued:
-            self._dequeue(request)
+            self._queue.remove(request)
+            self._pending_changed()
             if self._wakeup is not None:
                 self._wakeup.set()
 
-    def _dequeue(self, request: _Request) -> None:
-        if request.queued:
-            request.queued = False
-            self._queued_rows -= request.rows
-            self._queued_requests -= 1
-            if self.observer is not None:
-                self.observer.pending(self._queued_requests)
+    def _pending_changed(self) -> None:
+        if self.observer is not None:
+            self.observer.pending(self._queue.requests)
+
+    # -- shedding ------------------------------------------------------------------------------
+
+    def _shed_early(self, rows: int, level: int, timeout_s: float | None, now: float) -> None:
+        """Refuse a request whose predicted answer comes after its deadline (its own
+        timeout, else the objective): the batches in flight, the rows queued ahead of it,
+        then its own batch. Only once the cost is known."""
+        if self.shed_policy != "early" or not self.cost.ready:
+            return
+        limit = self._limit(timeout_s)
+        if limit is None:
+            return
+        budget, reason = limit
+        cost = self.cost
+        ahead = self._in_flight_left(now) + cost.seconds_for_rows(
+            self._queue.rows_ahead(level), self.max_batch_size
+        )
+        wait = ahead / self.instances + cost.seconds(min(rows, self.max_batch_size))
+        if wait > budget:
+            raise self._shed(reason, wait, budget)
+
+    def _limit(self, timeout_s: float | None) -> tuple[float, str] | None:
+        """The sooner of the request's own timeout and the objective, and which it is."""
+        limits = []
+        if timeout_s is not None:
+            limits.append((timeout_s, "deadline"))
+        if self.objective is not None:
+            limits.append((self.objective, "objective"))
+        return min(limits) if limits else None
+
+    def _in_flight_left(self, now: float) -> float:
+        return sum(
+            max(0.0, started + self.cost.seconds(rows) - now)
+            for started, rows in self._busy.values()
+        )
+
+    def _shed(self, reason: str, wait: float, budget: float) -> Overloaded:
+        if self.observer is not None:
+            self.observer.shed(reason)
+        what = "its deadline" if reason == "deadline" else "the latency objective"
+        message = (
+            f"model {self.name!r} is overloaded: predicted wait {wait * 1000:.1f} ms exceeds "
+            f"{what} of {budget * 1000:.1f} ms"
+        )
+        log.debug("%s (shed)", message)
+        return Overloaded(message, retry_after=max(0.1, wait))
+
+    def _recheck(self, batch: list[QueuedRequest], now: float) -> list[QueuedRequest]:
+        """The batch's requests that can still be answered in time: one past its own
+        deadline is answered 504; one that can no longer make its deadline or the objective
+        is shed (503)."""
+        shedding = self.shed_policy == "early" and self.cost.ready
+        if not shedding and all(r.deadline is None for r in batch):
+            return batch
+        done_at = now + self.cost.seconds(sum(r.rows for r in batch)) if shedding else now
+        kept = []
+        for request in batch:
+            if request.deadline is not None and request.deadline <= now:
+                timeout = request.deadline - request.arrived
+                error: TorchferryError = InferenceTimeout(
+                    f"model {self.name!r} did not answer within {timeout:.3g} s"
+                )
+            elif (
+                shedding
+                and (limit := self._limit(_left(request))) is not None
+                and done_at - request.arrived > limit[0]
+            ):
+                error = self._shed(limit[1], done_at - request.arrived, limit[0])
+            else:
+                kept.append(request)
+                continue
+            if not request.future.done():
+                request.future.set_exception(error)
+        return kept
 
     # -- the loop ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
+        queue = self._queue
         while True:
-            self._drop_abandoned()
-            if not self._queue:
+            queue.drop_done()
+            if not queue:
                 if self._closing:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            await self._wait_to_fill(loop)
-            if not self._queue:  # every waiting request gave up
+            if not self._free:  # every instance computes: the next one free wakes us
+                self._wakeup.clear()
+                await self._wakeup.wait()
                 continue
-            batch = self._take_batch()
+            await self._wait_to_fill()
+            if not queue:  # every waiting request gave up
+                continue
+            batch = queue.take(self.max_batch_size)
+            self._pending_changed()
             if batch:
-                await self._execute(loop, batch)
+                batch = self._recheck(batch, time.perf_counter())
+            if not batch:
+                continue
+            instance = self._free.pop()
+            if self.instances == 1:  # no task: the lowest latency for the common case
+                await self._execute_on(loop, instance, batch)
+            else:
+                task = loop.create_task(self._execute_on(loop, instance, batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
 
-    def _drop_abandoned(self) -> None:
-        while self._queue and self._queue[0].future.done():
-            self._dequeue(self._queue.popleft())
-
-    async def _wait_to_fill(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _wait_to_fill(self) -> None:
         assert self._wakeup is not None
-        deadline = self._queue[0].arrived + self.max_delay
-        while self._queued_rows < self.max_batch_size and not self._closing:
-            self._drop_abandoned()
-            if not self._queue:
+        queue = self._queue
+        while queue.rows < self.max_batch_size and not self._closing:
+            queue.drop_done()
+            oldest = queue.oldest_arrival()
+            if oldest is None:
                 return
-            remaining = deadline - time.perf_counter()
+            now = time.perf_counter()
+            waited = now - oldest
+            if self.mode == "adaptive" and self.cost.ready:
+                remaining = adaptive_wait(
+                    queue.rows,
+                    self._gap.current(now),
+                    waited,
+                    self.cost,
+                    self.max_batch_size,
+                    self.objective,
+                )
+            else:
+                remaining = fixed_wait(waited, self.max_delay)
             if remaining <= 0:
                 return
             self._wakeup.clear()
@@ -255,62 +396,50 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _take_batch(self) -> list[_Request]:
-        first = self._queue.popleft()
-        self._dequeue(first)
-        if first.future.done():
-            return []
-        batch, rows = [first], first.rows
-        skipped: list[_Request] = []
-        while self._queue and rows < self.max_batch_size:
-            candidate = self._queue[0]
-            if candidate.future.done():
-                self._dequeue(self._queue.popleft())
-                continue
-            if candidate.rows + rows > self.max_batch_size:
-                break
-            self._queue.popleft()
-            self._dequeue(candidate)
-            if candidate.key == first.key:
-                batch.append(candidate)
-                rows += candidate.rows
-            else:
-                skipped.append(candidate)
-        for request in reversed(skipped):
-            self._queue.appendleft(request)
-            request.queued = True
-            self._queued_rows += request.rows
-            self._queued_requests += 1
-        if skipped and self.observer is not None:
-            self.observer.pending(self._queued_requests)
-        return batch
+    async def _execute_on(
+        self, loop: asyncio.AbstractEventLoop, instance: int, batch: list[QueuedRequest]
+    ) -> None:
+        self._busy[instance] = (time.perf_counter(), sum(r.rows for r in batch))
+        self.peak_concurrent = max(self.peak_concurrent, len(self._busy))
+        try:
+            await self._execute(loop, instance, batch)
+        finally:
+            del self._busy[instance]
+            self._free.append(instance)
+            if self._wakeup is not None:
+                self._wakeup.set()
 
-    def _runs_inline(self, batch: list[_Request]) -> bool:
+    def _runs_inline(self, batch: list[QueuedRequest]) -> bool:
         """Whether to run this batch on the event loop rather than the worker thread: for a
         batch expected (its rows times the recent time per row) to take less than
-        ``INLINE_COMPUTE_S``, the hand-off to a thread and back costs more than the model (~350 us a request at concurrency 1, against ~40 us of
-        ONNX Runtime for a small MLP). Never with a finish step (a handler's postprocess
-        must not run on the loop)."""
-        if any(r.finish is not None for r in batch):
+        ``INLINE_COMPUTE_S``, the hand-off to a thread and back costs more than the model
+        (~350 us a request at concurrency 1, against ~40 us of ONNX Runtime for a small
+        MLP). Never with a finish step (a handler's postprocess must not run on the loop),
+        nor with several instances (they exist to compute side by side)."""
+        if self.instances > 1 or any(r.finish is not None for r in batch):
             return False
         return self._row_compute_ema * sum(r.rows for r in batch) < INLINE_COMPUTE_S
 
-    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
+    async def _execute(
+        self, loop: asyncio.AbstractEventLoop, instance: int, batch: list[QueuedRequest]
+    ) -> None:
         started = time.perf_counter()
         try:
             if self._runs_inline(batch):
-                done = self._compute(batch)
+                done = self._compute(instance, batch)
             else:
-                done = await loop.run_in_executor(self._executor, self._compute, batch)
+                done = await loop.run_in_executor(
+                    self._executors[instance], self._compute, instance, batch
+                )
         except Exception as exc:  # the model raised: isolate the request responsible
             if len(batch) > 1:
                 for request in batch:
-                    await self._execute(loop, [request])
+                    await self._execute(loop, instance, [request])
                 return
             self._fail(batch[0], exc, started)
             return
-        answers, computed, finishing = done
-        self._record(batch, started, computed)
+        answers, computed, model_s, finishing = done
+        self._record(batch, started, computed, model_s)
         for request, answer in zip(batch, answers, strict=True):
             if answer is not _PENDING:
                 _settle(request.future, answer)
@@ -318,10 +447,13 @@ class Batcher:
             pending = [r for r, answer in zip(batch, answers, strict=True) if answer is _PENDING]
             asyncio.wrap_future(finishing, loop=loop).add_done_callback(_settle_all(pending))
 
-    def _compute(self, batch: list[_Request]) -> tuple[list[Any], float, Future[list[Any]] | None]:
-        """On the worker thread: run the batch, split the outputs row for row, and finish the
-        requests that have a finish step. Returns each request's answer (``_PENDING`` for a
-        finish step still to come), when the model finished, and the pending steps' future.
+    def _compute(
+        self, instance: int, batch: list[QueuedRequest]
+    ) -> tuple[list[Any], float, float, Future[list[Any]] | None]:
+        """On the instance's worker thread: run the batch, split the outputs row for row,
+        and finish the requests that have a finish step. Returns each request's answer
+        (``_PENDING`` for a finish step still to come), when the model finished, the
+        model's own seconds, and the pending steps' future.
 
         A lone request with nothing queued behind it finishes here, with no hand-off (the
         lowest latency when idle). Otherwise the batch's finish steps go to the executor as
@@ -335,7 +467,7 @@ class Batcher:
             }
         rows = sum(r.rows for r in batch)
         begun = time.perf_counter()
-        outputs = self._infer(inputs)
+        outputs = self._infers[instance](inputs)
         for name, array in outputs.items():
             if array.ndim == 0 or array.shape[0] != rows:
                 raise ModelError(
@@ -343,7 +475,7 @@ class Batcher:
                     f"which does not keep the batch dimension of {rows} rows"
                 )
         computed = time.perf_counter()
-        self._last_compute_s = computed - begun  # the model alone, not the hand-off
+        model_s = computed - begun  # the model alone, not the hand-off
         answers: list[Any] = [outputs]
         if len(batch) > 1:
             bounds = [0, *itertools.accumulate(r.rows for r in batch)]
@@ -353,16 +485,16 @@ class Batcher:
             ]
         steps = [(i, r.finish) for i, r in enumerate(batch) if r.finish is not None]
         if not steps:
-            return answers, computed, None
+            return answers, computed, model_s, None
         if len(batch) == 1 and not self._queue:
-            return [_run_finish(steps[0][1][1], answers[0])], computed, None
+            return [_run_finish(steps[0][1][1], answers[0])], computed, model_s, None
         executor = steps[0][1][0]  # one model, one pool
         work = [(finish[1], answers[i]) for i, finish in steps]
         for i, _ in steps:
             answers[i] = _PENDING
-        return answers, computed, executor.submit(_run_finishes, work)
+        return answers, computed, model_s, executor.submit(_run_finishes, work)
 
-    def _fail(self, request: _Request, exc: Exception, started: float) -> None:
+    def _fail(self, request: QueuedRequest, exc: Exception, started: float) -> None:
         self.stats.record_failure(request.arrived)
         record = request.record
         if record is not None:
@@ -387,13 +519,16 @@ class Batcher:
             )
         request.future.set_exception(error)
 
-    def _record(self, batch: list[_Request], started: float, computed: float) -> None:
+    def _record(
+        self, batch: list[QueuedRequest], started: float, computed: float, model_s: float
+    ) -> None:
         """Count a batch the model answered (statistics are the model's: a handler's finish
         step is not part of its compute time, and does not make the model fail)."""
         arrivals = [request.arrived for request in batch]
         rows = sum(r.rows for r in batch)
         self.stats.record_batch(rows, arrivals, started, computed)
-        ema, last = self._row_compute_ema, self._last_compute_s / rows
+        self.cost.add(rows, model_s)
+        ema, last = self._row_compute_ema, model_s / rows
         self._row_compute_ema = last if ema == float("inf") else ema + 0.1 * (last - ema)
         for request in batch:
             record = request.record
@@ -402,6 +537,11 @@ class Batcher:
                 record.batch_size = rows
         if self.observer is not None:
             self.observer.executed(rows, computed - started)
+
+
+def _left(request: QueuedRequest) -> float | None:
+    """The request's own timeout, in seconds from its arrival."""
+    return None if request.deadline is None else request.deadline - request.arrived
 
 
 @dataclass
@@ -436,7 +576,7 @@ def _settle(future: asyncio.Future[Any], answer: Any) -> None:
         future.set_result(answer)
 
 
-def _settle_all(pending: list[_Request]) -> Callable[[asyncio.Future[list[Any]]], None]:
+def _settle_all(pending: list[QueuedRequest]) -> Callable[[asyncio.Future[list[Any]]], None]:
     """Answer the requests whose finish steps ran together on the executor."""
 
     def settle(finished: asyncio.Future[list[Any]]) -> None:

@@ -35,23 +35,32 @@ from torchferry.signing_keys import read_trusted_keys
 
 def build_version(
     archive: Archive, settings: ServerSettings, warm_up: bool
-) -> tuple[Runtime, Handler]:
-    """Runtime and handler for ``archive``; releases what it built if a later step fails.
+) -> tuple[list[Runtime], Handler]:
+    """Runtimes (one per instance of its batching) and handler for ``archive``; releases
+    what it built if a later step fails.
 
-    ``warm_up`` (a load while serving): one inference first, and every failure a
-    ``ModelLoadFailed`` with its reason. Without it (the start), errors keep their own class,
-    which tells the operator what to do (``--trust-code``...)."""
+    ``warm_up`` (a load while serving): one inference on every instance first, and every
+    failure a ``ModelLoadFailed`` with its reason. Without it (the start), errors keep their
+    own class, which tells the operator what to do (``--trust-code``...)."""
     manifest = archive.manifest
     preferred = settings.runtime
+    instances = instances_of(manifest, settings)
+    # one instance keeps the runtime's own default; several share the worker's threads
+    threads = settings.threads if instances == 1 else instance_threads(settings, instances)
+    runtimes: list[Runtime] = []
     try:
-        runtime = load_runtime(
-            archive,
-            runtime=preferred if preferred in manifest.graphs else None,
-            device=settings.device,
-            threads=settings.threads,
-            trust_code=settings.trust_code,
-        )
+        for _ in range(instances):
+            runtimes.append(
+                load_runtime(
+                    archive,
+                    runtime=preferred if preferred in manifest.graphs else None,
+                    device=settings.device,
+                    threads=threads,
+                    trust_code=settings.trust_code,
+                )
+            )
     except Exception as exc:
+        _close(runtimes)
         if not warm_up:  # at start: the error itself, whose class says what to do
             raise
         raise _failed(manifest, "cannot build the runtime", exc) from exc
@@ -60,13 +69,31 @@ def build_version(
         handler = load_handler(archive, trust_code=settings.trust_code)
         if warm_up:
             step = "the warm-up inference failed"
-            runtime.infer(warm_up_inputs(manifest.signature))
+            inputs = warm_up_inputs(manifest.signature)
+            for runtime in runtimes:
+                runtime.infer(inputs)
     except Exception as exc:
-        runtime.close()
+        _close(runtimes)
         if not warm_up:
             raise
         raise _failed(manifest, step, exc) from exc
-    return runtime, handler
+    return runtimes, handler
+
+
+def instances_of(manifest: Manifest, settings: ServerSettings) -> int:
+    """How many instances of the model each worker runs: the settings', else the manifest's."""
+    instances = settings.batching_for(manifest.name).get("instances")
+    return int(instances) if instances is not None else manifest.batching.instances
+
+
+def instance_threads(settings: ServerSettings, instances: int) -> int:
+    """Intra-op threads of each of ``instances`` instances: the worker's, shared."""
+    return max(1, settings.resolved_threads() // instances)
+
+
+def _close(runtimes: list[Runtime]) -> None:
+    for runtime in runtimes:
+        runtime.close()
 
 
 def open_archive(name: str, version: int, path: Path) -> Archive:

@@ -51,7 +51,8 @@ log = logging.getLogger("torchferry.repository")
 @dataclass(eq=False)
 class LoadedModel:
     archive: Archive
-    runtime: Runtime
+    #: One runtime per instance (``--instances``), each computing its own batches.
+    runtimes: list[Runtime]
     handler: Handler
     batcher: Batcher
     preprocess_pool: ThreadPoolExecutor
@@ -67,6 +68,11 @@ class LoadedModel:
     #: routed elsewhere.
     retired: bool = False
     _idle: asyncio.Event | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        """The first instance's runtime (what describes the model: platform, device)."""
+        return self.runtimes[0]
 
     @property
     def manifest(self) -> Manifest:
@@ -150,8 +156,8 @@ class ModelRepository:
         """Build and activate one version at once (at start: nothing serves yet)."""
         started = time.perf_counter()
         signing = check_signature(archive, self.settings, while_serving=False)
-        runtime, handler = build_version(archive, self.settings, warm_up=False)
-        model = self._assemble(archive, runtime, handler, time.perf_counter() - started, signing)
+        runtimes, handler = build_version(archive, self.settings, warm_up=False)
+        model = self._assemble(archive, runtimes, handler, time.perf_counter() - started, signing)
         self._register(model)
         return model
 
@@ -182,8 +188,8 @@ class ModelRepository:
         started = time.perf_counter()
         archive = await asyncio.to_thread(open_archive, name, version, path)
         signing = await asyncio.to_thread(check_signature, archive, self.settings, True)
-        runtime, handler = await asyncio.to_thread(build_version, archive, self.settings, True)
-        return self._assemble(archive, runtime, handler, time.perf_counter() - started, signing)
+        runtimes, handler = await asyncio.to_thread(build_version, archive, self.settings, True)
+        return self._assemble(archive, runtimes, handler, time.perf_counter() - started, signing)
 
     def _built(self, key: tuple[str, int], loading: asyncio.Future[LoadedModel]) -> None:
         """A build ended: pending, unless it was discarded meanwhile (its release then waits
@@ -367,7 +373,7 @@ class ModelRepository:
     def _assemble(
         self,
         archive: Archive,
-        runtime: Runtime,
+        runtimes: list[Runtime],
         handler: Handler,
         seconds: float,
         signing: str,
@@ -375,11 +381,14 @@ class ModelRepository:
         manifest = archive.manifest
         batching = manifest.batching.model_copy(update=self.settings.batching_for(manifest.name))
         batcher = Batcher(
-            runtime.infer,
+            [runtime.infer for runtime in runtimes],
             name=f"{manifest.name}:{manifest.version}",
             max_batch_size=batching.max_batch_size,
             max_delay_ms=batching.max_delay_ms,
             max_queue_rows=self.settings.max_queue_rows,
+            mode=batching.mode,
+            max_latency_ms=batching.max_latency_ms,
+            shed=self.settings.shed,
             observer=(
                 metrics.batch_observer(manifest.name, str(manifest.version))
                 if self.settings.metrics
@@ -388,22 +397,27 @@ class ModelRepository:
         )
         model = LoadedModel(
             archive,
-            runtime,
+            runtimes,
             handler,
             batcher,
             self._preprocess_pool,
             load_seconds=seconds,
             signing=signing,
         )
+        runtime = runtimes[0]
+        objective = batching.max_latency_ms
         log.info(
-            "loaded %s version %d (%s, handler %s, batch<=%d, delay %.1f ms, signature %s) "
-            "in %.2f s",
+            "loaded %s version %d (%s x%d, handler %s, %s batching, batch<=%d, delay %.1f ms, "
+            "objective %s, signature %s) in %.2f s",
             manifest.name,
             manifest.version,
             runtime.name,
+            len(runtimes),
             manifest.handler.name,
+            batching.mode,
             batching.max_batch_size,
             batching.max_delay_ms,
+            "none" if objective is None else f"{objective:g} ms",
             signing,
             seconds,
             extra={
@@ -411,9 +425,12 @@ class ModelRepository:
                 "model": manifest.name,
                 "version": str(manifest.version),  # as in the access log and the metrics
                 "runtime": runtime.name,
+                "instances": len(runtimes),
                 "handler": manifest.handler.name,
+                "batching": batching.mode,
                 "max_batch_size": batching.max_batch_size,
                 "max_delay_ms": batching.max_delay_ms,
+                "max_latency_ms": objective,
                 "load_seconds": round(seconds, 4),
                 "signature": signing,
             },
@@ -466,7 +483,8 @@ class ModelRepository:
         key = (model.name, str(model.version))
         if self.stats.get(key) is model.stats:  # not a newer instance's of the same version
             del self.stats[key]
-        model.runtime.close()
+        for runtime in model.runtimes:
+            runtime.close()
         log.info(
             "unloaded %s version %d",
             model.name,
