@@ -16,18 +16,17 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
-from tritonclient.grpc import service_pb2, service_pb2_grpc
-
 import torch
+import tritonclient.grpc as grpcclient
 from safetensors.torch import save_file
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import torchferry.cli as cli
 from torchferry.archive import Manifest, ModelStore
 from torchferry.cli.serve_cmd import settings_from_args
 from torchferry.serving.app import build_app
-from torchferry.serving.repository import ModelRepository
 from torchferry.serving.process import ServerProcess
+from torchferry.serving.repository import ModelRepository
 from torchferry.signature import ModelSignature, TensorSpec
 
 SOURCE = """
@@ -226,7 +225,9 @@ def test_a_request_behind_a_long_queue_is_shed_by_its_own_timeout(server):
 
     late = asyncio.run(scenario())
     assert late.status_code == 503, late.text
-    assert re.search(r"predicted wait \d+\.\d ms exceeds its deadline of (49|50)\.\d ms", late.json()["error"])
+    assert re.search(
+        r"predicted wait \d+\.\d ms exceeds its deadline of (49|50)\.\d ms", late.json()["error"]
+    )
 
 
 def test_two_instances_compute_batches_at_once(server):

@@ -26,10 +26,12 @@ def parse_model_batching(text: str) -> tuple[str | None, ModelOverride]:
     """``NAME:max_batch_size=16,max_delay_ms=5`` -> per-model batching override;
     ``fixed`` or ``adaptive`` alone -> the mode of every model (name None)."""
     if text in ("fixed", "adaptive"):
-        return None, ModelOverride(mode=text)
+        return None, ModelOverride.model_validate({"mode": text})
     name, _, rest = text.partition(":")
     if not name or not rest:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected fixed, adaptive or NAME:{BATCHING_KEYS}")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected fixed, adaptive or NAME:{BATCHING_KEYS}"
+        )
     fields: dict[str, str] = {}
     for item in rest.split(","):
         key, _, value = item.partition("=")

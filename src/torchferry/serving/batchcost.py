@@ -34,7 +34,7 @@ REFIT_EVERY = 4
 class BatchCost:
     """The learnt cost of a batch (seconds), from the batches the model answered."""
 
-    __slots__ = ("_since_fit", "_samples", "a", "b", "ready")
+    __slots__ = ("_samples", "_since_fit", "a", "b", "ready")
 
     def __init__(self) -> None:
         self._samples: deque[tuple[int, float]] = deque(maxlen=WINDOW)

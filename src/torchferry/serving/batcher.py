@@ -36,24 +36,24 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from torchferry.errors import (
-    InferenceTimeout,
-    ModelError,
-    ModelNotReady,
-    Overloaded,
-    TorchferryError,
-)
+from torchferry.errors import InferenceTimeout, ModelError, ModelNotReady, Overloaded
 from torchferry.serving.batchcost import BatchCost
-from torchferry.serving.batchpolicy import Mode, ArrivalGap, adaptive_wait, fixed_wait
+from torchferry.serving.batchfinish import (
+    PENDING,
+    model_failure,
+    run_finish,
+    run_finishes,
+    settle,
+    settle_all,
+)
+from torchferry.serving.batchpolicy import ArrivalGap, Mode, adaptive_wait, fixed_wait
 from torchferry.serving.batchqueue import (
     DEFAULT_PRIORITY,
     BatchQueue,
@@ -62,18 +62,16 @@ from torchferry.serving.batchqueue import (
     priority_level,
     shape_key,
 )
+from torchferry.serving.batchshed import Shed, Shedder
 from torchferry.serving.batchstats import BatcherStats
 from torchferry.serving.observe import current_record
 
-__all__ = ["DEFAULT_PRIORITY", "Batcher", "BatchObserver", "InferFn"]
-
-log = logging.getLogger("torchferry.batcher")
+__all__ = ["DEFAULT_PRIORITY", "BatchObserver", "Batcher", "InferFn"]
 
 InferFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 #: Batches that compute faster than this (on average) run on the event loop, no hand-off.
 INLINE_COMPUTE_S = 0.0002
 _T = TypeVar("_T")
-Shed = Literal["early", "never"]
 
 
 class BatchObserver(Protocol):
@@ -113,8 +111,12 @@ class Batcher:
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue_rows = max_queue_rows
         self.mode: Mode = mode
-        self.objective = None if max_latency_ms is None else max_latency_ms / 1000.0
-        self.shed_policy: Shed = shed
+        self.shedder = Shedder(
+            name,
+            shed,
+            None if max_latency_ms is None else max_latency_ms / 1000.0,
+            None if observer is None else observer.shed,
+        )
         self.stats = BatcherStats()
         self.cost = BatchCost()
         self._gap = ArrivalGap()
@@ -260,77 +262,28 @@ class Batcher:
 
     # -- shedding ------------------------------------------------------------------------------
 
+    @property
+    def objective(self) -> float | None:
+        """The latency objective (seconds), if any."""
+        return self.shedder.objective
+
+    @objective.setter
+    def objective(self, seconds: float | None) -> None:
+        self.shedder.objective = seconds
+
     def _shed_early(self, rows: int, level: int, timeout_s: float | None, now: float) -> None:
-        """Refuse a request whose predicted answer comes after its deadline (its own
-        timeout, else the objective): the batches in flight, the rows queued ahead of it,
-        then its own batch. Only once the cost is known."""
-        if self.shed_policy != "early" or not self.cost.ready:
-            return
-        limit = self._limit(timeout_s)
-        if limit is None:
-            return
-        budget, reason = limit
+        """Refuse a request predicted to miss its limit (``batchshed``): the batches in
+        flight and the rows queued ahead of it, shared among the instances, then its own
+        batch."""
         cost = self.cost
-        ahead = self._in_flight_left(now) + cost.seconds_for_rows(
-            self._queue.rows_ahead(level), self.max_batch_size
+        if not self.shedder.active(cost):
+            return
+        in_flight = sum(
+            max(0.0, started + cost.seconds(rows) - now) for started, rows in self._busy.values()
         )
-        wait = ahead / self.instances + cost.seconds(min(rows, self.max_batch_size))
-        if wait > budget:
-            raise self._shed(reason, wait, budget)
-
-    def _limit(self, timeout_s: float | None) -> tuple[float, str] | None:
-        """The sooner of the request's own timeout and the objective, and which it is."""
-        limits = []
-        if timeout_s is not None:
-            limits.append((timeout_s, "deadline"))
-        if self.objective is not None:
-            limits.append((self.objective, "objective"))
-        return min(limits) if limits else None
-
-    def _in_flight_left(self, now: float) -> float:
-        return sum(
-            max(0.0, started + self.cost.seconds(rows) - now)
-            for started, rows in self._busy.values()
-        )
-
-    def _shed(self, reason: str, wait: float, budget: float) -> Overloaded:
-        if self.observer is not None:
-            self.observer.shed(reason)
-        what = "its deadline" if reason == "deadline" else "the latency objective"
-        message = (
-            f"model {self.name!r} is overloaded: predicted wait {wait * 1000:.1f} ms exceeds "
-            f"{what} of {budget * 1000:.1f} ms"
-        )
-        log.debug("%s (shed)", message)
-        return Overloaded(message, retry_after=max(0.1, wait))
-
-    def _recheck(self, batch: list[QueuedRequest], now: float) -> list[QueuedRequest]:
-        """The batch's requests that can still be answered in time: one past its own
-        deadline is answered 504; one that can no longer make its deadline or the objective
-        is shed (503)."""
-        shedding = self.shed_policy == "early" and self.cost.ready
-        if not shedding and all(r.deadline is None for r in batch):
-            return batch
-        done_at = now + self.cost.seconds(sum(r.rows for r in batch)) if shedding else now
-        kept = []
-        for request in batch:
-            if request.deadline is not None and request.deadline <= now:
-                timeout = request.deadline - request.arrived
-                error: TorchferryError = InferenceTimeout(
-                    f"model {self.name!r} did not answer within {timeout:.3g} s"
-                )
-            elif (
-                shedding
-                and (limit := self._limit(_left(request))) is not None
-                and done_at - request.arrived > limit[0]
-            ):
-                error = self._shed(limit[1], done_at - request.arrived, limit[0])
-            else:
-                kept.append(request)
-                continue
-            if not request.future.done():
-                request.future.set_exception(error)
-        return kept
+        ahead = cost.seconds_for_rows(self._queue.rows_ahead(level), self.max_batch_size)
+        own = cost.seconds(min(rows, self.max_batch_size))
+        self.shedder.check((in_flight + ahead) / self.instances + own, timeout_s)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -356,7 +309,7 @@ class Batcher:
             batch = queue.take(self.max_batch_size)
             self._pending_changed()
             if batch:
-                batch = self._recheck(batch, time.perf_counter())
+                batch = self.shedder.recheck(batch, time.perf_counter(), self.cost)
             if not batch:
                 continue
             instance = self._free.pop()
@@ -441,18 +394,18 @@ class Batcher:
         answers, computed, model_s, finishing = done
         self._record(batch, started, computed, model_s)
         for request, answer in zip(batch, answers, strict=True):
-            if answer is not _PENDING:
-                _settle(request.future, answer)
+            if answer is not PENDING:
+                settle(request.future, answer)
         if finishing is not None:
-            pending = [r for r, answer in zip(batch, answers, strict=True) if answer is _PENDING]
-            asyncio.wrap_future(finishing, loop=loop).add_done_callback(_settle_all(pending))
+            pending = [r for r, answer in zip(batch, answers, strict=True) if answer is PENDING]
+            asyncio.wrap_future(finishing, loop=loop).add_done_callback(settle_all(pending))
 
     def _compute(
         self, instance: int, batch: list[QueuedRequest]
     ) -> tuple[list[Any], float, float, Future[list[Any]] | None]:
         """On the instance's worker thread: run the batch, split the outputs row for row,
         and finish the requests that have a finish step. Returns each request's answer
-        (``_PENDING`` for a finish step still to come), when the model finished, the
+        (``PENDING`` for a finish step still to come), when the model finished, the
         model's own seconds, and the pending steps' future.
 
         A lone request with nothing queued behind it finishes here, with no hand-off (the
@@ -487,12 +440,12 @@ class Batcher:
         if not steps:
             return answers, computed, model_s, None
         if len(batch) == 1 and not self._queue:
-            return [_run_finish(steps[0][1][1], answers[0])], computed, model_s, None
+            return [run_finish(steps[0][1][1], answers[0])], computed, model_s, None
         executor = steps[0][1][0]  # one model, one pool
         work = [(finish[1], answers[i]) for i, finish in steps]
         for i, _ in steps:
-            answers[i] = _PENDING
-        return answers, computed, model_s, executor.submit(_run_finishes, work)
+            answers[i] = PENDING
+        return answers, computed, model_s, executor.submit(run_finishes, work)
 
     def _fail(self, request: QueuedRequest, exc: Exception, started: float) -> None:
         self.stats.record_failure(request.arrived)
@@ -502,21 +455,7 @@ class Batcher:
             record.batch_size = request.rows
         if request.future.done():
             return
-        # the client's answer carries the model's message; a log line only its kind, since a
-        # model's (or its runtime's) message may quote the request's values
-        failed = f"model {self.name!r} failed: "
-        if isinstance(exc, ModelError):  # the runtime already put the model's message in words
-            error: TorchferryError = ModelError(
-                failed + exc.message, log_message=failed + exc.log_message
-            )
-        elif isinstance(exc, TorchferryError):
-            error = exc
-        else:
-            message = str(exc) or type(exc).__name__
-            error = ModelError(
-                f"{failed}{type(exc).__name__}: {message}",
-                log_message=failed + type(exc).__name__,
-            )
+        error = model_failure(self.name, exc)
         request.future.set_exception(error)
 
     def _record(
@@ -537,58 +476,3 @@ class Batcher:
                 record.batch_size = rows
         if self.observer is not None:
             self.observer.executed(rows, computed - started)
-
-
-def _left(request: QueuedRequest) -> float | None:
-    """The request's own timeout, in seconds from its arrival."""
-    return None if request.deadline is None else request.deadline - request.arrived
-
-
-@dataclass
-class _Failed:
-    """A finish step's exception, carried back to the event loop."""
-
-    error: BaseException
-
-
-#: The answer of a request whose finish step is still running on its executor.
-_PENDING = object()
-
-
-def _run_finish(finish: Callable[[dict[str, np.ndarray]], Any], outputs: dict[str, Any]) -> Any:
-    try:
-        return finish(outputs)
-    except Exception as exc:
-        return _Failed(exc)
-
-
-def _run_finishes(work: list[tuple[Callable[[dict[str, np.ndarray]], Any], Any]]) -> list[Any]:
-    return [_run_finish(finish, outputs) for finish, outputs in work]
-
-
-def _settle(future: asyncio.Future[Any], answer: Any) -> None:
-    """Answer a request, unless its caller gave up."""
-    if future.done():
-        return
-    if isinstance(answer, _Failed):
-        future.set_exception(answer.error)
-    else:
-        future.set_result(answer)
-
-
-def _settle_all(pending: list[QueuedRequest]) -> Callable[[asyncio.Future[list[Any]]], None]:
-    """Answer the requests whose finish steps ran together on the executor."""
-
-    def settle(finished: asyncio.Future[list[Any]]) -> None:
-        if finished.cancelled():  # the executor shut down first
-            answers: list[Any] = [_Failed(ModelNotReady("the server is shutting down"))] * len(
-                pending
-            )
-        elif (error := finished.exception()) is not None:
-            answers = [_Failed(error)] * len(pending)
-        else:
-            answers = finished.result()
-        for request, answer in zip(pending, answers, strict=True):
-            _settle(request.future, answer)
-
-    return settle
