@@ -202,7 +202,7 @@ def autotune(
             gc.collect()
         if progress:
             progress(len(chosen), len(chosen), "done")
-        instances, rates = 1, {}
+        instances, rates = 1, dict[int, float]()
         if best is not None:
             best[0].winner = True
             instances, rates = _choose_instances(best[0], best[1], evaluation, settings)
