@@ -302,3 +302,13 @@ def test_two_instances_compute_two_batches_at_once():
     assert [a["y"][0, 0] for a in answers] == [0, 2, 4, 6]
     assert peak == 2 and first.sizes and second.sizes
     assert elapsed < 0.55  # 4 batches of 0.15 s on 2 instances, not 0.6 s on one
+
+
+def test_the_running_fit_matches_a_fit_of_the_window():
+    cost = BatchCost()
+    rng = np.random.default_rng(3)
+    samples = [(int(n), 0.002 * n + 0.01 + rng.normal(0, 1e-4)) for n in rng.integers(1, 33, 300)]
+    for n, t in samples:
+        cost.add(n, t)
+    a, b = fit(samples[-64:])  # the window, refitted 300 % 4 == 0 batches ago
+    assert cost.a == pytest.approx(a, rel=1e-6) and cost.b == pytest.approx(b, rel=1e-6)

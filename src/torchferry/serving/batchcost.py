@@ -32,13 +32,18 @@ REFIT_EVERY = 4
 
 
 class BatchCost:
-    """The learnt cost of a batch (seconds), from the batches the model answered."""
+    """The learnt cost of a batch (seconds), from the batches the model answered.
 
-    __slots__ = ("_samples", "_since_fit", "a", "b", "ready")
+    The sums the fit needs are kept as batches come and go (a refit costs a few float
+    operations, not a pass over the window: this runs on the event loop, per batch)."""
+
+    __slots__ = ("_samples", "_since_exact", "_since_fit", "_sums", "a", "b", "ready")
 
     def __init__(self) -> None:
-        self._samples: deque[tuple[int, float]] = deque(maxlen=WINDOW)
-        self._since_fit = 0
+        self._samples: deque[tuple[int, float]] = deque()
+        #: Σn, Σt, Σn², Σnt over the window.
+        self._sums = [0.0, 0.0, 0.0, 0.0]
+        self._since_fit = self._since_exact = 0
         #: Seconds per row and seconds per batch; meaningful once ``ready``.
         self.a = 0.0
         self.b = 0.0
@@ -48,10 +53,20 @@ class BatchCost:
         """One batch of ``rows`` rows computed in ``seconds`` (the model alone)."""
         if rows <= 0 or seconds < 0:
             return
-        self._samples.append((rows, seconds))
+        samples, sums = self._samples, self._sums
+        samples.append((rows, seconds))
+        _accumulate(sums, rows, seconds, 1)
+        if len(samples) > WINDOW:
+            _accumulate(sums, *samples.popleft(), -1)
         self._since_fit += 1
-        if len(self._samples) >= MIN_SAMPLES and (not self.ready or self._since_fit >= REFIT_EVERY):
-            self.a, self.b = fit(list(self._samples))
+        self._since_exact += 1
+        if self._since_exact >= WINDOW:  # now and then, from scratch: no rounding drift
+            self._since_exact = 0
+            self._sums = sums = [0.0, 0.0, 0.0, 0.0]
+            for n, t in samples:
+                _accumulate(sums, n, t, 1)
+        if len(samples) >= MIN_SAMPLES and (not self.ready or self._since_fit >= REFIT_EVERY):
+            self.a, self.b = fit_sums(len(samples), *sums)
             self.ready = True
             self._since_fit = 0
 
@@ -67,20 +82,34 @@ class BatchCost:
         return total + (self.seconds(rest) if rest else 0.0)
 
 
+def _accumulate(sums: list[float], n: int, t: float, sign: int) -> None:
+    sums[0] += sign * n
+    sums[1] += sign * t
+    sums[2] += sign * n * n
+    sums[3] += sign * n * t
+
+
 def fit(samples: list[tuple[int, float]]) -> tuple[float, float]:
     """Least squares ``t = a·n + b`` over ``(n, t)`` samples, with ``a, b >= 0`` (see the
     module's docstring for the fallbacks)."""
-    count = len(samples)
-    mean_n = sum(n for n, _ in samples) / count
-    mean_t = sum(t for _, t in samples) / count
-    var_n = sum((n - mean_n) ** 2 for n, _ in samples)
-    if var_n == 0:  # one distinct size: no intercept to tell
+    sums = [0.0, 0.0, 0.0, 0.0]
+    for n, t in samples:
+        _accumulate(sums, n, t, 1)
+    return fit_sums(len(samples), *sums)
+
+
+def fit_sums(
+    count: int, sum_n: float, sum_t: float, sum_nn: float, sum_nt: float
+) -> tuple[float, float]:
+    """``fit`` from the samples' count and sums."""
+    mean_n, mean_t = sum_n / count, sum_t / count
+    var_n = sum_nn - count * mean_n * mean_n
+    if var_n <= 1e-9 * max(1.0, sum_nn):  # one distinct size: no intercept to tell
         return mean_t / mean_n, 0.0
-    cov = sum((n - mean_n) * (t - mean_t) for n, t in samples)
-    a = cov / var_n
+    a = (sum_nt - count * mean_n * mean_t) / var_n
     b = mean_t - a * mean_n
     if a < 0:
         return 0.0, mean_t
     if b < 0:
-        return sum(n * t for n, t in samples) / sum(n * n for n, _ in samples), 0.0
+        return sum_nt / sum_nn, 0.0
     return a, b

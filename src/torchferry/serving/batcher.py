@@ -276,7 +276,7 @@ class Batcher:
         flight and the rows queued ahead of it, shared among the instances, then its own
         batch."""
         cost = self.cost
-        if not self.shedder.active(cost):
+        if (timeout_s is None and self.shedder.objective is None) or not self.shedder.active(cost):
             return
         in_flight = sum(
             max(0.0, started + cost.seconds(rows) - now) for started, rows in self._busy.values()
@@ -322,6 +322,9 @@ class Batcher:
 
     async def _wait_to_fill(self) -> None:
         assert self._wakeup is not None
+        adaptive = self.mode == "adaptive" and self.cost.ready
+        if self.cost.b <= 0 if adaptive else self.max_delay <= 0:
+            return  # no fixed cost to share, or no window: never wait (the common case)
         queue = self._queue
         while queue.rows < self.max_batch_size and not self._closing:
             queue.drop_done()
@@ -330,7 +333,7 @@ class Batcher:
                 return
             now = time.perf_counter()
             waited = now - oldest
-            if self.mode == "adaptive" and self.cost.ready:
+            if adaptive:
                 remaining = adaptive_wait(
                     queue.rows,
                     self._gap.current(now),
@@ -352,17 +355,18 @@ class Batcher:
     async def _execute_on(
         self, loop: asyncio.AbstractEventLoop, instance: int, batch: list[QueuedRequest]
     ) -> None:
-        self._busy[instance] = (time.perf_counter(), sum(r.rows for r in batch))
+        rows = sum(r.rows for r in batch)
+        self._busy[instance] = (time.perf_counter(), rows)
         self.peak_concurrent = max(self.peak_concurrent, len(self._busy))
         try:
-            await self._execute(loop, instance, batch)
+            await self._execute(loop, instance, batch, rows)
         finally:
             del self._busy[instance]
             self._free.append(instance)
             if self._wakeup is not None:
                 self._wakeup.set()
 
-    def _runs_inline(self, batch: list[QueuedRequest]) -> bool:
+    def _runs_inline(self, batch: list[QueuedRequest], rows: int) -> bool:
         """Whether to run this batch on the event loop rather than the worker thread: for a
         batch expected (its rows times the recent time per row) to take less than
         ``INLINE_COMPUTE_S``, the hand-off to a thread and back costs more than the model
@@ -371,14 +375,18 @@ class Batcher:
         nor with several instances (they exist to compute side by side)."""
         if self.instances > 1 or any(r.finish is not None for r in batch):
             return False
-        return self._row_compute_ema * sum(r.rows for r in batch) < INLINE_COMPUTE_S
+        return self._row_compute_ema * rows < INLINE_COMPUTE_S
 
     async def _execute(
-        self, loop: asyncio.AbstractEventLoop, instance: int, batch: list[QueuedRequest]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        instance: int,
+        batch: list[QueuedRequest],
+        rows: int,
     ) -> None:
         started = time.perf_counter()
         try:
-            if self._runs_inline(batch):
+            if self._runs_inline(batch, rows):
                 done = self._compute(instance, batch)
             else:
                 done = await loop.run_in_executor(
@@ -387,12 +395,12 @@ class Batcher:
         except Exception as exc:  # the model raised: isolate the request responsible
             if len(batch) > 1:
                 for request in batch:
-                    await self._execute(loop, instance, [request])
+                    await self._execute(loop, instance, [request], request.rows)
                 return
             self._fail(batch[0], exc, started)
             return
         answers, computed, model_s, finishing = done
-        self._record(batch, started, computed, model_s)
+        self._record(batch, rows, started, computed, model_s)
         for request, answer in zip(batch, answers, strict=True):
             if answer is not PENDING:
                 settle(request.future, answer)
@@ -459,12 +467,16 @@ class Batcher:
         request.future.set_exception(error)
 
     def _record(
-        self, batch: list[QueuedRequest], started: float, computed: float, model_s: float
+        self,
+        batch: list[QueuedRequest],
+        rows: int,
+        started: float,
+        computed: float,
+        model_s: float,
     ) -> None:
         """Count a batch the model answered (statistics are the model's: a handler's finish
         step is not part of its compute time, and does not make the model fail)."""
         arrivals = [request.arrived for request in batch]
-        rows = sum(r.rows for r in batch)
         self.stats.record_batch(rows, arrivals, started, computed)
         self.cost.add(rows, model_s)
         ema, last = self._row_compute_ema, model_s / rows

@@ -69,7 +69,7 @@ class Shedder:
         """When ``batch`` forms: the requests that can still be answered in time; the
         others are answered (504 past their own deadline, else 503 shed)."""
         shedding = self.active(cost)
-        if not shedding and all(r.deadline is None for r in batch):
+        if (self.objective is None or not shedding) and all(r.deadline is None for r in batch):
             return batch
         done_at = now + cost.seconds(sum(r.rows for r in batch)) if shedding else now
         kept = []
