@@ -35,24 +35,15 @@ executed, every change in the number of requests waiting, and every request shed
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from torchferry.errors import InferenceTimeout, ModelError, ModelNotReady, Overloaded
+from torchferry.errors import InferenceTimeout, ModelNotReady, Overloaded
 from torchferry.serving.batchcost import BatchCost
-from torchferry.serving.batchfinish import (
-    PENDING,
-    model_failure,
-    run_finish,
-    run_finishes,
-    settle,
-    settle_all,
-)
 from torchferry.serving.batchpolicy import ArrivalGap, Mode, adaptive_wait, fixed_wait
 from torchferry.serving.batchqueue import (
     DEFAULT_PRIORITY,
@@ -61,6 +52,14 @@ from torchferry.serving.batchqueue import (
     QueuedRequest,
     priority_level,
     shape_key,
+)
+from torchferry.serving.batchrun import (
+    PENDING,
+    Computed,
+    compute,
+    model_failure,
+    settle,
+    settle_all,
 )
 from torchferry.serving.batchshed import Shed, Shedder
 from torchferry.serving.batchstats import BatcherStats
@@ -408,52 +407,10 @@ class Batcher:
             pending = [r for r, answer in zip(batch, answers, strict=True) if answer is PENDING]
             asyncio.wrap_future(finishing, loop=loop).add_done_callback(settle_all(pending))
 
-    def _compute(
-        self, instance: int, batch: list[QueuedRequest]
-    ) -> tuple[list[Any], float, float, Future[list[Any]] | None]:
-        """On the instance's worker thread: run the batch, split the outputs row for row,
-        and finish the requests that have a finish step. Returns each request's answer
-        (``PENDING`` for a finish step still to come), when the model finished, the
-        model's own seconds, and the pending steps' future.
-
-        A lone request with nothing queued behind it finishes here, with no hand-off (the
-        lowest latency when idle). Otherwise the batch's finish steps go to the executor as
-        one task, one hand-off for the whole batch, so that the next batch starts at once."""
-        if len(batch) == 1:
-            inputs = batch[0].inputs
-        else:
-            inputs = {
-                name: np.concatenate([r.inputs[name] for r in batch], axis=0)
-                for name in batch[0].inputs
-            }
-        rows = sum(r.rows for r in batch)
-        begun = time.perf_counter()
-        outputs = self._infers[instance](inputs)
-        for name, array in outputs.items():
-            if array.ndim == 0 or array.shape[0] != rows:
-                raise ModelError(
-                    f"output {name!r} has shape {list(array.shape)}, "
-                    f"which does not keep the batch dimension of {rows} rows"
-                )
-        computed = time.perf_counter()
-        model_s = computed - begun  # the model alone, not the hand-off
-        answers: list[Any] = [outputs]
-        if len(batch) > 1:
-            bounds = [0, *itertools.accumulate(r.rows for r in batch)]
-            answers = [
-                {name: array[start:end] for name, array in outputs.items()}
-                for start, end in itertools.pairwise(bounds)
-            ]
-        steps = [(i, r.finish) for i, r in enumerate(batch) if r.finish is not None]
-        if not steps:
-            return answers, computed, model_s, None
-        if len(batch) == 1 and not self._queue:
-            return [run_finish(steps[0][1][1], answers[0])], computed, model_s, None
-        executor = steps[0][1][0]  # one model, one pool
-        work = [(finish[1], answers[i]) for i, finish in steps]
-        for i, _ in steps:
-            answers[i] = PENDING
-        return answers, computed, model_s, executor.submit(run_finishes, work)
+    def _compute(self, instance: int, batch: list[QueuedRequest]) -> Computed:
+        """On the instance's worker thread (``batchrun.compute``); a lone request with
+        nothing queued behind it finishes there too."""
+        return compute(self._infers[instance], batch, finish_here=not self._queue)
 
     def _fail(self, request: QueuedRequest, exc: Exception, started: float) -> None:
         self.stats.record_failure(request.arrived)
