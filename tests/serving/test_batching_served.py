@@ -20,6 +20,7 @@ import torch
 import tritonclient.grpc as grpcclient
 from safetensors.torch import save_file
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
 import torchferry.cli as cli
 from torchferry.archive import Manifest, ModelStore
@@ -273,3 +274,23 @@ def test_shed_never_runs_what_would_miss_the_objective(store):
             await repository.close()
 
     assert asyncio.run(scenario()) == [200] * 6
+
+
+def test_a_grpc_deadline_that_cannot_be_met_behind_a_queue_is_shed(server):
+    triton = grpcclient.InferenceServerClient(server.grpc_target)
+
+    def infer(timeout: float | None = None) -> None:
+        tensor = grpcclient.InferInput("x", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+        triton.infer("sleepy", [tensor], client_timeout=timeout)
+
+    with ThreadPoolExecutor(32) as pool:
+        queue = [pool.submit(infer) for _ in range(32)]  # 16 rounds of 25 ms
+        time.sleep(0.15)
+        with pytest.raises(InferenceServerException) as shed:
+            infer(timeout=0.08)
+        for queued in queue:
+            queued.result()
+    triton.close()
+    assert shed.value.status() == "StatusCode.RESOURCE_EXHAUSTED", shed.value
+    assert "exceeds its deadline" in shed.value.message()
