@@ -63,10 +63,17 @@ def test_optimize_writes_the_next_version_with_its_report(digits, capsys):
     assert rows[winner][0].endswith("★") and rows[winner][1] == "accepted"
     assert written.manifest.signature == source.manifest.signature
     assert written.manifest.handler == source.manifest.handler
-    assert written.manifest.batching == source.manifest.batching
+    # the same batching, with the number of instances autotune measured best
+    chosen = written.manifest.batching.instances
+    assert chosen in (1, 2, 4)
+    assert written.manifest.batching == source.manifest.batching.model_copy(
+        update={"instances": chosen}
+    )
+    assert f"{chosen} instance(s) per worker" in out
     assert written.file("labels.json").read_bytes() == source.file("labels.json").read_bytes()
 
     report = written.file("optimize-report.html").read_text()
+    assert "instances per worker" in report and "4: " in report
     assert "optimize-report.html" in written.manifest.files  # hashed with the version
     assert "<svg" in report and "</svg>" in report and "<script" not in report
     for name, cells in rows.items():

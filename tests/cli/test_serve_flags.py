@@ -176,3 +176,37 @@ def test_memory_budget_flag() -> None:
     for bad in ("0", "lots"):
         with pytest.raises(SystemExit):
             settings_of("--memory-budget", bad)
+
+
+def test_batching_flags() -> None:
+    settings = settings_of(
+        "--batching", "fixed",
+        "--max-latency-ms", "50",
+        "--instances", "2",
+        "--shed", "never",
+        "--batching", "mlp:mode=adaptive,max_latency_ms=20,instances=3",
+    )  # fmt: skip
+    assert settings.shed == "never"
+    assert settings.batching_for("resnet") == {
+        "mode": "fixed", "max_latency_ms": 50.0, "instances": 2,
+    }  # fmt: skip
+    assert settings.batching_for("mlp") == {
+        "mode": "adaptive", "max_latency_ms": 20.0, "instances": 3,
+    }  # fmt: skip
+    assert settings_of().shed == "early" and settings_of().batching_for("m") == {}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--batching", "eager"],
+        ["--batching", "mlp:mode=greedy"],
+        ["--batching", "mlp:instances=0"],
+        ["--batching", "mlp:max_latency_ms=0"],
+        ["--shed", "sometimes"],
+    ],
+)
+def test_bad_batching_flags_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        settings_of(*argv)
+    assert exit_info.value.code == 2

@@ -40,7 +40,10 @@ def test_the_builders_build_the_files_applications(tmp_path):
             assert deployment.ray_actor_options == {"num_cpus": 1.0, "num_gpus": 0.0}
             replica_settings = built._bound_deployment.init_args[0]
             assert replica_settings["store"] == str(tmp_path)
-            assert replica_settings["batching"] == {"max_batch_size": 32, "max_delay_ms": 2.0}
+            assert replica_settings["batching"] == {
+                "max_batch_size": 32, "max_delay_ms": 2.0,
+                "mode": None, "max_latency_ms": None, "instances": None,
+            }  # fmt: skip
             assert replica_settings["grpc_port"] is None
         else:
             assert deployment.num_replicas == 1

@@ -219,13 +219,13 @@ def test_body_limit_and_zero_copy_in_process(model_store):
     repository.load_store(model_store, ["adder"])
     model = repository.get("adder", 1)
     seen: list[np.ndarray] = []
-    run = model.batcher._infer
+    run = model.batcher._infers[0]
 
     def recording(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         seen.append(inputs["x"])
         return run(inputs)
 
-    model.batcher._infer = recording
+    model.batcher._infers[0] = recording
     app = build_app(settings, repository)
 
     async def scenario() -> None:

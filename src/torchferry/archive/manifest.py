@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -37,12 +37,20 @@ class HandlerSpec(BaseModel):
 
 
 class BatchingSpec(BaseModel):
-    """Dynamic batching defaults. With no delay (the default, as in Triton) a batch is what
-    queued while the previous one computed: no added latency when idle, full batches under
-    load. A delay trades latency for fuller batches under light, bursty traffic."""
+    """Dynamic batching defaults (docs/batching.md).
+
+    ``adaptive`` (the default) learns what a batch costs and waits for more rows only while
+    waiting raises throughput, and only as long as ``max_latency_ms`` (the objective, if
+    any) allows; until the cost is known it behaves as ``fixed``. ``fixed`` waits at most
+    ``max_delay_ms`` after the oldest request: with no delay (the default, as in Triton) a
+    batch is what queued while the previous one computed. ``instances`` runs that many
+    copies of the model in each worker, each computing its own batches."""
 
     max_batch_size: int = Field(default=32, ge=1)
     max_delay_ms: float = Field(default=0.0, ge=0)
+    mode: Literal["adaptive", "fixed"] = "adaptive"
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    instances: int = Field(default=1, ge=1)
 
 
 class ParityReport(BaseModel):

@@ -19,11 +19,19 @@ if TYPE_CHECKING:
     from torchferry.serving.model_dir import ServedSource
 
 
-def parse_model_batching(text: str) -> tuple[str, ModelOverride]:
-    """``NAME:max_batch_size=16,max_delay_ms=5`` -> per-model batching override."""
+BATCHING_KEYS = "max_batch_size=N,max_delay_ms=F,mode=adaptive|fixed,max_latency_ms=F,instances=N"
+
+
+def parse_model_batching(text: str) -> tuple[str | None, ModelOverride]:
+    """``NAME:max_batch_size=16,max_delay_ms=5`` -> per-model batching override;
+    ``fixed`` or ``adaptive`` alone -> the mode of every model (name None)."""
+    if text in ("fixed", "adaptive"):
+        return None, ModelOverride.model_validate({"mode": text})
     name, _, rest = text.partition(":")
     if not name or not rest:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:max_batch_size=N,max_delay_ms=F")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected fixed, adaptive or NAME:{BATCHING_KEYS}"
+        )
     fields: dict[str, str] = {}
     for item in rest.split(","):
         key, _, value = item.partition("=")
@@ -96,8 +104,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         type=parse_model_batching,
         default=[],
-        metavar="NAME:max_batch_size=N,max_delay_ms=F",
-        help="batching for one model (repeatable)",
+        metavar="fixed|adaptive|NAME:KEY=VALUE,...",
+        help="the batching mode of every model (adaptive by default), or batching for one "
+        f"model: NAME:{BATCHING_KEYS} (repeatable; docs/batching.md)",
+    )
+    parser.add_argument(
+        "--max-latency-ms",
+        type=float,
+        help="latency objective of every model: adaptive batching waits no longer, and "
+        "requests that would miss it are shed (default: none)",
+    )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        help="model instances per worker, each with threads / N intra-op threads (default 1)",
+    )
+    parser.add_argument(
+        "--shed",
+        choices=["early", "never"],
+        default="early",
+        help="early (default): refuse with 503 a request predicted to miss its deadline or "
+        "the latency objective; never: run it anyway",
     )
     parser.add_argument(
         "--max-body-size",
@@ -251,6 +278,8 @@ def parse_autoscale(text: str) -> Autoscaling:
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     policies = dict(args.version_policy)
     default_policy = policies.pop(None, None) or VersionPolicy()
+    modes = [override.mode for name, override in args.batching if name is None]
+    per_model = {name: override for name, override in args.batching if name is not None}
     return ServerSettings(
         store=args.store,
         models=args.model,
@@ -266,8 +295,15 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_queue_rows=args.max_queue_rows,
         request_timeout_s=args.request_timeout,
         memory_budget_bytes=args.memory_budget,
-        batching=ModelOverride(max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms),
-        per_model=dict(args.batching),
+        shed=args.shed,
+        batching=ModelOverride(
+            max_batch_size=args.max_batch_size,
+            max_delay_ms=args.max_delay_ms,
+            max_latency_ms=args.max_latency_ms,
+            instances=args.instances,
+            mode=modes[-1] if modes else None,
+        ),
+        per_model=per_model,
         log_level=args.log_level,
         log_format=args.log_format,
         access_log=not args.no_access_log,

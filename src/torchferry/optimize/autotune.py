@@ -30,6 +30,7 @@ from torchferry.optimize.candidates import CANDIDATES, Candidate, original_name,
 from torchferry.optimize.context import BuildContext
 from torchferry.optimize.data import EvalData, load_data
 from torchferry.optimize.errors import Skipped
+from torchferry.optimize.instances import best_instances, measure_instances
 from torchferry.optimize.measure import MeasureSettings, measure, scores
 from torchferry.optimize.outcome import (
     METRICS,
@@ -201,8 +202,10 @@ def autotune(
             gc.collect()
         if progress:
             progress(len(chosen), len(chosen), "done")
+        instances, rates = 1, dict[int, float]()
         if best is not None:
             best[0].winner = True
+            instances, rates = _choose_instances(best[0], best[1], evaluation, settings)
         result = AutotuneResult(
             source=source,
             metric=metric,
@@ -222,9 +225,22 @@ def autotune(
             started=started,
             seconds=0.0,
             settings=settings,
+            instances=instances,
+            instances_rates=rates,
         )
         _finish(result, best[1] if best else None, target, report, begun)
     return result
+
+
+def _choose_instances(
+    row: CandidateRow, built: Archive, data: EvalData, settings: MeasureSettings
+) -> tuple[int, dict[int, float]]:
+    """The winner's best number of instances per worker; 1 when it cannot be measured."""
+    try:
+        rates = measure_instances(built, data, settings, row.best_batch or 1, device=row.device)
+    except Exception:  # the winner measured alone already: keep one instance
+        return 1, {}
+    return best_instances(rates), rates
 
 
 def _target_store(source: Archive, store: ModelStore | Path | str | None) -> ModelStore:
@@ -306,7 +322,8 @@ def _finish(
         result.summary = (
             f"wrote {name} version {version}: {winner.name}, "
             f"{winner.throughput:,.0f} rows/s at batch {winner.best_batch} "
-            f"(original {result.original.throughput:,.0f} rows/s)"
+            f"(original {result.original.throughput:,.0f} rows/s), "
+            f"{result.instances} instance(s) per worker"
         )
     result.seconds = time.perf_counter() - begun
     html = render_html(result, version) if report else None
@@ -326,7 +343,7 @@ def _finish(
             "version": version,
             "signature": source.signature,
             "handler": source.handler,
-            "batching": source.batching,
+            "batching": source.batching.model_copy(update={"instances": result.instances}),
             "source": f"optimize: {winner.name}",
             "files": {},
             "created": _dt.datetime.now(_dt.UTC).isoformat(),

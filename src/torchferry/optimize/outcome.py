@@ -75,6 +75,10 @@ class AutotuneResult:
     started: str
     seconds: float
     settings: MeasureSettings
+    #: Instances per worker chosen for the winner (``batching.instances``), and the rows
+    #: per second measured with each count (``optimize.instances``).
+    instances: int = 1
+    instances_rates: dict[int, float] = field(default_factory=dict)
 
     def row(self, name: str) -> CandidateRow:
         return next(r for r in self.rows if r.name == name)

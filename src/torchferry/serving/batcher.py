@@ -1,14 +1,24 @@
 """Dynamic batching: one queue per model version, coalesced along dimension 0.
 
-Requests wait at most ``max_delay`` after the oldest queued one arrived, or until
-``max_batch_size`` rows are queued; then one inference runs on the batcher's own worker
-thread and its outputs are split back, row for row, to each request. While a batch
-computes, new requests queue up, so under load batches fill without waiting at all.
+Requests queue by priority, then arrival (``batchqueue``). Whenever one of the model's
+instances is free, the batcher decides whether to dispatch the queued rows now or to wait
+for more (``batchpolicy``): in ``adaptive`` mode by the learnt cost of a batch
+(``batchcost``) and the arrival rate, under an optional latency objective; in ``fixed`` mode
+(and in ``adaptive`` mode before the cost is known) it waits at most ``max_delay`` after the
+oldest queued request, or until ``max_batch_size`` rows are queued. One inference then runs
+on the instance's own worker thread and its outputs are split back, row for row, to each
+request. While a batch computes, new requests queue up, so under load batches fill without
+waiting at all.
 
 Only requests whose tensors agree on everything but dimension 0 are merged; others run in
 a batch of their own. A request with more rows than ``max_batch_size`` runs alone. When a
 merged batch raises, each of its requests is retried alone so that only the request that
 causes the failure sees it.
+
+Shedding (``shed="early"``): once the cost is known, a request whose predicted answer comes
+after its deadline (its own timeout, else the objective) is refused at once with 503, and
+a queued request that can no longer make it is refused when its batch forms; one already
+past its own deadline is answered 504 there. ``shed="never"`` sheds nothing.
 
 A request may come with a ``finish`` step (a handler's postprocess) and the executor to run
 it on. The step never runs on the event loop: for a lone request with nothing queued behind
@@ -19,38 +29,48 @@ hand-off per batch, not per request), so that the next batch starts at once.
 Each request keeps the record of the request that submitted it (``observe.current_record``)
 and the batcher writes what only it knows there: when the request was queued, when its
 batch computed, and the batch's size. A ``BatchObserver`` (the metrics) hears of every batch
-executed and of every change in the number of requests waiting.
+executed, every change in the number of requests waiting, and every request shed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from torchferry.errors import (
-    InferenceTimeout,
-    ModelError,
-    ModelNotReady,
-    Overloaded,
-    TorchferryError,
+from torchferry.errors import InferenceTimeout, ModelNotReady, Overloaded
+from torchferry.serving.batchcost import BatchCost
+from torchferry.serving.batchpolicy import ArrivalGap, Mode, adaptive_wait, fixed_wait
+from torchferry.serving.batchqueue import (
+    DEFAULT_PRIORITY,
+    BatchQueue,
+    Finish,
+    QueuedRequest,
+    priority_level,
+    shape_key,
 )
+from torchferry.serving.batchrun import (
+    PENDING,
+    Computed,
+    compute,
+    model_failure,
+    settle,
+    settle_all,
+)
+from torchferry.serving.batchshed import Shed, Shedder
 from torchferry.serving.batchstats import BatcherStats
-from torchferry.serving.observe import RequestRecord, current_record
+from torchferry.serving.observe import current_record
+
+__all__ = ["DEFAULT_PRIORITY", "BatchObserver", "Batcher", "InferFn"]
 
 InferFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 #: Batches that compute faster than this (on average) run on the event loop, no hand-off.
 INLINE_COMPUTE_S = 0.0002
 _T = TypeVar("_T")
-#: A step to run on a request's own outputs, and the executor to run it on.
-Finish = tuple[Executor, Callable[[dict[str, np.ndarray]], Any]]
 
 
 class BatchObserver(Protocol):
@@ -62,55 +82,65 @@ class BatchObserver(Protocol):
     def pending(self, requests: int) -> None:
         """``requests`` requests now wait in the queue."""
 
-
-@dataclass
-class _Request:
-    inputs: dict[str, np.ndarray]
-    rows: int
-    key: tuple[object, ...]
-    future: asyncio.Future[Any]
-    arrived: float
-    finish: Finish | None = None
-    #: Whether its rows count in the queue (until taken into a batch, or abandoned).
-    queued: bool = True
-    #: The record of the request that submitted it, to write queue and compute times into.
-    record: RequestRecord | None = None
-
-
-def _shape_key(inputs: dict[str, np.ndarray]) -> tuple[object, ...]:
-    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items())
+    def shed(self, reason: str) -> None:
+        """A request was refused because it would miss its ``deadline`` or ``objective``."""
 
 
 class Batcher:
     def __init__(
         self,
-        infer: InferFn,
+        infer: InferFn | Sequence[InferFn],
         *,
         name: str,
         max_batch_size: int = 32,
         max_delay_ms: float = 0.0,
         max_queue_rows: int = 4096,
+        mode: Mode = "adaptive",
+        max_latency_ms: float | None = None,
+        shed: Shed = "early",
         observer: BatchObserver | None = None,
     ) -> None:
-        self._infer = infer
+        #: One infer function per instance (each its own runtime and worker thread).
+        self._infers: list[InferFn] = [infer] if callable(infer) else list(infer)
+        if not self._infers:
+            raise ValueError("a batcher needs at least one infer function")
         self.observer = observer
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue_rows = max_queue_rows
+        self.mode: Mode = mode
+        self.shedder = Shedder(
+            name,
+            shed,
+            None if max_latency_ms is None else max_latency_ms / 1000.0,
+            None if observer is None else observer.shed,
+        )
         self.stats = BatcherStats()
-        self._queue: deque[_Request] = deque()
-        self._queued_rows = 0
-        self._queued_requests = 0
+        self.cost = BatchCost()
+        self._gap = ArrivalGap()
+        self._queue = BatchQueue()
         #: Recent compute time per row (seconds; a small batch's fixed cost makes it an
         #: over-estimate for large ones): decides where a batch runs. Unknown at first, so
         #: the first batches run on the worker thread.
         self._row_compute_ema = float("inf")
-        self._last_compute_s = 0.0
+        #: Instances free to take a batch; busy ones -> (started, rows).
+        self._free = list(range(len(self._infers)))
+        self._busy: dict[int, tuple[float, int]] = {}
+        self._running: set[asyncio.Task[None]] = set()
+        #: The most batches that computed at once (instances in use together).
+        self.peak_concurrent = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self._executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}-{i}")
+            for i in range(len(self._infers))
+        ]
+
+    @property
+    def instances(self) -> int:
+        return len(self._infers)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -123,26 +153,30 @@ class Batcher:
             )
 
     async def close(self) -> None:
-        """Stop taking requests, finish every queued one, then stop the loop and the worker."""
+        """Stop taking requests, finish every queued one, then stop the loop and the workers."""
         self._closing = True
         if self._task is not None and self._wakeup is not None:
             self._wakeup.set()
             await self._task
             self._task = None
-        self._executor.shutdown(wait=True)
+        if self._running:
+            await asyncio.wait(list(self._running))
+        for executor in self._executors:
+            executor.shutdown(wait=True)
 
     @property
     def queued_rows(self) -> int:
-        return self._queued_rows
+        return self._queue.rows
 
     # -- requests ------------------------------------------------------------------------------
 
     async def submit(
-        self, inputs: dict[str, np.ndarray], timeout_s: float | None = None
+        self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, priority: int = 0
     ) -> dict[str, np.ndarray]:
         """Queue one request's validated inputs and wait for its outputs, at most
-        ``timeout_s`` seconds (then 504; the request is dropped if it has not started)."""
-        outputs: dict[str, np.ndarray] = await self._submit(inputs, timeout_s, None)
+        ``timeout_s`` seconds (then 504; the request is dropped if it has not started).
+        ``priority``: lower runs first, 0 is ``DEFAULT_PRIORITY``."""
+        outputs: dict[str, np.ndarray] = await self._submit(inputs, timeout_s, None, priority)
         return outputs
 
     async def submit_then(
@@ -151,39 +185,52 @@ class Batcher:
         timeout_s: float | None,
         executor: Executor,
         finish: Callable[[dict[str, np.ndarray]], _T],
+        priority: int = 0,
     ) -> _T:
         """As ``submit``, then ``finish(outputs)`` on ``executor``, started by the worker
         thread as soon as the batch is computed; returns what ``finish`` returns."""
-        result: _T = await self._submit(inputs, timeout_s, (executor, finish))
+        result: _T = await self._submit(inputs, timeout_s, (executor, finish), priority)
         return result
 
     async def _submit(
-        self, inputs: dict[str, np.ndarray], timeout_s: float | None, finish: Finish | None
+        self,
+        inputs: dict[str, np.ndarray],
+        timeout_s: float | None,
+        finish: Finish | None,
+        priority: int,
     ) -> Any:
         if self._closing or self._task is None or self._wakeup is None:
             state = "is draining" if self._closing else "has not started"
             raise ModelNotReady(f"model {self.name!r} {state}", retry_after=1.0)
         first = next(iter(inputs.values()))
         rows = first.shape[0] if first.ndim else 1
-        if self._queued_rows + rows > self.max_queue_rows and self._queued_rows > 0:
+        queued_rows = self._queue.rows
+        if queued_rows + rows > self.max_queue_rows and queued_rows > 0:
             raise Overloaded(
-                f"model {self.name!r} is overloaded: {self._queued_rows} rows already queued",
+                f"model {self.name!r} is overloaded: {queued_rows} rows already queued",
                 retry_after=max(0.1, self.max_delay * 2),
             )
-        loop = asyncio.get_running_loop()
         arrived = time.perf_counter()
+        level = priority_level(priority)
+        self._gap.arrived(arrived, rows)
+        self._shed_early(rows, level, timeout_s, arrived)
         record = current_record()
         if record is not None:
             record.queued = arrived
             record.rows = rows
-        request = _Request(
-            inputs, rows, _shape_key(inputs), loop.create_future(), arrived, finish, record=record
+        request = QueuedRequest(
+            inputs,
+            rows,
+            shape_key(inputs),
+            asyncio.get_running_loop().create_future(),
+            arrived,
+            finish,
+            record=record,
+            level=level,
+            deadline=None if timeout_s is None else arrived + timeout_s,
         )
-        self._queue.append(request)
-        self._queued_rows += rows
-        self._queued_requests += 1
-        if self.observer is not None:
-            self.observer.pending(self._queued_requests)
+        self._queue.push(request)
+        self._pending_changed()
         self._wakeup.set()
         try:
             if timeout_s is None:  # no timer: nothing to shield the future from
@@ -198,55 +245,104 @@ class Batcher:
             self._abandon(request)
             raise
 
-    def _abandon(self, request: _Request) -> None:
+    def _abandon(self, request: QueuedRequest) -> None:
         """A request whose caller gave up: it frees its place in the queue at once (the loop
         drops it when it reaches it), so that a stuck request cannot hold capacity."""
         request.future.cancel()
         if request.queued:
-            self._dequeue(request)
+            self._queue.remove(request)
+            self._pending_changed()
             if self._wakeup is not None:
                 self._wakeup.set()
 
-    def _dequeue(self, request: _Request) -> None:
-        if request.queued:
-            request.queued = False
-            self._queued_rows -= request.rows
-            self._queued_requests -= 1
-            if self.observer is not None:
-                self.observer.pending(self._queued_requests)
+    def _pending_changed(self) -> None:
+        if self.observer is not None:
+            self.observer.pending(self._queue.requests)
+
+    # -- shedding ------------------------------------------------------------------------------
+
+    @property
+    def objective(self) -> float | None:
+        """The latency objective (seconds), if any."""
+        return self.shedder.objective
+
+    @objective.setter
+    def objective(self, seconds: float | None) -> None:
+        self.shedder.objective = seconds
+
+    def _shed_early(self, rows: int, level: int, timeout_s: float | None, now: float) -> None:
+        """Refuse a request predicted to miss its limit (``batchshed``): the batches in
+        flight and the rows queued ahead of it, shared among the instances, then its own
+        batch."""
+        cost = self.cost
+        if (timeout_s is None and self.shedder.objective is None) or not self.shedder.active(cost):
+            return
+        in_flight = sum(
+            max(0.0, started + cost.seconds(rows) - now) for started, rows in self._busy.values()
+        )
+        ahead = cost.seconds_for_rows(self._queue.rows_ahead(level), self.max_batch_size)
+        own = cost.seconds(min(rows, self.max_batch_size))
+        self.shedder.check((in_flight + ahead) / self.instances + own, timeout_s)
 
     # -- the loop ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
+        queue = self._queue
         while True:
-            self._drop_abandoned()
-            if not self._queue:
+            queue.drop_done()
+            if not queue:
                 if self._closing:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            await self._wait_to_fill(loop)
-            if not self._queue:  # every waiting request gave up
+            if not self._free:  # every instance computes: the next one free wakes us
+                self._wakeup.clear()
+                await self._wakeup.wait()
                 continue
-            batch = self._take_batch()
+            await self._wait_to_fill()
+            if not queue:  # every waiting request gave up
+                continue
+            batch = queue.take(self.max_batch_size)
+            self._pending_changed()
             if batch:
-                await self._execute(loop, batch)
+                batch = self.shedder.recheck(batch, time.perf_counter(), self.cost)
+            if not batch:
+                continue
+            instance = self._free.pop()
+            if self.instances == 1:  # no task: the lowest latency for the common case
+                await self._execute_on(loop, instance, batch)
+            else:
+                task = loop.create_task(self._execute_on(loop, instance, batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
 
-    def _drop_abandoned(self) -> None:
-        while self._queue and self._queue[0].future.done():
-            self._dequeue(self._queue.popleft())
-
-    async def _wait_to_fill(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _wait_to_fill(self) -> None:
         assert self._wakeup is not None
-        deadline = self._queue[0].arrived + self.max_delay
-        while self._queued_rows < self.max_batch_size and not self._closing:
-            self._drop_abandoned()
-            if not self._queue:
+        adaptive = self.mode == "adaptive" and self.cost.ready
+        if self.cost.b <= 0 if adaptive else self.max_delay <= 0:
+            return  # no fixed cost to share, or no window: never wait (the common case)
+        queue = self._queue
+        while queue.rows < self.max_batch_size and not self._closing:
+            queue.drop_done()
+            oldest = queue.oldest_arrival()
+            if oldest is None:
                 return
-            remaining = deadline - time.perf_counter()
+            now = time.perf_counter()
+            waited = now - oldest
+            if adaptive:
+                remaining = adaptive_wait(
+                    queue.rows,
+                    self._gap.current(now),
+                    waited,
+                    self.cost,
+                    self.max_batch_size,
+                    self.objective,
+                )
+            else:
+                remaining = fixed_wait(waited, self.max_delay)
             if remaining <= 0:
                 return
             self._wakeup.clear()
@@ -255,114 +351,68 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _take_batch(self) -> list[_Request]:
-        first = self._queue.popleft()
-        self._dequeue(first)
-        if first.future.done():
-            return []
-        batch, rows = [first], first.rows
-        skipped: list[_Request] = []
-        while self._queue and rows < self.max_batch_size:
-            candidate = self._queue[0]
-            if candidate.future.done():
-                self._dequeue(self._queue.popleft())
-                continue
-            if candidate.rows + rows > self.max_batch_size:
-                break
-            self._queue.popleft()
-            self._dequeue(candidate)
-            if candidate.key == first.key:
-                batch.append(candidate)
-                rows += candidate.rows
-            else:
-                skipped.append(candidate)
-        for request in reversed(skipped):
-            self._queue.appendleft(request)
-            request.queued = True
-            self._queued_rows += request.rows
-            self._queued_requests += 1
-        if skipped and self.observer is not None:
-            self.observer.pending(self._queued_requests)
-        return batch
+    async def _execute_on(
+        self, loop: asyncio.AbstractEventLoop, instance: int, batch: list[QueuedRequest]
+    ) -> None:
+        rows = sum(r.rows for r in batch)
+        self._busy[instance] = (time.perf_counter(), rows)
+        self.peak_concurrent = max(self.peak_concurrent, len(self._busy))
+        try:
+            await self._execute(loop, instance, batch, rows)
+        finally:
+            del self._busy[instance]
+            self._free.append(instance)
+            if self._wakeup is not None:
+                self._wakeup.set()
 
-    def _runs_inline(self, batch: list[_Request]) -> bool:
+    def _runs_inline(self, batch: list[QueuedRequest], rows: int) -> bool:
         """Whether to run this batch on the event loop rather than the worker thread: for a
         batch expected (its rows times the recent time per row) to take less than
-        ``INLINE_COMPUTE_S``, the hand-off to a thread and back costs more than the model (~350 us a request at concurrency 1, against ~40 us of
-        ONNX Runtime for a small MLP). Never with a finish step (a handler's postprocess
-        must not run on the loop)."""
-        if any(r.finish is not None for r in batch):
+        ``INLINE_COMPUTE_S``, the hand-off to a thread and back costs more than the model
+        (~350 us a request at concurrency 1, against ~40 us of ONNX Runtime for a small
+        MLP). Never with a finish step (a handler's postprocess must not run on the loop),
+        nor with several instances (they exist to compute side by side)."""
+        if self.instances > 1 or any(r.finish is not None for r in batch):
             return False
-        return self._row_compute_ema * sum(r.rows for r in batch) < INLINE_COMPUTE_S
+        return self._row_compute_ema * rows < INLINE_COMPUTE_S
 
-    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
+    async def _execute(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        instance: int,
+        batch: list[QueuedRequest],
+        rows: int,
+    ) -> None:
         started = time.perf_counter()
         try:
-            if self._runs_inline(batch):
-                done = self._compute(batch)
+            if self._runs_inline(batch, rows):
+                done = self._compute(instance, batch)
             else:
-                done = await loop.run_in_executor(self._executor, self._compute, batch)
+                done = await loop.run_in_executor(
+                    self._executors[instance], self._compute, instance, batch
+                )
         except Exception as exc:  # the model raised: isolate the request responsible
             if len(batch) > 1:
                 for request in batch:
-                    await self._execute(loop, [request])
+                    await self._execute(loop, instance, [request], request.rows)
                 return
             self._fail(batch[0], exc, started)
             return
-        answers, computed, finishing = done
-        self._record(batch, started, computed)
+        answers, computed, model_s, finishing = done
+        self._record(batch, rows, started, computed, model_s)
         for request, answer in zip(batch, answers, strict=True):
-            if answer is not _PENDING:
-                _settle(request.future, answer)
+            if answer is not PENDING:
+                settle(request.future, answer)
         if finishing is not None:
-            pending = [r for r, answer in zip(batch, answers, strict=True) if answer is _PENDING]
-            asyncio.wrap_future(finishing, loop=loop).add_done_callback(_settle_all(pending))
+            pending = [r for r, answer in zip(batch, answers, strict=True) if answer is PENDING]
+            asyncio.wrap_future(finishing, loop=loop).add_done_callback(settle_all(pending))
 
-    def _compute(self, batch: list[_Request]) -> tuple[list[Any], float, Future[list[Any]] | None]:
-        """On the worker thread: run the batch, split the outputs row for row, and finish the
-        requests that have a finish step. Returns each request's answer (``_PENDING`` for a
-        finish step still to come), when the model finished, and the pending steps' future.
+    def _compute(self, instance: int, batch: list[QueuedRequest]) -> Computed:
+        """On the instance's worker thread (``batchrun.compute``); a lone request with
+        nothing queued behind it finishes there too."""
+        return compute(self._infers[instance], batch, finish_here=not self._queue)
 
-        A lone request with nothing queued behind it finishes here, with no hand-off (the
-        lowest latency when idle). Otherwise the batch's finish steps go to the executor as
-        one task, one hand-off for the whole batch, so that the next batch starts at once."""
-        if len(batch) == 1:
-            inputs = batch[0].inputs
-        else:
-            inputs = {
-                name: np.concatenate([r.inputs[name] for r in batch], axis=0)
-                for name in batch[0].inputs
-            }
-        rows = sum(r.rows for r in batch)
-        begun = time.perf_counter()
-        outputs = self._infer(inputs)
-        for name, array in outputs.items():
-            if array.ndim == 0 or array.shape[0] != rows:
-                raise ModelError(
-                    f"output {name!r} has shape {list(array.shape)}, "
-                    f"which does not keep the batch dimension of {rows} rows"
-                )
-        computed = time.perf_counter()
-        self._last_compute_s = computed - begun  # the model alone, not the hand-off
-        answers: list[Any] = [outputs]
-        if len(batch) > 1:
-            bounds = [0, *itertools.accumulate(r.rows for r in batch)]
-            answers = [
-                {name: array[start:end] for name, array in outputs.items()}
-                for start, end in itertools.pairwise(bounds)
-            ]
-        steps = [(i, r.finish) for i, r in enumerate(batch) if r.finish is not None]
-        if not steps:
-            return answers, computed, None
-        if len(batch) == 1 and not self._queue:
-            return [_run_finish(steps[0][1][1], answers[0])], computed, None
-        executor = steps[0][1][0]  # one model, one pool
-        work = [(finish[1], answers[i]) for i, finish in steps]
-        for i, _ in steps:
-            answers[i] = _PENDING
-        return answers, computed, executor.submit(_run_finishes, work)
-
-    def _fail(self, request: _Request, exc: Exception, started: float) -> None:
+    def _fail(self, request: QueuedRequest, exc: Exception, started: float) -> None:
         self.stats.record_failure(request.arrived)
         record = request.record
         if record is not None:
@@ -370,30 +420,23 @@ class Batcher:
             record.batch_size = request.rows
         if request.future.done():
             return
-        # the client's answer carries the model's message; a log line only its kind, since a
-        # model's (or its runtime's) message may quote the request's values
-        failed = f"model {self.name!r} failed: "
-        if isinstance(exc, ModelError):  # the runtime already put the model's message in words
-            error: TorchferryError = ModelError(
-                failed + exc.message, log_message=failed + exc.log_message
-            )
-        elif isinstance(exc, TorchferryError):
-            error = exc
-        else:
-            message = str(exc) or type(exc).__name__
-            error = ModelError(
-                f"{failed}{type(exc).__name__}: {message}",
-                log_message=failed + type(exc).__name__,
-            )
+        error = model_failure(self.name, exc)
         request.future.set_exception(error)
 
-    def _record(self, batch: list[_Request], started: float, computed: float) -> None:
+    def _record(
+        self,
+        batch: list[QueuedRequest],
+        rows: int,
+        started: float,
+        computed: float,
+        model_s: float,
+    ) -> None:
         """Count a batch the model answered (statistics are the model's: a handler's finish
         step is not part of its compute time, and does not make the model fail)."""
         arrivals = [request.arrived for request in batch]
-        rows = sum(r.rows for r in batch)
         self.stats.record_batch(rows, arrivals, started, computed)
-        ema, last = self._row_compute_ema, self._last_compute_s / rows
+        self.cost.add(rows, model_s)
+        ema, last = self._row_compute_ema, model_s / rows
         self._row_compute_ema = last if ema == float("inf") else ema + 0.1 * (last - ema)
         for request in batch:
             record = request.record
@@ -402,53 +445,3 @@ class Batcher:
                 record.batch_size = rows
         if self.observer is not None:
             self.observer.executed(rows, computed - started)
-
-
-@dataclass
-class _Failed:
-    """A finish step's exception, carried back to the event loop."""
-
-    error: BaseException
-
-
-#: The answer of a request whose finish step is still running on its executor.
-_PENDING = object()
-
-
-def _run_finish(finish: Callable[[dict[str, np.ndarray]], Any], outputs: dict[str, Any]) -> Any:
-    try:
-        return finish(outputs)
-    except Exception as exc:
-        return _Failed(exc)
-
-
-def _run_finishes(work: list[tuple[Callable[[dict[str, np.ndarray]], Any], Any]]) -> list[Any]:
-    return [_run_finish(finish, outputs) for finish, outputs in work]
-
-
-def _settle(future: asyncio.Future[Any], answer: Any) -> None:
-    """Answer a request, unless its caller gave up."""
-    if future.done():
-        return
-    if isinstance(answer, _Failed):
-        future.set_exception(answer.error)
-    else:
-        future.set_result(answer)
-
-
-def _settle_all(pending: list[_Request]) -> Callable[[asyncio.Future[list[Any]]], None]:
-    """Answer the requests whose finish steps ran together on the executor."""
-
-    def settle(finished: asyncio.Future[list[Any]]) -> None:
-        if finished.cancelled():  # the executor shut down first
-            answers: list[Any] = [_Failed(ModelNotReady("the server is shutting down"))] * len(
-                pending
-            )
-        elif (error := finished.exception()) is not None:
-            answers = [_Failed(error)] * len(pending)
-        else:
-            answers = finished.result()
-        for request, answer in zip(pending, answers, strict=True):
-            _settle(request.future, answer)
-
-    return settle

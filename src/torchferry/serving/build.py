@@ -42,27 +42,32 @@ def runtime_for(manifest: Manifest, settings: ServerSettings) -> str:
 
 def build_version(
     archive: Archive, settings: ServerSettings, warm_up: bool, load: bool = True
-) -> tuple[Runtime, Handler]:
-    """Runtime and handler for ``archive``; releases what it built if a later step fails.
+) -> tuple[list[Runtime], Handler]:
+    """Runtimes (one per instance of its batching) and handler for ``archive``; releases
+    what it built if a later step fails.
 
-    ``warm_up`` (a load while serving): one inference first, and every failure a
-    ``ModelLoadFailed`` with its reason. Without it (the start), errors keep their own class,
-    which tells the operator what to do (``--trust-code``...). Without ``load`` (a memory
-    budget: ``residency.py``), the runtime is made but not loaded, and nothing runs."""
+    ``warm_up`` (a load while serving): one inference on every instance first, and every
+    failure a ``ModelLoadFailed`` with its reason. Without it (the start), errors keep their
+    own class, which tells the operator what to do (``--trust-code``...). Without ``load`` (a
+    memory budget: ``residency.py``), the runtimes are made but not loaded, and nothing runs."""
     manifest = archive.manifest
+    instances = instances_of(manifest, settings)
+    # one instance keeps the runtime's own default; several share the worker's threads
+    threads = settings.threads if instances == 1 else instance_threads(settings, instances)
+    runtimes: list[Runtime] = []
     try:
         engine = runtime_class(runtime_for(manifest, settings))
-        runtime = engine(
-            archive,
-            device=settings.device,
-            threads=settings.threads,
-            trust_code=settings.trust_code,
-        )
-        if load:
-            runtime.load()
-        else:
-            runtime.check()
+        for _ in range(instances):
+            runtime = engine(
+                archive, device=settings.device, threads=threads, trust_code=settings.trust_code
+            )
+            runtimes.append(runtime)
+            if load:
+                runtime.load()
+            else:
+                runtime.check()
     except Exception as exc:
+        _close(runtimes)
         if not warm_up:  # at start: the error itself, whose class says what to do
             raise
         raise _failed(manifest, "cannot build the runtime", exc) from exc
@@ -71,13 +76,31 @@ def build_version(
         handler = load_handler(archive, trust_code=settings.trust_code)
         if warm_up and load:
             step = "the warm-up inference failed"
-            runtime.infer(warm_up_inputs(manifest.signature))
+            inputs = warm_up_inputs(manifest.signature)
+            for runtime in runtimes:
+                runtime.infer(inputs)
     except Exception as exc:
-        runtime.close()
+        _close(runtimes)
         if not warm_up:
             raise
         raise _failed(manifest, step, exc) from exc
-    return runtime, handler
+    return runtimes, handler
+
+
+def instances_of(manifest: Manifest, settings: ServerSettings) -> int:
+    """How many instances of the model each worker runs: the settings', else the manifest's."""
+    instances = settings.batching_for(manifest.name).get("instances")
+    return int(instances) if instances is not None else manifest.batching.instances
+
+
+def instance_threads(settings: ServerSettings, instances: int) -> int:
+    """Intra-op threads of each of ``instances`` instances: the worker's, shared."""
+    return max(1, settings.resolved_threads() // instances)
+
+
+def _close(runtimes: list[Runtime]) -> None:
+    for runtime in runtimes:
+        runtime.close()
 
 
 def open_archive(name: str, version: int, path: Path) -> Archive:

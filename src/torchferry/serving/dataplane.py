@@ -74,6 +74,8 @@ class InferRequest:
     id: str | None = None
     #: ``time.monotonic()`` by which the answer must be ready; None for no client deadline.
     deadline: float | None = None
+    #: V2's ``priority``: lower runs first; 0 is the default level (``DEFAULT_PRIORITY``).
+    priority: int = 0
     #: Which protocol decoded it (``"v2"``, ``"v2-grpc"``, ``"v1"``...), for logs and metrics.
     protocol: str = ""
     #: The sticky routing key the client sent (``protocols.common.traffic_key``), if any.
@@ -205,7 +207,9 @@ class DataPlane:
             inputs = model.signature.validate_inputs(request.inputs)
             if self.residency is not None:
                 await self.residency.ensure(model, request.deadline)
-            results = await model.batcher.submit(inputs, self._timeout(request.deadline))
+            results = await model.batcher.submit(
+                inputs, self._timeout(request.deadline), request.priority
+            )
             outputs = []
             for name, binary in wanted:
                 array = results.get(name)

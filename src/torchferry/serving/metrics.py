@@ -22,7 +22,9 @@ And ``torchferry_request_duration_seconds`` (every request, by ``protocol``, ``m
 for non-inference routes, and ``status``), ``torchferry_inference_duration_seconds`` (the
 duration of each successful inference request, by model version: the console's p50 and p99
 per version), ``torchferry_queue_duration_seconds`` (by model version) and
-``torchferry_batch_size`` (rows per executed batch, by model version).
+``torchferry_batch_size`` (rows per executed batch, by model version), and
+``torchferry_shed_total`` (requests the batcher refused early, by model version and
+``reason``: ``deadline`` or ``objective``).
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set (before ``prometheus_client`` is first imported: the
 supervisor sets it in each worker's environment), every process writes its values to files
@@ -127,6 +129,12 @@ class _Families:
             "Rows in each batch the model executed",
             MODEL_LABELS,
             buckets=BATCH_BUCKETS,
+        )
+        self.shed = Counter(
+            "torchferry_shed",
+            "Requests refused because their predicted answer would miss their deadline "
+            "(reason deadline) or the latency objective (reason objective)",
+            (*MODEL_LABELS, "reason"),
         )
 
 
@@ -290,6 +298,8 @@ class ModelSeries:
         "recorder",
         "request_us",
         "rows",
+        "shed_counts",
+        "shed_sent",
         "success",
     )
 
@@ -312,6 +322,8 @@ class ModelSeries:
         self.request_us = self.queue_us = self.compute_us = 0.0
         self._sent: tuple[float, ...] = (0,) * len(_MODEL_FIELDS)
         self.pending_now = self.pending_sent = 0
+        self.shed_counts: dict[str, int] = {}
+        self.shed_sent: dict[str, int] = {}
 
     # -- BatchObserver (on the event loop) ----------------------------------------------------
 
@@ -326,6 +338,11 @@ class ModelSeries:
 
     def pending(self, requests: int) -> None:
         self.pending_now = requests
+        if self.recorder.flush_loop is None:
+            self.recorder.wake()
+
+    def shed(self, reason: str) -> None:
+        self.shed_counts[reason] = self.shed_counts.get(reason, 0) + 1
         if self.recorder.flush_loop is None:
             self.recorder.wake()
 
@@ -363,6 +380,11 @@ class ModelSeries:
         if pending != self.pending_sent:
             families().pending.labels(*self.labels).set(pending)
             self.pending_sent = pending
+        for reason, count in list(self.shed_counts.items()):
+            sent = self.shed_sent.get(reason, 0)
+            if count != sent:
+                families().shed.labels(*self.labels, reason).inc(count - sent)
+                self.shed_sent[reason] = count
 
 
 class Recorder:

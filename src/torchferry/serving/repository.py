@@ -36,6 +36,7 @@ from torchferry.serving.build import (
     UNSIGNED,
     build_version,
     check_signature,
+    instances_of,
     open_archive,
     runtime_for,
     served_as,
@@ -53,7 +54,8 @@ log = logging.getLogger("torchferry.repository")
 @dataclass(eq=False)
 class LoadedModel:
     archive: Archive
-    runtime: Runtime
+    #: One runtime per instance (``--instances``), each computing its own batches.
+    runtimes: list[Runtime]
     handler: Handler
     batcher: Batcher
     preprocess_pool: ThreadPoolExecutor
@@ -76,9 +78,9 @@ class LoadedModel:
     _idle: asyncio.Event | None = None
 
     @property
-    def runtimes(self) -> list[Runtime]:
-        # contract: the batch part makes this the list of the version's N instances
-        return [self.runtime]
+    def runtime(self) -> Runtime:
+        """The first instance's runtime (what describes the model: platform, device)."""
+        return self.runtimes[0]
 
     @property
     def manifest(self) -> Manifest:
@@ -178,8 +180,8 @@ class ModelRepository:
             size = self._estimate(archive)
             residency.check_fits(_label(archive), size)
         load = residency is None  # with a budget, the engines load on the first request
-        runtime, handler = build_version(archive, self.settings, warm_up=False, load=load)
-        model = self._assemble(archive, runtime, handler, time.perf_counter() - started, signing)
+        runtimes, handler = build_version(archive, self.settings, warm_up=False, load=load)
+        model = self._assemble(archive, runtimes, handler, time.perf_counter() - started, signing)
         if residency is not None:
             model.size_bytes = size
             residency.register(model)
@@ -189,8 +191,7 @@ class ModelRepository:
     def _estimate(self, archive: Archive) -> int:
         """What a version's engines count against the memory budget (``residency.py``)."""
         manifest = archive.manifest
-        batching = manifest.batching.model_copy(update=self.settings.batching_for(manifest.name))
-        instances = getattr(batching, "instances", 1)  # contract: the batch part's instances
+        instances = instances_of(manifest, self.settings)
         return estimate_bytes(archive, runtime_for(manifest, self.settings), instances)
 
     # -- changing versions while serving -------------------------------------------------------
@@ -222,8 +223,10 @@ class ModelRepository:
         signing = await asyncio.to_thread(check_signature, archive, self.settings, True)
         residency = self.residency
         if residency is None:
-            runtime, handler = await asyncio.to_thread(build_version, archive, self.settings, True)
-            return self._assemble(archive, runtime, handler, time.perf_counter() - started, signing)
+            runtimes, handler = await asyncio.to_thread(build_version, archive, self.settings, True)
+            return self._assemble(
+                archive, runtimes, handler, time.perf_counter() - started, signing
+            )
         # with a budget: loaded and warmed up like any load while serving (so a broken version
         # fails here, not on its first request), in room made as a cold load makes it
         size = self._estimate(archive)
@@ -232,11 +235,11 @@ class ModelRepository:
         except TorchferryError as exc:
             raise ModelLoadFailed(exc.message) from exc
         try:
-            runtime, handler = await asyncio.to_thread(build_version, archive, self.settings, True)
+            runtimes, handler = await asyncio.to_thread(build_version, archive, self.settings, True)
         except BaseException:
             residency.unreserve(size)
             raise
-        model = self._assemble(archive, runtime, handler, time.perf_counter() - started, signing)
+        model = self._assemble(archive, runtimes, handler, time.perf_counter() - started, signing)
         model.size_bytes = size
         residency.adopt(model)
         return model
@@ -423,7 +426,7 @@ class ModelRepository:
     def _assemble(
         self,
         archive: Archive,
-        runtime: Runtime,
+        runtimes: list[Runtime],
         handler: Handler,
         seconds: float,
         signing: str,
@@ -431,11 +434,14 @@ class ModelRepository:
         manifest = archive.manifest
         batching = manifest.batching.model_copy(update=self.settings.batching_for(manifest.name))
         batcher = Batcher(
-            runtime.infer,
+            [runtime.infer for runtime in runtimes],
             name=f"{manifest.name}:{manifest.version}",
             max_batch_size=batching.max_batch_size,
             max_delay_ms=batching.max_delay_ms,
             max_queue_rows=self.settings.max_queue_rows,
+            mode=batching.mode,
+            max_latency_ms=batching.max_latency_ms,
+            shed=self.settings.shed,
             observer=(
                 metrics.batch_observer(manifest.name, str(manifest.version))
                 if self.settings.metrics
@@ -444,22 +450,27 @@ class ModelRepository:
         )
         model = LoadedModel(
             archive,
-            runtime,
+            runtimes,
             handler,
             batcher,
             self._preprocess_pool,
             load_seconds=seconds,
             signing=signing,
         )
+        runtime = runtimes[0]
+        objective = batching.max_latency_ms
         log.info(
-            "loaded %s version %d (%s, handler %s, batch<=%d, delay %.1f ms, signature %s) "
-            "in %.2f s",
+            "loaded %s version %d (%s x%d, handler %s, %s batching, batch<=%d, delay %.1f ms, "
+            "objective %s, signature %s) in %.2f s",
             manifest.name,
             manifest.version,
             runtime.name,
+            len(runtimes),
             manifest.handler.name,
+            batching.mode,
             batching.max_batch_size,
             batching.max_delay_ms,
+            "none" if objective is None else f"{objective:g} ms",
             signing,
             seconds,
             extra={
@@ -467,9 +478,12 @@ class ModelRepository:
                 "model": manifest.name,
                 "version": str(manifest.version),  # as in the access log and the metrics
                 "runtime": runtime.name,
+                "instances": len(runtimes),
                 "handler": manifest.handler.name,
+                "batching": batching.mode,
                 "max_batch_size": batching.max_batch_size,
                 "max_delay_ms": batching.max_delay_ms,
+                "max_latency_ms": objective,
                 "load_seconds": round(seconds, 4),
                 "signature": signing,
             },

@@ -36,6 +36,9 @@ class ModelOverride(BaseModel):
 
     max_batch_size: int | None = Field(default=None, ge=1)
     max_delay_ms: float | None = Field(default=None, ge=0)
+    mode: Literal["adaptive", "fixed"] | None = None
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    instances: int | None = Field(default=None, ge=1)
 
 
 def check_url_pattern(pattern: str) -> str:
@@ -83,6 +86,9 @@ class ServerSettings(BaseModel):
     #: it, versions load on their first request and the least recently used idle ones are
     #: released to make room (``residency.py``); None loads every version at start, for good.
     memory_budget_bytes: int | None = Field(default=None, ge=1)
+    #: ``early``: refuse (503) a request whose predicted answer would miss its deadline or
+    #: the latency objective, once its model's batch cost is known; ``never``: run it anyway.
+    shed: Literal["early", "never"] = "early"
     #: Batching for every model, then per model name.
     batching: ModelOverride = Field(default_factory=ModelOverride)
     per_model: dict[str, ModelOverride] = Field(default_factory=dict)

@@ -60,6 +60,7 @@ from torchferry.serving.protocols.v2_rules import (
     check_input,
     check_output,
     deadline_from,
+    priority_from,
 )
 from torchferry.serving.protos import inference_pb2 as pb
 from torchferry.serving.protos.inference_pb2_grpc import (
@@ -127,12 +128,7 @@ def decode_contents(
 def grpc_traffic_key(request: pb.ModelInferRequest, header: str | None) -> str | None:
     """A routed call's traffic key: its ``traffic_key`` parameter, else ``header`` (its
     ``x-traffic-key`` metadata, read by ``_rpc``)."""
-    parameter: object = None
-    if TRAFFIC_KEY_PARAMETER in request.parameters:
-        given = request.parameters[TRAFFIC_KEY_PARAMETER]
-        choice = given.WhichOneof("parameter_choice")
-        parameter = getattr(given, choice) if choice else None
-    return traffic_key(header, parameter)
+    return traffic_key(header, _parameter(request, TRAFFIC_KEY_PARAMETER))
 
 
 def decode_request(
@@ -167,6 +163,7 @@ def decode_request(
         check_output(output.name, output.parameters)
         outputs.append(RequestedOutput(output.name, binary=True))
     timeout = request.parameters["timeout"].int64_param if "timeout" in request.parameters else None
+    priority = _parameter(request, "priority")
     return InferRequest(
         model.name,
         request.model_version or None,
@@ -175,9 +172,20 @@ def decode_request(
         binary_outputs=True,
         id=request.id,
         deadline=deadline_from(timeout, deadline),
+        priority=priority_from(priority),
         protocol="v2-grpc",
         traffic_key=key,
     )
+
+
+def _parameter(request: pb.ModelInferRequest, name: str) -> object:
+    """A request parameter's value, whichever kind it is given as (the rules refuse a wrong
+    kind by its type), or None when absent."""
+    if name not in request.parameters:
+        return None
+    given = request.parameters[name]
+    choice = given.WhichOneof("parameter_choice")
+    return getattr(given, choice) if choice else None
 
 
 def encode_response(response: InferResponse) -> pb.ModelInferResponse:

@@ -42,6 +42,7 @@ from torchferry.serving.protocols.v2_rules import (
     check_input,
     check_output,
     deadline_from,
+    priority_from,
 )
 from torchferry.serving.repository import LoadedModel
 
@@ -240,6 +241,7 @@ def decode_request(
         parameters=params,
         id=body.get("id"),
         deadline=deadline_from(params.get("timeout")),
+        priority=priority_from(params.get("priority")),
         protocol="v2",
         traffic_key=key,
     )

@@ -67,3 +67,16 @@ def deadline_from(timeout_us: Any, other: float | None = None) -> float | None:
         return other
     deadline = time.monotonic() + timeout_us / 1e6
     return deadline if other is None else min(deadline, other)
+
+
+def priority_from(priority: Any) -> int:
+    """V2's ``priority`` request parameter: a non-negative integer, lower runs first; 0 or
+    absent is the default level."""
+    if priority is None:
+        return 0
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+        raise InvalidInput(
+            f"parameters.priority must be a non-negative integer (lower runs first, 0 the "
+            f"default level), received {count_or_kind(priority)}"
+        )
+    return priority
