@@ -30,6 +30,7 @@ class Runtime(ABC):
         threads: int | None = None,
         *,
         trust_code: bool = False,
+        share_weights: bool = True,
     ) -> None:
         self.archive = archive
         self.device = device
@@ -37,6 +38,9 @@ class Runtime(ABC):
         #: Whether the operator lets Python carried in the archive run (``--trust-code``);
         #: only engines that run such code (eager) read it.
         self.trust_code = trust_code
+        #: Whether workers may share one mapped copy of the weights where the engine can
+        #: (``--no-share-weights`` turns it off); engines that cannot ignore it.
+        self.share_weights = share_weights
 
     @abstractmethod
     def load(self) -> None:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 
 from torchferry.archive.formats import ONNXRUNTIME
 from torchferry.errors import ArchiveError
 from torchferry.runtimes.base import Runtime
+from torchferry.runtimes.onnx_shared import shared_graph
+from torchferry.runtimes.weight_cache import UnsafeCache
+
+log = logging.getLogger(__name__)
 
 _decode = np.frompyfunc(lambda x: x.decode("utf-8", "replace") if isinstance(x, bytes) else x, 1, 1)
 
@@ -50,7 +57,7 @@ class OnnxRuntime(Runtime):
         providers = ["CPUExecutionProvider"]
         if self.device.startswith("cuda"):
             providers.insert(0, "CUDAExecutionProvider")
-        graph = self.archive.file(self.archive.manifest.graph_file(self.name))
+        graph = self._shared_graph(options) or self._graph()
         try:
             self.session = ort.InferenceSession(str(graph), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
@@ -60,6 +67,37 @@ class OnnxRuntime(Runtime):
         # to the client in the exception, and ONNX Runtime's own log must not write it too
         self.run_options = ort.RunOptions()
         self.run_options.log_severity_level = _FATAL
+
+    def _graph(self) -> Path:
+        return self.archive.file(self.archive.manifest.graph_file(self.name))
+
+    def _shared_graph(self, options: ort.SessionOptions) -> Path | None:
+        """The graph, optimized once, whose weights every worker maps from one file (see
+        ``onnx_shared``); None when sharing is off or impossible (the archive's own graph
+        is loaded then, each worker with its private copy)."""
+        if not self.shares_weights():
+            return None
+        name = self.archive.manifest.graph_file(self.name)
+        try:
+            graph = shared_graph(
+                self.archive.file(name),
+                self.archive.manifest.files[name].sha256,
+                options.graph_optimization_level,
+            )
+        except (UnsafeCache, OSError) as exc:
+            log.warning("%s: weights not shared between workers: %s", self._graph(), exc)
+            return None
+        # optimized already (the layouts and fusions are in the file): optimizing again at
+        # load would find nothing to do, and any fusion it did make would be a private copy
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return graph
+
+    def shares_weights(self) -> bool:
+        """Whether this runtime maps its weights from the shared cache: on unless the
+        server (``--no-share-weights``) or the manifest (``runtime_options.share_weights``)
+        says no; only on the CPU (a GPU holds its own copy whatever the host does)."""
+        option = self.archive.manifest.runtime_options.get("share_weights", True)
+        return self.share_weights and bool(option) and not self.device.startswith("cuda")
 
     def _optimization_level(self) -> ort.GraphOptimizationLevel:
         level = str(self.archive.manifest.runtime_options.get("graph_optimization_level", "all"))
