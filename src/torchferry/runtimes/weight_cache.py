@@ -107,7 +107,7 @@ def _locked(lock_path: Path) -> Iterator[None]:
 def cached_entry(key: str, source_sha256: str, build: Callable[[Path], None]) -> Path:
     """The verified cache directory for ``key``, built by ``build(empty_dir)`` if missing or
     failing its check. Raises ``UnsafeCache`` when the cache is not private."""
-    root = private_dir(cache_root() / "weights")
+    root = private_dir(private_dir(cache_root()) / "weights")
     final = root / key
     with _locked(root / f"{key}.lock"):
         if final.is_dir():

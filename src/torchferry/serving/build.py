@@ -50,6 +50,7 @@ def build_version(
             device=settings.device,
             threads=settings.threads,
             trust_code=settings.trust_code,
+            share_weights=settings.share_weights,
         )
     except Exception as exc:
         if not warm_up:  # at start: the error itself, whose class says what to do

@@ -1,0 +1,166 @@
+"""Workers share one mapped copy of an ONNX graph's weights (``runtimes/onnx_shared``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from torchferry.archive import Manifest, ModelStore
+from torchferry.archive.store import Archive
+from torchferry.cli import build_parser
+from torchferry.cli.serve_cmd import settings_from_args
+from torchferry.runtimes import Runtime, load_runtime
+from torchferry.runtimes.onnx_shared import DATA
+from torchferry.runtimes.weight_cache import CACHE_ENV, RECORD_NAME
+from torchferry.signature import ModelSignature, TensorSpec
+
+CHANNELS = 64  # a 64x64x3x3 FP32 kernel: 144 KiB, mapped by ONNX Runtime, not inlined
+
+
+def conv_graph() -> onnx.ModelProto:
+    """Two 3x3 convolutions with a ReLU: what the ``all`` level re-lays out (NCHWc)."""
+    rng = np.random.default_rng(0)
+    kernels = [
+        numpy_helper.from_array(
+            rng.normal(scale=0.05, size=(CHANNELS, CHANNELS, 3, 3)).astype(np.float32), name
+        )
+        for name in ("w1", "w2")
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    shape = ["N", CHANNELS, 8, 8]
+    graph = helper.make_graph(
+        nodes,
+        "convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        kernels,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9)
+
+
+def write_archive(store: ModelStore, name: str, options: dict[str, object]) -> Archive:
+    spec = (-1, CHANNELS, 8, 8)
+    manifest = Manifest(
+        name=name,
+        version=1,
+        runtime="onnxruntime",
+        graphs={"onnxruntime": "model.onnx"},
+        signature=ModelSignature(
+            inputs=(TensorSpec(name="x", datatype="FP32", shape=spec),),
+            outputs=(TensorSpec(name="y", datatype="FP32", shape=spec),),
+        ),
+        runtime_options=options,
+        source="tests",
+    )
+    graph = conv_graph()
+    return store.write(manifest, lambda directory: onnx.save(graph, str(directory / "model.onnx")))
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Archive]:
+    store = ModelStore(tmp_path_factory.mktemp("store"))
+    return {
+        "convs": write_archive(store, "convs", {}),
+        "opted-out": write_archive(store, "optedout", {"share_weights": False}),
+    }
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+X = np.random.default_rng(1).normal(size=(3, CHANNELS, 8, 8)).astype(np.float32)
+
+
+def mapped_data_files() -> list[str]:
+    maps = Path("/proc/self/maps").read_text()
+    return sorted({line.split()[-1] for line in maps.splitlines() if line.endswith(DATA)})
+
+
+def run(runtime: Runtime) -> np.ndarray:
+    return runtime.infer({"x": X})["y"]
+
+
+def test_a_shared_session_maps_its_weights_and_answers_as_the_private_one(archives, cache):
+    private = load_runtime(archives["convs"], threads=1, share_weights=False)
+    expected = run(private)
+    private.close()
+    assert mapped_data_files() == []
+
+    shared = load_runtime(archives["convs"], threads=1)
+    try:
+        (data_file,) = mapped_data_files()
+        assert Path(data_file).is_relative_to(cache)
+        np.testing.assert_allclose(run(shared), expected, rtol=1e-5, atol=1e-5)
+        # the memory helper's eviction: released, then loaded again from the same entry
+        shared.close()
+        assert mapped_data_files() == []
+        shared.load()
+        assert mapped_data_files() == [data_file]
+        np.testing.assert_allclose(run(shared), expected, rtol=1e-5, atol=1e-5)
+    finally:
+        shared.close()
+
+
+def test_a_tampered_cache_entry_is_rebuilt_not_used(archives, cache, caplog):
+    expected = run(load_runtime(archives["convs"], threads=1, share_weights=False))
+    load_runtime(archives["convs"], threads=1).close()
+    (entry,) = (p for p in (cache / "weights").iterdir() if p.is_dir())
+    data = entry / DATA
+    data.chmod(0o600)
+    tampered = bytearray(data.read_bytes())
+    tampered[: len(tampered) // 2] = bytes(len(tampered) // 2)  # zeroed weights
+    data.write_bytes(bytes(tampered))
+
+    with caplog.at_level(logging.WARNING, logger="torchferry.runtimes.weight_cache"):
+        runtime = load_runtime(archives["convs"], threads=1)
+    try:
+        assert "rebuilding" in caplog.text
+        np.testing.assert_allclose(run(runtime), expected, rtol=1e-5, atol=1e-5)
+        assert data.read_bytes() != bytes(tampered)
+        assert (entry / RECORD_NAME).is_file()
+    finally:
+        runtime.close()
+
+
+def test_the_manifest_and_the_server_can_opt_out(archives, cache):
+    for runtime in (
+        load_runtime(archives["opted-out"], threads=1),
+        load_runtime(archives["convs"], threads=1, share_weights=False),
+    ):
+        try:
+            assert not runtime.shares_weights()  # type: ignore[attr-defined]
+            assert mapped_data_files() == []
+        finally:
+            runtime.close()
+    assert not (cache / "weights").exists()
+    parse = build_parser().parse_args
+    assert settings_from_args(parse(["serve", "--store", "s"])).share_weights
+    assert not settings_from_args(
+        parse(["serve", "--store", "s", "--no-share-weights"])
+    ).share_weights
+
+
+def test_a_cache_others_can_write_is_not_trusted(archives, cache, caplog):
+    cache.mkdir(mode=0o700)
+    os.chmod(cache, 0o777)
+    with caplog.at_level(logging.WARNING, logger="torchferry.runtimes.onnx"):
+        runtime = load_runtime(archives["convs"], threads=1)
+    try:
+        assert "writable by others" in caplog.text
+        assert mapped_data_files() == []
+        assert run(runtime).shape == X.shape
+    finally:
+        runtime.close()
