@@ -72,6 +72,7 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Archive]:
     return {
         "convs": write_archive(store, "convs", {}),
         "opted-out": write_archive(store, "optedout", {"share_weights": False}),
+        "basic": write_archive(store, "basic", {"graph_optimization_level": "basic"}),
     }
 
 
@@ -164,3 +165,11 @@ def test_a_cache_others_can_write_is_not_trusted(archives, cache, caplog):
         assert run(runtime).shape == X.shape
     finally:
         runtime.close()
+
+
+def test_each_optimization_level_has_its_own_entry(archives, cache):
+    # the same graph (same SHA-256) at two levels: an all-level entry holds NCHWc layouts
+    for name in ("convs", "basic"):
+        load_runtime(archives[name], threads=1).close()
+    entries = [p for p in (cache / "weights").iterdir() if p.is_dir()]
+    assert len(entries) == 2
