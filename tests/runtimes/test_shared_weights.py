@@ -1,4 +1,5 @@
-"""Workers share one mapped copy of an ONNX graph's weights (``runtimes/onnx_shared``)."""
+"""Workers share one mapped copy of a model's weights: an ONNX graph's (``runtimes/onnx_shared``)
+and a TorchScript module's (``runtimes/torch_shared``)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from torchferry.archive import Manifest, ModelStore
 from torchferry.archive.store import Archive
 from torchferry.cli import build_parser
 from torchferry.cli.serve_cmd import settings_from_args
+from torchferry.export.weights import save_weights
 from torchferry.runtimes import Runtime, load_runtime
 from torchferry.runtimes.onnx_shared import DATA
 from torchferry.runtimes.weight_cache import CACHE_ENV, RECORD_NAME
@@ -173,3 +176,70 @@ def test_each_optimization_level_has_its_own_entry(archives, cache):
         load_runtime(archives[name], threads=1).close()
     entries = [p for p in (cache / "weights").iterdir() if p.is_dir()]
     assert len(entries) == 2
+
+
+class Convs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1)
+        self.second = torch.nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(torch.relu(self.first(x)))
+
+
+def write_torchscript(store: ModelStore, name: str, weights_of: torch.nn.Module) -> Archive:
+    """A TorchScript archive of ``Convs`` (seed 0) whose safetensors hold ``weights_of``'s."""
+    torch.manual_seed(0)
+    module = Convs().eval()
+    spec = (-1, CHANNELS, 8, 8)
+    manifest = Manifest(
+        name=name,
+        version=1,
+        runtime="torchscript",
+        graphs={"torchscript": "model.pt"},
+        signature=ModelSignature(
+            inputs=(TensorSpec(name="x", datatype="FP32", shape=spec),),
+            outputs=(TensorSpec(name="y", datatype="FP32", shape=spec),),
+        ),
+        source="tests",
+    )
+
+    def populate(directory: Path) -> None:
+        torch.jit.script(module).save(str(directory / "model.pt"))
+        save_weights(weights_of, directory / "weights.safetensors")
+
+    return store.write(manifest, populate)
+
+
+def mapped_weights_files() -> list[str]:
+    maps = Path("/proc/self/maps").read_text()
+    return sorted({line.split()[-1] for line in maps.splitlines() if line.endswith(".safetensors")})
+
+
+def test_a_torchscript_module_maps_only_the_weights_equal_to_its_own(tmp_path):
+    store = ModelStore(tmp_path)
+    torch.manual_seed(0)
+    same = write_torchscript(store, "same", Convs())
+    torch.manual_seed(0)
+    other = Convs()
+    with torch.no_grad():
+        other.second.weight.add_(1.0)  # one tensor differs from the module's own
+    differs = write_torchscript(store, "differs", other)
+
+    private = load_runtime(same, runtime="torchscript", threads=1, share_weights=False)
+    expected = run(private)
+    assert private.mapped_bytes == 0  # type: ignore[attr-defined]
+    private.close()
+    kernel = CHANNELS * CHANNELS * 9 * 4
+    for archive, mapped in (
+        (same, 2 * kernel + 2 * CHANNELS * 4),
+        (differs, kernel + 2 * CHANNELS * 4),
+    ):
+        runtime = load_runtime(archive, runtime="torchscript", threads=1)
+        try:
+            assert runtime.mapped_bytes == mapped  # type: ignore[attr-defined]
+            assert mapped_weights_files() == [str(archive.path / "weights.safetensors")]
+            np.testing.assert_allclose(run(runtime), expected, rtol=1e-5, atol=1e-5)
+        finally:
+            runtime.close()

@@ -50,5 +50,13 @@ class Runtime(ABC):
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch. Inputs are already validated against the signature."""
 
+    def shares_weights(self) -> bool:
+        """Whether this runtime should map its weights from one shared copy, where its
+        engine can: unless the server (``--no-share-weights``) or the manifest
+        (``runtime_options.share_weights: false``) says no; only on the CPU (a GPU holds
+        its own copy whatever the host does)."""
+        option = self.archive.manifest.runtime_options.get("share_weights", True)
+        return self.share_weights and bool(option) and self.device == "cpu"
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine's resources."""

@@ -98,13 +98,6 @@ class OnnxRuntime(Runtime):
             log.warning("%s: weights not shared between workers: %s", self._graph(), exc)
             return None
 
-    def shares_weights(self) -> bool:
-        """Whether this runtime maps its weights from the shared cache: on unless the
-        server (``--no-share-weights``) or the manifest (``runtime_options.share_weights``)
-        says no; only on the CPU (a GPU holds its own copy whatever the host does)."""
-        option = self.archive.manifest.runtime_options.get("share_weights", True)
-        return self.share_weights and bool(option) and not self.device.startswith("cuda")
-
     def _optimization_level(self) -> ort.GraphOptimizationLevel:
         level = str(self.archive.manifest.runtime_options.get("graph_optimization_level", "all"))
         try:
