@@ -1,8 +1,10 @@
 """Memory of 2 workers serving ResNet-18, with and without shared weights, and their speed.
 
-``torchferry serve --workers 2`` over one ResNet-18 (random weights, ONNX, tensor handler),
-once as it serves by default (the workers map one copy of the optimized graph's weights:
-``runtimes/onnx_shared``) and once with ``--no-share-weights`` (each worker loads its own).
+``torchferry serve --workers 2`` over one ResNet-18 (random weights, tensor handler), as
+ONNX and as TorchScript (``--formats``), once as it serves by default (the workers map one
+copy of the weights: the optimized graph's for ONNX, ``runtimes/onnx_shared``; the
+archive's safetensors for TorchScript, ``runtimes/torch_shared``) and once with
+``--no-share-weights`` (each worker loads its own).
 Each run warms both workers up with ``--concurrency`` keep-alive connections of V2 binary
 requests (Triton's raw binary body, one 1x3x224x224 FP32 image; ``SO_REUSEPORT`` spreads
 the connections over the workers), measures requests/s, p50 and p99 for ``--seconds``,
@@ -17,7 +19,8 @@ The supervisor is not counted (it imports no engine). The modes alternate, each 
 server; every figure is the median of ``--repeats`` runs. The cache is a temporary
 directory built by the first shared run (one of its workers optimizes the graph while the
 other waits), as a server's first start on a machine; later runs find it.
-Usage: ``python bench/shared_weights.py [--repeats 3] [--seconds 5] [--json FILE]``.
+Usage: ``python bench/shared_weights.py [--formats onnx torchscript] [--repeats 3]
+[--seconds 5] [--json FILE]``.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class Memory:
 
 @dataclass(frozen=True)
 class Run:
+    format: str
     mode: str
     workers: list[Memory]
     throughput: float
@@ -83,14 +87,14 @@ class Run:
     errors: int
 
 
-def export_model(store: Path) -> None:
+def export_model(store: Path, graph_format: str) -> None:
     torch.manual_seed(0)
     torchferry.export(
         resnet18(),
         torch.randn(2, 3, 224, 224),
         name="resnet18",
         store=store,
-        format="onnx",
+        format=graph_format,
         input_names=["image"],
         tolerance=1e-2,
     )
@@ -106,43 +110,48 @@ def image_request() -> Request:
     )
 
 
-def one_run(store: Path, mode: str, args: argparse.Namespace, log: Path) -> Run:
+def one_run(store: Path, graph_format: str, mode: str, args: argparse.Namespace) -> Run:
     extra = ["--workers", "2", "--no-grpc", "--no-metrics", *MODES[mode]]
+    log = store.parent / f"{graph_format}-{mode}.log"
     with served_process(store, extra, log=log, log_level="info") as server:
         pids = serving_pids(server.output())
         load = drive(server.port, image_request(), args.concurrency, args.seconds, args.warmup)
         workers = [Memory.of(pids[index]) for index in sorted(pids)]
-    run = Run(mode, workers, load.throughput, load.percentile(50), load.percentile(99), load.errors)
+    run = Run(
+        graph_format,
+        mode,
+        workers,
+        load.throughput,
+        load.percentile(50),
+        load.percentile(99),
+        load.errors,
+    )
     total = sum(w.pss for w in workers)
     console.print(
-        f"  {mode}: PSS {total:.0f} MiB over {len(workers)} workers, "
+        f"  {graph_format} {mode}: PSS {total:.0f} MiB over {len(workers)} workers, "
         f"{run.throughput:.1f} req/s, p99 {run.p99_ms:.0f} ms, {run.errors} errors"
     )
     return run
 
 
+COLUMNS = ("format", "mode", "process", "RSS", "PSS", "private", "shared", "req/s", "p50", "p99")
+
+
 def print_table(runs: list[Run]) -> None:
-    table = Table(title="2 workers serving ResNet-18: memory (MiB) and speed, median of runs")
-    for column in (
-        "mode",
-        "process",
-        "RSS",
-        "PSS",
-        "private",
-        "shared",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-    ):
-        table.add_column(column, justify="left" if column in ("mode", "process") else "right")
-    for mode in MODES:
-        mine = [r for r in runs if r.mode == mode]
+    table = Table(title="2 workers serving ResNet-18: memory (MiB), req/s, latency (ms); medians")
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column in COLUMNS[:3] else "right")
+    for graph_format, mode in dict.fromkeys((r.format, r.mode) for r in runs):
+        mine = [r for r in runs if (r.format, r.mode) == (graph_format, mode)]
         for index in range(len(mine[0].workers)):
             cells = [median([getattr(r.workers[index], f) for r in mine]) for f in FIELDS]
-            table.add_row(mode, f"worker {index}", *(f"{c:.0f}" for c in cells), "", "", "")
+            table.add_row(
+                graph_format, mode, f"worker {index}", *(f"{c:.0f}" for c in cells), "", "", ""
+            )
         totals = [median([sum(getattr(w, f) for w in r.workers) for r in mine]) for f in FIELDS]
         speed = [median([getattr(r, f) for r in mine]) for f in ("throughput", "p50_ms", "p99_ms")]
         table.add_row(
+            graph_format,
             f"[bold]{mode}[/]",
             "[bold]total[/]",
             *(f"[bold]{c:.0f}[/]" for c in totals),
@@ -156,6 +165,9 @@ def print_table(runs: list[Run]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--formats", nargs="+", choices=["onnx", "torchscript"], default=["onnx", "torchscript"]
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured load per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="load before measuring")
@@ -168,11 +180,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tf-share-") as tmp:
         root = Path(tmp)
         os.environ[CACHE_ENV] = str(root / "cache")  # the servers inherit it
-        console.print("[bold]exporting[/] resnet18 (random weights, ONNX)")
-        export_model(root / "store")
-        for repeat in range(args.repeats):
-            for mode in MODES:
-                runs.append(one_run(root / "store", mode, args, root / f"{mode}-{repeat}.log"))
+        for graph_format in args.formats:
+            console.print(f"[bold]exporting[/] resnet18 (random weights, {graph_format})")
+            store = root / graph_format / "store"
+            export_model(store, graph_format)
+            for _ in range(args.repeats):
+                for mode in MODES:
+                    runs.append(one_run(store, graph_format, mode, args))
     print_table(runs)
     if args.json:
         summary = {"machine": machine_line(), "command": command, "runs": [asdict(r) for r in runs]}
