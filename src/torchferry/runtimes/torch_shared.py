@@ -1,5 +1,6 @@
-"""One copy of a TorchScript module's weights for every worker: its parameters and buffers
-pointed at the archive's ``weights.safetensors``, memory-mapped.
+"""One copy of a torch model's weights for every worker: the parameters and buffers of a
+TorchScript module (or an eager ``nn.Module``) pointed at the archive's
+``weights.safetensors``, memory-mapped.
 
 ``torch.jit.load`` gives each process private copies of the weights. safetensors maps its
 file (``MAP_PRIVATE``: pages stay shared until written, and a write makes a private copy,
@@ -15,13 +16,33 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
+import logging
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch import nn
+
+from torchferry.runtimes.base import Runtime
+
+log = logging.getLogger(__name__)
 
 
-def map_weights(module: torch.jit.ScriptModule, weights: Path) -> int:
+def map_archive_weights(runtime: Runtime, module: nn.Module, name: str) -> int:
+    """``map_weights`` from the archive's file ``name`` (verified with the archive), when the
+    runtime shares weights and the archive lists that file; a failure only leaves the module
+    its private copies. The bytes now mapped."""
+    if not runtime.shares_weights() or name not in runtime.archive.manifest.files:
+        return 0
+    weights = runtime.archive.file(name)
+    try:
+        return map_weights(module, weights)
+    except Exception as exc:  # safetensors raises its own untyped errors
+        log.warning("%s: weights not shared between workers: %s", weights, exc)
+        return 0
+
+
+def map_weights(module: nn.Module, weights: Path) -> int:
     """Point ``module``'s tensors at their equal twins in ``weights``; the bytes now mapped."""
     mapped_bytes = 0
     tensors = itertools.chain(module.named_parameters(), module.named_buffers())

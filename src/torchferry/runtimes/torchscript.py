@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
@@ -11,9 +9,7 @@ from torchferry.archive.formats import TORCHSCRIPT, WEIGHTS_FILE
 from torchferry.errors import ArchiveError, ModelError
 from torchferry.runtimes.base import Runtime
 from torchferry.runtimes.torch_io import to_arrays, to_tensors
-from torchferry.runtimes.torch_shared import map_weights
-
-log = logging.getLogger(__name__)
+from torchferry.runtimes.torch_shared import map_archive_weights
 
 
 def _model_message(exc: Exception) -> str:
@@ -36,22 +32,10 @@ class TorchScriptRuntime(Runtime):
         except Exception as exc:
             raise ArchiveError(f"TorchScript cannot load {graph}: {exc}") from exc
         #: Bytes of weights mapped from the archive's safetensors, shared between workers.
-        self.mapped_bytes = self._map_weights()
+        self.mapped_bytes = map_archive_weights(self, self.module, WEIGHTS_FILE)
         signature = self.archive.manifest.signature
         self.input_names = signature.input_names
         self.output_names = signature.output_names
-
-    def _map_weights(self) -> int:
-        """``torch_shared.map_weights`` from the archive's verified safetensors, if it has
-        them; a failure only leaves the module its private copies."""
-        if not self.shares_weights() or WEIGHTS_FILE not in self.archive.manifest.files:
-            return 0
-        weights = self.archive.file(WEIGHTS_FILE)
-        try:
-            return map_weights(self.module, weights)
-        except Exception as exc:  # safetensors raises its own untyped errors
-            log.warning("%s: weights not shared between workers: %s", weights, exc)
-            return 0
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = to_tensors(inputs, self.input_names, self.device)
