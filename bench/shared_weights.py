@@ -46,7 +46,7 @@ import torchferry
 from torchferry.runtimes.weight_cache import CACHE_ENV
 from torchferry.zoo.resnet import resnet18
 
-console = Console()
+console = Console(width=max(Console().width, 100))  # the table's 10 columns fit
 MODES = {"shared": [], "private": ["--no-share-weights"]}
 FIELDS = ("rss", "pss", "private", "shared")
 

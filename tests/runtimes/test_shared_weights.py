@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +245,28 @@ def test_a_torchscript_module_maps_only_the_weights_equal_to_its_own(tmp_path):
             np.testing.assert_allclose(run(runtime), expected, rtol=1e-5, atol=1e-5)
         finally:
             runtime.close()
+
+
+def test_two_served_workers_map_the_same_file(tmp_path, start_server):
+    store = ModelStore(tmp_path / "store")
+    write_archive(store, "convs", {})
+    args = ["--store", str(store.root), "--workers", "2", "--no-grpc", "--no-metrics"]
+    args += ["--no-management", "--log-level", "info"]
+    with start_server(args, tmp_path / "server.log") as server:
+        deadline = time.monotonic() + 30
+        while (
+            len(pids := set(re.findall(r"worker \d+ serving \(pid (\d+)\)", server.output()))) < 2
+        ):
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.05)
+        mapped = {
+            pid: {
+                line.split()[-1]
+                for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+                if line.endswith(DATA)
+            }
+            for pid in pids
+        }
+    (first, second) = mapped.values()
+    assert first == second and len(first) == 1, mapped
+    assert Path(os.environ[CACHE_ENV]) in Path(next(iter(first))).parents
