@@ -53,13 +53,14 @@ def conv_graph() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9)
 
 
-def write_archive(store: ModelStore, name: str, options: dict[str, object]) -> Archive:
+def conv_manifest(name: str, runtime: str, graph: str, options: dict[str, object]) -> Manifest:
+    """A manifest for the two convolutions: x and y of shape [N, 64, 8, 8]."""
     spec = (-1, CHANNELS, 8, 8)
-    manifest = Manifest(
+    return Manifest(
         name=name,
         version=1,
-        runtime="onnxruntime",
-        graphs={"onnxruntime": "model.onnx"},
+        runtime=runtime,
+        graphs={runtime: graph},
         signature=ModelSignature(
             inputs=(TensorSpec(name="x", datatype="FP32", shape=spec),),
             outputs=(TensorSpec(name="y", datatype="FP32", shape=spec),),
@@ -67,6 +68,10 @@ def write_archive(store: ModelStore, name: str, options: dict[str, object]) -> A
         runtime_options=options,
         source="tests",
     )
+
+
+def write_archive(store: ModelStore, name: str, options: dict[str, object]) -> Archive:
+    manifest = conv_manifest(name, "onnxruntime", "model.onnx", options)
     graph = conv_graph()
     return store.write(manifest, lambda directory: onnx.save(graph, str(directory / "model.onnx")))
 
@@ -194,18 +199,7 @@ def write_torchscript(store: ModelStore, name: str, weights_of: torch.nn.Module)
     """A TorchScript archive of ``Convs`` (seed 0) whose safetensors hold ``weights_of``'s."""
     torch.manual_seed(0)
     module = Convs().eval()
-    spec = (-1, CHANNELS, 8, 8)
-    manifest = Manifest(
-        name=name,
-        version=1,
-        runtime="torchscript",
-        graphs={"torchscript": "model.pt"},
-        signature=ModelSignature(
-            inputs=(TensorSpec(name="x", datatype="FP32", shape=spec),),
-            outputs=(TensorSpec(name="y", datatype="FP32", shape=spec),),
-        ),
-        source="tests",
-    )
+    manifest = conv_manifest(name, "torchscript", "model.pt", {})
 
     def populate(directory: Path) -> None:
         torch.jit.script(module).save(str(directory / "model.pt"))
