@@ -19,15 +19,13 @@ atomically, checked against its record and the archive's verified hash at every 
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import platform
 from pathlib import Path
 
 import onnxruntime as ort
 
-from torchferry.runtimes.weight_cache import cache_key, cached_entry
+from torchferry.runtimes.weight_cache import cache_key, cached_entry, return_freed_memory
 
 GRAPH = "model.onnx"
 DATA = "model.onnx.data"
@@ -62,14 +60,7 @@ def _optimize(source: Path, level: ort.GraphOptimizationLevel, target: Path) -> 
     # ONNX Runtime warns that an all-level graph is hardware-specific: the key holds the CPU
     options.log_severity_level = 3
     ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-    _return_freed_memory()
-
-
-def _return_freed_memory() -> None:
-    """Hand the building session's freed heap back to the system: glibc keeps it otherwise,
-    and the worker that built the entry would hold a private copy's worth of memory."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return_freed_memory()
 
 
 def shared_graph(source: Path, source_sha256: str, level: ort.GraphOptimizationLevel) -> Path:

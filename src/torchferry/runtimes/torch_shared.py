@@ -13,8 +13,6 @@ values): an optimized graph's folded or converted weights keep their own copy.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import itertools
 import logging
 from pathlib import Path
@@ -24,6 +22,7 @@ from safetensors import safe_open
 from torch import nn
 
 from torchferry.runtimes.base import Runtime
+from torchferry.runtimes.weight_cache import return_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +59,5 @@ def map_weights(module: nn.Module, weights: Path) -> int:
                 tensor.set_(twin)
                 mapped_bytes += twin.numel() * twin.element_size()
     if mapped_bytes:
-        _return_freed_memory()
+        return_freed_memory()
     return mapped_bytes
-
-
-def _return_freed_memory() -> None:
-    """Hand the copies ``torch.jit.load`` made back to the system (glibc keeps freed heap)."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)

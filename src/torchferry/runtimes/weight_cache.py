@@ -20,6 +20,8 @@ directory must belong to this user and be writable by no one else, or nothing is
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -130,3 +132,11 @@ def cached_entry(key: str, source_sha256: str, build: Callable[[Path], None]) ->
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return final
+
+
+def return_freed_memory() -> None:
+    """Hand freed heap back to the system after the private copies a load made are dropped
+    (a building session's, ``torch.jit.load``'s): glibc keeps it otherwise, and the process
+    would still hold a private copy's worth of memory beside the shared one."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
