@@ -15,8 +15,8 @@ then reads each worker's ``/proc/PID/smaps_rollup``:
 - private: pages only this process maps (``Private_Clean + Private_Dirty``);
 - shared: pages other processes map too (``Shared_Clean + Shared_Dirty``).
 
-The supervisor is not counted (it imports no engine). The modes alternate, each run a fresh
-server; every figure is the median of ``--repeats`` runs. The cache is a temporary
+The supervisor is not counted (it imports no engine). The modes alternate (each first every
+other repeat), each run a fresh server; every figure is the median of ``--repeats`` runs. The cache is a temporary
 directory built by the first shared run (one of its workers optimizes the graph while the
 other waits), as a server's first start on a machine; later runs find it.
 Usage: ``python bench/shared_weights.py [--formats onnx torchscript] [--repeats 3]
@@ -184,8 +184,11 @@ def main() -> int:
             console.print(f"[bold]exporting[/] resnet18 (random weights, {graph_format})")
             store = root / graph_format / "store"
             export_model(store, graph_format)
-            for _ in range(args.repeats):
-                for mode in MODES:
+            for repeat in range(args.repeats):
+                # each mode goes first every other time: a machine whose load drifts (other
+                # work on it) favours neither
+                modes = list(MODES) if repeat % 2 == 0 else list(reversed(MODES))
+                for mode in modes:
                     runs.append(one_run(store, graph_format, mode, args))
     print_table(runs)
     if args.json:
