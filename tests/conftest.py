@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from torchferry.archive import BatchingSpec, HandlerSpec, Manifest, ModelStore
 from torchferry.cores import default_threads
+from torchferry.runtimes.weight_cache import CACHE_ENV
 from torchferry.serving.logs import unconfigure_logging
 from torchferry.serving.process import ServerProcess, serve_in_subprocess
 from torchferry.signature import ModelSignature, TensorSpec
@@ -219,6 +220,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return rank.get(item.path.relative_to(root).as_posix(), len(rank))
 
     items.sort(key=order)  # stable: every other file keeps its place
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _weight_cache_of_this_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The shared-weights cache (``runtimes/weight_cache``) in the session's temporary
+    directory, for this process and the servers it starts: not the user's ``~/.cache``,
+    which every test run would fill with one entry per random model."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("weight-cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)

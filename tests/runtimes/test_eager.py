@@ -89,6 +89,18 @@ def test_the_archive_holds_code_and_weights_and_no_graph(exported):
     assert all(r.max_abs_error == 0.0 for r in manifest.parity)
 
 
+def test_the_weights_are_mapped_from_the_archive_and_shared(exported):
+    archive, model = exported
+    runtime = load_runtime(archive, threads=1, trust_code=True)
+    try:
+        weights = str(archive.path / WEIGHTS_FILE)
+        assert weights in Path("/proc/self/maps").read_text()
+        own = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        assert runtime.mapped_bytes == own  # type: ignore[attr-defined]
+    finally:
+        runtime.close()
+
+
 @pytest.mark.parametrize("sign", [1.0, -1.0], ids=["positive-branch", "negative-branch"])
 def test_both_branches_match_eager_pytorch(exported, sign):
     archive, model = exported

@@ -38,10 +38,12 @@ def size(store: ModelStore) -> int:
     return estimate_bytes(store.open("a", 1), "onnxruntime")
 
 
-def repository(store: ModelStore, budget: int, timeout_s: float | None = None) -> ModelRepository:
+def repository(
+    store: ModelStore, budget: int, timeout_s: float | None = None, share_weights: bool = True
+) -> ModelRepository:
     settings = ServerSettings(
         store=store.root, threads=1, metrics_port=None, memory_budget_bytes=budget,
-        request_timeout_s=timeout_s,
+        request_timeout_s=timeout_s, share_weights=share_weights,
     )  # fmt: skip
     repo = ModelRepository(settings)
     repo.load_store(store)
@@ -160,7 +162,9 @@ def test_a_broken_graph_fails_its_request_not_the_start(tmp_path: Path, store, s
     broken = ModelStore(tmp_path)
     path = write_lin(broken, 1, WEIGHTS, name="a")
     (path / "model.onnx").chmod(0o644)
-    repo = repository(broken, 10 * size)
+    # private weights: a shared cache entry made from an equal graph (same SHA-256) by an
+    # earlier test would serve it whatever this file now holds
+    repo = repository(broken, 10 * size, share_weights=False)
     graph = path / "model.onnx"
     graph.write_bytes(b"\0" * graph.stat().st_size)  # after the start's hash check
     residency = repo.residency

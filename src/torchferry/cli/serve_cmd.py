@@ -162,6 +162,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep no worker process waiting to replace a crashed one (saves its memory, "
         "~100 MB; a replacement then starts a cold interpreter, ~1.5 s more)",
     )
+    parser.add_argument(
+        "--no-share-weights",
+        dest="share_weights",
+        action="store_false",
+        help="each worker loads its own copy of every model's weights (by default workers "
+        "map one shared copy where the engine allows it: ONNX Runtime on the CPU)",
+    )
     metrics = parser.add_mutually_exclusive_group()
     metrics.add_argument(
         "--metrics-port",
@@ -311,6 +318,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         workers=args.workers,
         drain_timeout_s=args.drain_timeout,
         warm_spare=args.warm_spare,
+        share_weights=args.share_weights,
         metrics_port=None if args.no_metrics else args.metrics_port,
         otel=args.otel,
         management_port=None if args.no_management else args.management_port,

@@ -187,7 +187,9 @@ def measure(
     size = sum(archive.file(name).stat().st_size for name in files)
     max_batch = max(1, min(settings.max_batch, manifest.batching.max_batch_size))
     names = manifest.signature.output_names
-    runtime = load_runtime(archive, device=device, threads=settings.threads)
+    # one process, and candidates are mostly thrown away: a shared-weights cache entry per
+    # candidate would only fill the cache (sharing changes memory across workers, not speed)
+    runtime = load_runtime(archive, device=device, threads=settings.threads, share_weights=False)
     try:
         outputs = outputs_on(runtime, names, data, min(settings.eval_batch, max_batch))
         latency, p90, runs, spent = time_latency(runtime, data.rows_slice(0, 1), settings)

@@ -40,14 +40,16 @@ def load_runtime(
     device: str = "cpu",
     threads: int | None = None,
     trust_code: bool = False,
+    share_weights: bool = True,
 ) -> Runtime:
     """Instantiate and load the archive's runtime (or ``runtime`` when given).
 
     ``trust_code`` lets Python carried in the archive run (the eager runtime's factory); a
-    runtime that needs it refuses with ``UntrustedCode`` without it.
+    runtime that needs it refuses with ``UntrustedCode`` without it. ``share_weights``: see
+    ``Runtime.share_weights``.
     """
     engine = runtime_class(runtime or archive.manifest.runtime)(
-        archive, device=device, threads=threads, trust_code=trust_code
+        archive, device=device, threads=threads, trust_code=trust_code, share_weights=share_weights
     )
     engine.load()
     return engine

@@ -30,6 +30,7 @@ class Runtime(ABC):
         threads: int | None = None,
         *,
         trust_code: bool = False,
+        share_weights: bool = True,
     ) -> None:
         self.archive = archive
         self.device = device
@@ -37,6 +38,9 @@ class Runtime(ABC):
         #: Whether the operator lets Python carried in the archive run (``--trust-code``);
         #: only engines that run such code (eager) read it.
         self.trust_code = trust_code
+        #: Whether workers may share one mapped copy of the weights where the engine can
+        #: (``--no-share-weights`` turns it off); engines that cannot ignore it.
+        self.share_weights = share_weights
 
     @abstractmethod
     def load(self) -> None:
@@ -49,6 +53,14 @@ class Runtime(ABC):
     @abstractmethod
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch. Inputs are already validated against the signature."""
+
+    def shares_weights(self) -> bool:
+        """Whether this runtime should map its weights from one shared copy, where its
+        engine can: unless the server (``--no-share-weights``) or the manifest
+        (``runtime_options.share_weights: false``) says no; only on the CPU (a GPU holds
+        its own copy whatever the host does)."""
+        option = self.archive.manifest.runtime_options.get("share_weights", True)
+        return self.share_weights and bool(option) and self.device == "cpu"
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine's resources."""

@@ -24,6 +24,7 @@ from torchferry.archive.store import Archive
 from torchferry.errors import ArchiveError, ModelError, ModelNotReady
 from torchferry.runtimes.base import Runtime
 from torchferry.runtimes.torch_io import to_arrays, to_tensors
+from torchferry.runtimes.torch_shared import map_archive_weights
 
 
 def _label(archive: Archive) -> str:
@@ -106,6 +107,8 @@ class EagerRuntime(Runtime):
             raise ArchiveError(
                 f"{_label(self.archive)}: cannot move to {self.device}: {exc}"
             ) from exc
+        #: Bytes of weights mapped from the archive's safetensors, shared between workers.
+        self.mapped_bytes = map_archive_weights(self, self.module, weights_file(self.archive))
         signature = self.archive.manifest.signature
         self.input_names = signature.input_names
         self.output_names = signature.output_names

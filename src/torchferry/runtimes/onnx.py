@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 
 from torchferry.archive.formats import ONNXRUNTIME
 from torchferry.errors import ArchiveError
 from torchferry.runtimes.base import Runtime
+from torchferry.runtimes.onnx_shared import shared_graph
+
+log = logging.getLogger(__name__)
 
 _decode = np.frompyfunc(lambda x: x.decode("utf-8", "replace") if isinstance(x, bytes) else x, 1, 1)
 
@@ -38,6 +44,27 @@ class OnnxRuntime(Runtime):
     platform = "onnxruntime_onnx"
 
     def load(self) -> None:
+        providers = ["CPUExecutionProvider"]
+        if self.device.startswith("cuda"):
+            providers.insert(0, "CUDAExecutionProvider")
+        shared = self._shared_session(providers)
+        if shared is not None:
+            self.session = shared
+        else:
+            graph = self._graph()
+            try:
+                self.session = ort.InferenceSession(
+                    str(graph), self._options(), providers=providers
+                )
+            except Exception as exc:  # onnxruntime raises its own untyped errors
+                raise ArchiveError(f"ONNX Runtime cannot load {graph}: {exc}") from exc
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        # a failing run's message can quote an input (a Gather's out-of-range index): it goes
+        # to the client in the exception, and ONNX Runtime's own log must not write it too
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = _FATAL
+
+    def _options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -47,19 +74,29 @@ class OnnxRuntime(Runtime):
         spinning = self.archive.manifest.runtime_options.get("allow_spinning", False)
         options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
         options.graph_optimization_level = self._optimization_level()
-        providers = ["CPUExecutionProvider"]
-        if self.device.startswith("cuda"):
-            providers.insert(0, "CUDAExecutionProvider")
-        graph = self.archive.file(self.archive.manifest.graph_file(self.name))
+        return options
+
+    def _graph(self) -> Path:
+        return self.archive.file(self.archive.manifest.graph_file(self.name))
+
+    def _shared_session(self, providers: list[str]) -> ort.InferenceSession | None:
+        """A session on the graph optimized once, whose weights every worker maps from one
+        file (``onnx_shared``); None when sharing is off or fails (the archive's own graph is
+        loaded then, each worker with its private copy, and any error is that load's)."""
+        name = self.archive.manifest.graph_file(self.name)
+        entry = self.archive.manifest.files.get(name)
+        if not self.shares_weights() or entry is None:  # no verified hash: nothing to key
+            return None
+        options = self._options()
         try:
-            self.session = ort.InferenceSession(str(graph), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ArchiveError(f"ONNX Runtime cannot load {graph}: {exc}") from exc
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        # a failing run's message can quote an input (a Gather's out-of-range index): it goes
-        # to the client in the exception, and ONNX Runtime's own log must not write it too
-        self.run_options = ort.RunOptions()
-        self.run_options.log_severity_level = _FATAL
+            graph = shared_graph(self._graph(), entry.sha256, options.graph_optimization_level)
+            # optimized already (layouts and fusions are in the file): optimizing again would
+            # find nothing to do, and any rewrite it made would be a private copy
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            return ort.InferenceSession(str(graph), options, providers=providers)
+        except Exception as exc:  # UnsafeCache, OSError, and ONNX Runtime's untyped errors
+            log.warning("%s: weights not shared between workers: %s", self._graph(), exc)
+            return None
 
     def _optimization_level(self) -> ort.GraphOptimizationLevel:
         level = str(self.archive.manifest.runtime_options.get("graph_optimization_level", "all"))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from torchferry.archive.formats import TORCHSCRIPT
+from torchferry.archive.formats import TORCHSCRIPT, WEIGHTS_FILE
 from torchferry.errors import ArchiveError, ModelError
 from torchferry.runtimes.base import Runtime
 from torchferry.runtimes.torch_io import to_arrays, to_tensors
+from torchferry.runtimes.torch_shared import map_archive_weights
 
 
 def _model_message(exc: Exception) -> str:
@@ -30,6 +31,8 @@ class TorchScriptRuntime(Runtime):
             self.module = torch.jit.load(str(graph), map_location=self.device).eval()
         except Exception as exc:
             raise ArchiveError(f"TorchScript cannot load {graph}: {exc}") from exc
+        #: Bytes of weights mapped from the archive's safetensors, shared between workers.
+        self.mapped_bytes = map_archive_weights(self, self.module, WEIGHTS_FILE)
         signature = self.archive.manifest.signature
         self.input_names = signature.input_names
         self.output_names = signature.output_names

@@ -59,7 +59,11 @@ def build_version(
         engine = runtime_class(runtime_for(manifest, settings))
         for _ in range(instances):
             runtime = engine(
-                archive, device=settings.device, threads=threads, trust_code=settings.trust_code
+                archive,
+                device=settings.device,
+                threads=threads,
+                trust_code=settings.trust_code,
+                share_weights=settings.share_weights,
             )
             runtimes.append(runtime)
             if load:

@@ -1,0 +1,72 @@
+"""One copy of an ONNX graph's weights for every worker: the graph optimized once, its
+initializers in an external data file that ONNX Runtime memory-maps.
+
+Measured on ResNet-18 (``bench/shared_weights.py``): loading the archive's ``model.onnx``
+gives each process private copies of its weights (the protobuf's, the session's, and the
+re-laid-out ones the ``all`` level's NCHWc transformer makes). ONNX Runtime maps an
+external data file read-only when it loads a graph from a path, and uses the mapped
+initializers in place, unless an optimization rewrites them. So the graph is optimized
+once, at the manifest's level, and saved with ``optimized_model_filepath`` and its
+initializers in ``model.onnx.data``; every worker then loads that with optimizations off,
+and the weights are shared pages of the page cache. The graph's own ``all``-level
+layouts are kept, so this costs no speed.
+
+An ``all``-level graph is specific to the CPU's vector extensions (NCHWc block size), so
+the cache key holds the CPU's flags as well as the source graph's SHA-256, the ONNX
+Runtime version and the level. The entry is a ``weight_cache`` directory: published
+atomically, checked against its record and the archive's verified hash at every load.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+import onnxruntime as ort
+
+from torchferry.runtimes.weight_cache import cache_key, cached_entry, return_freed_memory
+
+GRAPH = "model.onnx"
+DATA = "model.onnx.data"
+#: Initializers under this many bytes stay in the graph: ONNX Runtime reads small external
+#: tensors into memory anyway (it maps only large, aligned ones).
+_INLINE_BELOW = 1024
+
+
+@functools.cache
+def _cpu_identity() -> str:
+    """What an ``all``-level layout depends on: the machine and its CPU flags."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            flags = next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return f"{platform.machine()} {' '.join(sorted(flags.split(':', 1)[-1].split()))}"
+
+
+def _optimize(source: Path, level: ort.GraphOptimizationLevel, target: Path) -> None:
+    """Write ``source`` optimized at ``level`` into ``target`` (graph + external data)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    options.intra_op_num_threads = 1
+    options.optimized_model_filepath = str(target / GRAPH)
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", DATA
+    )
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", str(_INLINE_BELOW)
+    )
+    # ONNX Runtime warns that an all-level graph is hardware-specific: the key holds the CPU
+    options.log_severity_level = 3
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    return_freed_memory()
+
+
+def shared_graph(source: Path, source_sha256: str, level: ort.GraphOptimizationLevel) -> Path:
+    """The optimized graph of ``source`` (whose SHA-256 the verified manifest gives), with
+    its weights in a mapped file, built once per key. Raises ``UnsafeCache`` or ``OSError``
+    when the cache cannot be used; the caller loads ``source`` itself then."""
+    key = cache_key("onnx", source_sha256, ort.__version__, str(int(level)), _cpu_identity())
+    entry = cached_entry(key, source_sha256, lambda target: _optimize(source, level, target))
+    return entry / GRAPH

@@ -1,0 +1,142 @@
+"""Files derived from an archive once and memory-mapped by every worker: the weight cache.
+
+A worker that maps a file read-only shares its pages with every other process mapping it
+(one copy in the page cache), where a loaded engine's own buffers are private to it. An
+engine that can map its weights (ONNX Runtime's external data) gets them from a directory
+here, built once per source graph, engine version and machine.
+
+The cache lives outside the store (``$TORCHFERRY_CACHE_DIR``, else
+``$XDG_CACHE_HOME/torchferry``, else ``~/.cache/torchferry``): an archive's files are
+exactly its signed file list, a store may be read-only or shared by machines whose CPUs
+want different layouts, and nothing derived belongs in it.
+
+Each entry is a directory published by one ``rename`` (a reader never sees half of it),
+never modified in place (a truncated mapped file would crash its readers with SIGBUS),
+and carries ``sidecar.json``: the SHA-256 of the archive file it was built from (the one
+the signed manifest lists) and of each file in it. An entry whose source is not the
+archive's verified file, or whose files do not hash to the record, is rebuilt. The cache
+directory must belong to this user and be writable by no one else, or nothing is shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from torchferry.archive.integrity import hash_file
+
+log = logging.getLogger(__name__)
+
+RECORD_NAME = "sidecar.json"
+CACHE_ENV = "TORCHFERRY_CACHE_DIR"
+
+
+class UnsafeCache(Exception):
+    """The cache directory could be written by someone else: its files are not trusted."""
+
+
+def cache_root() -> Path:
+    """Where derived weight files live (see the module's docstring)."""
+    if explicit := os.environ.get(CACHE_ENV):
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "torchferry"
+
+
+def private_dir(path: Path) -> Path:
+    """``path``, created 0700 if missing; refused unless this user owns it and no one else
+    may write it (as ssh checks ``~/.ssh``): a file someone else can swap is not a copy
+    of the signed archive."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeCache(
+            f"{path} is not owned by this user or is writable by others; "
+            f"set {CACHE_ENV} to a private directory"
+        )
+    return path
+
+
+def cache_key(*parts: str) -> str:
+    """One directory name for everything the derived files depend on."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def _record(directory: Path, source_sha256: str) -> dict[str, object]:
+    files = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != RECORD_NAME)
+    return {
+        "source_sha256": source_sha256,
+        "files": {name: hash_file(directory / name).sha256 for name in files},
+    }
+
+
+def _verified(directory: Path, source_sha256: str) -> bool:
+    """Whether ``directory`` was built from ``source_sha256`` and is unchanged since."""
+    try:
+        recorded = json.loads((directory / RECORD_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(recorded, dict):
+        return False
+    try:
+        return recorded == _record(directory, source_sha256)
+    except OSError:
+        return False
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """One builder per entry at a time: workers that start together build it once."""
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cached_entry(key: str, source_sha256: str, build: Callable[[Path], None]) -> Path:
+    """The verified cache directory for ``key``, built by ``build(empty_dir)`` if missing or
+    failing its check. Raises ``UnsafeCache`` when the cache is not private."""
+    root = private_dir(private_dir(cache_root()) / "weights")
+    final = root / key
+    with _locked(root / f"{key}.lock"):
+        if final.is_dir():
+            if _verified(final, source_sha256):
+                return final
+            log.warning("weight cache %s does not match its record or source: rebuilding", final)
+            # renamed aside, not removed in place: a process may still map its files
+            stale = Path(tempfile.mkdtemp(prefix=f".stale-{key}-", dir=root))
+            os.rename(final, stale / key)
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{key}-", dir=root))
+        try:
+            build(staging)
+            record = json.dumps(_record(staging, source_sha256), indent=2)
+            (staging / RECORD_NAME).write_text(record, encoding="utf-8")
+            for path in staging.iterdir():
+                path.chmod(0o400)  # never written again: a mapped file must not change
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return final
+
+
+def return_freed_memory() -> None:
+    """Hand freed heap back to the system after the private copies a load made are dropped
+    (a building session's, ``torch.jit.load``'s): glibc keeps it otherwise, and the process
+    would still hold a private copy's worth of memory beside the shared one."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
