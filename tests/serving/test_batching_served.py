@@ -217,9 +217,11 @@ def test_a_request_that_would_miss_the_objective_is_shed_with_503(server):
 def test_a_request_behind_a_long_queue_is_shed_by_its_own_timeout(server):
     async def scenario() -> httpx.Response:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            queue = [client.post("/v2/models/sleepy/infer", json=body(i)) for i in range(16)]
+            # a second of work (40 rows, 25 ms each on 2 instances): long after the requests
+            # reached the queue, even on a loaded machine, most of them still wait
+            queue = [client.post("/v2/models/sleepy/infer", json=body(i)) for i in range(40)]
             queued = asyncio.gather(*queue)
-            await asyncio.sleep(0.03)
+            await asyncio.sleep(0.15)
             late = await client.post("/v2/models/sleepy/infer", json=body(1, timeout_us=50_000))
             await queued
             return late
