@@ -44,6 +44,9 @@ from torchferry.zoo.resnet import resnet18
 console = Console()
 BATCH_SIZES = [1, 2, 4, 8, 16, 32]
 CONCURRENCIES = [1, 8, 32]
+MODELS = ("digits", "resnet18")
+#: issue 14: ResNet-18 served (decode included) reaches this share of the raw best batch
+TARGET = 0.95
 
 
 @dataclass
@@ -70,8 +73,8 @@ def make_jpeg(seed: int, size: tuple[int, int] = (500, 375)) -> bytes:
     return out.getvalue()
 
 
-def build_store(root: Path) -> tuple[Archive, Archive, np.ndarray]:
-    console.print("[bold]building models[/] (digits: train + export; resnet18: export)")
+def build_digits(root: Path) -> tuple[Archive, np.ndarray]:
+    console.print("[bold]building digits[/] (train + export)")
     digits, accuracy = train_digits(seed=0)
     console.print(f"  digits test accuracy {accuracy:.3f}")
     from sklearn.datasets import load_digits
@@ -85,7 +88,7 @@ def build_store(root: Path) -> tuple[Archive, Archive, np.ndarray]:
         format="onnx",
         input_names=["pixels"],
     )
-    return digits_archive, export_resnet18(root), sample
+    return digits_archive, sample
 
 
 def export_resnet18(root: Path) -> Archive:
@@ -224,37 +227,57 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="median of this many runs")
     parser.add_argument("--quick", action="store_true", help="2 s, 1 repeat: a smoke run")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument(
+        "--only", choices=MODELS, action="append", help="measure this model only (repeatable)"
+    )
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for `torchferry serve` (repeatable), e.g. --serve-arg=--workers=1",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.repeats = 2.0, 1
+    models = set(args.only or MODELS)
     jpegs = [make_jpeg(seed) for seed in range(8)]
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp:
         store = Path(tmp)
-        digits, resnet, sample = build_store(store)
-        rows = raw_digits(digits, sample, args.seconds, args.repeats)
-        rows += raw_resnet(resnet, jpegs, args.seconds, args.repeats)
-        digits_body = orjson.dumps({"data": sample[:1].tolist()})
-        with served(store, ["--max-batch-size", "32", "--no-grpc"]) as port:
-            rows += served_rows(
-                "digits",
-                port,
-                Request("/predict/digits", digits_body, "application/json"),
-                args.seconds,
-                args.repeats,
-            )
-            rows += served_rows(
-                "resnet18",
-                port,
-                Request("/predict/resnet18", jpegs[0], "image/jpeg"),
-                args.seconds,
-                args.repeats,
-            )
+        if "digits" in models:
+            digits, sample = build_digits(store)
+            rows += raw_digits(digits, sample, args.seconds, args.repeats)
+        if "resnet18" in models:
+            resnet = export_resnet18(store)
+            rows += raw_resnet(resnet, jpegs, args.seconds, args.repeats)
+        serve_args = ["--max-batch-size", "32", "--no-grpc", *args.serve_arg]
+        with served(store, serve_args) as port:
+            if "digits" in models:
+                digits_body = orjson.dumps({"data": sample[:1].tolist()})
+                rows += served_rows(
+                    "digits",
+                    port,
+                    Request("/predict/digits", digits_body, "application/json"),
+                    args.seconds,
+                    args.repeats,
+                )
+            if "resnet18" in models:
+                rows += served_rows(
+                    "resnet18",
+                    port,
+                    Request("/predict/resnet18", jpegs[0], "image/jpeg"),
+                    args.seconds,
+                    args.repeats,
+                )
     ratios = print_table(rows)
-    target = ratios["resnet18 c=32"]
-    verdict = "[green]meets[/]" if target >= 0.8 else "[red]misses[/]"
-    console.print(
-        f"ResNet-18 served at c=32 reaches {target:.0%} of raw best: {verdict} the 80% target"
-    )
+    if "resnet18" in models:
+        best = max(v for k, v in ratios.items() if k.startswith("resnet18 "))
+        verdict = "[green]meets[/]" if best >= TARGET else "[red]misses[/]"
+        console.print(
+            f"ResNet-18 served at its best concurrency reaches {best:.0%} of raw best: "
+            f"{verdict} the {TARGET:.0%} target"
+        )
     if args.json:
         args.json.write_bytes(orjson.dumps([r.__dict__ for r in rows], option=orjson.OPT_INDENT_2))
     return 0
