@@ -15,6 +15,7 @@ median of ``--repeats`` runs. Usage: ``python bench/serve_vs_raw.py [--quick]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import sys
 import tempfile
@@ -25,23 +26,25 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import psutil
 import torch
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Request, drive, machine_line, median, served
+from harness import Request, drive, machine_line, median, served_process
 
 import torchferry
 from torchferry.archive.store import Archive
 from torchferry.handlers import load_handler
 from torchferry.handlers.base import HandlerRequest
 from torchferry.runtimes import load_runtime
+from torchferry.serving.process import ServerProcess
 from torchferry.zoo.digits import train_digits
 from torchferry.zoo.resnet import resnet18
 
-console = Console()
+console = Console(width=150)
 BATCH_SIZES = [1, 2, 4, 8, 16, 32]
 CONCURRENCIES = [1, 8, 32]
 MODELS = ("digits", "resnet18")
@@ -57,6 +60,9 @@ class Row:
     throughput: float
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
+    #: CPU milliseconds per item: the bench process (raw) or the server's processes (served),
+    #: a figure that other load on a shared machine inflates far less than items/s
+    cpu_ms: float = float("nan")
 
 
 def make_jpeg(seed: int, size: tuple[int, int] = (500, 375)) -> bytes:
@@ -116,14 +122,15 @@ def raw_rows(
     for size in BATCH_SIZES:
         step = make_batch(size)
         step()  # warm-up: first run allocates
-        rates = []
+        rates, cpu = [], []
         for _ in range(repeats):
-            done, started = 0, time.perf_counter()
+            done, started, cpu_started = 0, time.perf_counter(), time.process_time()
             while (elapsed := time.perf_counter() - started) < seconds or done == 0:
                 step()
                 done += size
             rates.append(done / elapsed)
-        rows.append(Row(name, "raw", size, median(rates)))
+            cpu.append((time.process_time() - cpu_started) * 1e3 / done)
+        rows.append(Row(name, "raw", size, median(rates), cpu_ms=median(cpu)))
         console.print(f"  raw {name} batch {size}: {rows[-1].throughput:.1f}/s")
     return rows
 
@@ -162,10 +169,29 @@ def raw_digits(archive: Archive, sample: np.ndarray, seconds: float, repeats: in
         runtime.close()
 
 
-def served_rows(name: str, port: int, request: Request, seconds: float, repeats: int) -> list[Row]:
+def server_cpu_s(server: ServerProcess) -> float:
+    """CPU seconds used so far by the supervisor and its workers."""
+    root = psutil.Process(server.process.pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def served_rows(
+    name: str, server: ServerProcess, request: Request, seconds: float, repeats: int
+) -> list[Row]:
     rows = []
     for concurrency in CONCURRENCIES:
-        results = [drive(port, request, concurrency, seconds) for _ in range(repeats)]
+        drive(server.port, request, concurrency, 1.0, warmup=0)  # warm-up outside the count
+        results, cpu = [], []
+        for _ in range(repeats):
+            cpu_started = server_cpu_s(server)
+            result = drive(server.port, request, concurrency, seconds, warmup=0)
+            results.append(result)
+            cpu.append((server_cpu_s(server) - cpu_started) * 1e3 / max(1, result.requests))
         results.sort(key=lambda r: r.throughput)
         middle = results[len(results) // 2]
         errors = sum(r.errors for r in results)
@@ -181,6 +207,7 @@ def served_rows(name: str, port: int, request: Request, seconds: float, repeats:
                 middle.throughput,
                 middle.percentile(50),
                 middle.percentile(99),
+                median(cpu),
             )
         )
         console.print(f"  served {name} c={concurrency}: {middle.throughput:.1f}/s")
@@ -201,6 +228,7 @@ def print_table(rows: list[Row]) -> dict[str, float]:
         "p50 ms",
         "p99 ms",
         "vs raw best",
+        "CPU ms/item",
     ):
         table.add_column(column, justify="right" if column not in ("model", "mode") else "left")
     ratios = {}
@@ -216,6 +244,7 @@ def print_table(rows: list[Row]) -> dict[str, float]:
             "" if row.mode == "raw" else f"{row.p50_ms:.1f}",
             "" if row.mode == "raw" else f"{row.p99_ms:.1f}",
             f"{ratio:.2f}",
+            f"{row.cpu_ms:.1f}",
         )
     console.print(table)
     return ratios
@@ -252,12 +281,12 @@ def main() -> int:
             resnet = export_resnet18(store)
             rows += raw_resnet(resnet, jpegs, args.seconds, args.repeats)
         serve_args = ["--max-batch-size", "32", "--no-grpc", *args.serve_arg]
-        with served(store, serve_args) as port:
+        with served_process(store, serve_args) as server:
             if "digits" in models:
                 digits_body = orjson.dumps({"data": sample[:1].tolist()})
                 rows += served_rows(
                     "digits",
-                    port,
+                    server,
                     Request("/predict/digits", digits_body, "application/json"),
                     args.seconds,
                     args.repeats,
@@ -265,7 +294,7 @@ def main() -> int:
             if "resnet18" in models:
                 rows += served_rows(
                     "resnet18",
-                    port,
+                    server,
                     Request("/predict/resnet18", jpegs[0], "image/jpeg"),
                     args.seconds,
                     args.repeats,

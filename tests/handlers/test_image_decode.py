@@ -24,6 +24,8 @@ DEFAULT = ImageGeometry("RGB", 256, 224)
 
 @pytest.fixture(scope="module")
 def jpegs() -> dict[str, bytes]:
+    """The samples, for the tests that compare with the fast path (skipped without it)."""
+    pytest.importorskip("simplejpeg")
     return {sample.name: sample.encode() for sample in SAMPLES}
 
 
@@ -36,7 +38,6 @@ def differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_fast_jpeg_matches_pillow(jpegs, color):
     """Both bundle libjpeg-turbo and decode at the same DCT scale: measured identical; the
     bound allows another libjpeg-turbo's rounding, not another scale or color conversion."""
-    pytest.importorskip("simplejpeg")
     for geometry in (ImageGeometry(color, 256, 224), ImageGeometry(color, None, None)):
         for name, blob in jpegs.items():
             if geometry.target is None and "12 MP" in name:
@@ -105,7 +106,6 @@ def test_cropped_resize_matches_resize_then_crop(geometry, size):
 
 
 def test_the_handler_gives_the_same_tensor_either_way(make_archive, jpegs):
-    pytest.importorskip("simplejpeg")
     image_224 = [("image", "FP32", (-1, 3, 224, 224))]
     fast, pillow = (
         load_handler(

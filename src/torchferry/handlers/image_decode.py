@@ -18,15 +18,23 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-try:  # optional: the fast JPEG path
-    import simplejpeg
-except ImportError:  # pragma: no cover - exercised where simplejpeg is absent
-    simplejpeg = None
+
+def _optional_simplejpeg() -> ModuleType | None:
+    """simplejpeg when installed (the ``jpeg`` extra), else None: JPEGs go to Pillow."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg
+
+
+simplejpeg = _optional_simplejpeg()
 
 #: True when JPEGs decode through simplejpeg.
 FAST_JPEG = simplejpeg is not None
