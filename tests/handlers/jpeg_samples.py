@@ -15,7 +15,7 @@ from PIL import Image
 from torchferry.handlers.image_decode import ImageGeometry, draft_request
 
 #: Pillow's ``subsampling`` values for JPEG's chroma layouts.
-SUBSAMPLING = {"4:4:4": 0, "4:2:0": 2}
+SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class JpegSample:
     mode: str = "RGB"  # "L": a grayscale JPEG
     subsampling: str = "4:2:0"
     quality: int = 90
+    progressive: bool = False
 
     def encode(self, seed: int = 0) -> bytes:
         image = photo_like(self.width, self.height, seed)
@@ -33,7 +34,11 @@ class JpegSample:
             image = image.convert("L")
         out = io.BytesIO()
         image.save(
-            out, format="JPEG", quality=self.quality, subsampling=SUBSAMPLING[self.subsampling]
+            out,
+            format="JPEG",
+            quality=self.quality,
+            subsampling=SUBSAMPLING[self.subsampling],
+            progressive=self.progressive,
         )
         return out.getvalue()
 
@@ -42,6 +47,7 @@ SAMPLES = (
     JpegSample("photo 500x375", 500, 375),
     JpegSample("photo 500x375 4:4:4", 500, 375, subsampling="4:4:4"),
     JpegSample("portrait 375x500", 375, 500),
+    JpegSample("progressive 4:2:2 640x480", 640, 480, subsampling="4:2:2", progressive=True),
     JpegSample("HD 1920x1080", 1920, 1080),
     JpegSample("HD 1920x1080 4:4:4", 1920, 1080, subsampling="4:4:4"),
     JpegSample("12 MP 4000x3000", 4000, 3000),
