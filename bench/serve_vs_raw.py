@@ -9,7 +9,10 @@ one run on this machine:
   concurrency 1, 8 and 32, with p50 and p99 latency;
 
 and prints a table with each served row's ratio to the best raw batch. Each figure is the
-median of ``--repeats`` runs. Usage: ``python bench/serve_vs_raw.py [--quick]``.
+median of ``--repeats`` runs; raw and served alternate, one run of each per round, so that
+other load on a shared machine weighs on both alike. CPU ms per item (the bench process for
+raw, the server's processes for served) is printed beside items/s: it swings far less with
+such load. Usage: ``python bench/serve_vs_raw.py [--quick]``.
 """
 
 from __future__ import annotations
@@ -215,6 +218,23 @@ def served_rows(
     return rows
 
 
+def medians(runs: list[Row]) -> list[Row]:
+    """One row per model, mode and setting: the median of each figure over its runs."""
+    groups: dict[tuple[str, str, int], list[Row]] = {}
+    for run in runs:
+        groups.setdefault((run.model, run.mode, run.setting), []).append(run)
+    return [
+        Row(
+            *key,
+            median([r.throughput for r in group]),
+            median([r.p50_ms for r in group]),
+            median([r.p99_ms for r in group]),
+            median([r.cpu_ms for r in group]),
+        )
+        for key, group in groups.items()
+    ]
+
+
 def print_table(rows: list[Row]) -> dict[str, float]:
     best = {
         m: max(r.throughput for r in rows if r.model == m and r.mode == "raw")
@@ -277,29 +297,25 @@ def main() -> int:
         store = Path(tmp)
         if "digits" in models:
             digits, sample = build_digits(store)
-            rows += raw_digits(digits, sample, args.seconds, args.repeats)
         if "resnet18" in models:
             resnet = export_resnet18(store)
-            rows += raw_resnet(resnet, jpegs, args.seconds, args.repeats)
         serve_args = ["--max-batch-size", "32", "--no-grpc", *args.serve_arg]
+        runs: list[Row] = []
         with served_process(store, serve_args) as server:
-            if "digits" in models:
-                digits_body = orjson.dumps({"data": sample[:1].tolist()})
-                rows += served_rows(
-                    "digits",
-                    server,
-                    Request("/predict/digits", digits_body, "application/json"),
-                    args.seconds,
-                    args.repeats,
-                )
-            if "resnet18" in models:
-                rows += served_rows(
-                    "resnet18",
-                    server,
-                    Request("/predict/resnet18", jpegs[0], "image/jpeg"),
-                    args.seconds,
-                    args.repeats,
-                )
+            # raw and served alternate, one run each per round: load that other work puts on
+            # the machine drifts, and weighs on both alike this way
+            for round_ in range(args.repeats):
+                console.print(f"[bold]round {round_ + 1} of {args.repeats}[/]")
+                if "digits" in models:
+                    runs += raw_digits(digits, sample, args.seconds, 1)
+                    body = orjson.dumps({"data": sample[:1].tolist()})
+                    request = Request("/predict/digits", body, "application/json")
+                    runs += served_rows("digits", server, request, args.seconds, 1)
+                if "resnet18" in models:
+                    runs += raw_resnet(resnet, jpegs, args.seconds, 1)
+                    request = Request("/predict/resnet18", jpegs[0], "image/jpeg")
+                    runs += served_rows("resnet18", server, request, args.seconds, 1)
+    rows = medians(runs)
     ratios = print_table(rows)
     if "resnet18" in models:
         best = max(v for k, v in ratios.items() if k.startswith("resnet18 "))
