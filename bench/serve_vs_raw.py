@@ -265,7 +265,7 @@ def print_table(rows: list[Row]) -> dict[str, float]:
             "" if row.mode == "raw" else f"{row.p50_ms:.1f}",
             "" if row.mode == "raw" else f"{row.p99_ms:.1f}",
             f"{ratio:.2f}",
-            f"{row.cpu_ms:.1f}",
+            f"{row.cpu_ms:.2f}",
         )
     console.print(table)
     return ratios
