@@ -159,6 +159,7 @@ def test_postprocess_top5_softmax_with_labels(make_archive):
         ([IMAGE_224], {"color": "CMYK"}, "color"),
         ([IMAGE_224], {"mean": [0.5]}, "'mean' has 1 values"),
         ([IMAGE_224], {"resize": -1}, "positive integer"),
+        ([IMAGE_224], {"decoder": "turbo"}, "decoder 'turbo'"),
         ([("x", "FP32", (-1, 10))], {}, r"\[N, C, H, W\]"),
         ([IMAGE_224, ("y", "FP32", (-1, 1))], {}, "one image input"),
     ],

@@ -4,8 +4,9 @@ The preprocessing is torchvision's classic evaluation transform
 (``Resize(256)``, ``CenterCrop(224)``, ``ToTensor()``, ``Normalize(mean, std)``) written with
 Pillow and numpy only. Config keys (all optional): ``resize`` (short side, 256), ``crop``
 (224), ``mean``, ``std``, ``top_k`` (5), ``labels`` (a JSON file in the archive), ``softmax``
-(true), ``color`` (``"RGB"``, or ``"L"`` for grayscale models). ``resize`` or ``crop`` set to
-null skips that step.
+(true), ``color`` (``"RGB"``, or ``"L"`` for grayscale models), ``decoder`` (``"auto"``:
+simplejpeg for JPEGs when installed, see ``image_decode``; ``"pillow"``: Pillow always).
+``resize`` or ``crop`` set to null skips that step.
 
 Images come as uploaded files (multipart fields ``file``, ``data`` or ``body``, else every
 upload; several files are several rows), or as the raw body with an ``image/*`` or
@@ -16,16 +17,21 @@ one image too. JSON tensors (``{"data": ...}``) skip the image pipeline.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from torchferry.codecs.jsonio import loads
 from torchferry.errors import ArchiveError, InvalidInput
 from torchferry.handlers.base import Handler, HandlerContext, HandlerRequest
+from torchferry.handlers.image_decode import (
+    FAST_JPEG,
+    ColorMode,
+    ImageGeometry,
+    UndecodableImage,
+    decode_image,
+)
 from torchferry.handlers.payload import (
     TORCHSERVE,
     PayloadState,
@@ -49,13 +55,8 @@ _DEFAULT_NORMALIZE: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "RGB": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "L": ((0.449,), (0.226,)),
 }
-_DECODE_ERRORS = (
-    UnidentifiedImageError,
-    OSError,
-    ValueError,
-    SyntaxError,
-    Image.DecompressionBombError,
-)
+#: ``decoder`` config values: "auto" takes simplejpeg for JPEGs where it is installed.
+_DECODERS = ("auto", "pillow")
 
 
 def _size(config: Mapping[str, Any], key: str, default: int) -> int | None:
@@ -79,15 +80,6 @@ def _per_channel(config: Mapping[str, Any], key: str, default: tuple[float, ...]
             f"color mode {config.get('color', 'RGB')!r} has {len(default)} channels"
         )
     return array
-
-
-def _decode_failure(exc: Exception) -> str:
-    """Why Pillow could not decode a file, in words of ours."""
-    if isinstance(exc, UnidentifiedImageError):
-        return "unknown format"
-    if isinstance(exc, Image.DecompressionBombError):
-        return f"more pixels than the limit of {Image.MAX_IMAGE_PIXELS} (a decompression bomb?)"
-    return f"the file is damaged or truncated ({type(exc).__name__})"
 
 
 class ImageHandler(Handler):
@@ -115,6 +107,13 @@ class ImageHandler(Handler):
         # (x / 255 - mean) / std == x * scale - shift, computed in float32 per channel
         self.scale = (1.0 / (255.0 * std)).astype(np.float32)
         self.shift = (mean / std).astype(np.float32)
+        self.geometry = ImageGeometry(cast(ColorMode, self.color), self.resize, self.crop)
+        decoder = config.get("decoder", "auto")
+        if decoder not in _DECODERS:
+            raise ArchiveError(
+                f"image handler config decoder {decoder!r}: expected one of {list(_DECODERS)}"
+            )
+        self.fast_jpeg = FAST_JPEG and decoder == "auto"
         self.top_k = TopK.from_config(ctx.files, config, k=5, apply_softmax=True)
         self.spec = self._image_input()
 
@@ -147,36 +146,12 @@ class ImageHandler(Handler):
     def _decode(self, blob: bytes, index: int, count: int) -> np.ndarray:
         """One encoded image to a ``(H, W)`` or ``(H, W, C)`` uint8 array, resized and cropped."""
         try:
-            with Image.open(io.BytesIO(blob)) as opened:
-                target = self.resize or self.crop
-                if target is not None:
-                    # JPEG only (a no-op elsewhere): decode at 1/2, 1/4 or 1/8 scale while the
-                    # short side stays >= target, much faster for photos far larger than it.
-                    ratio = target / max(1, min(opened.size))
-                    opened.draft(
-                        self.color, (int(opened.width * ratio) + 1, int(opened.height * ratio) + 1)
-                    )
-                image: Image.Image = opened.convert(self.color)
-        except _DECODE_ERRORS as exc:
-            # Pillow's messages may quote the file (a chunk's name): its kind of failure only
+            return decode_image(blob, self.geometry, fast=self.fast_jpeg)
+        except UndecodableImage as exc:
             raise InvalidInput(
                 f"file {index + 1} of {count} is not an image that can be decoded "
-                f"(JPEG, PNG, ...): {_decode_failure(exc)}"
+                f"(JPEG, PNG, ...): {exc}"
             ) from None
-        if self.resize is not None:
-            width, height = image.size
-            short, long = min(width, height), max(width, height)
-            if short != self.resize:
-                other = int(self.resize * long / short)
-                size = (self.resize, other) if width <= height else (other, self.resize)
-                image = image.resize(size, Image.Resampling.BILINEAR)
-        if self.crop is not None:
-            width, height = image.size
-            left = round((width - self.crop) / 2.0)
-            top = round((height - self.crop) / 2.0)
-            # outside the image (a crop larger than it) Pillow fills with zeros, as torchvision pads
-            image = image.crop((left, top, left + self.crop, top + self.crop))
-        return np.asarray(image, dtype=np.uint8)
 
     def _pixels(self, blobs: list[bytes]) -> np.ndarray:
         """Encoded images to the model's normalized ``(N, C, H, W)`` batch."""
