@@ -16,11 +16,13 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 CONNECTION_ERROR = "connection"
 TIMEOUT = "timeout"
+_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
@@ -227,13 +229,13 @@ async def grpc_load(
     return recorder.finish()
 
 
-def run_loop(coroutine: Awaitable[LoadResult]) -> LoadResult:
+def run_loop(coroutine: Coroutine[Any, Any, _Result]) -> _Result:
     """Run one loop on uvloop where it is installed."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows
-        return asyncio.run(coroutine)  # type: ignore[arg-type]
-    return uvloop.run(coroutine)  # type: ignore[arg-type]
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 async def timed_loop(
