@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections import Counter
@@ -47,14 +48,15 @@ def schedule(rate: float, seconds: float, seed: int, arrivals: str = "poisson") 
         return []
     if arrivals not in ARRIVALS:
         raise ValueError(f"arrivals {arrivals!r}: expected one of {ARRIVALS}")
+    if arrivals == "uniform":
+        return [n / rate for n in range(1, math.ceil(seconds * rate)) if n / rate < seconds]
     draw = random.Random(seed)
     offsets: list[float] = []
-    instant = 0.0
-    while True:
-        instant += draw.expovariate(rate) if arrivals == "poisson" else 1.0 / rate
-        if instant >= seconds:
-            return offsets
+    instant = draw.expovariate(rate)
+    while instant < seconds:
         offsets.append(instant)
+        instant += draw.expovariate(rate)
+    return offsets
 
 
 @dataclass
