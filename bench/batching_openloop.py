@@ -228,6 +228,7 @@ def sweep(
             timeout_s=plan.timeout_s,
             seed=repeat,
             objective_ms=plan.objective_ms,
+            min_requests=args.min_requests,
         )
         run = run_open(OpenRun(target, settings, payload), request, lambda line: None)
         if run.interrupted:
@@ -245,6 +246,8 @@ def _median_run(steps: list[RateStep]) -> RateStep:
 
 def _line(step: RateStep, plan: ModelPlan) -> str:
     held = "holds" if step.holds(plan.objective_ms) else "misses"
+    if not step.scheduled:
+        return f"rate {step.offered:g}/s: no request scheduled"
     return (
         f"rate {step.offered:g}/s: ok {step.achieved:.0f}/s, p50 {_ms(step.p50_ms)}, "
         f"p99 {_ms(step.p99_all_ms)} ms (misses counted), failed "
@@ -420,10 +423,17 @@ def main() -> int:
     parser.add_argument("--low", type=float, default=0.2, help="lowest rate / saturation")
     parser.add_argument("--high", type=float, default=1.3, help="highest rate / saturation")
     parser.add_argument("--seconds", type=float, default=5.0, help="per rate")
+    parser.add_argument(
+        "--min-requests", type=int, default=100,
+        help="a rate runs longer than --seconds if it needs to, to schedule this many",
+    )  # fmt: skip
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--processes", type=int, default=1, help="generator processes")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 rates, 2 s, once")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="a smoke run: 3 rates, 2 s (or 20 requests) each, once",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -432,6 +442,7 @@ def main() -> int:
         parser.error(f"--models: unknown {unknown}; choose from {sorted(PLANS)}")
     if args.quick:
         args.rates, args.seconds, args.warmup, args.repeats = 3, 2.0, 0.5, 1
+        args.min_requests = min(args.min_requests, 20)
     console.print(f"machine: {machine_line()}")
     started = time.monotonic()
     document: dict[str, Any] = {"machine": machine_line(), "argv": sys.argv, "models": []}

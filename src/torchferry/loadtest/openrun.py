@@ -41,6 +41,12 @@ class OpenSettings:
     seed: int = 0
     max_connections: int = 512
     objective_ms: float | None = None
+    #: A rate's step lasts long enough to schedule this many requests on average (a low
+    #: rate's p99 is otherwise the maximum of a handful).
+    min_requests: int = 0
+
+    def seconds_at(self, rate: float) -> float:
+        return max(self.seconds, self.min_requests / rate)
 
 
 @dataclass
@@ -161,7 +167,7 @@ def _run_rates(
                 request,
                 share,
                 settings.warmup_s,
-                settings.seconds,
+                settings.seconds_at(rate),
                 settings.timeout_s,
             )
             _wait_until(running.window.measure_from)
