@@ -76,7 +76,7 @@ class ModelPlan:
 
 PLANS = {
     "mlp": ModelPlan("mlp", 50.0, (0, 1, 2, 5), 32, 2.0),
-    "resnet18": ModelPlan("resnet18", 500.0, (0, 5, 10, 25), 16, 5.0),
+    "resnet18": ModelPlan("resnet18", 500.0, (0, 5, 10, 25), 8, 5.0),
 }
 
 
@@ -188,11 +188,18 @@ def _refusal(text: str) -> str:
 def saturation(url: str, model: str, protocol: str, payload: Payload, plan: ModelPlan) -> float:
     """Requests/s of a short closed loop at ``plan.saturate_at`` in flight."""
     target, request = request_for(url, model, protocol, payload)
+    seconds = 3.0
     with GeneratorPool(1) as pool:
-        result = pool.start(target.endpoint, request, plan.saturate_at, 1.0, 3.0).result()
-    if not result.ok:
-        raise SystemExit(f"saturation run: no request succeeded ({dict(result.errors)})")
-    return result.throughput
+        while True:
+            result = pool.start(target.endpoint, request, plan.saturate_at, 1.0, seconds).result()
+            if not result.ok:
+                raise SystemExit(f"saturation run: no request succeeded ({dict(result.errors)})")
+            # a slow model answers few requests in a short window: run until each of the
+            # requests in flight has gone round several times
+            needed = 8 * plan.saturate_at / result.throughput
+            if needed <= seconds or seconds >= 30:
+                return result.throughput
+            seconds = min(30.0, needed)
 
 
 def geometric(low: float, high: float, count: int) -> list[float]:
