@@ -33,6 +33,7 @@ from torchferry.loadtest.generator import (
     HttpRequest,
     Window,
     _http_exchange,
+    grpc_error_kind,
 )
 
 #: A request that found every connection busy and the pool at its cap.
@@ -235,7 +236,6 @@ async def grpc_open_load(
 ) -> OpenResult:
     """Call ``request`` at each of ``offsets`` on one channel, at most ``max_calls`` in
     flight (a call beyond that is a ``no-connection`` miss)."""
-    import grpc
     from grpc import aio
 
     options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
@@ -255,13 +255,7 @@ async def grpc_open_load(
             try:
                 await call(request.message, timeout=window.timeout_s, metadata=metadata)
             except aio.AioRpcError as exc:
-                code = exc.code()
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    error = TIMEOUT
-                elif code == grpc.StatusCode.UNAVAILABLE:
-                    error = CONNECTION_ERROR
-                else:
-                    error = code.name
+                error = grpc_error_kind(exc)
             finally:
                 clock.busy(-1)
             clock.done(offset, sent, error)

@@ -16,13 +16,12 @@ from typing import Any
 
 from rich.table import Table
 
-from torchferry.errors import TorchferryError
 from torchferry.loadtest.generator import GrpcRequest, HttpRequest
 from torchferry.loadtest.openloop import NO_CONNECTION, OpenResult
 from torchferry.loadtest.payloads import Payload
 from torchferry.loadtest.pool import GeneratorPool, OpenShare
-from torchferry.loadtest.run import CTRL_C, _wait_until, percentile
-from torchferry.loadtest.target import BenchError, Target
+from torchferry.loadtest.run import STOPS, _wait_until, percentile, stop_reason
+from torchferry.loadtest.target import Target
 from torchferry.optimize.report import significant
 
 #: Error kinds that are a server shedding load: HTTP 503, gRPC RESOURCE_EXHAUSTED.
@@ -140,11 +139,10 @@ def run_open(
     them (``run.interrupted`` says why), before the first it propagates."""
     try:
         _run_rates(run, request, progress)
-    except (BenchError, TorchferryError, OSError, RuntimeError, KeyboardInterrupt) as exc:
+    except STOPS as exc:
         if not run.steps:
             raise
-        reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        run.interrupted = CTRL_C if isinstance(exc, KeyboardInterrupt) else reason
+        run.interrupted = stop_reason(exc)
         run.notes.append(
             f"the run stopped after {len(run.steps)} of {len(run.settings.rates)} rates: "
             f"{run.interrupted}; the figures are those of the rates measured"
