@@ -24,7 +24,8 @@ server; the rates are a geometric sweep from ``--low`` to ``--high`` times it. E
 figures are those of the median run (by p99, failures counted as misses) of
 ``--repeats``. A configuration holds the objective at a rate when that p99 is within the
 objective: a shed request (503) or a timeout is a miss. The summary gives each
-configuration's highest such rate and adaptive's ratio to the best fixed one, and the
+configuration's highest such rate (and the highest up to which every rate holds, which a
+lone noisy hold does not move) and adaptive's ratio to the best fixed one, and the
 largest batch each server ran (V2 statistics: exact batch sizes), to show that
 ``max_batch_size`` was never exceeded.
 
@@ -117,6 +118,16 @@ class ConfigResult:
     def highest_holding(self, objective_ms: float) -> float | None:
         held = [s.offered for s in self.steps if s.holds(objective_ms)]
         return max(held) if held else None
+
+    def holding_throughout(self, objective_ms: float) -> float | None:
+        """The highest rate up to which every rate holds (a lone hold above a miss, as
+        noise on a busy machine makes, does not count here)."""
+        best = None
+        for step in sorted(self.steps, key=lambda s: s.offered):
+            if not step.holds(objective_ms):
+                break
+            best = step.offered
+        return best
 
 
 # -- models and requests -----------------------------------------------------------------------
@@ -352,11 +363,12 @@ def summary_table(model: str, plan: ModelPlan, results: list[ConfigResult]) -> T
     best = best_fixed(plan, results)
     best_rate = best.highest_holding(plan.objective_ms) if best else None
     table = Table(title=f"{model}: highest rate holding p99 <= {plan.objective_ms:g} ms")
-    for heading in ("config", "flags", "highest rate/s", "vs best fixed", "max batch ran"):
+    headings = ("config", "flags", "highest rate/s", "vs best fixed", "every rate up to/s")
+    for heading in (*headings, "max batch ran"):
         table.add_column(heading)
     for result in results:
         if result.refused:
-            table.add_row(result.config.label, " ".join(result.config.flags), "not run", "", "")
+            table.add_row(result.config.label, " ".join(result.config.flags), "not run", "", "", "")
             continue
         rate = result.highest_holding(plan.objective_ms)
         ratio = f"{rate / best_rate:.2f}" if rate and best_rate else ""
@@ -367,9 +379,14 @@ def summary_table(model: str, plan: ModelPlan, results: list[ConfigResult]) -> T
             " ".join(result.flags_used),
             "none" if rate is None else f"{rate:g}",
             ratio,
+            _rate(result.holding_throughout(plan.objective_ms)),
             f"{result.max_batch}{limit}" if result.max_batch is not None else "",
         )
     return table
+
+
+def _rate(rate: float | None) -> str:
+    return "none" if rate is None else f"{rate:g}"
 
 
 def as_dict(
@@ -396,6 +413,7 @@ def as_dict(
                 "refused": r.refused,
                 "note": r.note,
                 "highest_rate_holding": r.highest_holding(plan.objective_ms),
+                "holding_at_every_rate_up_to": r.holding_throughout(plan.objective_ms),
                 "max_batch_ran": r.max_batch,
                 "max_batch_size": r.max_batch_size,
                 "steps": [
