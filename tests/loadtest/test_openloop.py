@@ -45,13 +45,19 @@ def test_uniform_schedule_is_even_and_no_rate_is_no_request():
         schedule(1.0, 1.0, seed=0, arrivals="bursty")
 
 
-async def _responder(delay_s: float) -> asyncio.Server:
-    """Answers each request on a connection after ``delay_s``, one at a time."""
+async def _responder(delay_s: float, keep_alive_s: float = 60.0) -> asyncio.Server:
+    """Answers each request on a connection after ``delay_s``, one at a time; closes a
+    connection idle for ``keep_alive_s`` (as uvicorn's keep-alive timeout does)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
+                try:
+                    async with asyncio.timeout(keep_alive_s):
+                        head = await reader.readuntil(b"\r\n\r\n")
+                except TimeoutError:
+                    writer.close()
+                    return
                 length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                 await reader.readexactly(length)
                 await asyncio.sleep(delay_s)
@@ -67,9 +73,15 @@ def _window(measure_after: float = 0.0, seconds: float = 1.0) -> Window:
     return Window(start, start + measure_after, start + seconds, timeout_s=5.0)
 
 
-def _run(delay_s: float, offsets: list[float], stall_s: float = 0.0, cap: int = 512) -> RateStep:
+def _run(
+    delay_s: float,
+    offsets: list[float],
+    stall_s: float = 0.0,
+    cap: int = 512,
+    keep_alive_s: float = 60.0,
+) -> RateStep:
     async def main() -> RateStep:
-        server = await _responder(delay_s)
+        server = await _responder(delay_s, keep_alive_s)
         port = server.sockets[0].getsockname()[1]
 
         async def stall() -> None:  # the generator's process busy elsewhere: it runs late
@@ -104,3 +116,10 @@ def test_a_request_that_finds_every_connection_busy_is_a_client_miss():
     assert step.p99_all_ms == math.inf  # a miss breaks any objective
     assert not step.holds(10_000)
     assert step.peak_connections == 1
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused():
+    # at a low rate a keep-alive connection outlives the server's idle timeout: the next
+    # request goes on a fresh connection instead of failing on the closed one
+    step = _run(0.0, [0.0, 0.5], keep_alive_s=0.2)
+    assert step.ok == 2 and step.errors == {}

@@ -141,6 +141,10 @@ async def _drive(
 
 
 _Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+#: An idle connection older than this is closed rather than reused: at a low rate a
+#: connection can sit idle until the server's keep-alive timeout (uvicorn's default is 5 s)
+#: closes it, and a request written into it would fail for the generator's sake.
+IDLE_REUSE_S = 2.0
 
 
 class _HttpPool:
@@ -148,15 +152,20 @@ class _HttpPool:
 
     def __init__(self, host: str, port: int, cap: int) -> None:
         self.host, self.port, self.cap = host, port, cap
-        self.idle: list[_Connection] = []
+        self.idle: list[tuple[float, _Connection]] = []  # (idle since, connection)
         self.open = 0
 
     def full(self) -> bool:
         return not self.idle and self.open >= self.cap
 
     async def take(self) -> _Connection:
-        if self.idle:
-            return self.idle.pop()
+        now = time.perf_counter()
+        while self.idle:
+            since, connection = self.idle.pop()
+            reader, writer = connection
+            if now - since < IDLE_REUSE_S and not reader.at_eof() and not writer.is_closing():
+                return connection
+            self.drop(connection)  # the server may have closed it, or soon will
         self.open += 1
         try:
             return await asyncio.open_connection(self.host, self.port)
@@ -165,14 +174,14 @@ class _HttpPool:
             raise
 
     def give_back(self, connection: _Connection) -> None:
-        self.idle.append(connection)
+        self.idle.append((time.perf_counter(), connection))
 
     def drop(self, connection: _Connection) -> None:
         self.open -= 1
         connection[1].close()
 
     async def close(self) -> None:
-        for _, writer in self.idle:
+        for _, (_, writer) in self.idle:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
