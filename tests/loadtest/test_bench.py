@@ -131,6 +131,36 @@ def test_each_protocol_is_answered(server, store, protocol, tmp_path):
         assert step["ratio"] > 0
 
 
+@pytest.mark.parametrize("protocol", ["v2-binary", "grpc"])
+def test_open_loop_rates_against_the_server(server, protocol, tmp_path, capsys):
+    # 1 s of load in all: two rates over HTTP, one over gRPC
+    url = f"127.0.0.1:{server.grpc_port}" if protocol == "grpc" else server.url
+    rates = [120] if protocol == "grpc" else [40, 120]
+    out = tmp_path / "open.json"
+    code = bench(
+        url, "--model", "digits", "--protocol", protocol, "--rates", ",".join(map(str, rates)),
+        "--duration", f"{1 / len(rates)}s", "--warmup", "0.1s", "--objective-ms", "2000",
+        "--seed", "3", "--processes", "1", "--json", str(out),
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "open loop" in printed and "held up to 120/s" in printed
+    report = json.loads(out.read_text())
+    assert report["loop"] == "open" and report["settings"]["seed"] == 3
+    assert report["command"][:3] == ["torchferry", "bench", url]
+    assert report["highest_rate_holding_objective"] == 120
+    for step, rate in zip(report["steps"], rates, strict=True):
+        assert step["offered"] == rate and step["errors"] == {} and step["shed"] == 0
+        # a Poisson count: well within 5 sd of its mean
+        expected = rate / len(rates)
+        assert abs(step["scheduled"] - expected) < 5 * expected**0.5 + 2
+        assert step["ok"] == step["scheduled"] and step["holds_objective"]
+        assert 0 < step["p50_ms"] <= step["p99_ms"] <= step["max_ms"]
+        assert step["p99_all_ms"] == step["p99_ms"] and step["lag_p99_ms"] >= 0
+        # the server's own batches in the step: none over its max_batch_size (32)
+        assert step["mean_batch"] >= 1 and 1 <= step["max_batch"] <= 32
+
+
 def test_npz_input_and_failures_by_status(server, tmp_path):
     good, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
     np.savez(good, pixels=np.ones((3, 64), np.float32))
@@ -184,6 +214,10 @@ def test_connection_errors_are_counted(pool):
         (["{url}", "--model", "digits", "--image", "{npz}"], "BYTES in JSON must be text"),
         (["{url}", "--model", "digits", "--raw", "/no/store"], "not a model store"),
         (["ftp://x", "--model", "digits"], "expected http://HOST:PORT"),
+        (["{url}", "--model", "digits", "--rates", "9", "--concurrency", "2"], "not both"),
+        (["{url}", "--model", "digits", "--rates", "9", "--raw", "{npz}"], "closed loop"),
+        (["{url}", "--model", "digits", "--objective-ms", "5"], "give --rates too"),
+        (["{url}", "--model", "digits", "--rates", "9", "--max-connections", "0"], "1 or more"),
     ],
 )
 def test_mistakes_end_in_one_line_and_exit_2(server, tmp_path, capsys, args, message):
@@ -205,6 +239,8 @@ def test_mistakes_end_in_one_line_and_exit_2(server, tmp_path, capsys, args, mes
         ["--concurrency", "a,b"],
         ["--header", "novalue"],
         ["--header", "a b=1"],
+        ["--rates", "0"],
+        ["--rates", "fast"],
     ],
 )
 def test_bad_options_are_usage_errors(args, capsys):

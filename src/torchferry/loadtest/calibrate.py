@@ -96,7 +96,7 @@ def _responder_main(report: Connection, grpc: bool, port: int) -> None:
     from torchferry.loadtest.generator import run_loop
 
     serve = _serve_grpc if grpc else _serve_http
-    run_loop(serve(report, port))  # type: ignore[arg-type]
+    run_loop(serve(report, port))
 
 
 @contextlib.contextmanager

@@ -16,11 +16,13 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 CONNECTION_ERROR = "connection"
 TIMEOUT = "timeout"
+_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
@@ -190,12 +192,23 @@ async def http_load(
     return recorder.finish()
 
 
+def grpc_error_kind(exc: Any) -> str:
+    """A failed call's kind: ``timeout``, ``connection`` (UNAVAILABLE) or the code's name."""
+    import grpc
+
+    code = exc.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return TIMEOUT
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return CONNECTION_ERROR
+    return str(code.name)
+
+
 async def grpc_load(
     target: str, request: GrpcRequest, concurrency: int, window: Window
 ) -> LoadResult:
     """Keep ``concurrency`` unary calls of ``request`` in flight on one channel through
     ``window``."""
-    import grpc
     from grpc import aio
 
     options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
@@ -212,13 +225,7 @@ async def grpc_load(
                 try:
                     await call(request.message, timeout=window.timeout_s, metadata=metadata)
                 except aio.AioRpcError as exc:
-                    code = exc.code()
-                    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                        error = TIMEOUT
-                    elif code == grpc.StatusCode.UNAVAILABLE:
-                        error = CONNECTION_ERROR
-                    else:
-                        error = code.name
+                    error = grpc_error_kind(exc)
                 recorder.done(began_wall, time.perf_counter() - began, error)
                 if error == CONNECTION_ERROR:
                     await asyncio.sleep(0.05)
@@ -227,13 +234,13 @@ async def grpc_load(
     return recorder.finish()
 
 
-def run_loop(coroutine: Awaitable[LoadResult]) -> LoadResult:
+def run_loop(coroutine: Coroutine[Any, Any, _Result]) -> _Result:
     """Run one loop on uvloop where it is installed."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows
-        return asyncio.run(coroutine)  # type: ignore[arg-type]
-    return uvloop.run(coroutine)  # type: ignore[arg-type]
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 async def timed_loop(

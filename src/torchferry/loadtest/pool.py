@@ -21,6 +21,13 @@ from torchferry.loadtest.generator import (
     http_load,
     run_loop,
 )
+from torchferry.loadtest.openloop import (
+    DEFAULT_MAX_CONNECTIONS,
+    OpenResult,
+    grpc_open_load,
+    http_open_load,
+    schedule,
+)
 
 #: Time for every process to receive its share before the window opens.
 START_MARGIN_S = 0.3
@@ -45,6 +52,31 @@ def _drive_share(
     if isinstance(request, GrpcRequest):
         return run_loop(grpc_load(endpoint.target, request, concurrency, window))
     return run_loop(http_load(endpoint.host, endpoint.port, request, concurrency, window))
+
+
+@dataclass(frozen=True)
+class OpenShare:
+    """One process's part of an open-loop step: its rate and its own seed."""
+
+    rate: float
+    seed: int
+    arrivals: str = "poisson"
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+
+def _drive_open_share(
+    endpoint: Endpoint, request: HttpRequest | GrpcRequest, share: OpenShare, window: Window
+) -> OpenResult:
+    offsets = schedule(share.rate, window.end - window.start, share.seed, share.arrivals)
+    if isinstance(request, GrpcRequest):
+        return run_loop(
+            grpc_open_load(endpoint.target, request, offsets, window, share.max_connections)
+        )
+    return run_loop(
+        http_open_load(
+            endpoint.host, endpoint.port, request, offsets, window, share.max_connections
+        )
+    )
 
 
 def _ready() -> bool:
@@ -96,6 +128,38 @@ class GeneratorPool:
         ]
         return RunningStep(window, futures)
 
+    def start_open(
+        self,
+        endpoint: Endpoint,
+        request: HttpRequest | GrpcRequest,
+        share: OpenShare,
+        warmup_s: float,
+        seconds: float,
+        timeout_s: float = 30.0,
+    ) -> RunningOpenStep:
+        """Start an open-loop step at ``share.rate`` requests/s in all: each process sends
+        an independent Poisson stream at its part of the rate (their sum is Poisson at the
+        whole rate), seeded from ``share.seed`` and its index."""
+        start = time.time() + START_MARGIN_S
+        window = Window(start, start + warmup_s, start + warmup_s + seconds, timeout_s)
+        part = share.rate / self.processes
+        futures = [
+            self._executor.submit(
+                _drive_open_share,
+                endpoint,
+                request,
+                OpenShare(
+                    part,
+                    share.seed * 1000 + index,
+                    share.arrivals,
+                    max(1, share.max_connections // self.processes),
+                ),
+                window,
+            )
+            for index in range(self.processes)
+        ]
+        return RunningOpenStep(window, futures)
+
 
 @dataclass
 class RunningStep:
@@ -104,6 +168,18 @@ class RunningStep:
 
     def result(self) -> LoadResult:
         total = LoadResult()
+        for future in self.futures:
+            total.merge(future.result())
+        return total
+
+
+@dataclass
+class RunningOpenStep:
+    window: Window
+    futures: list[Future[OpenResult]]
+
+    def result(self) -> OpenResult:
+        total = OpenResult()
         for future in self.futures:
             total.merge(future.result())
         return total

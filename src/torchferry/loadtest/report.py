@@ -119,9 +119,14 @@ def _caption(run: BenchRun) -> str:
     return "\n".join(parts)
 
 
-def write_json(run: BenchRun, path: Path, command: list[str]) -> None:
-    document: dict[str, Any] = {"command": command, "machine": machine(), **as_dict(run)}
+def write_document(figures: dict[str, Any], path: Path, command: list[str]) -> None:
+    """A run's figures as JSON, with the command and the machine."""
+    document: dict[str, Any] = {"command": command, "machine": machine(), **figures}
     path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+
+
+def write_json(run: BenchRun, path: Path, command: list[str]) -> None:
+    write_document(as_dict(run), path, command)
 
 
 _CSS = """

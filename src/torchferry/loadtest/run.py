@@ -180,6 +180,17 @@ def _calibrate(
     return result.throughput
 
 
+#: Failures after some steps that end a run but keep the steps measured.
+STOPS = (BenchError, TorchferryError, OSError, RuntimeError, KeyboardInterrupt)
+
+
+def stop_reason(exc: BaseException) -> str:
+    """Why a run stopped, in one line."""
+    if isinstance(exc, KeyboardInterrupt):
+        return CTRL_C
+    return getattr(exc, "message", None) or str(exc) or type(exc).__name__
+
+
 def _wait_until(instant: float) -> None:
     time.sleep(max(0.0, instant - time.time()))
 
@@ -194,16 +205,13 @@ def run_bench(
     the error propagates: there is nothing to keep."""
     try:
         _run_steps(run, request, progress)
-    except (BenchError, TorchferryError, OSError, RuntimeError, KeyboardInterrupt) as exc:
+    except STOPS as exc:
         if not run.steps:
             raise
-        reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        if isinstance(exc, KeyboardInterrupt):
-            reason = CTRL_C
-        run.interrupted = reason
+        run.interrupted = stop_reason(exc)
         run.notes.append(
             f"the run stopped after {len(run.steps)} of {len(run.settings.concurrencies)} "
-            f"steps: {reason}; the figures are those of the steps measured"
+            f"steps: {run.interrupted}; the figures are those of the steps measured"
         )
     return run
 
