@@ -10,7 +10,7 @@ FROM ${PYTHON_IMAGE} AS builder
 # docker/install.sh reads these (a build ARG is in the environment of RUN)
 ARG TORCH=torch==2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ARG EXTRAS=
+ARG EXTRAS=jpeg
 COPY . /src
 # pip's cache is a build cache mount: it speeds up rebuilds and is never in a layer
 RUN --mount=type=cache,target=/root/.cache/pip \
