@@ -3,8 +3,10 @@
 For N = 1, 2, 4: N runtimes, each with ``threads // N`` intra-op threads (the worker's
 threads, shared, as ``serve --instances N`` splits them), and N threads each driving one
 runtime at the best batch size for the throughput window; rows per second over all of
-them. More instances must beat fewer by ``MARGIN`` to be chosen: each one holds its own
-copy of the model, so a tie goes to fewer.
+them. More instances must beat fewer by ``MARGIN`` to be chosen: each one has its own
+engine state, threads and activations (the weights are mapped once where the engine
+allows), so a tie goes to fewer. Measured without the shared weights' cache, as
+``measure.py`` does: the candidates are throwaway.
 """
 
 from __future__ import annotations
@@ -40,7 +42,12 @@ def measure_instances(
         try:
             for _ in range(count):
                 runtimes.append(
-                    load_runtime(archive, device=device, threads=max(1, threads // count))
+                    load_runtime(
+                        archive,
+                        device=device,
+                        threads=max(1, threads // count),
+                        share_weights=False,
+                    )
                 )
             rates[count] = _rows_per_second(runtimes, feed, batch, settings)
         finally:

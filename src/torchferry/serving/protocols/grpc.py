@@ -162,7 +162,7 @@ def decode_request(
     for output in request.outputs:
         check_output(output.name, output.parameters)
         outputs.append(RequestedOutput(output.name, binary=True))
-    timeout = request.parameters["timeout"].int64_param if "timeout" in request.parameters else None
+    timeout = _parameter(request, "timeout")
     priority = _parameter(request, "priority")
     return InferRequest(
         model.name,

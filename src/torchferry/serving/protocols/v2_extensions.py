@@ -75,13 +75,14 @@ def model_config(model: LoadedModel, version_count: int) -> dict[str, Any]:
         "dynamic_batching": {
             "preferred_batch_size": [batcher.max_batch_size],
             "max_queue_delay_microseconds": round(batcher.max_delay * 1e6),
-            "preserve_ordering": True,
+            # V2's priority parameter reorders the queue: answers need not keep request order
+            "preserve_ordering": False,
         },
         "instance_group": [
             {
                 "name": f"{model.name}_0",
                 "kind": "KIND_GPU" if model.runtime.device.startswith("cuda") else "KIND_CPU",
-                "count": 1,
+                "count": len(model.runtimes),
             }
         ],
         "default_model_filename": model.manifest.graph_file(model.runtime.name),
