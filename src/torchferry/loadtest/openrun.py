@@ -20,7 +20,7 @@ from torchferry.loadtest.generator import GrpcRequest, HttpRequest
 from torchferry.loadtest.openloop import NO_CONNECTION, OpenResult
 from torchferry.loadtest.payloads import Payload
 from torchferry.loadtest.pool import GeneratorPool, OpenShare
-from torchferry.loadtest.run import STOPS, _wait_until, percentile, stop_reason
+from torchferry.loadtest.run import _wait_until, keeping_steps, percentile
 from torchferry.loadtest.target import Target
 from torchferry.optimize.report import significant
 
@@ -137,16 +137,7 @@ def run_open(
 ) -> OpenRun:
     """Measure every rate of ``run.settings``; an error or Ctrl-C after some steps keeps
     them (``run.interrupted`` says why), before the first it propagates."""
-    try:
-        _run_rates(run, request, progress)
-    except STOPS as exc:
-        if not run.steps:
-            raise
-        run.interrupted = stop_reason(exc)
-        run.notes.append(
-            f"the run stopped after {len(run.steps)} of {len(run.settings.rates)} rates: "
-            f"{run.interrupted}; the figures are those of the rates measured"
-        )
+    keeping_steps(run, lambda: _run_rates(run, request, progress), len(run.settings.rates), "rates")
     return run
 
 

@@ -6,10 +6,10 @@ import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from torchferry.errors import TorchferryError
 from torchferry.loadtest.calibrate import LIMITED_SHARE, trivial_endpoint
@@ -191,6 +191,30 @@ def stop_reason(exc: BaseException) -> str:
     return getattr(exc, "message", None) or str(exc) or type(exc).__name__
 
 
+class _Stoppable(Protocol):
+    @property
+    def steps(self) -> Sized: ...
+
+    interrupted: str | None
+    notes: list[str]
+
+
+def keeping_steps(run: _Stoppable, measure: Callable[[], None], total: int, unit: str) -> None:
+    """Run ``measure``; an error (or Ctrl-C) after some of ``total`` ``unit`` does not lose
+    them: the run stops, says why in ``run.interrupted`` and its notes, and keeps what it
+    measured. Before the first, the error propagates: there is nothing to keep."""
+    try:
+        measure()
+    except STOPS as exc:
+        if not run.steps:
+            raise
+        run.interrupted = stop_reason(exc)
+        run.notes.append(
+            f"the run stopped after {len(run.steps)} of {total} {unit}: {run.interrupted}; "
+            f"the figures are those of the {unit} measured"
+        )
+
+
 def _wait_until(instant: float) -> None:
     time.sleep(max(0.0, instant - time.time()))
 
@@ -198,21 +222,10 @@ def _wait_until(instant: float) -> None:
 def run_bench(
     run: BenchRun, request: HttpRequest | GrpcRequest, progress: Callable[[str], None]
 ) -> BenchRun:
-    """Measure every concurrency of ``run.settings`` and fill ``run.steps``.
-
-    An error (or Ctrl-C) after some steps does not lose them: the run stops, says why in
-    ``run.interrupted`` and its notes, and returns what it measured. Before the first step
-    the error propagates: there is nothing to keep."""
-    try:
-        _run_steps(run, request, progress)
-    except STOPS as exc:
-        if not run.steps:
-            raise
-        run.interrupted = stop_reason(exc)
-        run.notes.append(
-            f"the run stopped after {len(run.steps)} of {len(run.settings.concurrencies)} "
-            f"steps: {run.interrupted}; the figures are those of the steps measured"
-        )
+    """Measure every concurrency of ``run.settings`` and fill ``run.steps`` (an error after
+    some steps keeps them: ``keeping_steps``)."""
+    total = len(run.settings.concurrencies)
+    keeping_steps(run, lambda: _run_steps(run, request, progress), total, "steps")
     return run
 
 
