@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from torchferry.archive.formats import ONNXRUNTIME
-from torchferry.errors import ArchiveError
+from torchferry.errors import ArchiveError, ModelNotReady
 from torchferry.runtimes.base import Runtime
 from torchferry.runtimes.onnx_shared import shared_graph
 
@@ -112,7 +112,10 @@ class OnnxRuntime(Runtime):
         # ONNX Runtime takes string tensors as str objects (it would str() a bytes object);
         # its string outputs stay str, which every encoder takes as BYTES
         feed = {n: _to_str(a) if a.dtype.kind == "O" else a for n, a in inputs.items()}
-        results = self.session.run(self.output_names, feed, self.run_options)
+        session = self.session
+        if session is None:  # closed (released by the memory budget): not a crash, a 503
+            raise ModelNotReady(f"model {self.archive.manifest.name!r} is not loaded")
+        results = session.run(self.output_names, feed, self.run_options)
         return dict(zip(self.output_names, results, strict=True))
 
     def close(self) -> None:
