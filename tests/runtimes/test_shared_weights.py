@@ -28,9 +28,9 @@ from torchferry.signature import ModelSignature, TensorSpec
 CHANNELS = 64  # a 64x64x3x3 FP32 kernel: 144 KiB, mapped by ONNX Runtime, not inlined
 
 
-def conv_graph() -> onnx.ModelProto:
+def conv_graph(seed: int = 0) -> onnx.ModelProto:
     """Two 3x3 convolutions with a ReLU: what the ``all`` level re-lays out (NCHWc)."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     kernels = [
         numpy_helper.from_array(
             rng.normal(scale=0.05, size=(CHANNELS, CHANNELS, 3, 3)).astype(np.float32), name
@@ -123,6 +123,34 @@ def test_a_shared_session_maps_its_weights_and_answers_as_the_private_one(archiv
         np.testing.assert_allclose(run(shared), expected, rtol=1e-5, atol=1e-5)
     finally:
         shared.close()
+
+
+def test_graphs_with_external_data_are_keyed_by_their_weights_too(tmp_path, cache):
+    """Same graph, different weights in model.onnx.data: each gets its own entry."""
+    store = ModelStore(tmp_path / "store")
+
+    def write(name: str, seed: int) -> Archive:
+        graph = conv_graph(seed)
+        manifest = conv_manifest(name, "onnxruntime", "model.onnx", {})
+        return store.write(
+            manifest,
+            lambda d: onnx.save(
+                graph, str(d / "model.onnx"), save_as_external_data=True, location=DATA
+            ),
+        )
+
+    answers = []
+    for name, seed in (("one", 1), ("two", 2)):
+        archive = write(name, seed)
+        assert DATA in archive.manifest.files
+        private = load_runtime(archive, threads=1, share_weights=False)
+        shared = load_runtime(archive, threads=1)
+        np.testing.assert_allclose(run(shared), run(private), rtol=1e-4, atol=1e-5)
+        answers.append(run(shared))
+        private.close()
+        shared.close()
+    assert not np.allclose(answers[0], answers[1])
+    assert len(list((cache / "weights").glob("*/" + DATA))) == 2
 
 
 def test_a_tampered_cache_entry_is_rebuilt_not_used(archives, cache, caplog):

@@ -11,7 +11,7 @@ import onnxruntime as ort
 from torchferry.archive.formats import ONNXRUNTIME
 from torchferry.errors import ArchiveError, ModelNotReady
 from torchferry.runtimes.base import Runtime
-from torchferry.runtimes.onnx_shared import shared_graph
+from torchferry.runtimes.onnx_shared import shared_graph, source_sha256
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,13 @@ class OnnxRuntime(Runtime):
         """A session on the graph optimized once, whose weights every worker maps from one
         file (``onnx_shared``); None when sharing is off or fails (the archive's own graph is
         loaded then, each worker with its private copy, and any error is that load's)."""
-        name = self.archive.manifest.graph_file(self.name)
-        entry = self.archive.manifest.files.get(name)
-        if not self.shares_weights() or entry is None:  # no verified hash: nothing to key
-            return None
+        manifest = self.archive.manifest
+        if not self.shares_weights() or manifest.graph_file(self.name) not in manifest.files:
+            return None  # no verified hash: nothing to key
         options = self._options()
         try:
-            graph = shared_graph(self._graph(), entry.sha256, options.graph_optimization_level)
+            source = source_sha256(manifest, self.name)
+            graph = shared_graph(self._graph(), source, options.graph_optimization_level)
             # optimized already (layouts and fusions are in the file): optimizing again would
             # find nothing to do, and any rewrite it made would be a private copy
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -12,7 +12,8 @@ and the weights are shared pages of the page cache. The graph's own ``all``-leve
 layouts are kept, so this costs no speed.
 
 An ``all``-level graph is specific to the CPU's vector extensions (NCHWc block size), so
-the cache key holds the CPU's flags as well as the source graph's SHA-256, the ONNX
+the cache key holds the CPU's flags as well as the source graph's SHA-256 (with its
+external data's: ``source_sha256``), the ONNX
 Runtime version and the level. The entry is a ``weight_cache`` directory: published
 atomically, checked against its record and the archive's verified hash at every load.
 """
@@ -20,10 +21,13 @@ atomically, checked against its record and the archive's verified hash at every 
 from __future__ import annotations
 
 import functools
+import hashlib
 import platform
 from pathlib import Path
 
 import onnxruntime as ort
+
+from torchferry.archive.manifest import Manifest
 
 from torchferry.runtimes.weight_cache import cache_key, cached_entry, return_freed_memory
 
@@ -61,6 +65,18 @@ def _optimize(source: Path, level: ort.GraphOptimizationLevel, target: Path) -> 
     options.log_severity_level = 3
     ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
     return_freed_memory()
+
+
+def source_sha256(manifest: Manifest, runtime: str) -> str:
+    """What the shared graph is built from, by the manifest's verified hashes: the graph's
+    SHA-256, or with external data (weights in ``model.onnx.data``) one SHA-256 over the
+    graph's and its data files' names and hashes. Two versions of one architecture differ
+    only in their data file: keyed by the graph alone they would share an entry."""
+    names = manifest.graph_files(runtime)
+    if len(names) == 1:
+        return manifest.files[names[0]].sha256
+    listing = "\n".join(f"{name}\0{manifest.files[name].sha256}" for name in names)
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def shared_graph(source: Path, source_sha256: str, level: ort.GraphOptimizationLevel) -> Path:

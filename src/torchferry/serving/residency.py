@@ -75,10 +75,9 @@ def estimate_bytes(
     (``model.onnx.data``), times ``instances`` unless they share one mapped copy of the
     weights (``shares_weights``: the instances of one process map the same file)."""
     manifest = archive.manifest
-    graph = manifest.graph_file(runtime)
-    size = sum(e.size for name, e in manifest.files.items() if name.startswith(graph))
+    size = sum(manifest.files[name].size for name in manifest.graph_files(runtime))
     if size == 0:  # a manifest without its files' sizes: what the disk says
-        size = archive.file(graph).stat().st_size
+        size = archive.file(manifest.graph_file(runtime)).stat().st_size
     return size if shares_weights else size * max(1, instances)
 
 
