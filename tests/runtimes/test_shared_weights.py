@@ -20,7 +20,7 @@ from torchferry.archive.store import Archive
 from torchferry.cli import build_parser
 from torchferry.cli.serve_cmd import settings_from_args
 from torchferry.export.weights import save_weights
-from torchferry.runtimes import Runtime, load_runtime
+from torchferry.runtimes import Runtime, load_runtime, weight_cache
 from torchferry.runtimes.onnx_shared import DATA
 from torchferry.runtimes.weight_cache import CACHE_ENV, RECORD_NAME
 from torchferry.signature import ModelSignature, TensorSpec
@@ -203,6 +203,33 @@ def test_a_cache_others_can_write_is_not_trusted(archives, cache, caplog):
         assert run(runtime).shape == X.shape
     finally:
         runtime.close()
+
+
+def test_a_symlinked_cache_is_not_trusted(archives, cache, tmp_path, caplog):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    cache.symlink_to(real)
+    with caplog.at_level(logging.WARNING, logger="torchferry.runtimes.onnx"):
+        runtime = load_runtime(archives["convs"], threads=1)
+    try:
+        assert "symbolic link" in caplog.text and mapped_data_files() == []
+    finally:
+        runtime.close()
+
+
+def test_an_entry_is_hashed_once_and_leftover_staging_is_removed(archives, cache, monkeypatch):
+    load_runtime(archives["convs"], threads=1).close()
+    weights = cache / "weights"
+    leftover = [weights / f".staging-{p.name}-killed" for p in weights.iterdir() if p.is_dir()]
+    for path in leftover:
+        path.mkdir()
+        (path / DATA).write_bytes(b"half")
+    hashed: list[Path] = []
+    real_hash = weight_cache.hash_file
+    monkeypatch.setattr(weight_cache, "hash_file", lambda p: hashed.append(p) or real_hash(p))
+    load_runtime(archives["convs"], threads=1).close()
+    assert hashed == []  # verified by the first load in this process: not hashed again
+    assert leftover and not any(p.exists() for p in leftover)
 
 
 def test_each_optimization_level_has_its_own_entry(archives, cache):

@@ -28,7 +28,6 @@ from pathlib import Path
 import onnxruntime as ort
 
 from torchferry.archive.manifest import Manifest
-
 from torchferry.runtimes.weight_cache import cache_key, cached_entry, return_freed_memory
 
 GRAPH = "model.onnx"
