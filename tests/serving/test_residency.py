@@ -282,3 +282,9 @@ def test_a_version_whose_batch_still_computes_is_not_evicted(store, size):
         asyncio.run(run())
     finally:
         asyncio.run(repo.close())
+
+
+def test_instances_that_share_one_mapped_copy_count_it_once(store, size):
+    archive = store.open("a", 1)
+    assert estimate_bytes(archive, "onnxruntime", 3, shares_weights=True) == size
+    assert estimate_bytes(archive, "onnxruntime", 3, shares_weights=False) == 3 * size
