@@ -125,8 +125,10 @@ def test_a_shared_session_maps_its_weights_and_answers_as_the_private_one(archiv
         shared.close()
 
 
-def test_graphs_with_external_data_are_keyed_by_their_weights_too(tmp_path, cache):
-    """Same graph, different weights in model.onnx.data: each gets its own entry."""
+@pytest.mark.parametrize("location", [DATA, "weights.bin"])
+def test_graphs_with_external_data_are_keyed_by_their_weights_too(tmp_path, cache, location):
+    """Same graph, different weights in its external data file (named after the graph, or
+    not, as an imported graph's may be): each gets its own entry."""
     store = ModelStore(tmp_path / "store")
 
     def write(name: str, seed: int) -> Archive:
@@ -135,14 +137,14 @@ def test_graphs_with_external_data_are_keyed_by_their_weights_too(tmp_path, cach
         return store.write(
             manifest,
             lambda d: onnx.save(
-                graph, str(d / "model.onnx"), save_as_external_data=True, location=DATA
+                graph, str(d / "model.onnx"), save_as_external_data=True, location=location
             ),
         )
 
     answers = []
     for name, seed in (("one", 1), ("two", 2)):
         archive = write(name, seed)
-        assert DATA in archive.manifest.files
+        assert location in archive.manifest.files
         private = load_runtime(archive, threads=1, share_weights=False)
         shared = load_runtime(archive, threads=1)
         np.testing.assert_allclose(run(shared), run(private), rtol=1e-4, atol=1e-5)

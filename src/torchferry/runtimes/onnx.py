@@ -88,7 +88,7 @@ class OnnxRuntime(Runtime):
             return None  # no verified hash: nothing to key
         options = self._options()
         try:
-            source = source_sha256(manifest, self.name)
+            source = source_sha256(manifest, self.name, self._graph())
             graph = shared_graph(self._graph(), source, options.graph_optimization_level)
             # optimized already (layouts and fusions are in the file): optimizing again would
             # find nothing to do, and any rewrite it made would be a private copy

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import mmap
 import platform
 from pathlib import Path
 
@@ -66,16 +67,29 @@ def _optimize(source: Path, level: ort.GraphOptimizationLevel, target: Path) -> 
     return_freed_memory()
 
 
-def source_sha256(manifest: Manifest, runtime: str) -> str:
+def source_sha256(manifest: Manifest, runtime: str, graph: Path) -> str:
     """What the shared graph is built from, by the manifest's verified hashes: the graph's
-    SHA-256, or with external data (weights in ``model.onnx.data``) one SHA-256 over the
-    graph's and its data files' names and hashes. Two versions of one architecture differ
+    SHA-256, or with external data one SHA-256 over the names and hashes of the graph and
+    of every file its external data may use. Two versions of one architecture may differ
     only in their data file: keyed by the graph alone they would share an entry."""
-    names = manifest.graph_files(runtime)
+    names = manifest.graph_files(runtime)  # the graph and model.onnx.data
+    others = tuple(sorted(set(manifest.files) - set(names)))
+    names = sorted({*names, *_named_in(graph, others)})
     if len(names) == 1:
         return manifest.files[names[0]].sha256
     listing = "\n".join(f"{name}\0{manifest.files[name].sha256}" for name in names)
     return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def _named_in(graph: Path, candidates: tuple[str, ...]) -> list[str]:
+    """The ``candidates`` whose names the graph's bytes contain: an external data file by
+    another name (an imported graph's ``weights.bin``) is referenced by its location, a
+    string in the protobuf. Searching the bytes is much cheaper than parsing a graph with
+    inline weights; a name found elsewhere only gives the graph an entry of its own."""
+    if not candidates:
+        return []
+    with graph.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return [name for name in candidates if data.find(name.encode()) >= 0]
 
 
 def shared_graph(source: Path, source_sha256: str, level: ort.GraphOptimizationLevel) -> Path:
