@@ -288,3 +288,10 @@ def test_instances_that_share_one_mapped_copy_count_it_once(store, size):
     archive = store.open("a", 1)
     assert estimate_bytes(archive, "onnxruntime", 3, shares_weights=True) == size
     assert estimate_bytes(archive, "onnxruntime", 3, shares_weights=False) == 3 * size
+    # as the repository counts a version served with 3 instances, sharing on and off
+    for share, counted in ((True, size), (False, 3 * size)):
+        settings = ServerSettings(
+            store=store.root, threads=1, metrics_port=None, memory_budget_bytes=10 * size,
+            share_weights=share, batching={"instances": 3},
+        )  # fmt: skip
+        assert ModelRepository(settings)._estimate(archive) == counted
