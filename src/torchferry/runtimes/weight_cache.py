@@ -14,8 +14,10 @@ Each entry is a directory published by one ``rename`` (a reader never sees half 
 never modified in place (a truncated mapped file would crash its readers with SIGBUS),
 and carries ``sidecar.json``: the SHA-256 of the archive file it was built from (the one
 the signed manifest lists) and of each file in it. An entry whose source is not the
-archive's verified file, or whose files do not hash to the record, is rebuilt. The cache
-directory must belong to this user and be writable by no one else, or nothing is shared.
+archive's verified file, or whose files do not hash to the record, is rebuilt (an entry is
+hashed once per process; later loads compare its files' stat). The cache directory must
+belong to this user, be writable by no one else and not be a symbolic link, or nothing is
+shared. Entries are never pruned: one per distinct source, engine version and machine.
 """
 
 from __future__ import annotations
