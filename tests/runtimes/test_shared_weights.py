@@ -20,7 +20,7 @@ from torchferry.archive.store import Archive
 from torchferry.cli import build_parser
 from torchferry.cli.serve_cmd import settings_from_args
 from torchferry.export.weights import save_weights
-from torchferry.runtimes import Runtime, load_runtime
+from torchferry.runtimes import Runtime, load_runtime, weight_cache
 from torchferry.runtimes.onnx_shared import DATA
 from torchferry.runtimes.weight_cache import CACHE_ENV, RECORD_NAME
 from torchferry.signature import ModelSignature, TensorSpec
@@ -28,9 +28,9 @@ from torchferry.signature import ModelSignature, TensorSpec
 CHANNELS = 64  # a 64x64x3x3 FP32 kernel: 144 KiB, mapped by ONNX Runtime, not inlined
 
 
-def conv_graph() -> onnx.ModelProto:
+def conv_graph(seed: int = 0) -> onnx.ModelProto:
     """Two 3x3 convolutions with a ReLU: what the ``all`` level re-lays out (NCHWc)."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     kernels = [
         numpy_helper.from_array(
             rng.normal(scale=0.05, size=(CHANNELS, CHANNELS, 3, 3)).astype(np.float32), name
@@ -125,6 +125,36 @@ def test_a_shared_session_maps_its_weights_and_answers_as_the_private_one(archiv
         shared.close()
 
 
+@pytest.mark.parametrize("location", [DATA, "weights.bin"])
+def test_graphs_with_external_data_are_keyed_by_their_weights_too(tmp_path, cache, location):
+    """Same graph, different weights in its external data file (named after the graph, or
+    not, as an imported graph's may be): each gets its own entry."""
+    store = ModelStore(tmp_path / "store")
+
+    def write(name: str, seed: int) -> Archive:
+        graph = conv_graph(seed)
+        manifest = conv_manifest(name, "onnxruntime", "model.onnx", {})
+        return store.write(
+            manifest,
+            lambda d: onnx.save(
+                graph, str(d / "model.onnx"), save_as_external_data=True, location=location
+            ),
+        )
+
+    answers = []
+    for name, seed in (("one", 1), ("two", 2)):
+        archive = write(name, seed)
+        assert location in archive.manifest.files
+        private = load_runtime(archive, threads=1, share_weights=False)
+        shared = load_runtime(archive, threads=1)
+        np.testing.assert_allclose(run(shared), run(private), rtol=1e-4, atol=1e-5)
+        answers.append(run(shared))
+        private.close()
+        shared.close()
+    assert not np.allclose(answers[0], answers[1])
+    assert len(list((cache / "weights").glob("*/" + DATA))) == 2
+
+
 def test_a_tampered_cache_entry_is_rebuilt_not_used(archives, cache, caplog):
     expected = run(load_runtime(archives["convs"], threads=1, share_weights=False))
     load_runtime(archives["convs"], threads=1).close()
@@ -175,6 +205,33 @@ def test_a_cache_others_can_write_is_not_trusted(archives, cache, caplog):
         assert run(runtime).shape == X.shape
     finally:
         runtime.close()
+
+
+def test_a_symlinked_cache_is_not_trusted(archives, cache, tmp_path, caplog):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    cache.symlink_to(real)
+    with caplog.at_level(logging.WARNING, logger="torchferry.runtimes.onnx"):
+        runtime = load_runtime(archives["convs"], threads=1)
+    try:
+        assert "symbolic link" in caplog.text and mapped_data_files() == []
+    finally:
+        runtime.close()
+
+
+def test_an_entry_is_hashed_once_and_leftover_staging_is_removed(archives, cache, monkeypatch):
+    load_runtime(archives["convs"], threads=1).close()
+    weights = cache / "weights"
+    leftover = [weights / f".staging-{p.name}-killed" for p in weights.iterdir() if p.is_dir()]
+    for path in leftover:
+        path.mkdir()
+        (path / DATA).write_bytes(b"half")
+    hashed: list[Path] = []
+    real_hash = weight_cache.hash_file
+    monkeypatch.setattr(weight_cache, "hash_file", lambda p: hashed.append(p) or real_hash(p))
+    load_runtime(archives["convs"], threads=1).close()
+    assert hashed == []  # verified by the first load in this process: not hashed again
+    assert leftover and not any(p.exists() for p in leftover)
 
 
 def test_each_optimization_level_has_its_own_entry(archives, cache):

@@ -15,7 +15,7 @@ import pytest
 from versions_store import WEIGHTS, write_lin
 
 from torchferry.archive import ModelStore
-from torchferry.errors import Overloaded, TorchferryError
+from torchferry.errors import ModelNotReady, Overloaded, TorchferryError
 from torchferry.serving.repository import LoadedModel, ModelRepository
 from torchferry.serving.residency import estimate_bytes
 from torchferry.serving.settings import ServerSettings
@@ -93,6 +93,9 @@ def test_the_least_recently_used_idle_version_is_evicted(two, size):
     assert resident(two) == ["a", "c"]
     assert not m["b"].resident and residency.used_bytes == 2 * size
     assert m["b"].runtime.session is None  # type: ignore[attr-defined]
+    # a late call on the released engine is a 503 to retry, not a crash
+    with pytest.raises(ModelNotReady, match="'b' is not loaded"):
+        m["b"].runtime.infer({"x": np.ones((1, 4), np.float32)})
 
 
 def test_a_busy_version_is_never_evicted_and_a_load_waits_then_503(store, size):
@@ -231,3 +234,64 @@ def test_a_version_released_while_it_loads_frees_its_room_when_the_load_ends(two
     asyncio.run(run())
     assert not m["a"].resident and residency.used_bytes == 0 and resident(two) == []
     assert m["a"].runtime.session is None  # type: ignore[attr-defined]
+
+
+def test_a_shared_load_waits_for_room_as_long_as_the_server_allows_not_its_first_caller(
+    store, size
+):
+    repo = repository(store, size + size // 2, timeout_s=2.0)  # room for one
+    residency, m = repo.residency, models(repo)
+    assert residency is not None
+
+    async def run() -> None:
+        await residency.ensure(m["a"], None)
+        m["a"].inflight = 1
+        hurried = asyncio.ensure_future(residency.ensure(m["b"], time.monotonic() + 0.01))
+        patient = asyncio.ensure_future(residency.ensure(m["b"], None))  # shares the load
+        with pytest.raises(Overloaded):
+            await hurried  # its own deadline passed
+        await asyncio.sleep(0.1)
+        m["a"].inflight = 0
+        await patient  # the load went on waiting for room, past the first caller's deadline
+        assert resident(repo) == ["b"]
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(repo.close())
+
+
+def test_a_version_whose_batch_still_computes_is_not_evicted(store, size):
+    repo = repository(store, size + size // 2, timeout_s=0.2)  # room for one
+    residency, m = repo.residency, models(repo)
+    assert residency is not None
+
+    async def run() -> None:
+        await residency.ensure(m["a"], None)
+        # a batch on instance 0 whose callers gave up: no request in flight, none queued
+        m["a"].batcher._busy[0] = (time.perf_counter(), 1)
+        assert m["a"].batcher.computing == 1 and m["a"].inflight == 0
+        with pytest.raises(Overloaded):
+            await residency.ensure(m["b"], None)
+        assert m["a"].resident
+        del m["a"].batcher._busy[0]  # the batch ended
+        await residency.ensure(m["b"], None)
+        assert resident(repo) == ["b"]
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(repo.close())
+
+
+def test_instances_that_share_one_mapped_copy_count_it_once(store, size):
+    archive = store.open("a", 1)
+    assert estimate_bytes(archive, "onnxruntime", 3, shares_weights=True) == size
+    assert estimate_bytes(archive, "onnxruntime", 3, shares_weights=False) == 3 * size
+    # as the repository counts a version served with 3 instances, sharing on and off
+    for share, counted in ((True, size), (False, 3 * size)):
+        settings = ServerSettings(
+            store=store.root, threads=1, metrics_port=None, memory_budget_bytes=10 * size,
+            share_weights=share, batching={"instances": 3},
+        )  # fmt: skip
+        assert ModelRepository(settings)._estimate(archive) == counted

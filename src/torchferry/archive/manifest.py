@@ -119,6 +119,12 @@ class Manifest(BaseModel):
                 f"{runtime!r}; it has {sorted(self.graphs)}"
             ) from None
 
+    def graph_files(self, runtime: str | None = None) -> list[str]:
+        """The listed files a runtime's graph is made of, sorted: the graph and the files
+        named after it that carry its data (``model.onnx.data``)."""
+        graph = self.graph_file(runtime)
+        return sorted(name for name in self.files if name.startswith(graph))
+
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 

@@ -167,7 +167,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="share_weights",
         action="store_false",
         help="each worker loads its own copy of every model's weights (by default workers "
-        "map one shared copy where the engine allows it: ONNX Runtime on the CPU)",
+        "map one shared copy on the CPU: ONNX Runtime, TorchScript and eager)",
     )
     metrics = parser.add_mutually_exclusive_group()
     metrics.add_argument(

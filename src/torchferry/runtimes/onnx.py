@@ -9,9 +9,9 @@ import numpy as np
 import onnxruntime as ort
 
 from torchferry.archive.formats import ONNXRUNTIME
-from torchferry.errors import ArchiveError
+from torchferry.errors import ArchiveError, ModelNotReady
 from torchferry.runtimes.base import Runtime
-from torchferry.runtimes.onnx_shared import shared_graph
+from torchferry.runtimes.onnx_shared import shared_graph, source_sha256
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,13 @@ class OnnxRuntime(Runtime):
         """A session on the graph optimized once, whose weights every worker maps from one
         file (``onnx_shared``); None when sharing is off or fails (the archive's own graph is
         loaded then, each worker with its private copy, and any error is that load's)."""
-        name = self.archive.manifest.graph_file(self.name)
-        entry = self.archive.manifest.files.get(name)
-        if not self.shares_weights() or entry is None:  # no verified hash: nothing to key
-            return None
+        manifest = self.archive.manifest
+        if not self.shares_weights() or manifest.graph_file(self.name) not in manifest.files:
+            return None  # no verified hash: nothing to key
         options = self._options()
         try:
-            graph = shared_graph(self._graph(), entry.sha256, options.graph_optimization_level)
+            source = source_sha256(manifest, self.name, self._graph())
+            graph = shared_graph(self._graph(), source, options.graph_optimization_level)
             # optimized already (layouts and fusions are in the file): optimizing again would
             # find nothing to do, and any rewrite it made would be a private copy
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -112,7 +112,10 @@ class OnnxRuntime(Runtime):
         # ONNX Runtime takes string tensors as str objects (it would str() a bytes object);
         # its string outputs stay str, which every encoder takes as BYTES
         feed = {n: _to_str(a) if a.dtype.kind == "O" else a for n, a in inputs.items()}
-        results = self.session.run(self.output_names, feed, self.run_options)
+        session = self.session
+        if session is None:  # closed (released by the memory budget): not a crash, a 503
+            raise ModelNotReady(f"model {self.archive.manifest.name!r} is not loaded")
+        results = session.run(self.output_names, feed, self.run_options)
         return dict(zip(self.output_names, results, strict=True))
 
     def close(self) -> None:

@@ -12,7 +12,8 @@ and the weights are shared pages of the page cache. The graph's own ``all``-leve
 layouts are kept, so this costs no speed.
 
 An ``all``-level graph is specific to the CPU's vector extensions (NCHWc block size), so
-the cache key holds the CPU's flags as well as the source graph's SHA-256, the ONNX
+the cache key holds the CPU's flags as well as the source graph's SHA-256 (with its
+external data's: ``source_sha256``), the ONNX
 Runtime version and the level. The entry is a ``weight_cache`` directory: published
 atomically, checked against its record and the archive's verified hash at every load.
 """
@@ -20,11 +21,14 @@ atomically, checked against its record and the archive's verified hash at every 
 from __future__ import annotations
 
 import functools
+import hashlib
+import mmap
 import platform
 from pathlib import Path
 
 import onnxruntime as ort
 
+from torchferry.archive.manifest import Manifest
 from torchferry.runtimes.weight_cache import cache_key, cached_entry, return_freed_memory
 
 GRAPH = "model.onnx"
@@ -61,6 +65,31 @@ def _optimize(source: Path, level: ort.GraphOptimizationLevel, target: Path) -> 
     options.log_severity_level = 3
     ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
     return_freed_memory()
+
+
+def source_sha256(manifest: Manifest, runtime: str, graph: Path) -> str:
+    """What the shared graph is built from, by the manifest's verified hashes: the graph's
+    SHA-256, or with external data one SHA-256 over the names and hashes of the graph and
+    of every file its external data may use. Two versions of one architecture may differ
+    only in their data file: keyed by the graph alone they would share an entry."""
+    names = manifest.graph_files(runtime)  # the graph and model.onnx.data
+    others = tuple(sorted(set(manifest.files) - set(names)))
+    names = sorted({*names, *_named_in(graph, others)})
+    if len(names) == 1:
+        return manifest.files[names[0]].sha256
+    listing = "\n".join(f"{name}\0{manifest.files[name].sha256}" for name in names)
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def _named_in(graph: Path, candidates: tuple[str, ...]) -> list[str]:
+    """The ``candidates`` whose names the graph's bytes contain: an external data file by
+    another name (an imported graph's ``weights.bin``) is referenced by its location, a
+    string in the protobuf. Searching the bytes is much cheaper than parsing a graph with
+    inline weights; a name found elsewhere only gives the graph an entry of its own."""
+    if not candidates:
+        return []
+    with graph.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return [name for name in candidates if data.find(name.encode()) >= 0]
 
 
 def shared_graph(source: Path, source_sha256: str, level: ort.GraphOptimizationLevel) -> Path:

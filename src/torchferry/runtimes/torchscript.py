@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from torchferry.archive.formats import TORCHSCRIPT, WEIGHTS_FILE
-from torchferry.errors import ArchiveError, ModelError
+from torchferry.errors import ArchiveError, ModelError, ModelNotReady
 from torchferry.runtimes.base import Runtime
 from torchferry.runtimes.torch_io import to_arrays, to_tensors
 from torchferry.runtimes.torch_shared import map_archive_weights
@@ -38,10 +38,13 @@ class TorchScriptRuntime(Runtime):
         self.output_names = signature.output_names
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        module = self.module
+        if module is None:  # closed (released by the memory budget): not a crash, a 503
+            raise ModelNotReady(f"model {self.archive.manifest.name!r} is not loaded")
         args = to_tensors(inputs, self.input_names, self.device)
         with torch.inference_mode():
             try:
-                result = self.module(*args)
+                result = module(*args)
             except torch.jit.Error as exc:
                 raise ModelError(_model_message(exc), log_message=type(exc).__name__) from exc
         return to_arrays(result, self.output_names)

@@ -14,8 +14,10 @@ Each entry is a directory published by one ``rename`` (a reader never sees half 
 never modified in place (a truncated mapped file would crash its readers with SIGBUS),
 and carries ``sidecar.json``: the SHA-256 of the archive file it was built from (the one
 the signed manifest lists) and of each file in it. An entry whose source is not the
-archive's verified file, or whose files do not hash to the record, is rebuilt. The cache
-directory must belong to this user and be writable by no one else, or nothing is shared.
+archive's verified file, or whose files do not hash to the record, is rebuilt (an entry is
+hashed once per process; later loads compare its files' stat). The cache directory must
+belong to this user, be writable by no one else and not be a symbolic link, or nothing is
+shared. Entries are never pruned: one per distinct source, engine version and machine.
 """
 
 from __future__ import annotations
@@ -57,9 +59,15 @@ def cache_root() -> Path:
 def private_dir(path: Path) -> Path:
     """``path``, created 0700 if missing; refused unless this user owns it and no one else
     may write it (as ssh checks ``~/.ssh``): a file someone else can swap is not a copy
-    of the signed archive."""
+    of the signed archive. A symbolic link is refused too (``lstat``): whoever can change
+    where it points chooses the files."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.stat()
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise UnsafeCache(
+            f"{path} is a symbolic link or not a directory; set {CACHE_ENV} to the real "
+            "private directory"
+        )
     if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise UnsafeCache(
             f"{path} is not owned by this user or is writable by others; "
@@ -81,8 +89,38 @@ def _record(directory: Path, source_sha256: str) -> dict[str, object]:
     }
 
 
+#: Entries this process has hashed and found as recorded, by what their files' stat says:
+#: an entry is read-only and never rewritten, so the same files need no second hashing
+#: (a change to one would change its inode, size or mtime).
+_checked: set[tuple[str, tuple[tuple[str, int, int, int, int], ...]]] = set()
+
+
+def _identity(
+    directory: Path, source_sha256: str
+) -> tuple[str, tuple[tuple[str, int, int, int, int], ...]]:
+    files = []
+    for path in sorted(directory.iterdir()):
+        info = path.lstat()
+        files.append((path.name, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+    return f"{directory}\0{source_sha256}", tuple(files)
+
+
 def _verified(directory: Path, source_sha256: str) -> bool:
-    """Whether ``directory`` was built from ``source_sha256`` and is unchanged since."""
+    """Whether ``directory`` was built from ``source_sha256`` and is unchanged since
+    (hashed once per process; later, its files' stat compared)."""
+    try:
+        identity = _identity(directory, source_sha256)
+    except OSError:
+        return False
+    if identity in _checked:
+        return True
+    if _hashed_as_recorded(directory, source_sha256):
+        _checked.add(identity)
+        return True
+    return False
+
+
+def _hashed_as_recorded(directory: Path, source_sha256: str) -> bool:
     try:
         recorded = json.loads((directory / RECORD_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -112,6 +150,7 @@ def cached_entry(key: str, source_sha256: str, build: Callable[[Path], None]) ->
     root = private_dir(private_dir(cache_root()) / "weights")
     final = root / key
     with _locked(root / f"{key}.lock"):
+        _remove_leftovers(root, key)
         if final.is_dir():
             if _verified(final, source_sha256):
                 return final
@@ -128,10 +167,20 @@ def cached_entry(key: str, source_sha256: str, build: Callable[[Path], None]) ->
             for path in staging.iterdir():
                 path.chmod(0o400)  # never written again: a mapped file must not change
             os.rename(staging, final)
+            _checked.add(_identity(final, source_sha256))  # hashed as it was recorded
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return final
+
+
+def _remove_leftovers(root: Path, key: str) -> None:
+    """Staging and stale directories of ``key`` that a killed process left: its builders
+    hold the lock while they use theirs, so under the lock any found is abandoned."""
+    for leftover in [*root.glob(f".staging-{key}-*"), *root.glob(f".stale-{key}-*")]:
+        if leftover.is_dir() and not leftover.is_symlink():
+            log.info("weight cache: removing %s, left by a build that did not finish", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def return_freed_memory() -> None:

@@ -259,6 +259,11 @@ class Batcher:
         if self.observer is not None:
             self.observer.pending(self._queue.requests)
 
+    @property
+    def computing(self) -> int:
+        """Batches running on an instance now (their callers may have given up already)."""
+        return len(self._busy)
+
     # -- shedding ------------------------------------------------------------------------------
 
     @property

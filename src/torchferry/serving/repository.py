@@ -29,7 +29,7 @@ from torchferry.archive.manifest import Manifest
 from torchferry.archive.store import Archive, ModelStore
 from torchferry.errors import Conflict, ModelLoadFailed, ModelNotFound, TorchferryError
 from torchferry.handlers.base import Handler
-from torchferry.runtimes import Runtime
+from torchferry.runtimes import Runtime, runtime_class
 from torchferry.serving import metrics
 from torchferry.serving.batcher import Batcher
 from torchferry.serving.build import (
@@ -190,9 +190,14 @@ class ModelRepository:
 
     def _estimate(self, archive: Archive) -> int:
         """What a version's engines count against the memory budget (``residency.py``)."""
-        manifest = archive.manifest
-        instances = instances_of(manifest, self.settings)
-        return estimate_bytes(archive, runtime_for(manifest, self.settings), instances)
+        manifest, settings = archive.manifest, self.settings
+        runtime = runtime_for(manifest, settings)
+        # made, not loaded: whether its instances will map one copy of the weights
+        engine = runtime_class(runtime)(
+            archive, device=settings.device, share_weights=settings.share_weights
+        )
+        instances = instances_of(manifest, settings)
+        return estimate_bytes(archive, runtime, instances, engine.shares_weights())
 
     # -- changing versions while serving -------------------------------------------------------
 

@@ -5,14 +5,15 @@ routes) but its runtimes are *not resident*: the first request that needs one wa
 it loads (``ensure``), in a thread, so the event loop keeps serving other models. Requests
 for a version that is already loading share that load. Before a load that would pass the
 budget, the least recently used resident versions that are *idle* (no request in flight,
-nothing queued) are released (their runtimes' ``close``; they stay registered and load again
-on their next request). When nothing can be released (every resident version is busy), the
-load waits for one to become idle, up to the request's deadline, ``--request-timeout``, or
-``ROOM_WAIT_S``; then 503 ``Overloaded`` with ``Retry-After``.
+nothing queued, no batch computing) are released (their runtimes' ``close``; they stay
+registered and load again on their next request). When nothing can be released (every
+resident version is busy), the load waits for one to become idle, up to
+``--request-timeout`` or ``ROOM_WAIT_S`` (each request sharing it stops waiting at its own
+deadline); then 503 ``Overloaded`` with ``Retry-After``.
 
 The size of a version is an estimate made before it loads: the bytes of its graph (or
-weights) files on disk, with their external data, times its engine instances. It is what the
-budget counts; the RSS a load added is logged beside it (``model_resident``), not used: with
+weights) files on disk, with their external data, times its engine instances unless they
+map one shared copy. It is what the budget counts; the RSS a load added is logged beside it (``model_resident``), not used: with
 loads in parallel threads and allocators that keep freed pages, that growth is not the
 model's alone (see docs/memory.md for the figures).
 
@@ -66,16 +67,18 @@ class Resident(Protocol):
     def batcher(self) -> Any: ...
 
 
-def estimate_bytes(archive: Archive, runtime: str, instances: int = 1) -> int:
+def estimate_bytes(
+    archive: Archive, runtime: str, instances: int = 1, shares_weights: bool = False
+) -> int:
     """The memory a version's engines will take, estimated before they load: its graph file
     for ``runtime`` (an eager model's weights) and the files beside it that carry its data
-    (``model.onnx.data``), times ``instances``."""
+    (``model.onnx.data``), times ``instances`` unless they share one mapped copy of the
+    weights (``shares_weights``: the instances of one process map the same file)."""
     manifest = archive.manifest
-    graph = manifest.graph_file(runtime)
-    size = sum(e.size for name, e in manifest.files.items() if name.startswith(graph))
+    size = sum(manifest.files[name].size for name in manifest.graph_files(runtime))
     if size == 0:  # a manifest without its files' sizes: what the disk says
-        size = archive.file(graph).stat().st_size
-    return size * max(1, instances)
+        size = archive.file(manifest.graph_file(runtime)).stat().st_size
+    return size if shares_weights else size * max(1, instances)
 
 
 def load_engines(runtimes: Sequence[Runtime], signature: ModelSignature) -> None:
@@ -186,7 +189,9 @@ class Residency:
         started = time.perf_counter()
         load = self._loads.get(model)
         if load is None:
-            load = asyncio.ensure_future(self._load(model, deadline))
+            # the load waits for room up to the server's limit, not the first caller's
+            # deadline: the requests sharing it each stop at their own (below)
+            load = asyncio.ensure_future(self._load(model))
             self._loads[model] = load
             load.add_done_callback(functools.partial(self._loaded, model))
         if deadline is not None:
@@ -208,11 +213,11 @@ class Residency:
         if not load.cancelled():
             load.exception()  # retrieved: requests that gave up before it ended never read it
 
-    async def _load(self, model: Resident, deadline: float | None) -> None:
+    async def _load(self, model: Resident) -> None:
         size = model.size_bytes
         self._waiting.add(model)
         try:
-            await self._make_room(_label(model), size, deadline)
+            await self._make_room(_label(model), size, None)
         finally:
             self._waiting.discard(model)
         started = time.perf_counter()
@@ -280,7 +285,9 @@ class Residency:
 
     def _idle_victim(self) -> Resident | None:
         for model in self._lru:  # least recently used first
-            if model.inflight == 0 and model.batcher.queued_rows == 0:
+            # a batch whose callers gave up still runs on an instance: not idle until it ends
+            batcher = model.batcher
+            if model.inflight == 0 and batcher.queued_rows == 0 and batcher.computing == 0:
                 return model
         return None
 

@@ -104,8 +104,9 @@ class ServerSettings(BaseModel):
     #: Keep one worker process started and waiting (the serving stack imported), so a
     #: crashed worker's replacement only loads its models; off saves that process's memory.
     warm_spare: bool = True
-    #: Workers map one copy of each model's weights where the engine allows it (ONNX
-    #: Runtime on the CPU: ``runtimes/onnx_shared``); off, each worker loads its own.
+    #: Workers map one copy of each model's weights where the engine allows it (on the CPU:
+    #: ONNX Runtime, ``runtimes/onnx_shared``; TorchScript and eager, ``torch_shared``);
+    #: off, each worker loads its own.
     share_weights: bool = True
     #: Prometheus metrics (Triton's per-model counters, latency and batch histograms) on this
     #: port (same host), summed over the workers; no metrics when None.
