@@ -14,7 +14,16 @@ from torchferry.errors import Overloaded
 from torchferry.serving.batchcost import MIN_SAMPLES, BatchCost, fit
 from torchferry.serving.batcher import Batcher
 from torchferry.serving.batchpolicy import SAFETY, ArrivalGap, adaptive_wait
-from torchferry.serving.batchqueue import DEFAULT_PRIORITY, BatchQueue, QueuedRequest, shape_key
+from torchferry.serving.batchqueue import (
+    DEFAULT_PRIORITY,
+    KEEP_LEVELS,
+    MAX_PRIORITY,
+    BatchQueue,
+    QueuedRequest,
+    priority_level,
+    shape_key,
+)
+from torchferry.serving.batchshed import Shedder
 
 
 class CostlyModel:
@@ -209,7 +218,7 @@ async def _queue_order() -> None:
     assert queue.take(4) == [other]
     assert queue.take(2) == [high, default]
     assert queue.take(8) == low
-    assert not queue and queue.rows == 0
+    assert queue.requests == 0 and queue.rows == 0
 
 
 def test_a_high_priority_request_overtakes_a_queue_of_low_ones():
@@ -234,12 +243,18 @@ def test_shed_early_refuses_what_would_miss_its_objective_or_deadline():
 
     async def body(batcher):
         await warm(batcher)
+        batcher.objective = None
+        ahead = asyncio.ensure_future(batcher.submit(row(7)))  # computes 20 ms: others wait
+        await asyncio.sleep(0.005)
+        batcher.objective = 0.01
         with pytest.raises(Overloaded, match=r"predicted wait .* latency objective of 10.0 ms"):
             await batcher.submit(row())
         batcher.objective = None
         with pytest.raises(Overloaded, match=r"its deadline of 5\.0 ms"):
             await batcher.submit(row(), timeout_s=0.005)
-        return await batcher.submit(row(), timeout_s=1.0)  # can make it: runs
+        answer = await batcher.submit(row(), timeout_s=1.0)  # can make it: runs
+        await ahead
+        return answer
 
     answer = run_with(model, body, max_latency_ms=10, observer=observer)
     assert answer["y"][0, 0] == 2
@@ -285,6 +300,68 @@ def test_queued_requests_that_can_no_longer_make_it_are_shed_when_their_batch_fo
     assert isinstance(results[0], dict)
     shed = [r for r in results if isinstance(r, Overloaded)]
     assert shed and set(observer.reasons) == {"objective"}
+
+
+def test_an_idle_model_runs_a_lone_request_even_if_its_estimate_exceeds_the_objective():
+    model = CostlyModel(fixed_s=0.02)
+    observer = Shedding()
+
+    async def body(batcher):
+        await warm(batcher)  # estimated 20 ms a batch, over the 10 ms objective
+        answer = await batcher.submit(row(4))  # nothing ahead of it: not shed, at submit...
+        model.fixed_s = 0.0  # ...nor when its batch forms; the lone ones fix the estimate
+        for _ in range(8):
+            await batcher.submit(row())
+        return answer, batcher.cost.seconds(1)
+
+    answer, estimate = run_with(model, body, max_latency_ms=10, observer=observer)
+    assert answer["y"][0, 0] == 8 and observer.reasons == []
+    assert estimate < 0.01
+
+
+def test_a_shed_request_is_not_counted_as_an_arrival():
+    model = CostlyModel(fixed_s=0.02)
+
+    async def body(batcher):
+        await warm(batcher)
+        ahead = asyncio.ensure_future(batcher.submit(row()))
+        await asyncio.sleep(0.005)
+        last = batcher._gap.last
+        with pytest.raises(Overloaded):
+            await batcher.submit(row(), timeout_s=0.005)
+        await ahead
+        return last, batcher._gap.last
+
+    before, after = run_with(model, body)
+    assert after == before
+
+
+def test_a_request_above_max_batch_size_is_predicted_as_one_batch_of_all_its_rows():
+    cost = BatchCost()
+    cost.a, cost.b, cost.ready = 0.01, 0.0, True  # 10 ms a row
+    shedder = Shedder("m:1", "early", None)
+    busy = {0: (0.0, 1)}  # a batch computing, finished at 10 ms: nothing left of it at 1 s
+    queue = BatchQueue()
+    # 8 rows with max_batch_size 4 run as one batch of 8 (80 ms), not 4 (40 ms)
+    shedder.admit(8, DEFAULT_PRIORITY, 0.09, 1.0, cost, busy, queue, 4, 1)
+    with pytest.raises(Overloaded, match=r"predicted wait 80\.0 ms"):
+        shedder.admit(8, DEFAULT_PRIORITY, 0.07, 1.0, cost, busy, queue, 4, 1)
+
+
+def test_priorities_are_clamped_and_levels_do_not_pile_up():
+    assert priority_level(0) == DEFAULT_PRIORITY and priority_level(7) == 7
+    assert priority_level(10**12) == MAX_PRIORITY
+    queue = BatchQueue()
+    loop = asyncio.new_event_loop()
+    try:
+        for level in range(1, 50):  # lone requests, each at a level of its own
+            request = QueuedRequest(row(), 1, shape_key(row()), loop.create_future(), 0.0)
+            request.level = level
+            queue.push(request)
+            assert queue.take(4) == [request]
+        assert len(queue._levels) <= KEEP_LEVELS + 1 and DEFAULT_PRIORITY in queue._levels
+    finally:
+        loop.close()
 
 
 # -- instances --------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ from torchferry.serving.tracing import tracing_observer
 
 
 async def _error(request: Request, exc: Exception) -> Response:
-    return error_response(as_error(exc, f"{request.method} {request.url.path}"))
+    # the scope's path, not ``request.url`` (which parses a URL per error)
+    return error_response(as_error(exc, f"{request.method} {request.scope['path']}"))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -35,6 +35,7 @@ executed, every change in the number of requests waiting, and every request shed
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -42,7 +43,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from torchferry.errors import InferenceTimeout, ModelNotReady, Overloaded
+from torchferry.errors import ModelNotReady, Overloaded
 from torchferry.serving.batchcost import BatchCost
 from torchferry.serving.batchpolicy import ArrivalGap, Mode, adaptive_wait, fixed_wait
 from torchferry.serving.batchqueue import (
@@ -61,7 +62,7 @@ from torchferry.serving.batchrun import (
     settle,
     settle_all,
 )
-from torchferry.serving.batchshed import Shed, Shedder
+from torchferry.serving.batchshed import Shed, Shedder, timed_out
 from torchferry.serving.batchstats import BatcherStats
 from torchferry.serving.observe import current_record
 
@@ -104,6 +105,8 @@ class Batcher:
         self._infers: list[InferFn] = [infer] if callable(infer) else list(infer)
         if not self._infers:
             raise ValueError("a batcher needs at least one infer function")
+        #: A plain attribute (read per request and per batch).
+        self.instances = len(self._infers)
         self.observer = observer
         self.name = name
         self.max_batch_size = max_batch_size
@@ -123,7 +126,10 @@ class Batcher:
         #: Recent compute time per row (seconds; a small batch's fixed cost makes it an
         #: over-estimate for large ones): decides where a batch runs. Unknown at first, so
         #: the first batches run on the worker thread.
-        self._row_compute_ema = float("inf")
+        self._row_compute_ema = math.inf
+        #: Requests submitted with a deadline whose batch has not formed yet: while none
+        #: (and no objective to shed by), a batch skips the shedder's recheck.
+        self._deadlined = 0
         #: Instances free to take a batch; busy ones -> (started, rows).
         self._free = list(range(len(self._infers)))
         self._busy: dict[int, tuple[float, int]] = {}
@@ -137,10 +143,6 @@ class Batcher:
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}-{i}")
             for i in range(len(self._infers))
         ]
-
-    @property
-    def instances(self) -> int:
-        return len(self._infers)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -212,8 +214,20 @@ class Batcher:
             )
         arrived = time.perf_counter()
         level = priority_level(priority)
-        self._gap.arrived(arrived, rows)
-        self._shed_early(rows, level, timeout_s, arrived)
+        self.shedder.admit(
+            rows,
+            level,
+            timeout_s,
+            arrived,
+            self.cost,
+            self._busy,
+            self._queue,
+            self.max_batch_size,
+            self.instances,
+        )
+        self._gap.arrived(arrived, rows)  # after the shed check: a shed request never comes
+        if timeout_s is not None:
+            self._deadlined += 1
         record = current_record()
         if record is not None:
             record.queued = arrived
@@ -238,9 +252,9 @@ class Batcher:
             return await asyncio.wait_for(asyncio.shield(request.future), timeout_s)
         except TimeoutError:
             self._abandon(request)
-            raise InferenceTimeout(
-                f"model {self.name!r} did not answer within {timeout_s:.3g} s"
-            ) from None
+            if timeout_s is None:  # not our timer's
+                raise
+            raise timed_out(self.name, timeout_s) from None
         except BaseException:  # the caller gave up (a cancelled call, a client's deadline)
             self._abandon(request)
             raise
@@ -250,6 +264,8 @@ class Batcher:
         drops it when it reaches it), so that a stuck request cannot hold capacity."""
         request.future.cancel()
         if request.queued:
+            if request.deadline is not None:
+                self._deadlined -= 1
             self._queue.remove(request)
             self._pending_changed()
             if self._wakeup is not None:
@@ -275,20 +291,6 @@ class Batcher:
     def objective(self, seconds: float | None) -> None:
         self.shedder.objective = seconds
 
-    def _shed_early(self, rows: int, level: int, timeout_s: float | None, now: float) -> None:
-        """Refuse a request predicted to miss its limit (``batchshed``): the batches in
-        flight and the rows queued ahead of it, shared among the instances, then its own
-        batch."""
-        cost = self.cost
-        if (timeout_s is None and self.shedder.objective is None) or not self.shedder.active(cost):
-            return
-        in_flight = sum(
-            max(0.0, started + cost.seconds(rows) - now) for started, rows in self._busy.values()
-        )
-        ahead = cost.seconds_for_rows(self._queue.rows_ahead(level), self.max_batch_size)
-        own = cost.seconds(min(rows, self.max_batch_size))
-        self.shedder.check((in_flight + ahead) / self.instances + own, timeout_s)
-
     # -- the loop ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -297,7 +299,7 @@ class Batcher:
         queue = self._queue
         while True:
             queue.drop_done()
-            if not queue:
+            if not queue.requests:
                 if self._closing:
                     return
                 self._wakeup.clear()
@@ -308,21 +310,37 @@ class Batcher:
                 await self._wakeup.wait()
                 continue
             await self._wait_to_fill()
-            if not queue:  # every waiting request gave up
+            if not queue.requests:  # every waiting request gave up
                 continue
             batch = queue.take(self.max_batch_size)
             self._pending_changed()
-            if batch:
-                batch = self.shedder.recheck(batch, time.perf_counter(), self.cost)
+            if batch and (self._deadlined or self.shedder.sheds_on_objective(self.cost)):
+                batch = self._recheck(batch)
             if not batch:
                 continue
             instance = self._free.pop()
-            if self.instances == 1:  # no task: the lowest latency for the common case
-                await self._execute_on(loop, instance, batch)
+            if self.instances == 1:  # no task nor coroutine of its own: the common case
+                rows = 0
+                for request in batch:
+                    rows += request.rows
+                self._busy[instance] = (time.perf_counter(), rows)
+                self.peak_concurrent = 1
+                try:
+                    await self._execute(loop, instance, batch, rows)
+                finally:
+                    del self._busy[instance]
+                    self._free.append(instance)
             else:
                 task = loop.create_task(self._execute_on(loop, instance, batch))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
+
+    def _recheck(self, batch: list[QueuedRequest]) -> list[QueuedRequest]:
+        """The shedder's recheck of a batch just taken (``batchshed``)."""
+        if self._deadlined:
+            self._deadlined -= sum(1 for request in batch if request.deadline is not None)
+        alone = not self._busy and not self._queue.requests
+        return self.shedder.recheck(batch, time.perf_counter(), self.cost, alone)
 
     async def _wait_to_fill(self) -> None:
         assert self._wakeup is not None
@@ -415,7 +433,7 @@ class Batcher:
     def _compute(self, instance: int, batch: list[QueuedRequest]) -> Computed:
         """On the instance's worker thread (``batchrun.compute``); a lone request with
         nothing queued behind it finishes there too."""
-        return compute(self._infers[instance], batch, finish_here=not self._queue)
+        return compute(self._infers[instance], batch, finish_here=not self._queue.requests)
 
     def _fail(self, request: QueuedRequest, exc: Exception, started: float) -> None:
         self.stats.record_failure(request.arrived)
@@ -442,7 +460,7 @@ class Batcher:
         self.stats.record_batch(rows, arrivals, started, computed)
         self.cost.add(rows, model_s)
         ema, last = self._row_compute_ema, model_s / rows
-        self._row_compute_ema = last if ema == float("inf") else ema + 0.1 * (last - ema)
+        self._row_compute_ema = last if ema == math.inf else ema + 0.1 * (last - ema)
         for request in batch:
             record = request.record
             if record is not None:

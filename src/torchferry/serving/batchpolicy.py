@@ -26,6 +26,7 @@ window: wait at most ``max_delay_ms`` after the oldest request.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from torchferry.serving.batchcost import BatchCost
@@ -43,20 +44,20 @@ class ArrivalGap:
     __slots__ = ("last", "seconds")
 
     def __init__(self) -> None:
-        self.seconds = float("inf")
+        self.seconds = math.inf
         self.last: float | None = None
 
     def arrived(self, now: float, rows: int) -> None:
         if self.last is not None:
             gap = max(0.0, now - self.last) / max(1, rows)
             ema = self.seconds
-            self.seconds = gap if ema == float("inf") else ema + GAP_WEIGHT * (gap - ema)
+            self.seconds = gap if ema == math.inf else ema + GAP_WEIGHT * (gap - ema)
         self.last = now
 
     def current(self, now: float) -> float:
         """The gap to expect now: a silence longer than the average says the rate fell."""
         if self.last is None:
-            return float("inf")
+            return math.inf
         return max(self.seconds, now - self.last)
 
 

@@ -10,6 +10,11 @@ higher-priority traffic can starve lower levels, as in Triton's priority queue.
 
 A request whose caller gave up leaves the counts at once (``remove``) and the deques when a
 scan meets it (its future is done).
+
+Priorities above ``MAX_PRIORITY`` count as ``MAX_PRIORITY``, so that clients cannot create
+an unbounded number of levels for the per-request scans to walk. A level's deque stays
+alive when it empties (a lone request then neither creates nor deletes one); empty levels
+other than the default are dropped only once more than ``KEEP_LEVELS`` levels exist.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from bisect import insort
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +33,15 @@ from torchferry.serving.observe import RequestRecord
 
 #: The level of a request that gives no priority (or 0): 1..99 run before it, 101+ after.
 DEFAULT_PRIORITY = 100
+#: The highest level: larger priorities share it (bounds the levels a client can create).
+MAX_PRIORITY = 1000
+#: Levels kept alive while empty before the empty non-default ones are dropped.
+KEEP_LEVELS = 8
 #: A step to run on a request's own outputs, and the executor to run it on.
 Finish = tuple[Executor, Callable[[dict[str, np.ndarray]], Any]]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class QueuedRequest:
     inputs: dict[str, np.ndarray]
     rows: int
@@ -50,8 +59,9 @@ class QueuedRequest:
 
 
 def priority_level(priority: int) -> int:
-    """The queue level of a request's priority (0: the default level)."""
-    return priority or DEFAULT_PRIORITY
+    """The queue level of a request's priority (0: the default level; at most
+    ``MAX_PRIORITY``)."""
+    return min(priority, MAX_PRIORITY) or DEFAULT_PRIORITY
 
 
 def shape_key(inputs: dict[str, np.ndarray]) -> tuple[object, ...]:
@@ -59,32 +69,27 @@ def shape_key(inputs: dict[str, np.ndarray]) -> tuple[object, ...]:
 
 
 class BatchQueue:
-    """Queued requests by level; ``rows`` and ``requests`` count only live ones."""
+    """Queued requests by level; ``rows`` and ``requests`` count only live ones (a plain
+    attribute, not ``__bool__``: it is read per request)."""
 
     def __init__(self) -> None:
-        self._levels: dict[int, deque[QueuedRequest]] = {}
-        self._order: list[int] = []
-        self._rows_at: dict[int, int] = {}
+        self._levels: dict[int, deque[QueuedRequest]] = {DEFAULT_PRIORITY: deque()}
+        self._order: list[int] = [DEFAULT_PRIORITY]
+        self._rows_at: dict[int, int] = {DEFAULT_PRIORITY: 0}
         self.rows = 0
         self.requests = 0
-
-    def __bool__(self) -> bool:
-        return bool(self._order)
-
-    def __iter__(self) -> Iterator[QueuedRequest]:
-        for level in self._order:
-            yield from self._levels[level]
 
     def push(self, request: QueuedRequest) -> None:
         level = request.level
         queue = self._levels.get(level)
         if queue is None:
             queue = self._levels[level] = deque()
+            self._rows_at[level] = 0
             insort(self._order, level)
         queue.append(request)
         self.rows += request.rows
         self.requests += 1
-        self._rows_at[level] = self._rows_at.get(level, 0) + request.rows
+        self._rows_at[level] += request.rows
 
     def remove(self, request: QueuedRequest) -> None:
         """Stop counting ``request`` (taken into a batch, or abandoned)."""
@@ -96,24 +101,24 @@ class BatchQueue:
 
     def rows_ahead(self, level: int) -> int:
         """Rows that run before a new request of ``level`` (its level and every lower one)."""
+        if not self.rows:
+            return 0
         return sum(rows for at, rows in self._rows_at.items() if at <= level)
 
     def drop_done(self) -> None:
         """Forget the requests at the head of each level whose callers gave up."""
-        for level in list(self._order):
-            queue = self._levels[level]
+        levels = self._levels
+        for level in self._order:
+            queue = levels[level]
             while queue and queue[0].future.done():
                 self.remove(queue.popleft())
-            if not queue:
-                self._forget(level)
+        self._prune()
 
     def oldest_arrival(self) -> float | None:
         """When the longest-waiting live request at the head of a level arrived."""
-        heads = [self._levels[level][0].arrived for level in self._order]
+        levels = self._levels
+        heads = [levels[level][0].arrived for level in self._order if levels[level]]
         return min(heads) if heads else None
-
-    def head(self) -> QueuedRequest | None:
-        return self._levels[self._order[0]][0] if self._order else None
 
     def take(self, max_batch_size: int) -> list[QueuedRequest]:
         """The next batch (see the module's docstring); may be empty if every request seen
@@ -122,8 +127,10 @@ class BatchQueue:
         rows = 0
         key: tuple[object, ...] | None = None
         full = False
-        for level in list(self._order):
+        for level in self._order:
             queue = self._levels[level]
+            if not queue:
+                continue
             skipped: list[QueuedRequest] = []
             while queue and not full:
                 request = queue.popleft()
@@ -143,14 +150,20 @@ class BatchQueue:
                 batch.append(request)
                 rows += request.rows
                 full = rows >= max_batch_size
-            queue.extendleft(reversed(skipped))
-            if not queue:
-                self._forget(level)
+            if skipped:
+                queue.extendleft(reversed(skipped))
             if full:
                 break
+        self._prune()
         return batch
 
-    def _forget(self, level: int) -> None:
-        del self._levels[level]
-        self._order.remove(level)
-        self._rows_at.pop(level, None)
+    def _prune(self) -> None:
+        """Drop the empty non-default levels, only once there are too many (lazily: a
+        level used by a steady stream of lone requests is not recreated per request)."""
+        if len(self._order) <= KEEP_LEVELS:
+            return
+        levels = self._levels
+        for level in [at for at in self._order if at != DEFAULT_PRIORITY and not levels[at]]:
+            del levels[level]
+            self._order.remove(level)
+            del self._rows_at[level]

@@ -15,7 +15,13 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from torchferry.codecs.jsonio import dumps
-from torchferry.errors import InvalidInput, TorchferryError, error_headers, internal_error
+from torchferry.errors import (
+    InvalidInput,
+    Overloaded,
+    TorchferryError,
+    error_headers,
+    internal_error,
+)
 from torchferry.redact import exception_types, kind_of, traceback_without_messages
 from torchferry.serving.dataplane import DataPlane
 from torchferry.serving.settings import ServerSettings
@@ -127,7 +133,10 @@ def as_error(exc: BaseException, where: str) -> TorchferryError:
     """Whatever a request raised, as the error every protocol answers with; server faults
     are logged (``where`` names the route or call), an unexpected one with its traceback."""
     if isinstance(exc, TorchferryError):
-        if exc.status_code >= 500:
+        # a 503 Overloaded (queue full, shed) is the server working as meant, and comes by
+        # the thousand per second under overload: a log line each would cost more than the
+        # answer (metrics count them; the batcher logs sheds at DEBUG)
+        if exc.status_code >= 500 and not isinstance(exc, Overloaded):
             log.warning("%s -> %d %s: %s", where, exc.status_code, exc.grpc_code, exc.log_message)
         return exc
     if isinstance(exc, RequestValidationError):

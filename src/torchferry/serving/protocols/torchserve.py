@@ -65,7 +65,7 @@ class TorchServeRoute(APIRoute):
         return route
 
     def answer_error(self, request: Request, exc: Exception) -> Response:
-        return torchserve_error(as_error(exc, f"{request.method} {request.url.path}"))
+        return torchserve_error(as_error(exc, f"{request.method} {request.scope['path']}"))
 
 
 router = APIRouter(tags=["TorchServe"], route_class=TorchServeRoute)
