@@ -98,11 +98,11 @@ def configs(plan: ModelPlan) -> list[Config]:
         )
         for d in plan.delays_ms
     ]
-    adaptive = Config(
-        f"adaptive {plan.objective_ms:g} ms",
-        ("--batching", "adaptive", "--max-latency-ms", f"{plan.objective_ms:g}"),
-    )
-    return [*fixed, adaptive]
+    objective = ("--batching", "adaptive", "--max-latency-ms", f"{plan.objective_ms:g}")
+    adaptive = Config(f"adaptive {plan.objective_ms:g} ms", objective)
+    # the batching policy alone: nothing refused, every request waits its turn
+    unshed = Config(f"adaptive {plan.objective_ms:g} ms, no shed", (*objective, "--shed", "never"))
+    return [*fixed, adaptive, unshed]
 
 
 @dataclass
@@ -284,7 +284,8 @@ def _batch(value: float | None) -> str:
 def run_model(store: Path, model: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     plan = PLANS[model]
     protocol, payload = payload_for(model, args.resnet_input)
-    results = [ConfigResult(config) for config in configs(plan)]
+    chosen = [c for c in configs(plan) if not args.only or any(o in c.label for o in args.only)]
+    results = [ConfigResult(config) for config in chosen]
     rates: list[float] = []
     for result in results:
         console.print(f"[bold]{model}[/]: {result.config.label}")
@@ -460,6 +461,10 @@ def main() -> int:
         help="a smoke run: 3 rates, 2 s (or 20 requests) each, once",
     )  # fmt: skip
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--only", action="append", metavar="TEXT",
+        help="run only the configurations whose label contains TEXT (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in PLANS]

@@ -1,9 +1,10 @@
 """What a batch costs: ``t(n) = a·n + b`` seconds for ``n`` rows, learnt online.
 
 One ``BatchCost`` per batcher (per model version, per worker): every batch the model
-answers adds its (rows, compute seconds); the last ``WINDOW`` batches are refitted by least
-squares every ``REFIT_EVERY`` batches, so that the estimate follows a model whose cost
-drifts (a warming cache, a neighbour on the same cores) without a refit per batch.
+answers adds its (rows, compute seconds); every ``REFIT_EVERY`` batches, the fastest time
+seen for each batch size among the last ``WINDOW`` batches (``lower_envelope``: contention
+only ever adds time) is refitted by least squares, so that the estimate follows a model
+whose cost drifts without a refit per batch.
 
 The fit is constrained to ``a >= 0`` and ``b >= 0`` (a batch never costs less with more
 rows, nor less than nothing when empty):
@@ -11,7 +12,7 @@ rows, nor less than nothing when empty):
 - fewer than ``MIN_SAMPLES`` batches: no estimate (``ready`` is false; the batcher then
   behaves as the fixed window does, and never sheds);
 - every sample with the same ``n`` (an idle server sees only single rows): the line cannot
-  be told from its intercept, so all of the cost goes to ``a`` (``a = mean t / n``,
+  be told from its intercept, so all of the cost goes to ``a`` (``a = t / n``,
   ``b = 0``): no reason to wait for more rows until batches of other sizes show that a
   batch has a fixed part;
 - an unconstrained fit with ``b < 0``: refit through the origin (``b = 0``,
@@ -21,7 +22,9 @@ rows, nor less than nothing when empty):
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Iterable
 
 #: Batches remembered for the fit.
 WINDOW = 64
@@ -32,18 +35,13 @@ REFIT_EVERY = 4
 
 
 class BatchCost:
-    """The learnt cost of a batch (seconds), from the batches the model answered.
+    """The learnt cost of a batch (seconds), from the batches the model answered."""
 
-    The sums the fit needs are kept as batches come and go (a refit costs a few float
-    operations, not a pass over the window: this runs on the event loop, per batch)."""
-
-    __slots__ = ("_samples", "_since_exact", "_since_fit", "_sums", "a", "b", "ready")
+    __slots__ = ("_samples", "_since_fit", "a", "b", "ready")
 
     def __init__(self) -> None:
-        self._samples: deque[tuple[int, float]] = deque()
-        #: Σn, Σt, Σn², Σnt over the window.
-        self._sums = [0.0, 0.0, 0.0, 0.0]
-        self._since_fit = self._since_exact = 0
+        self._samples: deque[tuple[int, float]] = deque(maxlen=WINDOW)
+        self._since_fit = 0
         #: Seconds per row and seconds per batch; meaningful once ``ready``.
         self.a = 0.0
         self.b = 0.0
@@ -53,20 +51,11 @@ class BatchCost:
         """One batch of ``rows`` rows computed in ``seconds`` (the model alone)."""
         if rows <= 0 or seconds < 0:
             return
-        samples, sums = self._samples, self._sums
+        samples = self._samples
         samples.append((rows, seconds))
-        _accumulate(sums, rows, seconds, 1)
-        if len(samples) > WINDOW:
-            _accumulate(sums, *samples.popleft(), -1)
         self._since_fit += 1
-        self._since_exact += 1
-        if self._since_exact >= WINDOW:  # now and then, from scratch: no rounding drift
-            self._since_exact = 0
-            self._sums = sums = [0.0, 0.0, 0.0, 0.0]
-            for n, t in samples:
-                _accumulate(sums, n, t, 1)
         if len(samples) >= MIN_SAMPLES and (not self.ready or self._since_fit >= REFIT_EVERY):
-            self.a, self.b = fit_sums(len(samples), *sums)
+            self.a, self.b = fit_below(lower_envelope(samples))
             self.ready = True
             self._since_fit = 0
 
@@ -80,6 +69,34 @@ class BatchCost:
         full, rest = divmod(rows, max_batch_size)
         total = full * self.seconds(max_batch_size)
         return total + (self.seconds(rest) if rest else 0.0)
+
+
+def fit_below(points: list[tuple[int, float]], rounds: int = 3) -> tuple[float, float]:
+    """``fit`` of the points, refitted to those on or under the line a few times: with a
+    handful of batches per size, even the fastest of a size may have waited, and those
+    points sit above the model's line, never under it."""
+    a, b = fit(points)
+    for _ in range(rounds):
+        under = [(n, t) for n, t in points if t <= a * n + b]
+        if len({n for n, _ in under}) < 2 or len(under) == len(points):
+            break
+        points = under
+        a, b = fit(points)
+    return a, b
+
+
+def lower_envelope(samples: Iterable[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The fastest time seen for each batch size. A batch's measured time also holds what
+    kept its thread from running: waiting for the GIL after the engine released it (up to
+    Python's 5 ms switch interval while the event loop parses requests), a neighbour on the
+    same cores. Those only ever add time, so the least time per size is the model's own;
+    a mean would price a 50 us model at milliseconds on a busy server, and make it wait for
+    rows and shed requests for nothing."""
+    fastest: dict[int, float] = {}
+    for n, t in samples:
+        if t < fastest.get(n, math.inf):
+            fastest[n] = t
+    return list(fastest.items())
 
 
 def _accumulate(sums: list[float], n: int, t: float, sign: int) -> None:
