@@ -99,26 +99,16 @@ def lower_envelope(samples: Iterable[tuple[int, float]]) -> list[tuple[int, floa
     return list(fastest.items())
 
 
-def _accumulate(sums: list[float], n: int, t: float, sign: int) -> None:
-    sums[0] += sign * n
-    sums[1] += sign * t
-    sums[2] += sign * n * n
-    sums[3] += sign * n * t
-
-
 def fit(samples: list[tuple[int, float]]) -> tuple[float, float]:
     """Least squares ``t = a·n + b`` over ``(n, t)`` samples, with ``a, b >= 0`` (see the
     module's docstring for the fallbacks)."""
-    sums = [0.0, 0.0, 0.0, 0.0]
+    count = len(samples)
+    sum_n = sum_t = sum_nn = sum_nt = 0.0
     for n, t in samples:
-        _accumulate(sums, n, t, 1)
-    return fit_sums(len(samples), *sums)
-
-
-def fit_sums(
-    count: int, sum_n: float, sum_t: float, sum_nn: float, sum_nt: float
-) -> tuple[float, float]:
-    """``fit`` from the samples' count and sums."""
+        sum_n += n
+        sum_t += t
+        sum_nn += n * n
+        sum_nt += n * t
     mean_n, mean_t = sum_n / count, sum_t / count
     var_n = sum_nn - count * mean_n * mean_n
     if var_n <= 1e-9 * max(1.0, sum_nn):  # one distinct size: no intercept to tell

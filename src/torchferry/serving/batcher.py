@@ -319,17 +319,8 @@ class Batcher:
             if not batch:
                 continue
             instance = self._free.pop()
-            if self.instances == 1:  # no task nor coroutine of its own: the common case
-                rows = 0
-                for request in batch:
-                    rows += request.rows
-                self._busy[instance] = (time.perf_counter(), rows)
-                self.peak_concurrent = 1
-                try:
-                    await self._execute(loop, instance, batch, rows)
-                finally:
-                    del self._busy[instance]
-                    self._free.append(instance)
+            if self.instances == 1:  # no task of its own: the lowest latency, the common case
+                await self._execute_on(loop, instance, batch)
             else:
                 task = loop.create_task(self._execute_on(loop, instance, batch))
                 self._running.add(task)

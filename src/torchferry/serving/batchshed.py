@@ -75,7 +75,7 @@ class Shedder:
 
     def sheds_on_objective(self, cost: BatchCost) -> bool:
         """Whether a batch without deadlines may still be shed (by the objective)."""
-        return self.objective is not None and self.policy == "early" and cost.ready
+        return self.objective is not None and self.active(cost)
 
     def admit(
         self,
