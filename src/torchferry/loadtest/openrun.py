@@ -20,7 +20,7 @@ from torchferry.loadtest.generator import GrpcRequest, HttpRequest
 from torchferry.loadtest.openloop import NO_CONNECTION, OpenResult
 from torchferry.loadtest.payloads import Payload
 from torchferry.loadtest.pool import GeneratorPool, OpenShare
-from torchferry.loadtest.run import _wait_until, keeping_steps, percentile
+from torchferry.loadtest.run import _wait_until, keeping_steps, percentile, target_fields
 from torchferry.loadtest.target import Target
 from torchferry.optimize.report import significant
 
@@ -252,11 +252,7 @@ def open_table(run: OpenRun) -> Table:
 def open_as_dict(run: OpenRun) -> dict[str, Any]:
     settings = run.settings
     return {
-        "url": run.target.url,
-        "model": run.target.model,
-        "version": run.target.version,
-        "protocol": settings.protocol,
-        "payload": run.payload.describe(),
+        **target_fields(run.target, settings.protocol, run.payload),
         "loop": "open",
         "settings": {
             "rates": settings.rates,

@@ -286,15 +286,22 @@ def _progress_line(step: Step) -> str:
     return line
 
 
+def target_fields(target: Target, protocol: str, payload: Payload) -> dict[str, Any]:
+    """What a run measured, as both loops' JSON files begin."""
+    return {
+        "url": target.url,
+        "model": target.model,
+        "version": target.version,
+        "protocol": protocol,
+        "payload": payload.describe(),
+    }
+
+
 def as_dict(run: BenchRun) -> dict[str, Any]:
     """Every figure of the run, for the JSON file."""
     settings = run.settings
     return {
-        "url": run.target.url,
-        "model": run.target.model,
-        "version": run.target.version,
-        "protocol": settings.protocol,
-        "payload": run.payload.describe(),
+        **target_fields(run.target, settings.protocol, run.payload),
         "rows_per_request": run.payload.rows,
         "settings": {
             "concurrency": settings.concurrencies,
