@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from batcher_support import with_batcher
 
 from torchferry.errors import InferenceTimeout, ModelError, ModelNotReady, Overloaded
 from torchferry.serving.batcher import Batcher
@@ -37,15 +38,6 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def _with_batcher(model, body, **kwargs):
-    batcher = Batcher(model, name="m:1", **kwargs)
-    batcher.start()
-    try:
-        return await body(batcher)
-    finally:
-        await batcher.close()
-
-
 def test_concurrent_requests_are_merged_and_split_exactly():
     model = Recorder()
     rng = np.random.default_rng(0)
@@ -56,7 +48,7 @@ def test_concurrent_requests_are_merged_and_split_exactly():
     async def body(batcher):
         return await asyncio.gather(*(batcher.submit({"x": r}) for r in requests))
 
-    answers = run(_with_batcher(model, body, max_batch_size=16, max_delay_ms=50))
+    answers = run(with_batcher(model, body, max_batch_size=16, max_delay_ms=50))
     for request, answer in zip(requests, answers, strict=True):
         np.testing.assert_array_equal(answer["y"], 2 * request)
         np.testing.assert_allclose(answer["s"], request.sum(axis=1), rtol=1e-6)
@@ -74,7 +66,7 @@ def test_stats_count_rows_batches_and_sizes():
         )
         return batcher.stats
 
-    stats = run(_with_batcher(model, body, max_batch_size=8, max_delay_ms=50))
+    stats = run(with_batcher(model, body, max_batch_size=8, max_delay_ms=50))
     assert stats.inference_count == 16
     assert stats.success_count == 8
     assert stats.execution_count == len(model.sizes)
@@ -89,7 +81,7 @@ def test_a_request_is_never_split_and_oversized_requests_run_alone():
         small = [batcher.submit({"x": np.ones((3, 3), np.float32)}) for _ in range(3)]
         return await asyncio.gather(big, *small)
 
-    answers = run(_with_batcher(model, body, max_batch_size=4, max_delay_ms=20))
+    answers = run(with_batcher(model, body, max_batch_size=4, max_delay_ms=20))
     assert answers[0]["y"].shape == (10, 3)
     assert 10 in model.sizes
     assert all(a["y"].shape == (3, 3) for a in answers[1:])
@@ -105,7 +97,7 @@ def test_requests_with_different_trailing_shapes_are_not_merged():
             batcher.submit({"x": np.ones((1, 3), np.float32)}),
         )
 
-    answers = run(_with_batcher(model, body, max_batch_size=8, max_delay_ms=20))
+    answers = run(with_batcher(model, body, max_batch_size=8, max_delay_ms=20))
     assert [a["y"].shape for a in answers] == [(1, 3), (1, 5), (1, 3)]
     assert sorted(model.sizes) == [1, 2]
 
@@ -118,7 +110,7 @@ def test_a_failing_request_fails_alone_and_the_others_are_answered():
         bad = batcher.submit({"x": -np.ones((1, 3), np.float32)})
         return await asyncio.gather(*good, bad, return_exceptions=True)
 
-    results = run(_with_batcher(model, body, max_batch_size=8, max_delay_ms=20))
+    results = run(with_batcher(model, body, max_batch_size=8, max_delay_ms=20))
     assert all(isinstance(r, dict) for r in results[:5])
     assert isinstance(results[5], ModelError)
     assert "negative input" in results[5].message
@@ -134,7 +126,7 @@ def test_a_full_queue_refuses_with_overloaded():
         )
         return results
 
-    results = run(_with_batcher(model, body, max_batch_size=4, max_delay_ms=0, max_queue_rows=8))
+    results = run(with_batcher(model, body, max_batch_size=4, max_delay_ms=0, max_queue_rows=8))
     refused = [r for r in results if isinstance(r, Overloaded)]
     assert refused and refused[0].retry_after > 0
     assert any(isinstance(r, dict) for r in results)
@@ -147,7 +139,7 @@ def test_a_slow_model_times_out_with_inference_timeout():
         with pytest.raises(InferenceTimeout, match="did not answer"):
             await batcher.submit({"x": np.ones((1, 3), np.float32)}, timeout_s=0.05)
 
-    run(_with_batcher(model, body))
+    run(with_batcher(model, body))
 
 
 def test_close_answers_every_queued_request():
@@ -178,7 +170,7 @@ def test_a_lone_request_waits_no_longer_than_max_delay():
         await batcher.submit({"x": np.ones((1, 3), np.float32)})
         return time.perf_counter() - started
 
-    elapsed = run(_with_batcher(model, body, max_batch_size=64, max_delay_ms=30))
+    elapsed = run(with_batcher(model, body, max_batch_size=64, max_delay_ms=30))
     assert 0.025 <= elapsed < 1.0
 
 
@@ -194,7 +186,7 @@ def test_a_request_that_times_out_mid_batch_leaves_the_others_their_own_rows():
         return late_outcome, await other
 
     # both are queued before the batcher runs, and with no delay it takes them at once
-    late, answer = run(_with_batcher(model, body, max_batch_size=8, max_delay_ms=0))
+    late, answer = run(with_batcher(model, body, max_batch_size=8, max_delay_ms=0))
     assert isinstance(late, InferenceTimeout)
     assert model.sizes == [5]  # both ran in one batch; the late one gave up while it ran
     np.testing.assert_array_equal(answer["y"], 2 * other_x)
@@ -221,7 +213,7 @@ def test_submit_then_runs_the_finish_step_off_the_event_loop():
 
     # one row a batch: while batches wait, finishing goes to the pool; the last one, with
     # nothing waiting, finishes on the worker thread without a hand-off
-    loop_thread, answers, xs = run(_with_batcher(model, body, max_batch_size=1))
+    loop_thread, answers, xs = run(with_batcher(model, body, max_batch_size=1))
     pool.shutdown()
     threads = [thread for thread, _ in answers]
     assert loop_thread not in threads
@@ -241,5 +233,5 @@ def test_a_cancelled_caller_frees_its_place_in_the_queue_at_once():
         await asyncio.gather(waiting, return_exceptions=True)
         return batcher.queued_rows
 
-    assert run(_with_batcher(model, body, max_batch_size=64, max_delay_ms=1000)) == 0
+    assert run(with_batcher(model, body, max_batch_size=64, max_delay_ms=1000)) == 0
     assert model.sizes == []  # nobody waits for it: it never runs

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from batcher_support import with_batcher
 
 from torchferry.errors import Overloaded
 from torchferry.serving.batchcost import MIN_SAMPLES, BatchCost, fit
@@ -79,15 +80,7 @@ async def warm(batcher: Batcher, batches: int = MIN_SAMPLES) -> None:
 
 
 def run_with(model, body, **kwargs):
-    async def main():
-        batcher = Batcher(model, name="m:1", **kwargs)
-        batcher.start()
-        try:
-            return await body(batcher)
-        finally:
-            await batcher.close()
-
-    return asyncio.run(main())
+    return asyncio.run(with_batcher(model, body, **kwargs))
 
 
 # -- the cost model ---------------------------------------------------------------------------
