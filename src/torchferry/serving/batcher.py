@@ -35,7 +35,6 @@ executed, every change in the number of requests waiting, and every request shed
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -45,6 +44,7 @@ import numpy as np
 
 from torchferry.errors import ModelNotReady, Overloaded
 from torchferry.serving.batchcost import BatchCost
+from torchferry.serving.batchinline import InlineGate
 from torchferry.serving.batchpolicy import ArrivalGap, Mode, adaptive_wait, fixed_wait
 from torchferry.serving.batchqueue import (
     DEFAULT_PRIORITY,
@@ -69,8 +69,6 @@ from torchferry.serving.observe import current_record
 __all__ = ["DEFAULT_PRIORITY", "BatchObserver", "Batcher", "InferFn"]
 
 InferFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-#: Batches that compute faster than this (on average) run on the event loop, no hand-off.
-INLINE_COMPUTE_S = 0.0002
 _T = TypeVar("_T")
 
 
@@ -123,10 +121,7 @@ class Batcher:
         self.cost = BatchCost()
         self._gap = ArrivalGap()
         self._queue = BatchQueue()
-        #: Recent compute time per row (seconds; a small batch's fixed cost makes it an
-        #: over-estimate for large ones): decides where a batch runs. Unknown at first, so
-        #: the first batches run on the worker thread.
-        self._row_compute_ema = math.inf
+        self._inline = InlineGate()
         #: Requests submitted with a deadline whose batch has not formed yet: while none
         #: (and no objective to shed by), a batch skips the shedder's recheck.
         self._deadlined = 0
@@ -359,11 +354,29 @@ class Batcher:
                 remaining = fixed_wait(waited, self.max_delay)
             if remaining <= 0:
                 return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
+            if not await self._woken_within(remaining):
                 return
+
+    async def _woken_within(self, seconds: float) -> bool:
+        """Wait for the next wake-up (an arrival, a freed instance), at most ``seconds``;
+        whether it came. A timer that sets the event, not ``asyncio.wait_for``: this runs
+        once per arrival while a batch fills, and ``wait_for`` makes a task each time."""
+        assert self._wakeup is not None
+        wakeup = self._wakeup
+        wakeup.clear()
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            wakeup.set()
+
+        timer = asyncio.get_running_loop().call_later(seconds, expire)
+        try:
+            await wakeup.wait()
+        finally:
+            timer.cancel()
+        return not expired
 
     async def _execute_on(
         self, loop: asyncio.AbstractEventLoop, instance: int, batch: list[QueuedRequest]
@@ -380,15 +393,12 @@ class Batcher:
                 self._wakeup.set()
 
     def _runs_inline(self, batch: list[QueuedRequest], rows: int) -> bool:
-        """Whether to run this batch on the event loop rather than the worker thread: for a
-        batch expected (its rows times the recent time per row) to take less than
-        ``INLINE_COMPUTE_S``, the hand-off to a thread and back costs more than the model
-        (~350 us a request at concurrency 1, against ~40 us of ONNX Runtime for a small
-        MLP). Never with a finish step (a handler's postprocess must not run on the loop),
-        nor with several instances (they exist to compute side by side)."""
+        """Whether to run this batch on the event loop rather than the worker thread
+        (``batchinline``). Never with a finish step (a handler's postprocess must not run on
+        the loop), nor with several instances (they exist to compute side by side)."""
         if self.instances > 1 or any(r.finish is not None for r in batch):
             return False
-        return self._row_compute_ema * rows < INLINE_COMPUTE_S
+        return self._inline.inline(rows, self.cost)
 
     async def _execute(
         self,
@@ -399,7 +409,8 @@ class Batcher:
     ) -> None:
         started = time.perf_counter()
         try:
-            if self._runs_inline(batch, rows):
+            inline = self._runs_inline(batch, rows)
+            if inline:
                 done = self._compute(instance, batch)
             else:
                 done = await loop.run_in_executor(
@@ -413,6 +424,8 @@ class Batcher:
             self._fail(batch[0], exc, started)
             return
         answers, computed, model_s, finishing = done
+        if inline:
+            self._inline.ran_inline(model_s)
         self._record(batch, rows, started, computed, model_s)
         for request, answer in zip(batch, answers, strict=True):
             if answer is not PENDING:
@@ -450,8 +463,6 @@ class Batcher:
         arrivals = [request.arrived for request in batch]
         self.stats.record_batch(rows, arrivals, started, computed)
         self.cost.add(rows, model_s)
-        ema, last = self._row_compute_ema, model_s / rows
-        self._row_compute_ema = last if ema == math.inf else ema + 0.1 * (last - ema)
         for request in batch:
             record = request.record
             if record is not None:
