@@ -34,6 +34,8 @@ from torchferry.serving.batchqueue import BatchQueue, QueuedRequest
 log = logging.getLogger("torchferry.batcher")
 
 Shed = Literal["early", "never"]
+#: A batch is shed from when its compute is at least this share of its requests' limit.
+WORTH_SHEDDING = 0.02
 
 
 def timed_out(name: str, timeout_s: float) -> InferenceTimeout:
@@ -117,10 +119,11 @@ class Shedder:
         others are answered (504 past their own deadline, else 503 shed). ``alone``: no
         other batch computes and nothing else is queued (then nothing is shed, see the
         module's docstring)."""
-        shedding = self.active(cost) and not alone
+        compute_s = cost.seconds(sum(r.rows for r in batch))
+        shedding = self.active(cost) and not alone and self._saves_time(compute_s, batch)
         if (self.objective is None or not shedding) and all(r.deadline is None for r in batch):
             return batch
-        done_at = now + cost.seconds(sum(r.rows for r in batch)) if shedding else now
+        done_at = now + compute_s if shedding else now
         kept = []
         for request in batch:
             own = None if request.deadline is None else request.deadline - request.arrived
@@ -135,6 +138,18 @@ class Shedder:
             if not request.future.done():
                 request.future.set_exception(error)
         return kept
+
+    def _saves_time(self, compute_s: float, batch: list[QueuedRequest]) -> bool:
+        """Whether refusing part of a batch that computes in ``compute_s`` can help the
+        requests behind it: only when that compute is a real share (``WORTH_SHEDDING``) of
+        the tightest limit in the batch. A batch that costs a fraction of a millisecond is
+        late because the event loop is (HTTP-bound), not because of the model: refusing
+        it then saves the others nothing, and turns late answers into failures (open loop,
+        a 50 us MLP at 2000 req/s: 492 answers/s with this shedding, 1922 without)."""
+        limit = min(
+            self.limit(None if r.deadline is None else r.deadline - r.arrived) for r in batch
+        )
+        return compute_s >= WORTH_SHEDDING * limit
 
     def refusal(self, reason: str, wait_s: float, limit_s: float) -> Overloaded:
         """The 503 of a shed request (counted; logged at DEBUG: under overload, INFO would
