@@ -20,7 +20,7 @@ For each configuration a server of its own (``torchferry serve --workers 1``):
   refuses the flags is reported as such, and the other configurations still run.
 
 The saturation throughput comes first, from a short closed-loop run against the D=0
-server; the rates are a geometric sweep from ``--low`` to ``--high`` times it. Each rate's
+server (or ``--saturation``, to compare runs at the same rates); the rates are a geometric sweep from ``--low`` to ``--high`` times it. Each rate's
 figures are those of the median run (by p99, failures counted as misses) of
 ``--repeats``. A configuration holds the objective at a rate when that p99 is within the
 objective: a shed request (503) or a timeout is a miss. The summary gives each
@@ -112,6 +112,8 @@ class ConfigResult:
     refused: str | None = None
     steps: list[RateStep] = field(default_factory=list)
     max_batch: int | None = None
+    #: Rows per batch over the whole sweep.
+    mean_batch: float | None = None
     max_batch_size: int | None = None
     note: str = ""
 
@@ -301,13 +303,16 @@ def run_model(store: Path, model: str, args: argparse.Namespace, work: Path) -> 
             if flags != result.config.flags:
                 result.note = "the server has no --batching fixed: its batcher is fixed"
             if not rates:
-                top = saturation(server.url, model, protocol, payload, plan)
+                top = args.saturation or saturation(server.url, model, protocol, payload, plan)
                 rates = geometric(args.low * top, args.high * top, args.rates)
                 console.print(f"  saturation {top:.0f} req/s (closed loop); rates {rates}")
             before = _counts(server.url, model)
             result.steps = sweep(server.url, model, protocol, payload, plan, rates, args)
             ran = _counts(server.url, model) - before
             result.max_batch = max((s for s, n in ran.items() if n > 0), default=None)
+            batches = sum(n for n in ran.values() if n > 0)
+            if batches:
+                result.mean_batch = sum(s * n for s, n in ran.items() if n > 0) / batches
             result.max_batch_size = max_batch_size(server.url, model)
     console.print(rate_table(model, plan, results))
     console.print(summary_table(model, plan, results))
@@ -365,11 +370,12 @@ def summary_table(model: str, plan: ModelPlan, results: list[ConfigResult]) -> T
     best_rate = best.highest_holding(plan.objective_ms) if best else None
     table = Table(title=f"{model}: highest rate holding p99 <= {plan.objective_ms:g} ms")
     headings = ("config", "flags", "highest rate/s", "vs best fixed", "every rate up to/s")
-    for heading in (*headings, "max batch ran"):
+    for heading in (*headings, "mean batch", "max batch ran"):
         table.add_column(heading)
     for result in results:
         if result.refused:
-            table.add_row(result.config.label, " ".join(result.config.flags), "not run", "", "", "")
+            row = (result.config.label, " ".join(result.config.flags), "not run")
+            table.add_row(*row, "", "", "", "")
             continue
         rate = result.highest_holding(plan.objective_ms)
         ratio = f"{rate / best_rate:.2f}" if rate and best_rate else ""
@@ -381,6 +387,7 @@ def summary_table(model: str, plan: ModelPlan, results: list[ConfigResult]) -> T
             "none" if rate is None else f"{rate:g}",
             ratio,
             _rate(result.holding_throughout(plan.objective_ms)),
+            "" if result.mean_batch is None else f"{result.mean_batch:.2f}",
             f"{result.max_batch}{limit}" if result.max_batch is not None else "",
         )
     return table
@@ -416,6 +423,7 @@ def as_dict(
                 "highest_rate_holding": r.highest_holding(plan.objective_ms),
                 "holding_at_every_rate_up_to": r.holding_throughout(plan.objective_ms),
                 "max_batch_ran": r.max_batch,
+                "mean_batch": r.mean_batch,
                 "max_batch_size": r.max_batch_size,
                 "steps": [
                     {
@@ -449,6 +457,10 @@ def main() -> int:
     parser.add_argument("--low", type=float, default=0.2, help="lowest rate / saturation")
     parser.add_argument("--high", type=float, default=1.3, help="highest rate / saturation")
     parser.add_argument("--seconds", type=float, default=5.0, help="per rate")
+    parser.add_argument(
+        "--saturation", type=float, metavar="REQ_PER_S",
+        help="the rates' base instead of a closed-loop run (the same rates across runs)",
+    )  # fmt: skip
     parser.add_argument(
         "--min-requests", type=int, default=100,
         help="a rate runs longer than --seconds if it needs to, to schedule this many",
