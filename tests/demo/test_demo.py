@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 import pytest
@@ -8,6 +9,8 @@ import pytest
 from torchferry.archive import ModelStore
 from torchferry.demo import build_demo, curl_command, sample_request
 from torchferry.demo.__main__ import main
+
+TRAINED = re.compile(r"test accuracy (?P<accuracy>[\d.]+)% \((?P<seconds>[\d.]+) s\)")
 
 
 def test_curl_command_posts_one_real_digit():
@@ -37,7 +40,11 @@ def test_build_exports_a_servable_digits_model(tmp_path):
     store = tmp_path / "store"
     logs: list[str] = []
     archive = build_demo(store, log=logs.append)
-    assert any("test accuracy" in line for line in logs)
+    # the README's promise (issue 2), checked on the one training the suite needs for it:
+    # at least 95% on the held-out digits, trained in under a minute on 2 cores
+    (trained,) = [m for line in logs if (m := TRAINED.search(line))]
+    accuracy, seconds = float(trained["accuracy"]), float(trained["seconds"])
+    assert accuracy >= 95.0 and seconds < 60, trained.group(0)
     manifest = archive.manifest
     assert (manifest.name, manifest.version) == ("digits", 1)
     (spec,) = manifest.signature.inputs

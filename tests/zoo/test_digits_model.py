@@ -1,9 +1,6 @@
 from __future__ import annotations
 
-import time
-
 import numpy as np
-import pytest
 import torch
 
 from torchferry.zoo.digits import DigitsCNN, digits_split, train_digits
@@ -22,16 +19,6 @@ def test_forward_takes_flat_pixels_and_gives_probabilities():
     probs = model(torch.rand(5, 64) * 16)
     assert probs.shape == (5, 10)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(5))
-
-
-@pytest.mark.timeout(120)
-def test_trains_to_95_percent_in_under_a_minute():
-    started = time.perf_counter()
-    model, accuracy = train_digits(seed=0)
-    elapsed = time.perf_counter() - started
-    assert accuracy >= 0.95, accuracy
-    assert elapsed < 60, f"training took {elapsed:.1f} s"
-    assert not model.training
 
 
 def test_training_is_deterministic_for_a_seed():
