@@ -10,7 +10,7 @@ import time
 import numpy as np
 from batcher_support import with_batcher
 
-from torchferry.errors import Overloaded
+from torchferry.errors import InferenceTimeout, Overloaded
 from torchferry.serving.batchcost import MIN_SAMPLES, BatchCost
 from torchferry.serving.batchinline import (
     INLINE_COMPUTE_S,
@@ -84,10 +84,14 @@ def test_a_fast_model_timed_slow_on_its_thread_moves_to_the_loop():
     assert set(ran_on[-10:]) == {threading.main_thread().name}
 
 
-def _batch(loop: asyncio.AbstractEventLoop, arrived: float, count: int) -> list[QueuedRequest]:
+def _batch(
+    loop: asyncio.AbstractEventLoop, arrived: float, count: int, deadline: float | None = None
+) -> list[QueuedRequest]:
     inputs = {"x": np.zeros((1, 2), np.float32)}
     return [
-        QueuedRequest(inputs, 1, shape_key(inputs), loop.create_future(), arrived)
+        QueuedRequest(
+            inputs, 1, shape_key(inputs), loop.create_future(), arrived, deadline=deadline
+        )
         for _ in range(count)
     ]
 
@@ -108,3 +112,19 @@ def test_late_requests_of_a_cheap_model_are_answered_not_shed():
         return len(kept_cheap), len(kept_costly)
 
     assert asyncio.run(body()) == (4, 0)
+
+
+def test_one_request_with_a_tight_deadline_does_not_get_its_batch_shed():
+    """Each request's own limit decides: one past its 2 ms deadline gets its 504, and the
+    late requests beside it (50 ms objective, a 50 us model) are still answered."""
+
+    async def body() -> tuple[int, list[type]]:
+        loop = asyncio.get_running_loop()
+        shedder = Shedder("m:1", "early", 0.05)
+        now = time.perf_counter()
+        late = _batch(loop, now - 0.06, 3)
+        expired = _batch(loop, now - 0.003, 1, deadline=now - 0.001)
+        kept = shedder.recheck(late + expired, now, learnt(0.00005), alone=False)
+        return len(kept), [type(r.future.exception()) for r in expired]
+
+    assert asyncio.run(body()) == (3, [InferenceTimeout])

@@ -23,6 +23,7 @@ def test_forward_takes_flat_pixels_and_gives_probabilities():
 
 def test_training_is_deterministic_for_a_seed():
     model, accuracy = train_digits(seed=3, epochs=1)
+    assert not model.training  # returned ready for inference
     again, accuracy_again = train_digits(seed=3, epochs=1)
     assert accuracy_again == accuracy
     for (name, a), (_, b) in zip(

@@ -100,7 +100,7 @@ def build_demo(
 
     started = time.perf_counter()
     model, accuracy = train_digits(seed=seed)
-    log(f"trained DigitsCNN: test accuracy {accuracy:.1%} ({time.perf_counter() - started:.1f} s)")
+    log(f"trained DigitsCNN: test accuracy {accuracy:.2%} ({time.perf_counter() - started:.1f} s)")
     archive = export_digits(model, store)
     manifest = archive.manifest
     log(f"exported {manifest.name} version {manifest.version} to {archive.path}")

@@ -408,8 +408,8 @@ class Batcher:
         rows: int,
     ) -> None:
         started = time.perf_counter()
+        inline = self._runs_inline(batch, rows)
         try:
-            inline = self._runs_inline(batch, rows)
             if inline:
                 done = self._compute(instance, batch)
             else:
@@ -417,6 +417,8 @@ class Batcher:
                     self._executors[instance], self._compute, instance, batch
                 )
         except Exception as exc:  # the model raised: isolate the request responsible
+            if inline:
+                self._inline.ran_inline(None)
             if len(batch) > 1:
                 for request in batch:
                     await self._execute(loop, instance, [request], request.rows)

@@ -2,7 +2,7 @@
 
 For a model that answers in tens of microseconds (a small MLP on ONNX Runtime: ~40 us),
 the hand-off to a thread and back costs more than the model: ~350 us a request at
-concurrency 1 on an idle server, and on a busy one the thread also waits for the GIL when
+concurrency 1 on 2 busy cores, and under load the thread also waits for the GIL when
 the model hands it back, up to Python's switch interval (5 ms) while the loop parses
 requests. So a batch predicted (by the learnt ``BatchCost``) to compute in under
 ``INLINE_COMPUTE_S`` runs inline, on the loop: the loop stalls that long, less than the
@@ -61,10 +61,12 @@ class InlineGate:
             return True
         return False
 
-    def ran_inline(self, seconds: float) -> None:
-        """An inline batch computed in ``seconds``: a probe's result sets the interval to
-        the next probe."""
+    def ran_inline(self, seconds: float | None) -> None:
+        """An inline batch computed in ``seconds`` (``None``: the model raised): a probe's
+        time sets the interval to the next probe; a probe that failed says nothing."""
         if self._probing:
             self._probing = False
+            if seconds is None:
+                return
             fast = seconds < INLINE_COMPUTE_S
             self._probe_every = PROBE_EVERY if fast else min(PROBE_AT_MOST, 2 * self._probe_every)
