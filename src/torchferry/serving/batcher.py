@@ -6,7 +6,8 @@ for more (``batchpolicy``): in ``adaptive`` mode by the learnt cost of a batch
 (``batchcost``) and the arrival rate, under an optional latency objective; in ``fixed`` mode
 (and in ``adaptive`` mode before the cost is known) it waits at most ``max_delay`` after the
 oldest queued request, or until ``max_batch_size`` rows are queued. One inference then runs
-on the instance's own worker thread and its outputs are split back, row for row, to each
+on the instance's own worker thread (or on the event loop, for a batch predicted to take
+under a millisecond: ``batchinline``) and its outputs are split back, row for row, to each
 request. While a batch computes, new requests queue up, so under load batches fill without
 waiting at all.
 

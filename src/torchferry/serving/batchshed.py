@@ -39,7 +39,8 @@ from torchferry.serving.batchqueue import BatchQueue, QueuedRequest
 log = logging.getLogger("torchferry.batcher")
 
 Shed = Literal["early", "never"]
-#: A batch is shed from when its compute is at least this share of its requests' limit.
+#: When a batch forms, a late request is shed only if the batch's compute is at least this
+#: share of that request's own limit.
 WORTH_SHEDDING = 0.02
 
 
