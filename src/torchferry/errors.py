@@ -171,7 +171,8 @@ class TooManyRequests(TorchferryError):
 
 
 class ExportError(TorchferryError):
-    """Export failed, or an exported form disagrees with eager PyTorch beyond the tolerance."""
+    """Export failed, or an exported form disagrees with its source model (eager PyTorch, or
+    TensorFlow for an import) beyond the tolerance."""
 
 
 def store_unreadable(exc: PermissionError) -> TorchferryError:

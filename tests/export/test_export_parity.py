@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from torchferry.errors import ExportError
-from torchferry.export.parity import check_parity, compare, fails
+from torchferry.export.parity import check_parity, compare, fails, module_runner
 from torchferry.signature import ModelSignature, TensorSpec
 
 
@@ -51,19 +51,21 @@ SIGNATURE = ModelSignature(
     inputs=(TensorSpec(name="x", datatype="FP32", shape=(-1, 2)),),
     outputs=(TensorSpec(name="output", datatype="FP32", shape=(-1, 2)),),
 )
+SCALE = module_runner(Scale(), SIGNATURE)
 
 
 def test_check_parity_reports_every_form_and_batch():
     exact = lambda inputs: [inputs["x"].numpy() * 3]  # noqa: E731
-    reports = check_parity(Scale(), SIGNATURE, {"a": exact, "b": exact})
+    reports = check_parity(SCALE, SIGNATURE, {"a": exact, "b": exact})
     assert [(r.format, r.batch_size) for r in reports] == [("a", 1), ("a", 3), ("b", 1), ("b", 3)]
     assert all(r.max_abs_error == 0 for r in reports)
+    assert {r.reference for r in reports} == {"eager PyTorch"}
 
 
 def test_check_parity_names_form_batch_and_errors():
     off = lambda inputs: [inputs["x"].numpy() * 3 + 0.5]  # noqa: E731
     with pytest.raises(ExportError) as info:
-        check_parity(Scale(), SIGNATURE, {"bad": off})
+        check_parity(SCALE, SIGNATURE, {"bad": off})
     message = info.value.message
     assert "bad at batch size 1: output 'output' max abs error 0.5" in message
     assert "bad at batch size 3" in message
@@ -75,4 +77,23 @@ def test_check_parity_form_that_crashes():
         raise RuntimeError("shape mismatch in node 7")
 
     with pytest.raises(ExportError, match="crashy failed to run at batch size 1: RuntimeError"):
-        check_parity(Scale(), SIGNATURE, {"crashy": crash})
+        check_parity(SCALE, SIGNATURE, {"crashy": crash})
+
+
+def test_check_parity_names_the_reference_it_was_given():
+    def tensorflow(inputs):
+        return [inputs["x"].numpy() * 3]
+
+    half = lambda inputs: [inputs["x"].numpy() * 1.5]  # noqa: E731
+    with pytest.raises(ExportError, match="disagrees with TensorFlow"):
+        check_parity(tensorflow, SIGNATURE, {"onnx": half}, reference_name="TensorFlow")
+    reports = check_parity(tensorflow, SIGNATURE, {"onnx": tensorflow}, reference_name="TensorFlow")
+    assert {r.reference for r in reports} == {"TensorFlow"}
+
+
+def test_a_reference_that_fails_is_named():
+    def broken(inputs):
+        raise ValueError("no kernel")
+
+    with pytest.raises(ExportError, match="TensorFlow failed on random inputs of batch size 1"):
+        check_parity(broken, SIGNATURE, {"onnx": broken}, reference_name="TensorFlow")

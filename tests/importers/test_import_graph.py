@@ -174,7 +174,10 @@ def test_import_errors(tmp_path):
 
     pickle = tmp_path / "model.pkl"
     pickle.write_bytes(b"PK")
-    with pytest.raises(ArchiveError, match=r"unknown file type '\.pkl'; supported: \.mar, \.onnx"):
+    with pytest.raises(
+        ArchiveError,
+        match=r"unknown file type '\.pkl'; supported: \.h5, \.keras, \.mar, \.onnx, \.pt, \.ts files and SavedModel directories",
+    ):
         import_model(pickle, name="n", store=store)
 
     broken = tmp_path / "broken.onnx"

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from torchferry.export import export
-from torchferry.export.parity import check_parity, torchscript_runner
+from torchferry.export.parity import check_parity, module_runner, torchscript_runner
 from torchferry.export.torchscript import export_torchscript
 from torchferry.optimize import Skipped, quantize_dynamic_torch, quantize_static_torch
 from torchferry.signature import ModelSignature, TensorSpec
@@ -46,7 +46,7 @@ def assert_torchscript_parity(model: nn.Module, example: tuple[torch.Tensor, ...
         outputs=(TensorSpec(name="y", datatype="FP32", shape=(-1, *output.shape[1:])),),
     )
     runners = {"torchscript": torchscript_runner(graph, signature)}
-    reports = check_parity(model, signature, runners, tolerance=1e-2)
+    reports = check_parity(module_runner(model, signature), signature, runners, tolerance=1e-2)
     assert [r.batch_size for r in reports] == [1, 3]
 
 

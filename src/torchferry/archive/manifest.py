@@ -54,12 +54,15 @@ class BatchingSpec(BaseModel):
 
 
 class ParityReport(BaseModel):
-    """How far an exported form strays from eager PyTorch on random inputs of one batch size."""
+    """How far an exported form strays from its source model on random inputs of one batch
+    size."""
 
     format: str
     batch_size: int
     max_abs_error: float
     max_rel_error: float
+    #: What it was compared with: the source model's framework.
+    reference: str = "eager PyTorch"
 
 
 class Manifest(BaseModel):

@@ -32,10 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def parity_table(
-    reports: Sequence[ParityReport], title: str = "parity with eager PyTorch"
-) -> Table:
-    table = Table(title=title, title_justify="left")
+def parity_table(reports: Sequence[ParityReport]) -> Table:
+    references = sorted({report.reference for report in reports}) or ["the source model"]
+    table = Table(title=f"parity with {' and '.join(references)}", title_justify="left")
     table.add_column("form")
     table.add_column("batch", justify="right")
     table.add_column("max abs err", justify="right")

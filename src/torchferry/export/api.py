@@ -48,6 +48,7 @@ from torchferry.export.parity import (
     DEFAULT_TOLERANCE,
     Runner,
     check_parity,
+    module_runner,
     onnx_runner,
     torchscript_runner,
 )
@@ -250,12 +251,11 @@ def export(
             runners[EAGER] = eager_runner(work, name, signature, factory, str(device))
 
         reports = check_parity(
-            model,
+            module_runner(model, signature, device),
             signature,
             runners,
             tolerance=tolerance,
             int_high=int_bounds(names, args),
-            device=device,
         )
         runners.clear()  # drop the ONNX Runtime session and the TorchScript module
 

@@ -1,7 +1,8 @@
-"""Parity of every exported form with eager PyTorch, on random inputs of several batch sizes.
+"""Parity of every exported form with its source model (eager PyTorch, or TensorFlow for an
+import), on random inputs of several batch sizes.
 
 The rule, per output tensor: with ``abs`` the largest absolute difference and ``rel`` that
-difference divided by the largest magnitude of the eager output, the form fails when
+difference divided by the largest magnitude of the reference output, the form fails when
 ``abs > tolerance`` **and** ``rel > tolerance``. So small outputs are held to an absolute
 bound and large ones to a relative one; an integer or boolean output must match exactly
 (any difference is at least 1). NaNs must sit in the same places.
@@ -27,6 +28,8 @@ from torchferry.signature import ModelSignature
 
 BATCH_SIZES = (1, 3)
 DEFAULT_TOLERANCE = 1e-3
+#: What ``check_parity`` compares with unless told otherwise.
+EAGER_PYTORCH = "eager PyTorch"
 
 #: Named torch inputs -> outputs as numpy arrays, in signature order.
 Runner = Callable[[dict[str, torch.Tensor]], list[np.ndarray]]
@@ -62,15 +65,17 @@ def torchscript_runner(path: Path, signature: ModelSignature, device: str = "cpu
     return run
 
 
-def eager_outputs(
-    model: nn.Module,
-    inputs: dict[str, torch.Tensor],
-    signature: ModelSignature,
-    device: torch.device | str = "cpu",
-) -> list[np.ndarray]:
-    with torch.no_grad():
-        result = model(*(t.to(device) for t in inputs.values()))
-    return [t.detach().cpu().numpy() for t in flatten_outputs(result, signature.output_names)]
+def module_runner(
+    model: nn.Module, signature: ModelSignature, device: torch.device | str = "cpu"
+) -> Runner:
+    """Run the eager ``nn.Module`` itself, on ``device`` (the model's): the usual reference."""
+
+    def run(inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        with torch.no_grad():
+            result = model(*(t.to(device) for t in inputs.values()))
+        return [t.detach().cpu().numpy() for t in flatten_outputs(result, signature.output_names)]
+
+    return run
 
 
 def compare(expected: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
@@ -94,20 +99,21 @@ def fails(abs_err: float, rel_err: float, tolerance: float) -> bool:
 
 
 def check_parity(
-    model: nn.Module,
+    reference: Runner,
     signature: ModelSignature,
     runners: Mapping[str, Runner],
     *,
+    reference_name: str = EAGER_PYTORCH,
     tolerance: float = DEFAULT_TOLERANCE,
     batch_sizes: Sequence[int] = BATCH_SIZES,
     int_high: Mapping[str, int] | None = None,
     seed: int = 0,
-    device: torch.device | str = "cpu",
 ) -> list[ParityReport]:
-    """Compare each form with eager ``model``; raise ``ExportError`` if any strays too far.
+    """Compare each form with ``reference`` (the source model, e.g. :func:`module_runner`);
+    raise ``ExportError`` if any strays too far.
 
-    Inputs are made on the CPU; eager PyTorch gets them on ``device`` (the model's). Every
-    form is checked before raising, so the message lists every failure.
+    Inputs are made on the CPU, each runner moves them where it runs. Every form is checked
+    before raising, so the message lists every failure.
     """
     reports: list[ParityReport] = []
     failures: list[str] = []
@@ -115,10 +121,10 @@ def check_parity(
         inputs = random_inputs(signature.inputs, batch, seed=seed + batch, int_high=int_high)
         try:
             with quiet():
-                expected = eager_outputs(model, inputs, signature, device)
+                expected = reference(dict(inputs))
         except Exception as exc:
             raise ExportError(
-                f"eager PyTorch failed on random inputs of batch size {batch}: "
+                f"{reference_name} failed on random inputs of batch size {batch}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         for form, run in runners.items():
@@ -133,7 +139,7 @@ def check_parity(
                 if want.shape != got.shape:
                     failures.append(
                         f"{form} at batch size {batch}: output {name!r} has shape "
-                        f"{list(got.shape)}, eager PyTorch {list(want.shape)}"
+                        f"{list(got.shape)}, {reference_name} {list(want.shape)}"
                     )
                 abs_err, rel_err = compare(want, got)
                 if want.shape == got.shape and fails(abs_err, rel_err, tolerance):
@@ -144,12 +150,16 @@ def check_parity(
                 worst_abs, worst_rel = max(worst_abs, abs_err), max(worst_rel, rel_err)
             reports.append(
                 ParityReport(
-                    format=form, batch_size=batch, max_abs_error=worst_abs, max_rel_error=worst_rel
+                    format=form,
+                    batch_size=batch,
+                    max_abs_error=worst_abs,
+                    max_rel_error=worst_rel,
+                    reference=reference_name,
                 )
             )
     if failures:
         raise ExportError(
-            "parity check failed, the exported model disagrees with eager PyTorch: "
+            f"parity check failed, the converted model disagrees with {reference_name}: "
             + "; ".join(failures)
             + f" (tolerance {tolerance:g}: a form fails when both the abs and rel error exceed it)"
         )

@@ -1,12 +1,14 @@
-"""Import a foreign model file into the model store: a plain ``.onnx``, a TorchScript ``.pt``,
-or a TorchServe ``.mar``.
+"""Import a foreign model into the model store: a plain ``.onnx``, a TorchScript ``.pt``, a
+TorchServe ``.mar``, a Keras ``.keras``/``.h5`` file or a TensorFlow SavedModel directory.
 
-Each file type is one importer function in ``IMPORTERS`` (suffix -> function):
-:mod:`~torchferry.importers.graph` reads bare graphs, :mod:`~torchferry.importers.mar`
-TorchServe archives (using the graph importers for the model inside). An importer says what
-it found (:class:`~torchferry.importers.base.Imported`); :func:`import_model` writes it
-through :meth:`ModelStore.write`, which hashes every file. Imports point one way:
-``__init__`` -> ``mar`` -> ``graph`` -> ``base``.
+Each file type is one importer function in ``IMPORTERS`` (suffix -> function; a SavedModel
+is a directory): :mod:`~torchferry.importers.graph` reads bare graphs,
+:mod:`~torchferry.importers.mar` TorchServe archives (using the graph importers for the model
+inside), :mod:`~torchferry.importers.tensorflow` converts TensorFlow models to ONNX (and
+reads the result with the graph importer). An importer says what it found
+(:class:`~torchferry.importers.base.Imported`); :func:`import_model` writes it through
+:meth:`ModelStore.write`, which hashes every file. Imports point one way: ``__init__`` ->
+``mar`` | ``tensorflow`` -> ``graph`` -> ``base``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torchferry.export.api import framework_versions
 from torchferry.importers.base import PROBE_BATCH, Imported, Importer, ImportOptions
 from torchferry.importers.graph import import_onnx, import_torchscript
 from torchferry.importers.mar import import_mar
+from torchferry.importers.tensorflow import KERAS_SUFFIXES, import_tensorflow, is_saved_model
 from torchferry.signature import TensorSpec
 
 #: File suffix -> importer. A new foreign format is one function plus one line here.
@@ -36,7 +39,10 @@ IMPORTERS: dict[str, Importer] = {
     ".pt": import_torchscript,
     ".ts": import_torchscript,
     ".mar": import_mar,
+    **dict.fromkeys(KERAS_SUFFIXES, import_tensorflow),
 }
+#: A directory is imported only as a TensorFlow SavedModel.
+DIRECTORY_IMPORTER: Importer = import_tensorflow
 
 
 def _handler_spec(
@@ -48,6 +54,25 @@ def _handler_spec(
     merged = dict(base.config) if name == base.name else {}
     merged.update(config)
     return HandlerSpec(name=name, config=merged)
+
+
+def _importer(path: Path) -> Importer:
+    if path.is_dir():
+        if not is_saved_model(path):
+            raise ArchiveError(
+                f"cannot import the directory {str(path)!r}: it is not a TensorFlow SavedModel "
+                "(no saved_model.pb); other models are single files"
+            )
+        return DIRECTORY_IMPORTER
+    if not path.is_file():
+        raise ArchiveError(f"cannot import {str(path)!r}: no such file or directory")
+    importer = IMPORTERS.get(path.suffix.lower())
+    if importer is None:
+        raise ArchiveError(
+            f"cannot import {path.name}: unknown file type {path.suffix!r}; "
+            f"supported: {', '.join(sorted(IMPORTERS))} files and SavedModel directories"
+        )
+    return importer
 
 
 def import_model(
@@ -71,18 +96,13 @@ def import_model(
     ``.pt``/``.ts`` (TorchScript): ``inputs`` are required; outputs are found by running the
     model once on random inputs. ``.mar`` (TorchServe): see :mod:`torchferry.importers.mar`;
     the name defaults to the archive's ``modelName`` and the handler to the closest built-in.
-    ``extra_files`` (e.g. ``labels.json``) are copied in. ``handler`` defaults to what the
+    ``.keras``/``.h5`` (Keras) and SavedModel directories: converted to ONNX by tf2onnx, the
+    signature read from the model, parity-checked against TensorFlow (the ``tensorflow``
+    extra). ``extra_files`` (e.g. ``labels.json``) are copied in. ``handler`` defaults to what the
     file asks for, else ``tensor``. ``report`` receives notes the user should read.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ArchiveError(f"cannot import {str(path)!r}: no such file")
-    importer = IMPORTERS.get(path.suffix.lower())
-    if importer is None:
-        raise ArchiveError(
-            f"cannot import {path.name}: unknown file type {path.suffix!r}; "
-            f"supported: {', '.join(sorted(IMPORTERS))}"
-        )
+    importer = _importer(path)
     model_store = store if isinstance(store, ModelStore) else ModelStore(store)
     model_store.root.mkdir(parents=True, exist_ok=True)
     # unpacked files stay next to the store (same disk) until the version is written
@@ -119,7 +139,8 @@ def import_model(
                 signature=imported.signature,
                 handler=_handler_spec(imported, handler, handler_config or {}),
                 batching=batching or BatchingSpec(),
-                framework_versions=framework_versions(),
+                framework_versions={**framework_versions(), **imported.framework_versions},
+                parity=list(imported.parity),
                 source=imported.source,
             )
         except ValidationError as exc:
@@ -150,5 +171,6 @@ __all__ = [
     "import_mar",
     "import_model",
     "import_onnx",
+    "import_tensorflow",
     "import_torchscript",
 ]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchferry.archive.manifest import HandlerSpec
+from torchferry.archive.manifest import HandlerSpec, ParityReport
 from torchferry.signature import ModelSignature, TensorSpec
 
 #: Batch size of the random inputs a model is run on to learn its outputs.
@@ -50,6 +50,10 @@ class Imported:
     name: str | None = None
     #: What the user should know about the import (printed by the CLI).
     notes: tuple[str, ...] = ()
+    #: The converted graph checked against the source framework, when the import converts.
+    parity: tuple[ParityReport, ...] = ()
+    #: Versions of the frameworks the import read the model with, besides torchferry's own.
+    framework_versions: Mapping[str, str] = field(default_factory=dict)
 
 
 Importer = Callable[[Path, ImportOptions], Imported]

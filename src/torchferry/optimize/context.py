@@ -221,7 +221,7 @@ class BuildContext:
     def torchscript(self, name: str, model: nn.Module, device: str = "cpu") -> Archive:
         """A TorchScript archive of a model ``export`` cannot save (quantized tensors do not
         go into safetensors): traced, parity-checked against ``model``, no weights file."""
-        from torchferry.export.parity import check_parity, torchscript_runner
+        from torchferry.export.parity import check_parity, module_runner, torchscript_runner
         from torchferry.export.torchscript import export_torchscript
 
         manifest = self.source.manifest
@@ -231,10 +231,9 @@ class BuildContext:
         examples = tuple(t.to(device) for t in self.example_inputs())
         export_torchscript(model, examples, graph, "trace")
         reports = check_parity(
-            model,
+            module_runner(model, manifest.signature, device),
             manifest.signature,
             {"torchscript": torchscript_runner(graph, manifest.signature, device)},
-            device=device,
         )
         return self.write(
             name,

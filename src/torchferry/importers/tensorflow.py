@@ -1,0 +1,268 @@
+"""Import a TensorFlow model: a Keras file (``.keras``, ``.h5``) or a SavedModel directory.
+
+tf2onnx converts it to an ONNX graph, which the ``onnxruntime`` runtime serves like any
+other. The signature is the model's own: a Keras model's inputs and outputs, or a
+SavedModel's ``serving_default`` signature (names, datatypes, shapes; the batch dimension
+becomes dynamic). The graph is then checked against TensorFlow on random inputs of batch
+sizes 1 and 3 (:mod:`torchferry.export.parity`), as PyTorch exports are, and the reports go
+into the manifest.
+
+TensorFlow, Keras and tf2onnx are the optional extra ``torchferry[tensorflow]``, imported only
+here. No Python from the file is run: Keras loads in ``safe_mode`` (a ``Lambda`` layer's
+code is refused), and a SavedModel is a graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchferry.archive.formats import ONNX_FILE, ONNXRUNTIME
+from torchferry.archive.manifest import ParityReport
+from torchferry.codecs.datatypes import NUMPY_TO_V2
+from torchferry.errors import ArchiveError, ExportError
+from torchferry.export.parity import check_parity, onnx_runner
+from torchferry.export.quiet import quiet
+from torchferry.importers.base import Imported, ImportOptions
+from torchferry.importers.graph import import_onnx
+from torchferry.signature import ModelSignature, TensorSpec
+
+#: The file that makes a directory a SavedModel.
+SAVED_MODEL_FILE = "saved_model.pb"
+#: The SavedModel signature served (the one ``tf.saved_model.save`` and Keras write).
+SIGNATURE_KEY = "serving_default"
+#: ONNX opset of the converted graph: one every ONNX Runtime since 1.14 runs in full.
+OPSET = 17
+KERAS_SUFFIXES = (".keras", ".h5")
+_INSTALL = "pip install 'torchferry[tensorflow]'"
+_REFERENCE = "TensorFlow"
+
+#: Named arrays in, named arrays out: the model as TensorFlow runs it.
+_Run = Callable[[dict[str, np.ndarray]], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A TensorFlow model as the import needs it."""
+
+    kind: str
+    inputs: tuple[TensorSpec, ...]
+    output_names: tuple[str, ...]
+    #: Write the ONNX graph to the given path.
+    convert: Callable[[Path], None]
+    run: _Run
+
+
+def _modules(path: Path) -> tuple[ModuleType, ModuleType]:
+    """TensorFlow and tf2onnx, imported with their C++ chatter off."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # INFO and WARNING lines of TF's C++
+    # Keras 3 runs on the backend this names; tf2onnx needs TensorFlow's
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        import tensorflow as tf
+        import tf2onnx
+    except ImportError as exc:
+        raise ArchiveError(
+            f"importing {path.name} needs TensorFlow and tf2onnx ({exc.name} is missing): "
+            f"{_INSTALL}"
+        ) from None
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    return tf, tf2onnx
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:400]
+
+
+def _spec(tf: ModuleType, name: str, shape: Any, dtype: Any, what: str) -> TensorSpec:
+    """A V2 spec of a TensorFlow tensor; dim 0 is the batch dimension, unknown dims are -1."""
+    tf_dtype = tf.as_dtype(dtype)
+    try:
+        datatype = NUMPY_TO_V2[np.dtype(tf_dtype.as_numpy_dtype)]
+    except (KeyError, TypeError):
+        raise ArchiveError(
+            f"{what} {name!r} has TensorFlow type {tf_dtype.name}, which has no V2 datatype"
+        ) from None
+    tensor_shape = tf.TensorShape(shape)
+    if tensor_shape.rank is None:
+        raise ArchiveError(f"{what} {name!r} has no known rank; only tensors of fixed rank serve")
+    dims = [d if d is not None and d > 0 else -1 for d in tensor_shape.as_list()]
+    if not dims:
+        raise ArchiveError(f"{what} {name!r} is a scalar; dim 0 must be the batch dimension")
+    return TensorSpec(name=name, datatype=datatype, shape=(-1, *dims[1:]))
+
+
+def _tf_specs(tf: ModuleType, specs: Sequence[TensorSpec], dtypes: Sequence[Any]) -> list[Any]:
+    """The input signature tf2onnx traces with: the model's dtypes, dynamic where -1."""
+    return [
+        tf.TensorSpec([None if d < 0 else d for d in spec.shape], dtype, name=spec.name)
+        for spec, dtype in zip(specs, dtypes, strict=True)
+    ]
+
+
+def _keras(path: Path, tf: ModuleType, tf2onnx: ModuleType) -> _Loaded:
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ArchiveError(
+            f"importing {path.name} needs Keras on TensorFlow; it runs on "
+            f"{keras.backend.backend()!r} here (KERAS_BACKEND)"
+        )
+    try:
+        with quiet():
+            model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError, OSError, TypeError... for bad files
+        unsafe = "safe_mode" in str(exc)
+        hint = (
+            " (torchferry never runs Python from a model file: rebuild the model from "
+            "built-in layers)"
+            if unsafe
+            else ""
+        )
+        raise ArchiveError(f"Keras cannot load {path.name}: {_first_line(exc)}{hint}") from exc
+    try:
+        tensors = list(model.inputs)
+    except (AttributeError, ValueError):
+        tensors = []
+    if not tensors:
+        raise ArchiveError(
+            f"{path.name}: the Keras model does not record its inputs (a subclassed model "
+            "never built on keras.Input); save a functional or Sequential model"
+        )
+    inputs = tuple(_spec(tf, t.name, t.shape, t.dtype, "input") for t in tensors)
+    output_names = tuple(model.output_names)
+    signature = _tf_specs(tf, inputs, [t.dtype for t in tensors])
+
+    def convert(target: Path) -> None:
+        tf2onnx.convert.from_keras(
+            model, input_signature=signature, opset=OPSET, output_path=str(target)
+        )
+
+    def run(feed: dict[str, np.ndarray]) -> Mapping[str, Any]:
+        arrays = [feed[spec.name] for spec in inputs]
+        result = model(arrays if len(arrays) > 1 else arrays[0], training=False)
+        if isinstance(result, Mapping):
+            return result
+        flat = result if isinstance(result, list | tuple) else [result]
+        return dict(zip(output_names, flat, strict=True))
+
+    kind = "keras" if path.suffix.lower() == ".keras" else "keras h5"
+    return _Loaded(kind, inputs, output_names, convert, run)
+
+
+def _saved_model(path: Path, tf: ModuleType, tf2onnx: ModuleType) -> _Loaded:
+    try:
+        with quiet():
+            loaded = tf.saved_model.load(str(path))
+    except Exception as exc:  # TensorFlow's own error types
+        raise ArchiveError(
+            f"TensorFlow cannot load the SavedModel {path}: {_first_line(exc)}"
+        ) from exc
+    signatures = dict(loaded.signatures)
+    if SIGNATURE_KEY not in signatures:
+        raise ArchiveError(
+            f"the SavedModel {path} has no {SIGNATURE_KEY!r} signature to serve; it has "
+            f"{sorted(signatures) or 'none'} (save it with tf.saved_model.save(..., "
+            "signatures=...) or Keras' model.export)"
+        )
+    function = signatures[SIGNATURE_KEY]
+    positional, named = function.structured_input_signature
+    outputs = function.structured_outputs
+    if positional or not named or not isinstance(outputs, Mapping):
+        raise ArchiveError(
+            f"the SavedModel {path}: signature {SIGNATURE_KEY!r} must take and return "
+            "tensors by name"
+        )
+    # a loaded signature's inputs and outputs come in no fixed order (protobuf maps): by name
+    names = sorted(named)
+    inputs = tuple(_spec(tf, n, named[n].shape, named[n].dtype, "input") for n in names)
+    signature = _tf_specs(tf, inputs, [named[n].dtype for n in names])
+
+    def call(*tensors: Any) -> Any:
+        return function(**dict(zip(names, tensors, strict=True)))
+
+    def convert(target: Path) -> None:
+        tf2onnx.convert.from_function(
+            tf.function(call), input_signature=signature, opset=OPSET, output_path=str(target)
+        )
+
+    def run(feed: dict[str, np.ndarray]) -> Mapping[str, Any]:
+        # ``loaded`` owns the variables the signature reads: keep it alive with the function
+        return loaded.signatures[SIGNATURE_KEY](**{n: tf.constant(feed[n]) for n in names})
+
+    return _Loaded("tensorflow savedmodel", inputs, tuple(sorted(outputs)), convert, run)
+
+
+def is_saved_model(path: Path) -> bool:
+    return path.is_dir() and (path / SAVED_MODEL_FILE).is_file()
+
+
+def import_tensorflow(path: Path, options: ImportOptions) -> Imported:
+    """Convert a Keras file or a SavedModel directory to ONNX and check it against TensorFlow."""
+    if options.output_names:
+        raise ArchiveError(f"{path.name}: the model names its own outputs; names cannot be given")
+    if options.scratch is None:
+        raise ArchiveError("a TensorFlow import needs a scratch directory to convert into")
+    tf, tf2onnx = _modules(path)
+    loaded = _saved_model(path, tf, tf2onnx) if path.is_dir() else _keras(path, tf, tf2onnx)
+    graph = options.scratch / ONNX_FILE
+    try:
+        with quiet():
+            loaded.convert(graph)
+    except Exception as exc:  # tf2onnx raises whatever the failing op's handler raised
+        raise ArchiveError(
+            f"tf2onnx {tf2onnx.__version__} cannot convert {path.name} to ONNX opset {OPSET}: "
+            f"{_first_line(exc)}"
+        ) from exc
+    # the graph's names and datatypes must be the model's; --input specs may narrow shapes
+    from_graph = import_onnx(graph, ImportOptions(inputs=options.inputs or loaded.inputs))
+    # in the model's order, which the converted graph need not keep
+    signature = from_graph.signature.model_copy(
+        update={
+            "inputs": _ordered(from_graph.signature.inputs, [s.name for s in loaded.inputs]),
+            "outputs": _ordered(from_graph.signature.outputs, list(loaded.output_names)),
+        }
+    )
+    if set(signature.output_names) != set(loaded.output_names):
+        raise ArchiveError(
+            f"{path.name}: the converted graph's outputs {list(signature.output_names)} are "
+            f"not the model's {list(loaded.output_names)}"
+        )
+    reports = _check(loaded.run, signature, graph, path)
+    return Imported(
+        runtime=ONNXRUNTIME,
+        signature=signature,
+        files={ONNX_FILE: graph},
+        source=f"import ({loaded.kind})",
+        parity=tuple(reports),
+        framework_versions={"tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__},
+        notes=(f"converted by tf2onnx {tf2onnx.__version__} to ONNX opset {OPSET}",),
+    )
+
+
+def _ordered(specs: Sequence[TensorSpec], order: list[str]) -> tuple[TensorSpec, ...]:
+    return tuple(
+        sorted(specs, key=lambda s: order.index(s.name) if s.name in order else len(order))
+    )
+
+
+def _check(run: _Run, signature: ModelSignature, graph: Path, path: Path) -> list[ParityReport]:
+    def reference(inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        result = run({name: tensor.numpy() for name, tensor in inputs.items()})
+        return [np.asarray(result[name]) for name in signature.output_names]
+
+    try:
+        return check_parity(
+            reference, signature, {"onnx": onnx_runner(graph, signature)}, reference_name=_REFERENCE
+        )
+    except ExportError as exc:
+        raise ArchiveError(f"{path.name}: {exc.message}") from None

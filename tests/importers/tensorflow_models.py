@@ -1,0 +1,102 @@
+"""Build small TensorFlow models and import them, in a process of their own.
+
+Run by ``test_import_tensorflow.py`` as ``python tensorflow_models.py OUT STORE``: TensorFlow
+is imported here, never in the test process (an xdist worker goes on to run other test files,
+and TensorFlow's thread pools and log handlers would stay with it). Writes under OUT:
+
+- ``classifier.keras`` and ``classifier.h5``: one functional Keras model with two inputs, an
+  NHWC image and a vector; ``exported/``: the same model as a SavedModel (``model.export``);
+- ``module/``: a ``tf.Module`` SavedModel with a float and an int64 input and two named outputs;
+- ``lambda.keras``: a model with a Python ``Lambda`` layer, which an import must refuse;
+- ``expected.npz``: fixed inputs and TensorFlow's outputs for them, ``MODEL/TENSOR`` keys;
+- ``report.json``: for every file but ``classifier.keras`` (the test imports that through the
+  CLI), the manifest ``import_model`` wrote into STORE, or the error it raised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from torchferry.errors import TorchferryError
+from torchferry.importers import import_model
+
+
+def classifier() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    pixels = keras.Input((8, 8, 1), name="pixels")
+    extra = keras.Input((3,), name="extra")
+    image = keras.layers.GlobalAveragePooling2D()(
+        keras.layers.Conv2D(4, 3, activation="relu")(pixels)
+    )
+    joined = keras.layers.Concatenate()([image, keras.layers.Dense(4, activation="tanh")(extra)])
+    probs = keras.layers.Dense(5, activation="softmax", name="probs")(joined)
+    return keras.Model([pixels, extra], probs)
+
+
+class Module(tf.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights = tf.Variable(np.arange(8, dtype=np.float32).reshape(4, 2) / 10)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, 4], tf.float32, name="a"),
+            tf.TensorSpec([None], tf.int64, name="b"),
+        ]
+    )
+    def __call__(self, a: tf.Tensor, b: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": tf.matmul(a, self.weights) + 1.0, "z": b * 3 + 1}
+
+
+def main(out: Path, store: Path) -> None:
+    rng = np.random.default_rng(0)
+    model = classifier()
+    model.save(out / "classifier.keras")
+    model.save(out / "classifier.h5")
+    model.export(str(out / "exported"), verbose=False)
+    module = Module()
+    tf.saved_model.save(module, str(out / "module"), signatures=module.__call__)
+    square = keras.layers.Lambda(lambda x: x * x)
+    entry = keras.Input((2,), name="x")
+    keras.Model(entry, square(entry)).save(out / "lambda.keras")
+
+    pixels = rng.normal(size=(2, 8, 8, 1)).astype(np.float32)
+    extra = rng.normal(size=(2, 3)).astype(np.float32)
+    a = rng.normal(size=(2, 4)).astype(np.float32)
+    b = np.array([4, -7], dtype=np.int64)
+    outputs = module(a, b)
+    np.savez(
+        out / "expected.npz",
+        **{"classifier/pixels": pixels, "classifier/extra": extra},
+        **{"classifier/probs": model([pixels, extra], training=False).numpy()},
+        **{"module/a": a, "module/b": b},
+        **{f"module/{name}": tensor.numpy() for name, tensor in outputs.items()},
+    )
+
+    report: dict[str, object] = {}
+    for name, path in {
+        "keras_h5": "classifier.h5",
+        "keras_export": "exported",
+        "tf_module": "module",
+        "lambda": "lambda.keras",
+    }.items():
+        try:
+            archive = import_model(out / path, name=name, store=store)
+            report[name] = json.loads(archive.manifest.to_json())
+        except TorchferryError as exc:
+            report[name] = {"error": exc.message}
+    (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
