@@ -139,10 +139,14 @@ def test_a_directory_must_be_a_saved_model(tmp_path):
         import_model(tmp_path / "weights", name="w", store=tmp_path / "store")
 
 
-def test_without_tensorflow_the_import_says_what_to_install(built, tmp_path, monkeypatch):
+def test_without_tensorflow_the_import_says_what_to_install(tmp_path, monkeypatch):
+    model = tmp_path / "classifier.keras"
+    model.write_bytes(b"PK")  # never read: TensorFlow is missing first
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow -> ImportError
+    for name, value in {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}.items():
+        monkeypatch.setenv(name, value)  # what the importer sets, restored after the test
     with pytest.raises(ArchiveError) as info:
-        import_model(built["out"] / "classifier.keras", name="k", store=tmp_path)
+        import_model(model, name="k", store=tmp_path / "store")
     assert "pip install 'torchferry[tensorflow]'" in info.value.message
     assert "tensorflow is missing" in info.value.message
 
