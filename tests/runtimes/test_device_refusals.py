@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from gpu_marks import without_cuda, without_ort_cuda, without_ort_trt
+from linear_archive import write_linear_archive
 
 from torchferry.archive.formats import EAGER, ONNXRUNTIME, ONNXRUNTIME_TRT, TORCHSCRIPT
-from torchferry.archive.store import Archive
+from torchferry.archive.store import Archive, ModelStore
 from torchferry.errors import ArchiveError, DeviceUnavailable, ModelLoadFailed
-from torchferry.export import export
 from torchferry.runtimes import load_runtime, runtime_class
 from torchferry.runtimes.torch_io import to_tensors
 from torchferry.serving.build import build_version, runtime_for
@@ -21,14 +20,7 @@ from torchferry.serving.settings import ServerSettings
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
-    torch.manual_seed(0)
-    return export(
-        torch.nn.Linear(4, 3).eval(),
-        torch.randn(2, 4),
-        name="lin",
-        store=tmp_path_factory.mktemp("store"),
-        input_names=["x"],
-    )
+    return write_linear_archive(ModelStore(tmp_path_factory.mktemp("store")), "lin")
 
 
 @without_ort_cuda
@@ -116,6 +108,6 @@ def test_on_the_cpu_torch_inputs_are_the_request_arrays_themselves(archive):
         x = np.ones((2, 4), dtype=np.float32)
         (tensor,) = to_tensors({"x": x}, ["x"], runtime.device)
         assert np.shares_memory(tensor.numpy(), x)
-        assert runtime.infer({"x": x})["output"].shape == (2, 3)
+        assert runtime.infer({"x": x})["y"].shape == (2, 3)
     finally:
         runtime.close()
