@@ -19,7 +19,7 @@ from torchferry.archive.store import Archive, ModelStore
 from torchferry.optimize import CANDIDATES, autotune
 from torchferry.optimize.candidates import original_name, select
 from torchferry.optimize.measure import QUICK
-from torchferry.optimize.trt_calibration import TABLE_NAME, write_trt_calibration_table
+from torchferry.optimize.trt_calibration import TABLE_NAME, has_qdq, write_trt_calibration_table
 from torchferry.runtimes import load_runtime
 
 GPU_ONNX = ["cuda-fp32-onnxruntime", "trt-fp32", "trt-fp16", "trt-int8"]
@@ -95,6 +95,16 @@ def test_the_int8_calibration_table_is_built_on_the_cpu(digits, tmp_path):
     assert all(np.isfinite(value) and value >= 0 for value in ranges.values())
     with pytest.raises(ValueError, match="the graph's inputs are \\['pixels'\\]"):
         write_trt_calibration_table(archive.file("model.onnx"), [{"x": data["pixels"]}], tmp_path)
+
+
+def test_a_statically_quantized_graph_needs_no_table(digits, tmp_path):
+    from torchferry.optimize.quantize_onnx import quantize_static_onnx
+
+    archive, data = digits
+    assert not has_qdq(archive.file("model.onnx"))
+    quantized = tmp_path / "model.onnx"
+    quantize_static_onnx(archive.file("model.onnx"), quantized, [{"pixels": data["pixels"]}])
+    assert has_qdq(quantized)  # TensorRT takes its Q/DQ scales, and refuses a table
 
 
 @pytest.mark.gpu

@@ -134,15 +134,22 @@ def _trt(precision: str, ctx: BuildContext) -> Archive:
     base = ctx.onnx_base()
     if precision != "int8":
         return ctx.variant(name, base, ONNXRUNTIME_TRT, TRT_PRECISIONS[precision])
-    from torchferry.optimize.trt_calibration import TABLE_NAME, write_trt_calibration_table
+    from torchferry.optimize.trt_calibration import (
+        TABLE_NAME,
+        has_qdq,
+        write_trt_calibration_table,
+    )
 
     graph = base.file(base.manifest.graph_file(ONNXRUNTIME))
+    # fp16 too: TensorRT runs the layers int8 does not suit in fp16 rather than fp32
+    options: dict[str, bool | str] = {"trt_int8": True, "trt_fp16": True}
+    if has_qdq(graph):  # a statically quantized graph: its own scales, no table
+        return ctx.variant(name, base, ONNXRUNTIME_TRT, options)
     table = write_trt_calibration_table(
         graph, ctx.calibration_feeds(), ctx.scratch_file(name).parent
     )
     files = {**{n: base.file(n) for n in base.manifest.files}, TABLE_NAME: table}
-    # fp16 too: TensorRT runs the layers int8 does not suit in fp16 rather than fp32
-    options = {"trt_int8": True, "trt_fp16": True, "trt_int8_calibration_table_name": TABLE_NAME}
+    options["trt_int8_calibration_table_name"] = TABLE_NAME
     return ctx.write(name, base.manifest, files, runtime=ONNXRUNTIME_TRT, runtime_options=options)
 
 

@@ -22,6 +22,14 @@ from torchferry.optimize.errors import Skipped
 from torchferry.optimize.quantize_onnx import MAX_CALIBRATION_ROWS, _Batches, _capped, _io
 
 TABLE_NAME = "calibration.flatbuffers"
+QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
+def has_qdq(graph: Path) -> bool:
+    """Whether ``graph`` carries its own int8 scales (Q/DQ nodes, a static quantization's):
+    TensorRT then takes no calibration table (it refuses one for such a graph)."""
+    model, _ = _io(graph)
+    return any(node.op_type in QDQ for node in model.graph.node)
 
 
 def write_trt_calibration_table(
