@@ -105,6 +105,13 @@ class SignatureRefused(ArchiveError):
     trusted (``--trusted-key``); the message says which."""
 
 
+class DeviceUnavailable(TorchferryError):
+    """The device a model was asked to run on (``--device``, a GPU candidate of autotune) is
+    not a device name torchferry knows, or is not usable here: no CUDA device, or an engine
+    without what that device needs (``onnxruntime-gpu``, the TensorRT libraries). The message
+    says what is needed. A runtime raises it at load rather than fall back to the CPU."""
+
+
 class ModelLoadFailed(TorchferryError):
     """A version could not be loaded (bad archive, runtime or handler failure, failed
     warm-up); the message says why, and whatever served before keeps serving."""

@@ -64,6 +64,7 @@ def test_wrapper_casts_floats_in_and_out_and_traces():
     torch.testing.assert_close(y_traced, y[:2])
 
 
+@pytest.mark.gpu
 @cuda_only
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_half_precision_on_cuda_stays_close_to_fp32(dtype):

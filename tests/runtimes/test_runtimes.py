@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from torchferry.archive.formats import EAGER, GRAPH_FILES, ONNXRUNTIME, TORCHSCRIPT
+from torchferry.archive.formats import (
+    EAGER,
+    GRAPH_FILES,
+    GRAPH_OF,
+    ONNXRUNTIME,
+    ONNXRUNTIME_TRT,
+    TORCHSCRIPT,
+)
 from torchferry.archive.store import Archive
 from torchferry.errors import ArchiveError
 from torchferry.export import export
@@ -35,7 +42,10 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Archive, torch.nn
 
 
 def test_every_runtime_has_a_name_and_a_file():
-    assert set(RUNTIMES) == set(GRAPH_FILES) == {ONNXRUNTIME, TORCHSCRIPT, EAGER}
+    assert set(GRAPH_FILES) == {ONNXRUNTIME, TORCHSCRIPT, EAGER}
+    # a runtime with no graph of its own runs one that has a file
+    assert dict(GRAPH_OF) == {ONNXRUNTIME_TRT: ONNXRUNTIME}
+    assert set(RUNTIMES) == set(GRAPH_FILES) | set(GRAPH_OF)
 
 
 # the eager runtime needs a factory carried in the archive: see test_eager.py

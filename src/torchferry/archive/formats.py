@@ -16,6 +16,9 @@ from typing import Final
 ONNXRUNTIME: Final = "onnxruntime"
 #: TorchScript (``torch.jit.load``) on ``model.pt``.
 TORCHSCRIPT: Final = "torchscript"
+#: ONNX Runtime with NVIDIA TensorRT (then CUDA, then the CPU, for what TensorRT cannot
+#: run) on the ``onnxruntime`` graph: it has no graph of its own (``GRAPH_OF``).
+ONNXRUNTIME_TRT: Final = "onnxruntime-trt"
 #: Eager PyTorch: the ``nn.Module`` rebuilt from the manifest's ``factory`` (Python carried
 #: in the archive under ``code/``) and ``weights.safetensors``.
 EAGER: Final = "eager"
@@ -31,12 +34,26 @@ GRAPH_FILES: Final[Mapping[str, str]] = MappingProxyType(
     {ONNXRUNTIME: ONNX_FILE, TORCHSCRIPT: TORCHSCRIPT_FILE, EAGER: WEIGHTS_FILE}
 )
 
+#: Runtimes that run another runtime's graph -> that runtime: an archive with an ONNX graph
+#: can be served by either, and its manifest lists the graph once, under ``onnxruntime``.
+GRAPH_OF: Final[Mapping[str, str]] = MappingProxyType({ONNXRUNTIME_TRT: ONNXRUNTIME})
+
+
+def graph_runtime(runtime: str) -> str:
+    """The key of ``Manifest.graphs`` whose file ``runtime`` loads: its own name, or for a
+    runtime of ``GRAPH_OF`` the runtime whose graph it runs."""
+    return GRAPH_OF.get(runtime, runtime)
+
+
 __all__ = [
     "EAGER",
     "GRAPH_FILES",
+    "GRAPH_OF",
     "ONNXRUNTIME",
+    "ONNXRUNTIME_TRT",
     "ONNX_FILE",
     "TORCHSCRIPT",
     "TORCHSCRIPT_FILE",
     "WEIGHTS_FILE",
+    "graph_runtime",
 ]

@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 
+from torchferry.archive.formats import graph_runtime
 from torchferry.errors import ArchiveError
 from torchferry.signature import ModelSignature
 from torchferry.store_layout import MANIFEST_NAME, MODEL_NAME_RULE, is_model_name
@@ -79,7 +80,8 @@ class Manifest(BaseModel):
     graphs: dict[str, str]
     signature: ModelSignature
     #: Engine settings that belong to the model (e.g. ONNX Runtime's
-    #: ``graph_optimization_level``: ``disabled``, ``basic``, ``extended`` or ``all``).
+    #: ``graph_optimization_level``: ``disabled``, ``basic``, ``extended`` or ``all``;
+    #: TensorRT's precision, ``trt_fp16``, ``trt_int8``: ``runtimes/trt_options.py``).
     runtime_options: dict[str, Any] = Field(default_factory=dict)
     handler: HandlerSpec = Field(default_factory=HandlerSpec)
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
@@ -112,14 +114,21 @@ class Manifest(BaseModel):
             raise ValueError(f"model name {value!r}: {MODEL_NAME_RULE}")
         return value
 
+    def has_graph(self, runtime: str) -> bool:
+        """Whether ``runtime`` can run this archive: it lists that runtime's graph (for
+        ``onnxruntime-trt``, the ``onnxruntime`` graph it runs)."""
+        return graph_runtime(runtime) in self.graphs
+
     def graph_file(self, runtime: str | None = None) -> str:
         runtime = runtime or self.runtime
         try:
-            return self.graphs[runtime]
+            return self.graphs[graph_runtime(runtime)]
         except KeyError:
+            runs = graph_runtime(runtime)
+            graph = "" if runs == runtime else f" (it runs the {runs!r} graph)"
             raise ArchiveError(
                 f"model {self.name!r} version {self.version} has no graph for runtime "
-                f"{runtime!r}; it has {sorted(self.graphs)}"
+                f"{runtime!r}{graph}; it has {sorted(self.graphs)}"
             ) from None
 
     def graph_files(self, runtime: str | None = None) -> list[str]:

@@ -14,12 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from torchferry.archive.formats import ONNXRUNTIME, TORCHSCRIPT
+from torchferry.archive.formats import ONNXRUNTIME, ONNXRUNTIME_TRT, TORCHSCRIPT
 from torchferry.archive.manifest import Manifest
 from torchferry.archive.store import Archive
 from torchferry.errors import InvalidInput
 from torchferry.optimize.context import BuildContext
 from torchferry.optimize.errors import Skipped
+from torchferry.runtimes.onnx_providers import CUDA_PROVIDER, TENSORRT_PROVIDER
 
 Builder = Callable[[BuildContext], Archive]
 
@@ -29,7 +30,7 @@ class Candidate:
     name: str
     description: str
     build: Builder
-    #: Where it is measured: "cuda" for the half-precision candidates.
+    #: Where it is measured: "cuda" for the half-precision, CUDA and TensorRT candidates.
     device: str = "cpu"
 
 
@@ -100,6 +101,62 @@ def _prune_channels(percent: int, ctx: BuildContext) -> Archive:
     return ctx.export(f"prune-channels-{percent}", model, "both")  # new shapes: no factory
 
 
+def _require_gpu(name: str, providers: tuple[str, ...]) -> None:
+    """Skipped unless PyTorch sees a CUDA device and this onnxruntime has ``providers``
+    (onnxruntime-gpu; the CPU wheel has neither CUDA's nor TensorRT's)."""
+    import onnxruntime as ort
+
+    from torchferry.optimize.half import gpu_available
+
+    missing = []
+    if not gpu_available():
+        missing.append("a CUDA device (PyTorch sees none)")
+    available = ort.get_available_providers()
+    lacking = [p for p in providers if p not in available]
+    if lacking:
+        missing.append(
+            f"onnxruntime-gpu with the {' and '.join(lacking)} (this onnxruntime offers "
+            f"{', '.join(available)})"
+        )
+    if missing:
+        raise Skipped(f"{name} needs {' and '.join(missing)}")
+
+
+def _ort_cuda(ctx: BuildContext) -> Archive:
+    name = "cuda-fp32-onnxruntime"
+    _require_gpu(name, (CUDA_PROVIDER,))
+    return ctx.variant(name, ctx.onnx_base(), ONNXRUNTIME, {})
+
+
+def _trt(precision: str, ctx: BuildContext) -> Archive:
+    name = f"trt-{precision}"
+    _require_gpu(name, (TENSORRT_PROVIDER, CUDA_PROVIDER))
+    base = ctx.onnx_base()
+    if precision != "int8":
+        return ctx.variant(name, base, ONNXRUNTIME_TRT, TRT_PRECISIONS[precision])
+    from torchferry.optimize.trt_calibration import (
+        TABLE_NAME,
+        has_qdq,
+        write_trt_calibration_table,
+    )
+
+    graph = base.file(base.manifest.graph_file(ONNXRUNTIME))
+    # fp16 too: TensorRT runs the layers int8 does not suit in fp16 rather than fp32
+    options: dict[str, bool | str] = {"trt_int8": True, "trt_fp16": True}
+    if has_qdq(graph):  # a statically quantized graph: its own scales, no table
+        return ctx.variant(name, base, ONNXRUNTIME_TRT, options)
+    table = write_trt_calibration_table(
+        graph, ctx.calibration_feeds(), ctx.scratch_file(name).parent
+    )
+    files = {**{n: base.file(n) for n in base.manifest.files}, TABLE_NAME: table}
+    options["trt_int8_calibration_table_name"] = TABLE_NAME
+    return ctx.write(name, base.manifest, files, runtime=ONNXRUNTIME_TRT, runtime_options=options)
+
+
+#: The TensorRT candidates' ``runtime_options`` by precision (int8's also name the table).
+TRT_PRECISIONS: dict[str, dict[str, bool]] = {"fp32": {}, "fp16": {"trt_fp16": True}}
+
+
 def _half(dtype: str, ctx: BuildContext) -> Archive:
     from torchferry.optimize.half import half_precision
 
@@ -142,6 +199,14 @@ CANDIDATES: list[Candidate] = [
               device="cuda"),
     Candidate("bf16", "bfloat16 on the GPU, TorchScript", partial(_half, "bf16"),
               device="cuda"),
+    Candidate("cuda-fp32-onnxruntime", "fp32 on the GPU, ONNX Runtime's CUDA provider",
+              _ort_cuda, device="cuda"),
+    Candidate("trt-fp32", "fp32 (TF32) on the GPU, TensorRT through ONNX Runtime",
+              partial(_trt, "fp32"), device="cuda"),
+    Candidate("trt-fp16", "fp16 on the GPU, TensorRT through ONNX Runtime",
+              partial(_trt, "fp16"), device="cuda"),
+    Candidate("trt-int8", "int8 (calibrated on the data) and fp16 on the GPU, TensorRT",
+              partial(_trt, "int8"), device="cuda"),
 ]  # fmt: skip
 
 
@@ -149,6 +214,15 @@ def original_name(manifest: Manifest) -> str:
     """The candidate that serves the source exactly as it is served now."""
     if manifest.runtime == TORCHSCRIPT:
         return "fp32-torchscript"
+    if manifest.runtime == ONNXRUNTIME_TRT:
+        options = manifest.runtime_options
+        return (
+            "trt-int8"
+            if options.get("trt_int8")
+            else "trt-fp16"
+            if options.get("trt_fp16")
+            else "trt-fp32"
+        )
     level = str(manifest.runtime_options.get("graph_optimization_level", "all"))
     return "fp32-onnxruntime" if level == "all" else f"ort-level-{level}"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchferry.archive.formats import ONNXRUNTIME
+from torchferry.archive.formats import ONNXRUNTIME, graph_runtime
 from torchferry.archive.store import Archive
 from torchferry.optimize.data import Arrays, EvalData
 from torchferry.runtimes import Runtime, load_runtime
@@ -78,7 +78,7 @@ def serving_files(archive: Archive) -> list[str]:
     manifest = archive.manifest
     graph = manifest.graph_file()
     files = [graph]
-    if manifest.runtime == ONNXRUNTIME:
+    if graph_runtime(manifest.runtime) == ONNXRUNTIME:  # TensorRT's too: the same graph
         import onnx
         from onnx.external_data_helper import uses_external_data
 

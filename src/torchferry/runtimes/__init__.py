@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from torchferry.archive.formats import EAGER, ONNXRUNTIME, TORCHSCRIPT
+from torchferry.archive.formats import EAGER, ONNXRUNTIME, ONNXRUNTIME_TRT, TORCHSCRIPT
 from torchferry.archive.store import Archive
 from torchferry.errors import ArchiveError
 from torchferry.runtimes.base import Runtime, default_threads
@@ -17,6 +17,7 @@ from torchferry.runtimes.base import Runtime, default_threads
 #: name and file in :mod:`torchferry.archive.formats`).
 RUNTIMES: dict[str, str] = {
     ONNXRUNTIME: "torchferry.runtimes.onnx:OnnxRuntime",
+    ONNXRUNTIME_TRT: "torchferry.runtimes.onnx_trt:TensorRtRuntime",
     TORCHSCRIPT: "torchferry.runtimes.torchscript:TorchScriptRuntime",
     EAGER: "torchferry.runtimes.eager:EagerRuntime",
 }

@@ -23,7 +23,7 @@ from torchferry.archive.formats import EAGER, WEIGHTS_FILE
 from torchferry.archive.store import Archive
 from torchferry.errors import ArchiveError, ModelError, ModelNotReady
 from torchferry.runtimes.base import Runtime
-from torchferry.runtimes.torch_io import to_arrays, to_tensors
+from torchferry.runtimes.torch_io import PinnedInputs, to_arrays, to_tensors, torch_device
 from torchferry.runtimes.torch_shared import map_archive_weights
 
 
@@ -96,17 +96,21 @@ class EagerRuntime(Runtime):
     name = EAGER
     platform = "pytorch_eager"
     module: nn.Module | None = None
+    #: The CUDA path's reused pinned input buffers; None on the CPU.
+    pinned: PinnedInputs | None = None
 
     def load(self) -> None:
+        device = torch_device(self.device)
         # torch's thread count is process-wide; the last model loaded sets it.
         torch.set_num_threads(self.threads)
         model = load_eager_model(self.archive, trust_code=self.trust_code)
         try:
-            self.module = model.to(self.device)
+            self.module = model.to(device)
         except Exception as exc:
             raise ArchiveError(
                 f"{_label(self.archive)}: cannot move to {self.device}: {exc}"
             ) from exc
+        self.pinned = PinnedInputs(device) if device.type == "cuda" else None
         #: Bytes of weights mapped from the archive's safetensors, shared between workers.
         self.mapped_bytes = map_archive_weights(self, self.module, weights_file(self.archive))
         signature = self.archive.manifest.signature
@@ -117,12 +121,17 @@ class EagerRuntime(Runtime):
         reference = self.archive.manifest.factory
         if reference and not self.trust_code:
             raise untrusted_code(self.archive, reference, "eager model")
+        torch_device(self.device)
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         module = self.module
         if module is None:
             raise ModelNotReady(f"{_label(self.archive)} is not loaded")
-        args = to_tensors(inputs, self.input_names, self.device)
+        pinned = self.pinned
+        if pinned is None:
+            args = to_tensors(inputs, self.input_names, self.device)
+        else:
+            args = pinned.to_device(inputs, self.input_names)
         with torch.inference_mode():
             try:
                 result = module(*args)
@@ -134,3 +143,4 @@ class EagerRuntime(Runtime):
 
     def close(self) -> None:
         self.module = None
+        self.pinned = None

@@ -9,8 +9,15 @@ import numpy as np
 import onnxruntime as ort
 
 from torchferry.archive.formats import ONNXRUNTIME
+from torchferry.devices import parse_device
 from torchferry.errors import ArchiveError, ModelNotReady
 from torchferry.runtimes.base import Runtime
+from torchferry.runtimes.onnx_providers import (
+    Provider,
+    providers_for,
+    require_available,
+    require_started,
+)
 from torchferry.runtimes.onnx_shared import shared_graph, source_sha256
 
 log = logging.getLogger(__name__)
@@ -40,24 +47,18 @@ GRAPH_OPTIMIZATION_LEVELS = {
 
 
 class OnnxRuntime(Runtime):
+    """ONNX Runtime on the CPU, or with ``--device cuda[:N]`` its CUDA provider on that GPU
+    (then the CPU, for operators CUDA has no kernel for); a GPU asked for and not usable is
+    refused at load, never run on the CPU instead (``onnx_providers``)."""
+
     name = ONNXRUNTIME
     platform = "onnxruntime_onnx"
 
+    def check(self) -> None:
+        self._providers()
+
     def load(self) -> None:
-        providers = ["CPUExecutionProvider"]
-        if self.device.startswith("cuda"):
-            providers.insert(0, "CUDAExecutionProvider")
-        shared = self._shared_session(providers)
-        if shared is not None:
-            self.session = shared
-        else:
-            graph = self._graph()
-            try:
-                self.session = ort.InferenceSession(
-                    str(graph), self._options(), providers=providers
-                )
-            except Exception as exc:  # onnxruntime raises its own untyped errors
-                raise ArchiveError(f"ONNX Runtime cannot load {graph}: {exc}") from exc
+        self.session = self._session()
         self.output_names = [o.name for o in self.session.get_outputs()]
         # a failing run's message can quote an input (a Gather's out-of-range index): it goes
         # to the client in the exception, and ONNX Runtime's own log must not write it too
@@ -79,7 +80,36 @@ class OnnxRuntime(Runtime):
     def _graph(self) -> Path:
         return self.archive.file(self.archive.manifest.graph_file(self.name))
 
-    def _shared_session(self, providers: list[str]) -> ort.InferenceSession | None:
+    def _asked(self) -> str:
+        """What the operator asked for, as messages name it."""
+        return f"--device {self.device}"
+
+    def _providers(self) -> list[Provider]:
+        """The providers for this runtime's device, refused (``DeviceUnavailable``) when this
+        onnxruntime lacks one."""
+        providers = providers_for(parse_device(self.device))
+        require_available(providers, ort.get_available_providers(), self._asked(), ort.__version__)
+        return providers
+
+    def _session(self) -> ort.InferenceSession:
+        providers = self._providers()
+        shared = self._shared_session(providers)
+        if shared is not None:
+            return shared
+        return self._new_session(self._graph(), self._options(), providers)
+
+    def _new_session(
+        self, graph: Path, options: ort.SessionOptions, providers: list[Provider]
+    ) -> ort.InferenceSession:
+        """A session on ``graph`` that runs with every provider it was given."""
+        try:
+            session = ort.InferenceSession(str(graph), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ArchiveError(f"ONNX Runtime cannot load {graph}: {exc}") from exc
+        require_started(providers, session.get_providers(), self._asked())
+        return session
+
+    def _shared_session(self, providers: list[Provider]) -> ort.InferenceSession | None:
         """A session on the graph optimized once, whose weights every worker maps from one
         file (``onnx_shared``); None when sharing is off or fails (the archive's own graph is
         loaded then, each worker with its private copy, and any error is that load's)."""

@@ -8,7 +8,7 @@ import torch
 from torchferry.archive.formats import TORCHSCRIPT, WEIGHTS_FILE
 from torchferry.errors import ArchiveError, ModelError, ModelNotReady
 from torchferry.runtimes.base import Runtime
-from torchferry.runtimes.torch_io import to_arrays, to_tensors
+from torchferry.runtimes.torch_io import PinnedInputs, to_arrays, to_tensors, torch_device
 from torchferry.runtimes.torch_shared import map_archive_weights
 
 
@@ -23,14 +23,22 @@ class TorchScriptRuntime(Runtime):
     name = TORCHSCRIPT
     platform = "pytorch_torchscript"
 
+    #: The CUDA path's reused pinned input buffers; None on the CPU.
+    pinned: PinnedInputs | None = None
+
+    def check(self) -> None:
+        torch_device(self.device)
+
     def load(self) -> None:
+        device = torch_device(self.device)
         # torch's thread count is process-wide; the last model loaded sets it.
         torch.set_num_threads(self.threads)
         graph = self.archive.file(self.archive.manifest.graph_file(self.name))
         try:
-            self.module = torch.jit.load(str(graph), map_location=self.device).eval()
+            self.module = torch.jit.load(str(graph), map_location=device).eval()
         except Exception as exc:
             raise ArchiveError(f"TorchScript cannot load {graph}: {exc}") from exc
+        self.pinned = PinnedInputs(device) if device.type == "cuda" else None
         #: Bytes of weights mapped from the archive's safetensors, shared between workers.
         self.mapped_bytes = map_archive_weights(self, self.module, WEIGHTS_FILE)
         signature = self.archive.manifest.signature
@@ -41,7 +49,11 @@ class TorchScriptRuntime(Runtime):
         module = self.module
         if module is None:  # closed (released by the memory budget): not a crash, a 503
             raise ModelNotReady(f"model {self.archive.manifest.name!r} is not loaded")
-        args = to_tensors(inputs, self.input_names, self.device)
+        pinned = self.pinned
+        if pinned is None:
+            args = to_tensors(inputs, self.input_names, self.device)
+        else:
+            args = pinned.to_device(inputs, self.input_names)
         with torch.inference_mode():
             try:
                 result = module(*args)
@@ -51,3 +63,4 @@ class TorchScriptRuntime(Runtime):
 
     def close(self) -> None:
         self.module = None
+        self.pinned = None

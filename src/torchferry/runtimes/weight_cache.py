@@ -144,10 +144,13 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def cached_entry(key: str, source_sha256: str, build: Callable[[Path], None]) -> Path:
+def cached_entry(
+    key: str, source_sha256: str, build: Callable[[Path], None], kind: str = "weights"
+) -> Path:
     """The verified cache directory for ``key``, built by ``build(empty_dir)`` if missing or
-    failing its check. Raises ``UnsafeCache`` when the cache is not private."""
-    root = private_dir(private_dir(cache_root()) / "weights")
+    failing its check, under the cache's folder ``kind`` (``weights``; ``tensorrt`` for
+    TensorRT's engines). Raises ``UnsafeCache`` when the cache is not private."""
+    root = private_dir(private_dir(cache_root()) / kind)
     final = root / key
     with _locked(root / f"{key}.lock"):
         _remove_leftovers(root, key)

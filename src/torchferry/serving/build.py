@@ -37,7 +37,9 @@ def runtime_for(manifest: Manifest, settings: ServerSettings) -> str:
     """The runtime a version is served with: ``--runtime`` where the archive has its
     graph, else the manifest's own."""
     preferred = settings.runtime
-    return preferred if preferred is not None and preferred in manifest.graphs else manifest.runtime
+    if preferred is not None and manifest.has_graph(preferred):
+        return preferred
+    return manifest.runtime
 
 
 def build_version(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchferry.archive.formats import EAGER, ONNXRUNTIME, TORCHSCRIPT
+from torchferry.archive.formats import EAGER, ONNXRUNTIME, ONNXRUNTIME_TRT, TORCHSCRIPT
 from torchferry.serving.repository import LoadedModel
 from torchferry.signature import TensorSpec
 
@@ -27,7 +27,12 @@ TRITON_TYPES: dict[str, str] = {
     "BYTES": "TYPE_STRING",
 }
 #: Runtime name -> Triton backend name.
-BACKENDS: dict[str, str] = {ONNXRUNTIME: "onnxruntime", TORCHSCRIPT: "pytorch", EAGER: "python"}
+BACKENDS: dict[str, str] = {
+    ONNXRUNTIME: "onnxruntime",
+    ONNXRUNTIME_TRT: "onnxruntime",  # Triton's too runs TensorRT as an ONNX Runtime accelerator
+    TORCHSCRIPT: "pytorch",
+    EAGER: "python",
+}
 
 
 def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:

@@ -1,0 +1,113 @@
+"""A GPU that is asked for and not usable is refused at load, saying what is needed, never
+run on the CPU instead; and ``--runtime onnxruntime-trt`` runs the archive's ONNX graph.
+End to end through ``load_runtime`` and the server's build step, on this (CPU) machine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gpu_marks import without_cuda, without_ort_cuda, without_ort_trt
+from linear_archive import write_linear_archive
+
+from torchferry.archive.formats import EAGER, ONNXRUNTIME, ONNXRUNTIME_TRT, TORCHSCRIPT
+from torchferry.archive.store import Archive, ModelStore
+from torchferry.errors import ArchiveError, DeviceUnavailable, ModelLoadFailed
+from torchferry.runtimes import load_runtime, runtime_class
+from torchferry.runtimes.torch_io import to_tensors
+from torchferry.serving.build import build_version, runtime_for
+from torchferry.serving.settings import ServerSettings
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
+    return write_linear_archive(ModelStore(tmp_path_factory.mktemp("store")), "lin")
+
+
+@without_ort_cuda
+def test_onnx_on_cuda_without_onnxruntime_gpu_is_refused(archive):
+    with pytest.raises(DeviceUnavailable) as info:
+        load_runtime(archive, device="cuda:1")
+    message = info.value.message
+    assert message.startswith(
+        "--device cuda:1 needs ONNX Runtime's CUDAExecutionProvider, which this onnxruntime"
+    )
+    assert "install onnxruntime-gpu in place of onnxruntime" in message
+
+
+@without_ort_trt
+def test_tensorrt_without_its_provider_is_refused(archive):
+    with pytest.raises(DeviceUnavailable) as info:
+        load_runtime(archive, runtime=ONNXRUNTIME_TRT, device="cuda")
+    message = info.value.message
+    assert message.startswith(
+        "--runtime onnxruntime-trt --device cuda needs ONNX Runtime's "
+        "TensorrtExecutionProvider, which this onnxruntime"
+    )
+    assert "with NVIDIA TensorRT" in message
+
+
+def test_tensorrt_on_the_cpu_is_refused(archive):
+    with pytest.raises(
+        DeviceUnavailable, match="runs on an NVIDIA GPU: serve it with --device cuda"
+    ):
+        load_runtime(archive, runtime=ONNXRUNTIME_TRT)
+    # and so without loading (a memory budget loads on the first request)
+    with pytest.raises(DeviceUnavailable, match="runs on an NVIDIA GPU"):
+        runtime_class(ONNXRUNTIME_TRT)(archive).check()
+
+
+@without_cuda
+@pytest.mark.parametrize("engine", [TORCHSCRIPT, EAGER])
+def test_torch_on_cuda_without_a_cuda_device_is_refused(archive, engine):
+    runtime = runtime_class(engine)(archive, device="cuda")
+    for step in (runtime.check, runtime.load):
+        with pytest.raises(DeviceUnavailable) as info:
+            step()
+        assert info.value.message.startswith("--device cuda: PyTorch sees no CUDA device (")
+
+
+@pytest.mark.parametrize("engine", [ONNXRUNTIME, ONNXRUNTIME_TRT, TORCHSCRIPT, EAGER])
+def test_a_malformed_device_is_refused_by_every_engine(archive, engine):
+    with pytest.raises(DeviceUnavailable, match="--device 'gpu:0' is not a device"):
+        runtime_class(engine)(archive, device="gpu:0").check()
+
+
+@without_ort_cuda
+def test_the_server_refuses_at_start_and_a_management_load_says_why(archive):
+    settings = ServerSettings(device="cuda", threads=1)
+    with pytest.raises(DeviceUnavailable):  # at start: the error itself
+        build_version(archive, settings, warm_up=False)
+    with pytest.raises(ModelLoadFailed, match="needs ONNX Runtime's CUDAExecutionProvider"):
+        build_version(archive, settings, warm_up=True)
+
+
+def test_the_tensorrt_runtime_runs_the_onnx_graph(archive):
+    manifest = archive.manifest
+    assert manifest.graphs == {ONNXRUNTIME: "model.onnx", TORCHSCRIPT: "model.pt"}
+    assert manifest.has_graph(ONNXRUNTIME_TRT)
+    assert manifest.graph_file(ONNXRUNTIME_TRT) == "model.onnx"
+    assert manifest.graph_files(ONNXRUNTIME_TRT) == ["model.onnx"]
+    assert runtime_for(manifest, ServerSettings(runtime=ONNXRUNTIME_TRT)) == ONNXRUNTIME_TRT
+    only_torchscript = manifest.model_copy(
+        update={"runtime": TORCHSCRIPT, "graphs": {TORCHSCRIPT: "model.pt"}}
+    )
+    # where the archive has no ONNX graph, its own runtime serves it
+    assert runtime_for(only_torchscript, ServerSettings(runtime=ONNXRUNTIME_TRT)) == TORCHSCRIPT
+    with pytest.raises(ArchiveError) as info:
+        only_torchscript.graph_file(ONNXRUNTIME_TRT)
+    assert info.value.message == (
+        "model 'lin' version 1 has no graph for runtime 'onnxruntime-trt' (it runs the "
+        "'onnxruntime' graph); it has ['torchscript']"
+    )
+
+
+def test_on_the_cpu_torch_inputs_are_the_request_arrays_themselves(archive):
+    runtime = load_runtime(archive, runtime=TORCHSCRIPT, threads=1)
+    try:
+        assert runtime.pinned is None  # no pinned buffers, no extra copy
+        x = np.ones((2, 4), dtype=np.float32)
+        (tensor,) = to_tensors({"x": x}, ["x"], runtime.device)
+        assert np.shares_memory(tensor.numpy(), x)
+        assert runtime.infer({"x": x})["y"].shape == (2, 3)
+    finally:
+        runtime.close()
