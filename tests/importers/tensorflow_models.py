@@ -7,7 +7,10 @@ and TensorFlow's thread pools and log handlers would stay with it). Writes under
 - ``classifier.keras`` and ``classifier.h5``: one functional Keras model with two inputs, an
   NHWC image and a vector; ``exported/``: the same model as a SavedModel (``model.export``);
 - ``module/``: a ``tf.Module`` SavedModel with a float and an int64 input and two named outputs;
-- ``lambda.keras``: a model with a Python ``Lambda`` layer, which an import must refuse;
+- ``sequential.keras``: a one-input ``keras.Sequential``; ``dict.keras``: a functional model
+  whose outputs are a dict;
+- ``lambda.keras``, ``lambda.h5``: a model with a Python ``Lambda`` layer, which an import
+  must refuse;
 - ``expected.npz``: fixed inputs and TensorFlow's outputs for them, ``MODEL/TENSOR`` keys;
 - ``report.json``: for every file but ``classifier.keras`` (the test imports that through the
   CLI), the manifest ``import_model`` wrote into STORE, or the error it raised.
@@ -69,6 +72,18 @@ def main(out: Path, store: Path) -> None:
     square = keras.layers.Lambda(lambda x: x * x)
     entry = keras.Input((2,), name="x")
     keras.Model(entry, square(entry)).save(out / "lambda.keras")
+    keras.Model(entry, square(entry)).save(out / "lambda.h5")
+    sequential = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(3, activation="relu"),
+            keras.layers.Dense(2, name="scores"),
+        ]
+    )
+    sequential.save(out / "sequential.keras")
+    row = keras.Input((4,), name="row")
+    first, second = keras.layers.Dense(2, name="first"), keras.layers.Dense(3, name="second")
+    keras.Model(row, {"second": second(row), "first": first(row)}).save(out / "dict.keras")
 
     pixels = rng.normal(size=(2, 8, 8, 1)).astype(np.float32)
     extra = rng.normal(size=(2, 3)).astype(np.float32)
@@ -88,7 +103,10 @@ def main(out: Path, store: Path) -> None:
         "keras_h5": "classifier.h5",
         "keras_export": "exported",
         "tf_module": "module",
+        "sequential": "sequential.keras",
+        "dict_outputs": "dict.keras",
         "lambda": "lambda.keras",
+        "lambda_h5": "lambda.h5",
     }.items():
         try:
             archive = import_model(out / path, name=name, store=store)

@@ -108,6 +108,12 @@ def test_the_import_command_converts_a_keras_file_and_checks_it_against_tensorfl
         ("tf_module", "import (tensorflow savedmodel)",
          [("a", "FP32", [-1, 4]), ("b", "INT64", [-1])],
          [("y", "FP32", [-1, 2]), ("z", "INT64", [-1])]),
+        # a Sequential model's output is named after its last layer
+        ("sequential", "import (keras)",
+         [("input_layer", "FP32", [-1, 4])], [("scores", "FP32", [-1, 2])]),
+        # a dict of outputs: by key, each with its own layer's shape
+        ("dict_outputs", "import (keras)",
+         [("row", "FP32", [-1, 4])], [("first", "FP32", [-1, 2]), ("second", "FP32", [-1, 3])]),
     ],
 )  # fmt: skip
 def test_h5_and_saved_models_import_with_the_models_own_signature(
@@ -126,17 +132,27 @@ def test_h5_and_saved_models_import_with_the_models_own_signature(
     assert all(r["max_abs_error"] < 1e-4 for r in parity)
 
 
-def test_a_keras_lambda_layer_is_refused_not_run(built):
-    error = built["report"]["lambda"]["error"]
-    assert "Keras cannot load lambda.keras" in error and "Lambda" in error
+@pytest.mark.parametrize("name", ["lambda", "lambda_h5"])
+def test_a_keras_lambda_layer_is_refused_not_run(built, name):
+    error = built["report"][name]["error"]
+    file = "lambda.keras" if name == "lambda" else "lambda.h5"
+    assert f"Keras refuses to load {file} in safe mode: it has a Lambda layer" in error
     assert "never runs Python from a model file" in error
-    assert not (built["store"] / "lambda").exists()
+    assert not (built["store"] / name).exists()
 
 
 def test_a_directory_must_be_a_saved_model(tmp_path):
     (tmp_path / "weights").mkdir()
     with pytest.raises(ArchiveError, match=r"not a TensorFlow SavedModel \(no saved_model.pb\)"):
         import_model(tmp_path / "weights", name="w", store=tmp_path / "store")
+
+
+def test_a_name_is_asked_for_before_anything_is_converted(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # the name is checked first
+    model = tmp_path / "classifier.keras"
+    model.write_bytes(b"PK")
+    with pytest.raises(ArchiveError, match=r"give the model a name \(--name\)"):
+        import_model(model, store=tmp_path / "store")
 
 
 def test_without_tensorflow_the_import_says_what_to_install(tmp_path, monkeypatch):

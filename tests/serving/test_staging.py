@@ -240,3 +240,15 @@ def test_a_worker_imports_no_torch_until_a_model_needs_it():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert answer.stdout.strip() == "False", answer.stdout
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_tensorflow_model_is_refused_not_converted_in_the_server(
+    store_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # it must not even be looked for
+    model = tmp_path / f"classifier{suffix}"
+    model.write_bytes(b"PK")
+    with pytest.raises(ArchiveError, match="convert it first with `torchferry import"):
+        stage_source(model, store_root, "classifier")
+    assert not (store_root / "classifier").exists()

@@ -124,15 +124,14 @@ def check_parity(
                 expected = reference(dict(inputs))
         except Exception as exc:
             raise ExportError(
-                f"{reference_name} failed on random inputs of batch size {batch}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{reference_name} failed on random inputs of batch size {batch}: {one_line(exc)}"
             ) from exc
         for form, run in runners.items():
             try:
                 with quiet():
                     actual = run(dict(inputs))
             except Exception as exc:
-                failures.append(f"{form} failed to run at batch size {batch}: {_one_line(exc)}")
+                failures.append(f"{form} failed to run at batch size {batch}: {one_line(exc)}")
                 continue
             worst_abs = worst_rel = 0.0
             for name, want, got in zip(signature.output_names, expected, actual, strict=True):
@@ -167,6 +166,6 @@ def check_parity(
     return sorted(reports, key=lambda r: (order.index(r.format), r.batch_size))
 
 
-def _one_line(exc: Any) -> str:
+def one_line(exc: Any) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]

@@ -88,6 +88,7 @@ def import_model(
     batching: BatchingSpec | None = None,
     extra_files: Mapping[str, bytes | Path] | None = None,
     trust_custom_handler: bool = False,
+    allow_tensorflow: bool = True,
     report: Callable[[str], None] | None = None,
 ) -> Archive:
     """Import the model file at ``path`` as ``STORE/NAME/VERSION`` (the next version by default).
@@ -99,10 +100,20 @@ def import_model(
     ``.keras``/``.h5`` (Keras) and SavedModel directories: converted to ONNX by tf2onnx, the
     signature read from the model, parity-checked against TensorFlow (the ``tensorflow``
     extra). ``extra_files`` (e.g. ``labels.json``) are copied in. ``handler`` defaults to what the
-    file asks for, else ``tensor``. ``report`` receives notes the user should read.
+    file asks for, else ``tensor``. ``allow_tensorflow=False`` refuses TensorFlow models (a
+    serving worker's loads: converting runs TensorFlow, which would stay in its memory).
+    ``report`` receives notes the user should read.
     """
     path = Path(path)
     importer = _importer(path)
+    if importer is import_tensorflow and not allow_tensorflow:
+        raise ArchiveError(
+            f"{path.name} is a TensorFlow model: convert it first with `torchferry import "
+            f"{path.name} --name NAME --store STORE` (which runs TensorFlow, as a server does "
+            "not), then load the archive it writes"
+        )
+    if not name and importer is not import_mar:  # only a .mar names its model; say so early
+        raise ArchiveError(f"cannot import {path.name}: give the model a name (--name)")
     model_store = store if isinstance(store, ModelStore) else ModelStore(store)
     model_store.root.mkdir(parents=True, exist_ok=True)
     # unpacked files stay next to the store (same disk) until the version is written

@@ -29,7 +29,7 @@ from torchferry.archive.formats import ONNX_FILE, ONNXRUNTIME
 from torchferry.archive.manifest import ParityReport
 from torchferry.codecs.datatypes import NUMPY_TO_V2
 from torchferry.errors import ArchiveError, ExportError
-from torchferry.export.parity import check_parity, onnx_runner
+from torchferry.export.parity import check_parity, one_line, onnx_runner
 from torchferry.export.quiet import quiet
 from torchferry.importers.base import Imported, ImportOptions
 from torchferry.importers.graph import import_onnx
@@ -45,20 +45,19 @@ KERAS_SUFFIXES = (".keras", ".h5")
 _INSTALL = "pip install 'torchferry[tensorflow]'"
 _REFERENCE = "TensorFlow"
 
-#: Named arrays in, named arrays out: the model as TensorFlow runs it.
-_Run = Callable[[dict[str, np.ndarray]], Mapping[str, Any]]
-
 
 @dataclass(frozen=True)
 class _Loaded:
-    """A TensorFlow model as the import needs it."""
+    """A TensorFlow model as the import needs it: ``function`` takes the inputs' tensors in
+    signature order and returns the outputs by name. tf2onnx converts it (a ``tf.function``
+    returning a dict names the graph's outputs after its keys), and parity runs it."""
 
     kind: str
     inputs: tuple[TensorSpec, ...]
     output_names: tuple[str, ...]
-    #: Write the ONNX graph to the given path.
-    convert: Callable[[Path], None]
-    run: _Run
+    #: The input signature to trace with: the model's dtypes, dynamic where -1.
+    tensor_specs: tuple[Any, ...]
+    function: Callable[..., Mapping[str, Any]]
 
 
 def _modules(path: Path) -> tuple[ModuleType, ModuleType]:
@@ -76,11 +75,6 @@ def _modules(path: Path) -> tuple[ModuleType, ModuleType]:
         ) from None
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     return tf, tf2onnx
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:400]
 
 
 def _spec(tf: ModuleType, name: str, shape: Any, dtype: Any, what: str) -> TensorSpec:
@@ -101,15 +95,27 @@ def _spec(tf: ModuleType, name: str, shape: Any, dtype: Any, what: str) -> Tenso
     return TensorSpec(name=name, datatype=datatype, shape=(-1, *dims[1:]))
 
 
-def _tf_specs(tf: ModuleType, specs: Sequence[TensorSpec], dtypes: Sequence[Any]) -> list[Any]:
-    """The input signature tf2onnx traces with: the model's dtypes, dynamic where -1."""
-    return [
+def _tf_specs(
+    tf: ModuleType, specs: Sequence[TensorSpec], dtypes: Sequence[Any]
+) -> tuple[Any, ...]:
+    return tuple(
         tf.TensorSpec([None if d < 0 else d for d in spec.shape], dtype, name=spec.name)
         for spec, dtype in zip(specs, dtypes, strict=True)
-    ]
+    )
 
 
-def _keras(path: Path, tf: ModuleType, tf2onnx: ModuleType) -> _Loaded:
+def _keras_output_names(model: Any, count: int) -> tuple[str, ...]:
+    """A functional model's output names (its output layers'); a Sequential model's, its last
+    layer's; else ``output_0``, ``output_1``..., as Keras' ``model.export`` names them."""
+    names = getattr(model, "output_names", None)
+    if names and len(names) == count:
+        return tuple(names)
+    if count == 1 and getattr(model, "layers", None):
+        return (model.layers[-1].name,)
+    return tuple(f"output_{i}" for i in range(count))
+
+
+def _keras(path: Path, tf: ModuleType) -> _Loaded:
     import keras
 
     if keras.backend.backend() != "tensorflow":
@@ -121,51 +127,43 @@ def _keras(path: Path, tf: ModuleType, tf2onnx: ModuleType) -> _Loaded:
         with quiet():
             model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises ValueError, OSError, TypeError... for bad files
-        unsafe = "safe_mode" in str(exc)
-        hint = (
-            " (torchferry never runs Python from a model file: rebuild the model from "
-            "built-in layers)"
-            if unsafe
-            else ""
-        )
-        raise ArchiveError(f"Keras cannot load {path.name}: {_first_line(exc)}{hint}") from exc
+        if "safe_mode" in str(exc):  # Keras' refusal of a Lambda layer's Python
+            raise ArchiveError(
+                f"Keras refuses to load {path.name} in safe mode: it has a Lambda layer, whose "
+                "Python function would run on load. torchferry never runs Python from a model "
+                "file: rebuild the model from built-in layers"
+            ) from exc
+        raise ArchiveError(f"Keras cannot load {path.name}: {one_line(exc)}") from exc
     try:
-        tensors = list(model.inputs)
+        tensors, outputs = list(model.inputs), list(model.outputs)
     except (AttributeError, ValueError):
-        tensors = []
-    if not tensors:
+        tensors, outputs = [], []
+    if not tensors or not outputs:
         raise ArchiveError(
-            f"{path.name}: the Keras model does not record its inputs (a subclassed model "
-            "never built on keras.Input); save a functional or Sequential model"
+            f"{path.name}: the Keras model does not record its inputs and outputs (a "
+            "subclassed model never built on keras.Input); save a functional or Sequential "
+            "model"
         )
     inputs = tuple(_spec(tf, t.name, t.shape, t.dtype, "input") for t in tensors)
-    output_names = tuple(model.output_names)
-    signature = _tf_specs(tf, inputs, [t.dtype for t in tensors])
+    output_names = _keras_output_names(model, len(outputs))
 
-    def convert(target: Path) -> None:
-        tf2onnx.convert.from_keras(
-            model, input_signature=signature, opset=OPSET, output_path=str(target)
-        )
-
-    def run(feed: dict[str, np.ndarray]) -> Mapping[str, Any]:
-        arrays = [feed[spec.name] for spec in inputs]
-        result = model(arrays if len(arrays) > 1 else arrays[0], training=False)
-        if isinstance(result, Mapping):
-            return result
-        flat = result if isinstance(result, list | tuple) else [result]
-        return dict(zip(output_names, flat, strict=True))
+    def function(*args: Any) -> Mapping[str, Any]:
+        result = model(list(args) if len(args) > 1 else args[0], training=False)
+        # the structure's leaves in model.outputs' order (dicts by sorted key, as Keras flattens)
+        return dict(zip(output_names, keras.tree.flatten(result), strict=True))
 
     kind = "keras" if path.suffix.lower() == ".keras" else "keras h5"
-    return _Loaded(kind, inputs, output_names, convert, run)
+    specs = _tf_specs(tf, inputs, [t.dtype for t in tensors])
+    return _Loaded(kind, inputs, output_names, specs, function)
 
 
-def _saved_model(path: Path, tf: ModuleType, tf2onnx: ModuleType) -> _Loaded:
+def _saved_model(path: Path, tf: ModuleType) -> _Loaded:
     try:
         with quiet():
             loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # TensorFlow's own error types
         raise ArchiveError(
-            f"TensorFlow cannot load the SavedModel {path}: {_first_line(exc)}"
+            f"TensorFlow cannot load the SavedModel {path}: {one_line(exc)}"
         ) from exc
     signatures = dict(loaded.signatures)
     if SIGNATURE_KEY not in signatures:
@@ -174,9 +172,9 @@ def _saved_model(path: Path, tf: ModuleType, tf2onnx: ModuleType) -> _Loaded:
             f"{sorted(signatures) or 'none'} (save it with tf.saved_model.save(..., "
             "signatures=...) or Keras' model.export)"
         )
-    function = signatures[SIGNATURE_KEY]
-    positional, named = function.structured_input_signature
-    outputs = function.structured_outputs
+    signature = signatures[SIGNATURE_KEY]
+    positional, named = signature.structured_input_signature
+    outputs = signature.structured_outputs
     if positional or not named or not isinstance(outputs, Mapping):
         raise ArchiveError(
             f"the SavedModel {path}: signature {SIGNATURE_KEY!r} must take and return "
@@ -185,21 +183,13 @@ def _saved_model(path: Path, tf: ModuleType, tf2onnx: ModuleType) -> _Loaded:
     # a loaded signature's inputs and outputs come in no fixed order (protobuf maps): by name
     names = sorted(named)
     inputs = tuple(_spec(tf, n, named[n].shape, named[n].dtype, "input") for n in names)
-    signature = _tf_specs(tf, inputs, [named[n].dtype for n in names])
 
-    def call(*tensors: Any) -> Any:
-        return function(**dict(zip(names, tensors, strict=True)))
+    def function(*args: Any) -> Mapping[str, Any]:
+        # ``loaded`` owns the variables the signature reads: kept alive with this closure
+        return loaded.signatures[SIGNATURE_KEY](**dict(zip(names, args, strict=True)))
 
-    def convert(target: Path) -> None:
-        tf2onnx.convert.from_function(
-            tf.function(call), input_signature=signature, opset=OPSET, output_path=str(target)
-        )
-
-    def run(feed: dict[str, np.ndarray]) -> Mapping[str, Any]:
-        # ``loaded`` owns the variables the signature reads: keep it alive with the function
-        return loaded.signatures[SIGNATURE_KEY](**{n: tf.constant(feed[n]) for n in names})
-
-    return _Loaded("tensorflow savedmodel", inputs, tuple(sorted(outputs)), convert, run)
+    specs = _tf_specs(tf, inputs, [named[n].dtype for n in names])
+    return _Loaded("tensorflow savedmodel", inputs, tuple(sorted(outputs)), specs, function)
 
 
 def is_saved_model(path: Path) -> bool:
@@ -213,18 +203,28 @@ def import_tensorflow(path: Path, options: ImportOptions) -> Imported:
     if options.scratch is None:
         raise ArchiveError("a TensorFlow import needs a scratch directory to convert into")
     tf, tf2onnx = _modules(path)
-    loaded = _saved_model(path, tf, tf2onnx) if path.is_dir() else _keras(path, tf, tf2onnx)
+    loaded = _saved_model(path, tf) if path.is_dir() else _keras(path, tf)
     graph = options.scratch / ONNX_FILE
     try:
         with quiet():
-            loaded.convert(graph)
+            tf2onnx.convert.from_function(
+                tf.function(loaded.function),
+                input_signature=list(loaded.tensor_specs),
+                opset=OPSET,
+                output_path=str(graph),
+            )
     except Exception as exc:  # tf2onnx raises whatever the failing op's handler raised
         raise ArchiveError(
             f"tf2onnx {tf2onnx.__version__} cannot convert {path.name} to ONNX opset {OPSET}: "
-            f"{_first_line(exc)}"
+            f"{one_line(exc)}"
         ) from exc
     # the graph's names and datatypes must be the model's; --input specs may narrow shapes
     from_graph = import_onnx(graph, ImportOptions(inputs=options.inputs or loaded.inputs))
+    if set(from_graph.signature.output_names) != set(loaded.output_names):
+        raise ArchiveError(
+            f"{path.name}: the converted graph's outputs {from_graph.signature.output_names} "
+            f"are not the model's {list(loaded.output_names)}"
+        )
     # in the model's order, which the converted graph need not keep
     signature = from_graph.signature.model_copy(
         update={
@@ -232,12 +232,7 @@ def import_tensorflow(path: Path, options: ImportOptions) -> Imported:
             "outputs": _ordered(from_graph.signature.outputs, list(loaded.output_names)),
         }
     )
-    if set(signature.output_names) != set(loaded.output_names):
-        raise ArchiveError(
-            f"{path.name}: the converted graph's outputs {list(signature.output_names)} are "
-            f"not the model's {list(loaded.output_names)}"
-        )
-    reports = _check(loaded.run, signature, graph, path)
+    reports = _check(loaded, tf, signature, graph, path)
     return Imported(
         runtime=ONNXRUNTIME,
         signature=signature,
@@ -250,19 +245,25 @@ def import_tensorflow(path: Path, options: ImportOptions) -> Imported:
 
 
 def _ordered(specs: Sequence[TensorSpec], order: list[str]) -> tuple[TensorSpec, ...]:
-    return tuple(
-        sorted(specs, key=lambda s: order.index(s.name) if s.name in order else len(order))
-    )
+    return tuple(sorted(specs, key=lambda s: order.index(s.name)))
 
 
-def _check(run: _Run, signature: ModelSignature, graph: Path, path: Path) -> list[ParityReport]:
-    def reference(inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
-        result = run({name: tensor.numpy() for name, tensor in inputs.items()})
+def _check(
+    loaded: _Loaded, tf: ModuleType, signature: ModelSignature, graph: Path, path: Path
+) -> list[ParityReport]:
+    """The ONNX graph on ONNX Runtime against the model on TensorFlow, at batch 1 and 3."""
+
+    def tensorflow(inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        tensors = [tf.constant(inputs[spec.name].numpy()) for spec in loaded.inputs]
+        result = loaded.function(*tensors)
         return [np.asarray(result[name]) for name in signature.output_names]
 
     try:
         return check_parity(
-            reference, signature, {"onnx": onnx_runner(graph, signature)}, reference_name=_REFERENCE
+            tensorflow,
+            signature,
+            {"onnx": onnx_runner(graph, signature)},
+            reference_name=_REFERENCE,
         )
     except ExportError as exc:
         raise ArchiveError(f"{path.name}: {exc.message}") from None

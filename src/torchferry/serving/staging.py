@@ -15,7 +15,9 @@ same files: what a management load does first with a source outside the store.
   The copies are checked against the manifest's SHA-256; the signature is verified by the
   load that follows, in every worker, like any other;
 - a model file (``.mar``, ``.onnx``...): imported through ``importers.import_model``; an
-  ``.onnx`` whose external data is a symbolic link or lies outside its folder is refused.
+  ``.onnx`` whose external data is a symbolic link or lies outside its folder is refused, and
+  so is a TensorFlow model (``.keras``, ``.h5``): converting it would load TensorFlow into
+  the worker for good, so ``torchferry import`` does that, outside the server.
 
 Slow (hashing, copying): the worker runs it in a thread.
 """
@@ -53,7 +55,7 @@ def stage_source(source: Path, store: Path, name: str | None) -> Archive:
     # imported here: the importers bring torch, which a worker serving ONNX never needs
     from torchferry.importers import import_model
 
-    return import_model(source, name=name, store=models)
+    return import_model(source, name=name, store=models, allow_tensorflow=False)
 
 
 def _in_store(source: Path, store: Path) -> tuple[str, int] | None:
