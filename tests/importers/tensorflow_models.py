@@ -10,10 +10,15 @@ and TensorFlow's thread pools and log handlers would stay with it). Writes under
 - ``sequential.keras``: a one-input ``keras.Sequential``; ``dict.keras``: a functional model
   whose outputs are a dict;
 - ``lambda.keras``, ``lambda.h5``: a model with a Python ``Lambda`` layer, which an import
-  must refuse;
+  must refuse; ``fixed/``: a SavedModel whose batch dimension is fixed, refused too;
+  ``embedding.keras``: a table of 3 rows, which random indices from [0, 10) overrun;
 - ``expected.npz``: fixed inputs and TensorFlow's outputs for them, ``MODEL/TENSOR`` keys;
-- ``report.json``: for every file but ``classifier.keras`` (the test imports that through the
-  CLI), the manifest ``import_model`` wrote into STORE, or the error it raised.
+- ``report.json``: for every other file, the manifest ``import_model`` wrote into STORE, or
+  the error it raised.
+
+``classifier.keras`` is imported with the command a user types, ``torchferry import``, whose
+output is this script's (run here rather than as a process of its own, which would spend
+seconds importing TensorFlow again).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from torchferry import cli
 from torchferry.errors import TorchferryError
 from torchferry.importers import import_model
 
@@ -44,6 +50,12 @@ def classifier() -> keras.Model:
     joined = keras.layers.Concatenate()([image, keras.layers.Dense(4, activation="tanh")(extra)])
     probs = keras.layers.Dense(5, activation="softmax", name="probs")(joined)
     return keras.Model([pixels, extra], probs)
+
+
+class FixedBatch(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="x")])
+    def __call__(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": x * 2.0}
 
 
 class Module(tf.Module):
@@ -81,6 +93,11 @@ def main(out: Path, store: Path) -> None:
         ]
     )
     sequential.save(out / "sequential.keras")
+    fixed = FixedBatch()
+    tf.saved_model.save(fixed, str(out / "fixed"), signatures=fixed.__call__)
+    ids = keras.Input((2,), dtype="int64", name="ids")
+    table = keras.layers.Flatten()(keras.layers.Embedding(3, 2)(ids))
+    keras.Model(ids, table).save(out / "embedding.keras")
     row = keras.Input((4,), name="row")
     first, second = keras.layers.Dense(2, name="first"), keras.layers.Dense(3, name="second")
     keras.Model(row, {"second": second(row), "first": first(row)}).save(out / "dict.keras")
@@ -98,6 +115,9 @@ def main(out: Path, store: Path) -> None:
         **{f"module/{name}": tensor.numpy() for name, tensor in outputs.items()},
     )
 
+    command = ["import", str(out / "classifier.keras"), "--name", "keras_classifier"]
+    if cli.main([*command, "--store", str(store)]) != 0:
+        raise SystemExit(f"torchferry {' '.join(command)} failed")
     report: dict[str, object] = {}
     for name, path in {
         "keras_h5": "classifier.h5",
@@ -107,6 +127,8 @@ def main(out: Path, store: Path) -> None:
         "dict_outputs": "dict.keras",
         "lambda": "lambda.keras",
         "lambda_h5": "lambda.h5",
+        "fixed": "fixed",
+        "embedding": "embedding.keras",
     }.items():
         try:
             archive = import_model(out / path, name=name, store=store)

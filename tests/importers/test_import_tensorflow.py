@@ -1,8 +1,8 @@
 """TensorFlow and Keras models imported through tf2onnx, then served over every protocol.
 
-The models are built, and all but one imported, by ``tensorflow_models.py`` in a process of
-its own (TensorFlow never loads into this test process); ``classifier.keras`` is imported with
-the ``torchferry import`` command, as a user would. A real server then serves the store, and
+The models are built and imported by ``tensorflow_models.py`` in a process of its own
+(TensorFlow never loads into this test process), ``classifier.keras`` with the ``torchferry
+import`` command, as a user would. A real server then serves the store, and
 each protocol's client must get TensorFlow's own answers for the same inputs.
 """
 
@@ -57,19 +57,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("tensorflow")
     out, store = root / "models", root / "store"
     out.mkdir()
-    _run(
-        [sys.executable, str(HERE / "tensorflow_models.py"), str(out), str(store)],
-        root / "build.log",
-    )
-    cli = _run(
-        [sys.executable, "-m", "torchferry.cli", "import", str(out / "classifier.keras"),
-         "--name", "keras_classifier", "--store", str(store)],
-        root / "import.log",
-    )  # fmt: skip
+    build = [sys.executable, str(HERE / "tensorflow_models.py"), str(out), str(store)]
+    done = _run(build, root / "build.log")  # with what `torchferry import` printed
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     with np.load(out / "expected.npz") as expected:
         arrays = dict(expected)
-    return {"out": out, "store": store, "report": report, "expected": arrays, "cli": cli.stdout}
+    return {"out": out, "store": store, "report": report, "expected": arrays, "cli": done.stdout}
 
 
 def _tensors(specs: list[dict[str, Any]]) -> list[tuple[str, str, list[int]]]:
@@ -139,6 +132,19 @@ def test_a_keras_lambda_layer_is_refused_not_run(built, name):
     assert f"Keras refuses to load {file} in safe mode: it has a Lambda layer" in error
     assert "never runs Python from a model file" in error
     assert not (built["store"] / name).exists()
+
+
+def test_a_fixed_batch_dimension_is_refused(built):
+    error = built["report"]["fixed"]["error"]
+    assert "input 'x' has a fixed batch dimension (1 in (1, 4))" in error
+    assert "save the model with None there" in error
+
+
+def test_a_model_that_fails_on_random_indices_is_explained(built):
+    error = built["report"]["embedding"]["error"]
+    assert "embedding.keras: TensorFlow failed on random inputs of batch size 1" in error
+    assert "integer inputs ['ids'] were drawn from [0, 10)" in error
+    assert "\n" not in error and "\x1b" not in error  # one line, no terminal colours
 
 
 def test_a_directory_must_be_a_saved_model(tmp_path):

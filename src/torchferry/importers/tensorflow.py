@@ -29,6 +29,7 @@ from torchferry.archive.formats import ONNX_FILE, ONNXRUNTIME
 from torchferry.archive.manifest import ParityReport
 from torchferry.codecs.datatypes import NUMPY_TO_V2
 from torchferry.errors import ArchiveError, ExportError
+from torchferry.export.inputs import INT_HIGH
 from torchferry.export.parity import check_parity, one_line, onnx_runner
 from torchferry.export.quiet import quiet
 from torchferry.importers.base import Imported, ImportOptions
@@ -73,6 +74,11 @@ def _modules(path: Path) -> tuple[ModuleType, ModuleType]:
             f"importing {path.name} needs TensorFlow and tf2onnx ({exc.name} is missing): "
             f"{_INSTALL}"
         ) from None
+    except Exception as exc:  # installed, but broken: a protobuf or numpy version clash
+        raise ArchiveError(
+            f"importing {path.name} needs TensorFlow and tf2onnx, which fail to import here "
+            f"({one_line(exc)}): {_INSTALL} in an environment of its own"
+        ) from exc
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     return tf, tf2onnx
 
@@ -92,7 +98,12 @@ def _spec(tf: ModuleType, name: str, shape: Any, dtype: Any, what: str) -> Tenso
     dims = [d if d is not None and d > 0 else -1 for d in tensor_shape.as_list()]
     if not dims:
         raise ArchiveError(f"{what} {name!r} is a scalar; dim 0 must be the batch dimension")
-    return TensorSpec(name=name, datatype=datatype, shape=(-1, *dims[1:]))
+    if dims[0] != -1:  # requests are batched: the model must take any number of rows
+        raise ArchiveError(
+            f"{what} {name!r} has a fixed batch dimension ({dims[0]} in {tensor_shape}); "
+            "dim 0 must be the batch dimension, of any size: save the model with None there"
+        )
+    return TensorSpec(name=name, datatype=datatype, shape=tuple(dims))
 
 
 def _tf_specs(
@@ -266,4 +277,11 @@ def _check(
             reference_name=_REFERENCE,
         )
     except ExportError as exc:
-        raise ArchiveError(f"{path.name}: {exc.message}") from None
+        integers = [s.name for s in signature.inputs if s.datatype.startswith(("INT", "UINT"))]
+        hint = (
+            f" (integer inputs {integers} were drawn from [0, {INT_HIGH}): a model that needs "
+            "other values, such as indices into a smaller table, cannot be checked this way)"
+            if integers and f"{_REFERENCE} failed" in exc.message
+            else ""
+        )
+        raise ArchiveError(f"{path.name}: {exc.message}{hint}") from None
