@@ -154,6 +154,16 @@ def test_a_malformed_profile_is_refused(options, message):
         shape_profile(text, 8, options)
 
 
+def test_a_misspelt_profile_option_is_named_not_read_as_a_missing_profile():
+    misspelt = {
+        "trt_profile_min_shapes": "image:1x3x224x224",
+        "trt_profile_opt_shapes": "image:8x3x224x224",
+        "trt_profile_max_shape": "image:8x3x224x224",
+    }
+    with pytest.raises(ArchiveError, match="unknown TensorRT runtime option 'trt_profile_max_s"):
+        shape_profile(IMAGE, 8, misspelt)
+
+
 def test_the_profile_ends_are_fed_as_zeros():
     low, high = profile_feeds(TWO_INPUTS, shape_profile(TWO_INPUTS, 8, {}))
     assert low["ids"].shape == (1, 16) and high["ids"].shape == (8, 16)

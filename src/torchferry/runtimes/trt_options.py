@@ -143,6 +143,8 @@ def shape_profile(
 ) -> ShapeProfile:
     """The profile ``runtime_options`` give (all three keys), else the signature's dynamic
     inputs from batch 1 to ``max_batch``, optimized for ``max_batch``."""
+    # first: a misspelt profile key is an unknown option, not an incomplete profile
+    check_known(options)
     given = [options.get(key) for key in PROFILE_KEYS]
     if any(value is not None for value in given):
         return _given_profile(signature, given)
