@@ -164,8 +164,8 @@ def shape_profile(
         rest = spec.shape[1:]
         low[spec.name] = (1, *rest)
         high[spec.name] = (max_batch, *rest)
-    rows = max_batch if all(spec.shape[0] == -1 for spec in dynamic) else None
-    return ShapeProfile(format_shapes(low), format_shapes(high), format_shapes(high), rows)
+    # every dynamic input here is dynamic in its batch alone (checked above)
+    return ShapeProfile(format_shapes(low), format_shapes(high), format_shapes(high), max_batch)
 
 
 def _given_profile(signature: ModelSignature, given: list[Any]) -> ShapeProfile:
