@@ -150,6 +150,7 @@ class TensorRtRuntime(OnnxRuntime):
             onnxruntime=ort.__version__,
             tensorrt=tensorrt,
             graph_sha256=source_sha256(manifest, ONNXRUNTIME, self._graph()),
+            graph_optimization_level=self._level_name(),
         )
 
     def _stage_table(self, precision: Precision, directory: Path) -> None:
