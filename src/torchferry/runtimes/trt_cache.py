@@ -139,7 +139,10 @@ def engine_entry(key: EngineKey, build: Callable[[Path], None]) -> Path:
         (directory / KEY_NAME).write_text(json.dumps(key.parts(), indent=2), encoding="utf-8")
         build(directory)
 
-    return cached_entry(key.directory_name(), key.graph_sha256, populate, kind=KIND)
+    # sealed: ONNX Runtime is given the entry as its engine cache path, and writes an engine
+    # it builds while serving there; in a read-only directory the write fails (ONNX Runtime
+    # does not check it: the engine is used unsaved) and the verified entry stays as it was
+    return cached_entry(key.directory_name(), key.graph_sha256, populate, kind=KIND, sealed=True)
 
 
 __all__ = ["KEY_NAME", "KIND", "EngineKey", "engine_entry", "gpu_identity", "tensorrt_version"]
