@@ -52,6 +52,8 @@ class TensorRtRuntime(OnnxRuntime):
     max_rows: int | None = None
     #: The inputs whose dim 0 is the batch.
     _batched: tuple[str, ...] = ()
+    #: The engine directory of a load that could not use the cache (removed by close()).
+    _scratch: tempfile.TemporaryDirectory[str] | None = None
 
     def _asked(self) -> str:
         return f"--runtime {self.name} --device {self.device}"
@@ -115,13 +117,21 @@ class TensorRtRuntime(OnnxRuntime):
                 log.warning("%s: TensorRT engine not cached: %s", self._graph(), exc)
             else:
                 return self._new_session(self._graph(), self._options(), providers(entry, True))
-        with tempfile.TemporaryDirectory(prefix="torchferry-trt-") as scratch:
-            # the profile is explicit, so the engine is built in the session, now, reading
-            # the calibration table from here
-            self._stage_table(precision, Path(scratch))
-            return self._new_session(
-                self._graph(), self._options(), providers(Path(scratch), False)
+        # kept until close(): the profile's engine is built with the session, but a part of
+        # the graph that no profile names gets its engine at its first run, and an int8 one
+        # reads the calibration table from here then
+        scratch = tempfile.TemporaryDirectory(prefix="torchferry-trt-")
+        try:
+            self._stage_table(precision, Path(scratch.name))
+            session = self._new_session(
+                self._graph(), self._options(), providers(Path(scratch.name), False)
             )
+        except BaseException:
+            scratch.cleanup()
+            raise
+        self._drop_scratch()  # a load again without close(): its session is replaced now
+        self._scratch = scratch
+        return session
 
     def _engine_key(
         self, device: Device, precision: Precision, profile: ShapeProfile
@@ -159,6 +169,15 @@ class TensorRtRuntime(OnnxRuntime):
         if precision.calibration_table and precision.staged_table:
             source = self.archive.file(precision.calibration_table)
             shutil.copyfile(source, directory / precision.staged_table)
+
+    def close(self) -> None:
+        super().close()
+        self._drop_scratch()
+
+    def _drop_scratch(self) -> None:
+        scratch, self._scratch = self._scratch, None
+        if scratch is not None:
+            scratch.cleanup()
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         limit, batched = self.max_rows, self._batched
