@@ -14,6 +14,7 @@ import pytest
 from torchferry.archive.formats import ONNXRUNTIME, ONNXRUNTIME_TRT
 from torchferry.archive.manifest import BatchingSpec, FileEntry, Manifest
 from torchferry.archive.store import Archive
+from torchferry.errors import ArchiveError
 from torchferry.runtimes import onnx_trt
 from torchferry.runtimes.onnx_providers import TENSORRT_PROVIDER, Provider
 from torchferry.runtimes.weight_cache import CACHE_ENV
@@ -101,3 +102,17 @@ def test_an_uncached_engine_directory_keeps_its_table_until_close(archive, tmp_p
     runtime.close()
     assert not directory.exists()
     runtime.close()  # twice is harmless
+
+
+def test_a_failing_engine_build_is_an_archive_error_naming_the_shapes(
+    archive, tmp_path, monkeypatch
+):
+    fake_onnx_runtime(monkeypatch, tmp_path, gpu="NVIDIA H200 sm_90 143771 MiB", fail_rows=8)
+    runtime = onnx_trt.TensorRtRuntime(archive, device="cuda")
+    with pytest.raises(ArchiveError) as info:
+        runtime.load()
+    message = info.value.message
+    assert message.startswith("ONNX Runtime cannot build the TensorRT engines of ")
+    assert "its run at input shapes x:8x4 failed: [ONNXRuntimeError]" in message
+    # nothing half-built is published
+    assert [p.name for p in (tmp_path / "cache" / "tensorrt").iterdir() if p.is_dir()] == []

@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from torchferry.archive.formats import ONNXRUNTIME, ONNXRUNTIME_TRT
 from torchferry.devices import Device, parse_device
-from torchferry.errors import DeviceUnavailable
+from torchferry.errors import ArchiveError, DeviceUnavailable
 from torchferry.runtimes.onnx import OnnxRuntime
 from torchferry.runtimes.onnx_providers import (
     CPU_PROVIDER,
@@ -36,6 +36,7 @@ from torchferry.runtimes.trt_cache import EngineKey, engine_entry, gpu_identity,
 from torchferry.runtimes.trt_options import (
     Precision,
     ShapeProfile,
+    format_shapes,
     precision_of,
     profile_feeds,
     shape_profile,
@@ -107,7 +108,7 @@ class TensorRtRuntime(OnnxRuntime):
             # around operators TensorRT lacks) gets its engine at its first run: run the
             # profile's two ends here, so that its engines are in the entry too
             for feed in profile_feeds(self.archive.manifest.signature, profile):
-                session.run(None, feed)
+                self._run_profile(session, feed)
 
         key = self._engine_key(device, precision, profile)
         if key is not None:
@@ -132,6 +133,19 @@ class TensorRtRuntime(OnnxRuntime):
         self._drop_scratch()  # a load again without close(): its session is replaced now
         self._scratch = scratch
         return session
+
+    def _run_profile(self, session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> None:
+        """One run at a profile's end while the engines are built; ONNX Runtime's untyped
+        error (TensorRT could not build an engine for that shape, or the GPU ran out of
+        memory) as an ``ArchiveError`` naming the shapes."""
+        try:
+            session.run(None, feed)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            shapes = format_shapes({name: array.shape for name, array in feed.items()})
+            raise ArchiveError(
+                f"ONNX Runtime cannot build the TensorRT engines of {self._graph()}: its run "
+                f"at input shapes {shapes} failed: {exc}"
+            ) from exc
 
     def _engine_key(
         self, device: Device, precision: Precision, profile: ShapeProfile
