@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks, prepared for a machine with an NVIDIA GPU (docs/gpu.md): the `gpu` tests,
 # ResNet-18 served on CUDA against raw (ONNX Runtime's CUDA provider, TensorRT, TorchScript),
-# and autotune's fp16, bf16, CUDA and TensorRT rows. Each step has a time limit (about 8
-# minutes in all on an H200) and the next runs whatever the last did; the exit status is 1
-# when any failed. Output goes to the terminal and to OUT_DIR (default gpu-check-out/).
+# and autotune's fp16, bf16, CUDA and TensorRT rows. Each step has a time limit (540 s in
+# all, the sum of the limits below; not yet timed on a GPU) and the next runs whatever the
+# last did; the exit status is 1 when any failed. Output goes to the terminal and to OUT_DIR (default gpu-check-out/).
 #
 # Needs torch with CUDA and onnxruntime-gpu (with TensorRT for the TensorRT rows) in the
 # interpreter's environment; PYTHON chooses the interpreter (default: python).

@@ -1,9 +1,11 @@
-"""``--device``: cpu, cuda or cuda:N, checked when the CLI parses it."""
+"""``--device``: cpu, cuda or cuda:N, checked when the CLI parses it (with ``--runtime``:
+TensorRT only on a GPU)."""
 
 from __future__ import annotations
 
 import pytest
 
+from torchferry.archive.formats import ONNXRUNTIME_TRT
 from torchferry.cli import build_parser
 from torchferry.cli.serve_cmd import settings_from_args
 from torchferry.devices import CPU, Device, parse_device
@@ -47,3 +49,31 @@ def test_serve_checks_the_device_when_it_parses_its_arguments(capsys):
     assert "argument --device: 'gpu' is not a device: use cpu, cuda or cuda:N" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--runtime", ONNXRUNTIME_TRT], ["--device", "cpu", "--runtime", ONNXRUNTIME_TRT]],
+)
+def test_serve_refuses_tensorrt_on_the_cpu_when_it_parses_its_arguments(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["serve", "--store", "s", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: torchferry serve ")
+    assert (
+        "error: --runtime onnxruntime-trt runs TensorRT on an NVIDIA GPU: give --device cuda "
+        "or cuda:N with it (--device is cpu)"
+    ) in err
+
+
+def test_serve_takes_tensorrt_on_a_gpu_in_either_order():
+    for argv in (
+        ["--runtime", ONNXRUNTIME_TRT, "--device", "cuda:1"],
+        ["--device", "cuda", "--runtime", ONNXRUNTIME_TRT],
+    ):
+        settings = settings_from_args(build_parser().parse_args(["serve", "--store", "s", *argv]))
+        assert settings.runtime == ONNXRUNTIME_TRT and settings.device in ("cuda", "cuda:1")
+    # other runtimes run on the CPU as before
+    args = build_parser().parse_args(["serve", "--store", "s", "--runtime", "torchscript"])
+    assert settings_from_args(args).device == "cpu"

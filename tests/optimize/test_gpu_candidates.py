@@ -76,11 +76,15 @@ def test_without_a_gpu_each_is_skipped_saying_what_it_needs(digits, tmp_path):
         assert rows[name].reason.startswith(f"{name} needs ")
         if not HAS_CUDA:
             assert "a CUDA device (PyTorch sees none)" in rows[name].reason
+    # the providers by the runtimes' own rule and words (onnx_providers.require_available)
     if CUDA_PROVIDER not in PROVIDERS:
         reason = rows["cuda-fp32-onnxruntime"].reason
-        assert "onnxruntime-gpu with the CUDAExecutionProvider" in reason
+        assert "cuda-fp32-onnxruntime needs ONNX Runtime's CUDAExecutionProvider" in reason
+        assert "install onnxruntime-gpu in place of onnxruntime" in reason
     if TENSORRT_PROVIDER not in PROVIDERS:
-        assert "onnxruntime-gpu with the TensorrtExecutionProvider" in rows["trt-int8"].reason
+        reason = rows["trt-int8"].reason
+        assert "trt-int8 needs ONNX Runtime's TensorrtExecutionProvider" in reason
+        assert "with NVIDIA TensorRT" in reason
 
 
 def test_the_int8_calibration_table_is_built_on_the_cpu(digits, tmp_path):

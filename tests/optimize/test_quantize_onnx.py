@@ -13,7 +13,8 @@ import torch
 from torchferry.archive.store import Archive, ModelStore
 from torchferry.export import export
 from torchferry.optimize import quantize_dynamic_onnx, quantize_static_onnx
-from torchferry.optimize.quantize_onnx import MAX_CALIBRATION_ROWS, _capped
+from torchferry.optimize.onnx_calibration import first_rows
+from torchferry.optimize.quantize_onnx import MAX_CALIBRATION_ROWS
 from torchferry.runtimes import load_runtime
 from torchferry.zoo.digits import digits_split, train_digits
 from torchferry.zoo.resnet import resnet18
@@ -96,7 +97,7 @@ def test_static_refuses_batches_that_do_not_name_the_inputs(digits, tmp_path):
 
 def test_calibration_is_capped_per_method():
     batches = [{"x": np.zeros((100, 3), np.float32)} for _ in range(3)]
-    taken = _capped(batches, ["x"], MAX_CALIBRATION_ROWS["entropy"])
+    taken = first_rows(batches, ["x"], MAX_CALIBRATION_ROWS["entropy"])
     assert [len(b["x"]) for b in taken] == [100, 28]
     assert MAX_CALIBRATION_ROWS == {"minmax": 512, "entropy": 128, "percentile": 128}
 

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from gpu_marks import without_cuda, without_ort_cuda, without_ort_trt
 from linear_archive import write_linear_archive
 
 from torchferry.archive.formats import EAGER, ONNXRUNTIME, ONNXRUNTIME_TRT, TORCHSCRIPT
+from torchferry.archive.manifest import Manifest
 from torchferry.archive.store import Archive, ModelStore
 from torchferry.errors import ArchiveError, DeviceUnavailable, ModelLoadFailed
 from torchferry.runtimes import load_runtime, runtime_class
-from torchferry.runtimes.torch_io import to_tensors
 from torchferry.serving.build import build_version, runtime_for
 from torchferry.serving.settings import ServerSettings
+from torchferry.signature import ModelSignature, TensorSpec
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +103,46 @@ def test_the_tensorrt_runtime_runs_the_onnx_graph(archive):
     )
 
 
-def test_on_the_cpu_torch_inputs_are_the_request_arrays_themselves(archive):
-    runtime = load_runtime(archive, runtime=TORCHSCRIPT, threads=1)
+class Identity(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory: pytest.TempPathFactory) -> Archive:
+    """A TorchScript model whose output is its input tensor: whether a request's array was
+    copied on the way in shows in whether the answer shares its memory."""
+    spec = TensorSpec(name="x", datatype="FP32", shape=(-1, 4))
+    manifest = Manifest(
+        name="identity",
+        version=1,
+        runtime=TORCHSCRIPT,
+        graphs={TORCHSCRIPT: "model.pt"},
+        signature=ModelSignature(inputs=(spec,), outputs=(spec.model_copy(update={"name": "y"}),)),
+        source="tests",
+    )
+    store = ModelStore(tmp_path_factory.mktemp("store"))
+    return store.write(
+        manifest, lambda d: torch.jit.save(torch.jit.script(Identity()), d / "model.pt")
+    )
+
+
+def test_on_the_cpu_torch_inputs_are_the_request_arrays_themselves(identity):
+    runtime = load_runtime(identity, threads=1)
     try:
-        assert runtime.pinned is None  # no pinned buffers, no extra copy
-        x = np.ones((2, 4), dtype=np.float32)
-        (tensor,) = to_tensors({"x": x}, ["x"], runtime.device)
-        assert np.shares_memory(tensor.numpy(), x)
-        assert runtime.infer({"x": x})["y"].shape == (2, 3)
+        assert runtime.pinned is None  # no pinned buffers
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        y = runtime.infer({"x": x})["y"]
+        np.testing.assert_array_equal(y, x)
+        assert np.shares_memory(y, x)  # the request's array, not a copy of it
+        # a model may write its inputs: a read-only array (a binary body) or a strided one
+        # is copied first, never handed over
+        read_only = x.copy()
+        read_only.flags.writeable = False
+        strided = np.arange(16, dtype=np.float32).reshape(2, 8)[:, ::2]
+        for array in (read_only, strided):
+            y = runtime.infer({"x": array})["y"]
+            np.testing.assert_array_equal(y, array)
+            assert not np.shares_memory(y, array)
     finally:
         runtime.close()

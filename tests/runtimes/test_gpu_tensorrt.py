@@ -98,6 +98,7 @@ def test_tensorrt_answers_as_the_cpu_and_caches_its_engine(archive, cache):
         assert key["gpu"].startswith(f"{props.name} sm_{props.major}{props.minor} ")
         assert key["onnxruntime"] == ort.__version__ and key["tensorrt"]
         assert key["graph_sha256"] == archive.manifest.files["model.onnx"].sha256
+        assert key["graph_optimization_level"] == "all"
         assert key["profile_max_shapes"] == f"pixels:{MAX_BATCH}x64" and key["fp16"] == "False"
         # TensorRT allows TF32 in an fp32 engine
         close_to_cpu(runtime, archive, rtol=1e-2, atol=1e-3)

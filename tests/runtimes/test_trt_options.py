@@ -9,8 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from torchferry.archive.formats import ONNXRUNTIME, ONNXRUNTIME_TRT
+from torchferry.archive.manifest import FileEntry, Manifest
+from torchferry.archive.store import Archive
 from torchferry.devices import CPU, Device
 from torchferry.errors import ArchiveError, DeviceUnavailable
+from torchferry.runtimes import onnx_trt
 from torchferry.runtimes.onnx_providers import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
@@ -154,6 +158,16 @@ def test_a_malformed_profile_is_refused(options, message):
         shape_profile(text, 8, options)
 
 
+def test_a_misspelt_profile_option_is_named_not_read_as_a_missing_profile():
+    misspelt = {
+        "trt_profile_min_shapes": "image:1x3x224x224",
+        "trt_profile_opt_shapes": "image:8x3x224x224",
+        "trt_profile_max_shape": "image:8x3x224x224",
+    }
+    with pytest.raises(ArchiveError, match="unknown TensorRT runtime option 'trt_profile_max_s"):
+        shape_profile(IMAGE, 8, misspelt)
+
+
 def test_the_profile_ends_are_fed_as_zeros():
     low, high = profile_feeds(TWO_INPUTS, shape_profile(TWO_INPUTS, 8, {}))
     assert low["ids"].shape == (1, 16) and high["ids"].shape == (8, 16)
@@ -229,6 +243,7 @@ KEY = EngineKey(
     onnxruntime="1.22.0",
     tensorrt="libnvinfer 100900",
     graph_sha256="a" * 64,
+    graph_optimization_level="all",
 )
 
 
@@ -244,6 +259,7 @@ KEY = EngineKey(
         {"onnxruntime": "1.22.1"},
         {"tensorrt": "libnvinfer 101000"},
         {"graph_sha256": "b" * 64},
+        {"graph_optimization_level": "basic"},
     ],
 )
 def test_the_cache_key_changes_with_each_thing_the_engine_depends_on(change):
@@ -257,3 +273,33 @@ def test_the_cache_key_is_stable_and_names_what_it_keys():
     assert parts["gpu"] == "NVIDIA H200 sm_90 143771 MiB"
     assert parts["profile_max_shapes"] == "image:32x3x224x224"
     assert parts["tensorrt"] == "libnvinfer 100900" and parts["fp16"] == "True"
+
+
+def test_one_graph_at_two_optimization_levels_has_two_engine_entries(tmp_path, monkeypatch):
+    # autotune's ort-level-* variants share the graph file, so its SHA-256 cannot tell them
+    # apart: ONNX Runtime gives TensorRT a differently rewritten graph at each level
+    monkeypatch.setattr(onnx_trt, "gpu_identity", lambda index: KEY.gpu)
+    monkeypatch.setattr(onnx_trt, "tensorrt_version", lambda: KEY.tensorrt)
+    (tmp_path / "model.onnx").write_bytes(b"a graph")  # only its listed hash is read
+    manifest = Manifest(
+        name="image",
+        version=1,
+        runtime=ONNXRUNTIME_TRT,
+        graphs={ONNXRUNTIME: "model.onnx"},
+        signature=IMAGE,
+        files={"model.onnx": FileEntry(sha256="a" * 64, size=7)},
+    )
+    profile = shape_profile(IMAGE, 8, {})
+
+    def key(options: dict[str, str]) -> EngineKey:
+        archive = Archive(tmp_path, manifest.model_copy(update={"runtime_options": options}))
+        runtime = onnx_trt.TensorRtRuntime(archive, device="cuda")
+        built = runtime._engine_key(Device("cuda", 0), Precision(), profile)
+        assert built is not None
+        return built
+
+    default, basic = key({}), key({"graph_optimization_level": "basic"})
+    assert default.graph_sha256 == basic.graph_sha256 == "a" * 64
+    assert (default.graph_optimization_level, basic.graph_optimization_level) == ("all", "basic")
+    assert default.directory_name() != basic.directory_name()
+    assert key({"graph_optimization_level": "all"}) == default  # the default, named

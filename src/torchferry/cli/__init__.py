@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -35,8 +36,29 @@ COMMANDS = [
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose command may check its arguments together once all are read
+    (``set_defaults(check_arguments=FUNCTION)``, ``FUNCTION(namespace)`` returning an error
+    message or None): a ``type=`` sees one argument, and a flag's default is never given
+    to it. A message is a usage error, as argparse's own (exit 2)."""
+
+    # the subcommand's parser is called through this method, not parse_args; typeshed's
+    # overloads of it (a caller's own namespace type) are more than this needs
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        check: Callable[[argparse.Namespace], str | None] | None = getattr(
+            parsed, "check_arguments", None
+        )
+        message = check(parsed) if check is not None else None
+        if message is not None:
+            self.error(message)
+        return parsed, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="torchferry", description="Export, optimize and serve PyTorch models."
     )
     parser.add_argument("--version", action="version", version=f"torchferry {__version__}")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
+from torchferry.archive.formats import ONNXRUNTIME_TRT
 from torchferry.cli import err_console
 from torchferry.cli.serve_security import register_security, security_settings
 from torchferry.cli.sizes import parse_size
@@ -247,7 +248,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="send OpenTelemetry traces, configured by the OTEL_* variables (OTLP by default; "
         "needs torchferry[otel]; on without this flag when OTEL_TRACES_EXPORTER is set)",
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, check_arguments=runtime_device_conflict)
     register_security(parser)
     register_ray(parser)
 
@@ -285,6 +286,17 @@ def device_argument(text: str) -> str:
     except DeviceUnavailable:
         raise argparse.ArgumentTypeError(f"{text!r} is not a device: use {DEVICE_FORMS}") from None
     return text
+
+
+def runtime_device_conflict(args: argparse.Namespace) -> str | None:
+    """``--runtime onnxruntime-trt`` off a GPU (``--device cpu``, the default): every ONNX
+    model would fail at load, so the pair is refused before anything starts."""
+    if args.runtime == ONNXRUNTIME_TRT and not parse_device(args.device).is_cuda:
+        return (
+            f"--runtime {ONNXRUNTIME_TRT} runs TensorRT on an NVIDIA GPU: give --device cuda "
+            f"or cuda:N with it (--device is {args.device})"
+        )
+    return None
 
 
 def parse_autoscale(text: str) -> Autoscaling:

@@ -17,10 +17,15 @@ from functools import partial
 from torchferry.archive.formats import ONNXRUNTIME, ONNXRUNTIME_TRT, TORCHSCRIPT
 from torchferry.archive.manifest import Manifest
 from torchferry.archive.store import Archive
-from torchferry.errors import InvalidInput
+from torchferry.errors import DeviceUnavailable, InvalidInput
 from torchferry.optimize.context import BuildContext
 from torchferry.optimize.errors import Skipped
-from torchferry.runtimes.onnx_providers import CUDA_PROVIDER, TENSORRT_PROVIDER
+from torchferry.runtimes.onnx_providers import (
+    CUDA_PROVIDER,
+    TENSORRT_PROVIDER,
+    Provider,
+    require_available,
+)
 
 Builder = Callable[[BuildContext], Archive]
 
@@ -103,23 +108,20 @@ def _prune_channels(percent: int, ctx: BuildContext) -> Archive:
 
 def _require_gpu(name: str, providers: tuple[str, ...]) -> None:
     """Skipped unless PyTorch sees a CUDA device and this onnxruntime has ``providers``
-    (onnxruntime-gpu; the CPU wheel has neither CUDA's nor TensorRT's)."""
+    (onnxruntime-gpu; the CPU wheel has neither CUDA's nor TensorRT's): the providers by the
+    rule a runtime refuses them with at load, its message the reason."""
     import onnxruntime as ort
 
     from torchferry.optimize.half import gpu_available
 
-    missing = []
-    if not gpu_available():
-        missing.append("a CUDA device (PyTorch sees none)")
-    available = ort.get_available_providers()
-    lacking = [p for p in providers if p not in available]
-    if lacking:
-        missing.append(
-            f"onnxruntime-gpu with the {' and '.join(lacking)} (this onnxruntime offers "
-            f"{', '.join(available)})"
-        )
-    if missing:
-        raise Skipped(f"{name} needs {' and '.join(missing)}")
+    reasons = [] if gpu_available() else [f"{name} needs a CUDA device (PyTorch sees none)"]
+    try:
+        wanted: list[Provider] = [(provider, {}) for provider in providers]
+        require_available(wanted, ort.get_available_providers(), name, ort.__version__)
+    except DeviceUnavailable as exc:
+        reasons.append(exc.message)
+    if reasons:
+        raise Skipped("; ".join(reasons))
 
 
 def _ort_cuda(ctx: BuildContext) -> Archive:

@@ -23,15 +23,12 @@ import logging
 import os
 import platform
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import onnx
-from onnx.external_data_helper import uses_external_data
 from onnxruntime.quantization import (
-    CalibrationDataReader,
     CalibrationMethod,
     QuantFormat,
     QuantType,
@@ -41,6 +38,12 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from torchferry.export.quiet import quiet
+from torchferry.optimize.onnx_calibration import (
+    CalibrationBatches,
+    first_rows,
+    graph_inputs,
+    read_graph,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +81,6 @@ def _summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-def _io(path: Path) -> tuple[onnx.ModelProto, bool]:
-    """The graph without its external weights, and whether it has any."""
-    model = onnx.load(str(path), load_external_data=False)
-    return model, any(uses_external_data(t) for t in model.graph.initializer)
-
-
 def _dims(value: onnx.ValueInfoProto) -> list[int | None]:
     """Fixed dims as ints, dynamic ones (named or unknown) as None."""
     shape = value.type.tensor_type.shape
@@ -92,7 +89,7 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | None]:
 
 def _check_interface(before: onnx.ModelProto, after: Path) -> None:
     """The quantized graph keeps the inputs' and outputs' names and dynamic dimensions."""
-    quantized, _ = _io(after)
+    quantized, _ = read_graph(after)
     for kind in ("input", "output"):
         old = list(getattr(before.graph, kind))
         new = {v.name: v for v in getattr(quantized.graph, kind)}
@@ -134,7 +131,7 @@ def _quantize(src: Path, dst: Path, run: functools.partial[None]) -> None:
     """Pre-process ``src``, ``run(model_input, model_output, use_external_data_format)``,
     check the interface, and move the result to ``dst`` (written next to it, then renamed)."""
     src, dst = Path(src), Path(dst)
-    before, external = _io(src)
+    before, external = read_graph(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".torchferry-quantize-", dir=dst.parent) as scratch:
         work = Path(scratch)
@@ -165,50 +162,6 @@ def quantize_dynamic_onnx(src: Path, dst: Path) -> None:
         reduce_range=reduce_range_here(),
     )
     _quantize(src, dst, run)
-
-
-class _Batches(CalibrationDataReader):
-    """The calibration batches, one at a time; ``set_range`` lets ONNX Runtime calibrate a
-    slice at a time (``CalibStridedMinMax``), so only one batch's activations are held."""
-
-    def __init__(self, batches: list[dict[str, np.ndarray]]) -> None:
-        self.batches = batches
-        self._pending = iter(batches)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._pending, None)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self._pending = iter(self.batches[start_index:end_index])
-
-
-def _capped(
-    calibration: Iterable[dict[str, np.ndarray]], inputs: list[str], max_rows: int
-) -> list[dict[str, np.ndarray]]:
-    """The first ``max_rows`` rows of ``calibration`` (dim 0 of every input), checked
-    against the graph's input names."""
-    taken: list[dict[str, np.ndarray]] = []
-    rows = total = 0
-    for batch in calibration:
-        if sorted(batch) != sorted(inputs):
-            raise ValueError(
-                f"calibration batch {len(taken)} has inputs {sorted(batch)}; "
-                f"the graph's inputs are {sorted(inputs)}"
-            )
-        size = len(batch[inputs[0]])
-        total += size
-        if rows < max_rows and size:
-            take = min(size, max_rows - rows)
-            taken.append({name: np.ascontiguousarray(batch[name][:take]) for name in inputs})
-            rows += take
-    if not taken:
-        raise ValueError("static quantization needs at least one non-empty calibration batch")
-    if total > rows:
-        log.info("calibrating on the first %d of %d rows", rows, total)
-    return taken
 
 
 def quantize_static_onnx(
@@ -244,13 +197,11 @@ def quantize_static_onnx(
     """
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; use one of {list(METHODS)}")
-    graph = _io(Path(src))[0].graph
-    weights = {t.name for t in graph.initializer}
-    inputs = [value.name for value in graph.input if value.name not in weights]
-    batches = _capped(calibration, inputs, MAX_CALIBRATION_ROWS[method])
+    inputs = graph_inputs(read_graph(Path(src))[0].graph)
+    batches = first_rows(calibration, inputs, MAX_CALIBRATION_ROWS[method])
     run = functools.partial(
         quantize_static,
-        calibration_data_reader=_Batches(batches),
+        calibration_data_reader=CalibrationBatches(batches),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         reduce_range=reduce_range_here(),

@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from torchferry.optimize.errors import Skipped
-from torchferry.optimize.quantize_onnx import MAX_CALIBRATION_ROWS, _Batches, _capped, _io
+from torchferry.optimize.onnx_calibration import (
+    CalibrationBatches,
+    first_rows,
+    graph_inputs,
+    read_graph,
+)
+from torchferry.optimize.quantize_onnx import MAX_CALIBRATION_ROWS
 
 TABLE_NAME = "calibration.flatbuffers"
 QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
@@ -28,7 +34,7 @@ QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
 def has_qdq(graph: Path) -> bool:
     """Whether ``graph`` carries its own int8 scales (Q/DQ nodes, a static quantization's):
     TensorRT then takes no calibration table (it refuses one for such a graph)."""
-    model, _ = _io(graph)
+    model, _ = read_graph(graph)
     return any(node.op_type in QDQ for node in model.graph.node)
 
 
@@ -49,10 +55,9 @@ def write_trt_calibration_table(
         raise Skipped(_missing(exc.name or "onnxruntime.quantization")) from None
     if importlib.util.find_spec("flatbuffers") is None:  # imported late, by the writer
         raise Skipped(_missing("flatbuffers"))
-    model, external = _io(graph)
-    weights = {t.name for t in model.graph.initializer}
-    inputs = [value.name for value in model.graph.input if value.name not in weights]
-    batches = _capped(calibration, inputs, MAX_CALIBRATION_ROWS["minmax"])
+    model, external = read_graph(graph)
+    inputs = graph_inputs(model.graph)
+    batches = first_rows(calibration, inputs, MAX_CALIBRATION_ROWS["minmax"])
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".torchferry-calibrate-", dir=directory) as scratch:
         calibrator = create_calibrator(
@@ -64,7 +69,7 @@ def write_trt_calibration_table(
         )
         # the augmented graph outputs each tensor's min and max, not the tensor: a batch's
         # collection holds scalars, and collect_data merges them as it goes
-        calibrator.collect_data(_Batches(batches))
+        calibrator.collect_data(CalibrationBatches(batches))
         write_calibration_table(calibrator.compute_data(), dir=scratch)
         target = directory / TABLE_NAME
         os.replace(Path(scratch) / TABLE_NAME, target)

@@ -128,15 +128,18 @@ class OnnxRuntime(Runtime):
             log.warning("%s: weights not shared between workers: %s", self._graph(), exc)
             return None
 
-    def _optimization_level(self) -> ort.GraphOptimizationLevel:
+    def _level_name(self) -> str:
+        """The manifest's ``graph_optimization_level`` (``all`` when not given), checked."""
         level = str(self.archive.manifest.runtime_options.get("graph_optimization_level", "all"))
-        try:
-            return GRAPH_OPTIMIZATION_LEVELS[level]
-        except KeyError:
+        if level not in GRAPH_OPTIMIZATION_LEVELS:
             raise ArchiveError(
                 f"runtime option graph_optimization_level {level!r}: expected one of "
                 f"{sorted(GRAPH_OPTIMIZATION_LEVELS)}"
-            ) from None
+            )
+        return level
+
+    def _optimization_level(self) -> ort.GraphOptimizationLevel:
+        return GRAPH_OPTIMIZATION_LEVELS[self._level_name()]
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # ONNX Runtime takes string tensors as str objects (it would str() a bytes object);

@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from torchferry.archive.formats import ONNXRUNTIME, ONNXRUNTIME_TRT
 from torchferry.devices import Device, parse_device
-from torchferry.errors import DeviceUnavailable
+from torchferry.errors import ArchiveError, DeviceUnavailable
 from torchferry.runtimes.onnx import OnnxRuntime
 from torchferry.runtimes.onnx_providers import (
     CPU_PROVIDER,
@@ -36,6 +36,7 @@ from torchferry.runtimes.trt_cache import EngineKey, engine_entry, gpu_identity,
 from torchferry.runtimes.trt_options import (
     Precision,
     ShapeProfile,
+    format_shapes,
     precision_of,
     profile_feeds,
     shape_profile,
@@ -52,6 +53,8 @@ class TensorRtRuntime(OnnxRuntime):
     max_rows: int | None = None
     #: The inputs whose dim 0 is the batch.
     _batched: tuple[str, ...] = ()
+    #: The engine directory of a load that could not use the cache (removed by close()).
+    _scratch: tempfile.TemporaryDirectory[str] | None = None
 
     def _asked(self) -> str:
         return f"--runtime {self.name} --device {self.device}"
@@ -105,7 +108,7 @@ class TensorRtRuntime(OnnxRuntime):
             # around operators TensorRT lacks) gets its engine at its first run: run the
             # profile's two ends here, so that its engines are in the entry too
             for feed in profile_feeds(self.archive.manifest.signature, profile):
-                session.run(None, feed)
+                self._run_profile(session, feed)
 
         key = self._engine_key(device, precision, profile)
         if key is not None:
@@ -115,13 +118,34 @@ class TensorRtRuntime(OnnxRuntime):
                 log.warning("%s: TensorRT engine not cached: %s", self._graph(), exc)
             else:
                 return self._new_session(self._graph(), self._options(), providers(entry, True))
-        with tempfile.TemporaryDirectory(prefix="torchferry-trt-") as scratch:
-            # the profile is explicit, so the engine is built in the session, now, reading
-            # the calibration table from here
-            self._stage_table(precision, Path(scratch))
-            return self._new_session(
-                self._graph(), self._options(), providers(Path(scratch), False)
+        # kept until close(): the profile's engine is built with the session, but a part of
+        # the graph that no profile names gets its engine at its first run, and an int8 one
+        # reads the calibration table from here then
+        scratch = tempfile.TemporaryDirectory(prefix="torchferry-trt-")
+        try:
+            self._stage_table(precision, Path(scratch.name))
+            session = self._new_session(
+                self._graph(), self._options(), providers(Path(scratch.name), False)
             )
+        except BaseException:
+            scratch.cleanup()
+            raise
+        self._drop_scratch()  # a load again without close(): its session is replaced now
+        self._scratch = scratch
+        return session
+
+    def _run_profile(self, session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> None:
+        """One run at a profile's end while the engines are built; ONNX Runtime's untyped
+        error (TensorRT could not build an engine for that shape, or the GPU ran out of
+        memory) as an ``ArchiveError`` naming the shapes."""
+        try:
+            session.run(None, feed)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            shapes = format_shapes({name: array.shape for name, array in feed.items()})
+            raise ArchiveError(
+                f"ONNX Runtime cannot build the TensorRT engines of {self._graph()}: its run "
+                f"at input shapes {shapes} failed: {exc}"
+            ) from exc
 
     def _engine_key(
         self, device: Device, precision: Precision, profile: ShapeProfile
@@ -150,6 +174,7 @@ class TensorRtRuntime(OnnxRuntime):
             onnxruntime=ort.__version__,
             tensorrt=tensorrt,
             graph_sha256=source_sha256(manifest, ONNXRUNTIME, self._graph()),
+            graph_optimization_level=self._level_name(),
         )
 
     def _stage_table(self, precision: Precision, directory: Path) -> None:
@@ -158,6 +183,15 @@ class TensorRtRuntime(OnnxRuntime):
         if precision.calibration_table and precision.staged_table:
             source = self.archive.file(precision.calibration_table)
             shutil.copyfile(source, directory / precision.staged_table)
+
+    def close(self) -> None:
+        super().close()
+        self._drop_scratch()
+
+    def _drop_scratch(self) -> None:
+        scratch, self._scratch = self._scratch, None
+        if scratch is not None:
+            scratch.cleanup()
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         limit, batched = self.max_rows, self._batched

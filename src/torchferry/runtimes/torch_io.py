@@ -66,9 +66,10 @@ class PinnedInputs:
     input name, grown when a batch is larger and reused by every batch after.
 
     The host-to-device copies are asynchronous (``non_blocking``): the model queues behind
-    them on the same stream, and the device-to-host copies of its results wait for it. So
-    when ``infer`` returns every copy out of these buffers is done, and the next batch may
-    overwrite them; a runtime instance runs one batch at a time, so each needs its own."""
+    them on the same stream (a model that runs on a stream of its own must make it wait on
+    the default stream: docs/gpu.md), and the device-to-host copies of its results wait for
+    it. So when ``infer`` returns every copy out of these buffers is done, and the next batch
+    may overwrite them; a runtime instance runs one batch at a time, so each needs its own."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device

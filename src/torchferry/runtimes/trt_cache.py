@@ -12,9 +12,11 @@ version and store with the same graph, on the same kind of GPU.
 An entry is keyed by everything the engine depends on (:class:`EngineKey`): the GPU (name,
 compute capability and memory: an engine built on a larger card may not load on a smaller
 one of the same architecture), the input shapes profile, the precision and the calibration
-table's SHA-256, the ONNX Runtime and TensorRT versions, and the graph's SHA-256 as the
-verified manifest lists it. ONNX Runtime's own warning is that an engine is valid for that
-and nothing else. The entry is a ``weight_cache`` directory: built once under a lock (the
+table's SHA-256, the ONNX Runtime and TensorRT versions, the graph's SHA-256 as the
+verified manifest lists it, and ONNX Runtime's graph optimization level (its basic rewrites
+run before the graph is split between the providers: one file at two levels can give
+TensorRT two graphs). ONNX Runtime's own warning is that an engine is valid for that and
+nothing else. The entry is a ``weight_cache`` directory: built once under a lock (the
 workers that start together build it once), published by one rename, its files read-only
 and checked against ``sidecar.json`` (a swapped engine file would run someone else's code
 on the GPU). ``key.json`` in it says what it was built for.
@@ -68,6 +70,10 @@ class EngineKey:
     tensorrt: str
     #: The graph's SHA-256 (with its external data's), from the verified manifest.
     graph_sha256: str
+    #: ONNX Runtime's graph optimization level, by the manifest's name: the basic rewrites
+    #: run before ONNX Runtime gives TensorRT its part, so one graph file at two levels can
+    #: give TensorRT two graphs (autotune's ort-level-* variants share one file).
+    graph_optimization_level: str
 
     def parts(self) -> dict[str, str]:
         return {
@@ -81,6 +87,7 @@ class EngineKey:
             "onnxruntime": self.onnxruntime,
             "tensorrt": self.tensorrt,
             "graph_sha256": self.graph_sha256,
+            "graph_optimization_level": self.graph_optimization_level,
         }
 
     def directory_name(self) -> str:
@@ -132,7 +139,10 @@ def engine_entry(key: EngineKey, build: Callable[[Path], None]) -> Path:
         (directory / KEY_NAME).write_text(json.dumps(key.parts(), indent=2), encoding="utf-8")
         build(directory)
 
-    return cached_entry(key.directory_name(), key.graph_sha256, populate, kind=KIND)
+    # sealed: ONNX Runtime is given the entry as its engine cache path, and writes an engine
+    # it builds while serving there; in a read-only directory the write fails (ONNX Runtime
+    # does not check it: the engine is used unsaved) and the verified entry stays as it was
+    return cached_entry(key.directory_name(), key.graph_sha256, populate, kind=KIND, sealed=True)
 
 
 __all__ = ["KEY_NAME", "KIND", "EngineKey", "engine_entry", "gpu_identity", "tensorrt_version"]

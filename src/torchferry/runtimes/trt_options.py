@@ -143,6 +143,8 @@ def shape_profile(
 ) -> ShapeProfile:
     """The profile ``runtime_options`` give (all three keys), else the signature's dynamic
     inputs from batch 1 to ``max_batch``, optimized for ``max_batch``."""
+    # first: a misspelt profile key is an unknown option, not an incomplete profile
+    check_known(options)
     given = [options.get(key) for key in PROFILE_KEYS]
     if any(value is not None for value in given):
         return _given_profile(signature, given)
@@ -162,8 +164,8 @@ def shape_profile(
         rest = spec.shape[1:]
         low[spec.name] = (1, *rest)
         high[spec.name] = (max_batch, *rest)
-    rows = max_batch if all(spec.shape[0] == -1 for spec in dynamic) else None
-    return ShapeProfile(format_shapes(low), format_shapes(high), format_shapes(high), rows)
+    # every dynamic input here is dynamic in its batch alone (checked above)
+    return ShapeProfile(format_shapes(low), format_shapes(high), format_shapes(high), max_batch)
 
 
 def _given_profile(signature: ModelSignature, given: list[Any]) -> ShapeProfile:

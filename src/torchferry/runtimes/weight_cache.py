@@ -145,11 +145,19 @@ def _locked(lock_path: Path) -> Iterator[None]:
 
 
 def cached_entry(
-    key: str, source_sha256: str, build: Callable[[Path], None], kind: str = "weights"
+    key: str,
+    source_sha256: str,
+    build: Callable[[Path], None],
+    kind: str = "weights",
+    *,
+    sealed: bool = False,
 ) -> Path:
     """The verified cache directory for ``key``, built by ``build(empty_dir)`` if missing or
     failing its check, under the cache's folder ``kind`` (``weights``; ``tensorrt`` for
-    TensorRT's engines). Raises ``UnsafeCache`` when the cache is not private."""
+    TensorRT's engines). With ``sealed`` the published directory is read-only too (0500),
+    not only its files: for an entry that an engine is handed as a directory it may write
+    into (TensorRT's engine cache), so that no file can be added to a verified entry.
+    Raises ``UnsafeCache`` when the cache is not private."""
     root = private_dir(private_dir(cache_root()) / kind)
     final = root / key
     with _locked(root / f"{key}.lock"):
@@ -158,10 +166,12 @@ def cached_entry(
             if _verified(final, source_sha256):
                 return final
             log.warning("weight cache %s does not match its record or source: rebuilding", final)
-            # renamed aside, not removed in place: a process may still map its files
+            # renamed aside, not removed in place: a process may still map its files; a
+            # sealed directory cannot move to another parent (its ".." entry is rewritten)
+            final.chmod(0o700)
             stale = Path(tempfile.mkdtemp(prefix=f".stale-{key}-", dir=root))
             os.rename(final, stale / key)
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove_tree(stale)
         staging = Path(tempfile.mkdtemp(prefix=f".staging-{key}-", dir=root))
         try:
             build(staging)
@@ -169,12 +179,23 @@ def cached_entry(
             (staging / RECORD_NAME).write_text(record, encoding="utf-8")
             for path in staging.iterdir():
                 path.chmod(0o400)  # never written again: a mapped file must not change
+            if sealed:
+                staging.chmod(0o500)  # a rename in the same directory needs no write on it
             os.rename(staging, final)
             _checked.add(_identity(final, source_sha256))  # hashed as it was recorded
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            _remove_tree(staging)
             raise
     return final
+
+
+def _remove_tree(path: Path) -> None:
+    """``path`` and all in it, sealed directories too: removing a file needs write
+    permission on its directory, which a sealed entry's lacks."""
+    for directory in [path, *(p for p in path.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        with contextlib.suppress(OSError):
+            directory.chmod(0o700)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_leftovers(root: Path, key: str) -> None:
@@ -183,7 +204,7 @@ def _remove_leftovers(root: Path, key: str) -> None:
     for leftover in [*root.glob(f".staging-{key}-*"), *root.glob(f".stale-{key}-*")]:
         if leftover.is_dir() and not leftover.is_symlink():
             log.info("weight cache: removing %s, left by a build that did not finish", leftover)
-            shutil.rmtree(leftover, ignore_errors=True)
+            _remove_tree(leftover)
 
 
 def return_freed_memory() -> None:
