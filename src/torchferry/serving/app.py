@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
 
 import torchferry
 from torchferry.errors import TorchferryError
@@ -29,6 +29,7 @@ from torchferry.serving.observe import Observer, Observers
 from torchferry.serving.observe_http import RecordRequests
 from torchferry.serving.protocols import PROTOCOLS
 from torchferry.serving.protocols.common import JSONResponse, as_error, error_response
+from torchferry.serving.protocols.openapi_schemas import without_validation_errors
 from torchferry.serving.repository import ModelRepository
 from torchferry.serving.settings import ServerSettings
 from torchferry.serving.tracing import tracing_observer
@@ -43,7 +44,26 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own errors: an unknown route (404) or method (405)."""
     assert isinstance(exc, StarletteHTTPException)
     headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:  # Starlette's Allow names one route's methods: every route's
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed(request))}
     return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=headers)
+
+
+def _allowed(request: Request) -> list[str]:
+    """The methods of the routes with the path template of the first route that matches this
+    path in routing order (TorchServe's POST and PUT are two routes of one path; a V1
+    ``NAME:predict`` path also fits the template ``/v1/models/{model_name}``, a later one)."""
+    routes: list[Route] = [r for r in request.app.state.routes if isinstance(r, Route)]
+    template: str | None = None
+    methods: set[str] = set()
+    for route in routes:
+        if not route.methods:
+            continue
+        match, _ = route.matches({**request.scope, "method": next(iter(route.methods))})
+        if match is Match.FULL and template in (None, route.path):
+            template = route.path
+            methods |= route.methods
+    return sorted(methods)
 
 
 def standard_observers(settings: ServerSettings) -> list[Observer]:
@@ -98,6 +118,8 @@ def build_app(
         lifespan=lifespan,
         default_response_class=JSONResponse,
     )
+    generate = app.openapi
+    app.openapi = lambda: without_validation_errors(generate())  # type: ignore[method-assign]
     app.state.repository = repository
     app.state.plane = plane
     app.state.settings = settings
@@ -113,5 +135,6 @@ def build_app(
             app.include_router(protocol.router)
             routes += protocol.router.routes
     app.state.observers = observers
+    app.state.routes = routes  # FastAPI keeps included routers whole: this lists their routes
     hot_path = HotPath(app, routes, BodyLimit(settings.max_body_bytes))
     return RecordRequests(hot_path, observers, keys)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from torchferry.serving.protocols.common import Protocol
 from torchferry.serving.protocols.grpc import V2Grpc
+from torchferry.serving.protocols.model_docs import ModelDocs
 from torchferry.serving.protocols.simple import Predict
 from torchferry.serving.protocols.torchserve import TorchServe
 from torchferry.serving.protocols.v1 import V1
 from torchferry.serving.protocols.v2 import V2Http
 
-PROTOCOLS: list[type[Protocol]] = [V2Http, V1, Predict, TorchServe, V2Grpc]
+PROTOCOLS: list[type[Protocol]] = [V2Http, V1, Predict, TorchServe, V2Grpc, ModelDocs]

@@ -19,6 +19,7 @@ from torchferry.serving.protocols.common import (
     http_traffic_key,
     plane_of,
 )
+from torchferry.serving.protocols.openapi_schemas import INFER_STATUSES, PredictResult, errors
 from torchferry.serving.protocols.payload import read_payload
 from torchferry.serving.repository import LoadedModel
 
@@ -62,6 +63,7 @@ _PREDICT_BODY: dict[str, Any] = {
 _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "One result per row: output rows, or top-k classes for classifiers",
+        "model": PredictResult,
         "content": {
             "application/json": {
                 "example": {
@@ -72,9 +74,7 @@ _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
             }
         },
     },
-    400: {"description": "Bad JSON or image, or no model named while several are loaded"},
-    404: {"description": "Unknown model or version"},
-    415: {"description": "Unsupported content type"},
+    **errors(INFER_STATUSES),
 }
 
 

@@ -38,6 +38,14 @@ from torchferry.serving.protocols.common import (
     http_traffic_key,
     plane_of,
 )
+from torchferry.serving.protocols.openapi_schemas import (
+    INFER_STATUSES,
+    READ_STATUSES,
+    TorchServeError,
+    TorchServeModels,
+    TorchServeStatus,
+    errors,
+)
 from torchferry.serving.protocols.payload import read_payload
 from torchferry.serving.repository import LoadedModel
 from torchferry.serving.torchserve_rules import VersionNotFound, error_type, plain_version
@@ -108,16 +116,25 @@ _PREDICT_DOC: dict[str, Any] = {
             "application/json": {"example": [[1.0, 2.0, 3.0, 4.0]]},
         },
     },
-    "responses": {
-        "200": {
-            "description": "Per request: {label: probability} for classifiers, else the row",
-            "content": {"application/json": {"example": {"tabby": 0.43, "tiger_cat": 0.27}}},
-        }
-    },
 }
+_PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Per request: {label: probability} for classifiers, else the row",
+        "content": {
+            "application/json": {"schema": {}, "example": {"tabby": 0.43, "tiger_cat": 0.27}}
+        },
+    },
+    **errors(INFER_STATUSES, TorchServeError),
+}
+_READ = errors(READ_STATUSES, TorchServeError)
 
 
-@router.get("/ping", summary="TorchServe health check")
+@router.get(
+    "/ping",
+    summary="TorchServe health check",
+    response_model=TorchServeStatus,
+    responses=errors(READ_STATUSES, TorchServeError, {503: TorchServeStatus | TorchServeError}),
+)
 async def ping(request: Request) -> JSONResponse:
     if plane_of(request).ready:
         return JSONResponse({"status": "Healthy"})
@@ -135,6 +152,7 @@ def _predict_route(path: str, summary: str) -> Callable[[Any], Any]:
                 methods=[method.upper()],
                 summary=summary,
                 openapi_extra=_PREDICT_DOC,
+                responses=_PREDICT_RESPONSES,
                 operation_id=f"torchserve_{function.__name__}_{method}",
             )
         return function
@@ -161,7 +179,12 @@ def _describe(model: LoadedModel, ready: bool) -> dict[str, Any]:
     return torchserve_description(version_record(model), ready, model.batcher.queued_rows)
 
 
-@router.get("/models", summary="TorchServe management: list models")
+@router.get(
+    "/models",
+    summary="TorchServe management: list models",
+    response_model=TorchServeModels,
+    responses=_READ,
+)
 async def list_models(request: Request, limit: int = 100, next_page_token: int = 0) -> Response:
     names = plane_of(request).names()
     start, end = max(0, next_page_token), max(0, next_page_token) + max(1, limit)
@@ -172,20 +195,35 @@ async def list_models(request: Request, limit: int = 100, next_page_token: int =
     return JSONResponse(body)
 
 
-@router.get("/models/{model_name}", summary="TorchServe management: describe a model")
+@router.get(
+    "/models/{model_name}",
+    summary="TorchServe management: describe a model",
+    response_model=list[dict[str, Any]],
+    responses=_READ,
+)
 async def describe(request: Request, model_name: str) -> Response:
     plane = plane_of(request)
     model = plane.resolve(model_name, plane.default_version(model_name))
     return JSONResponse([_describe(model, plane.ready)])
 
 
-@router.get("/models/{model_name}/all", summary="TorchServe management: every version")
+@router.get(
+    "/models/{model_name}/all",
+    summary="TorchServe management: every version",
+    response_model=list[dict[str, Any]],
+    responses=_READ,
+)
 async def describe_all(request: Request, model_name: str) -> Response:
     plane = plane_of(request)
     return JSONResponse([_describe(m, plane.ready) for m in plane.versions(model_name)])
 
 
-@router.get("/models/{model_name}/{model_version}", summary="TorchServe management: a version")
+@router.get(
+    "/models/{model_name}/{model_version}",
+    summary="TorchServe management: a version",
+    response_model=list[dict[str, Any]],
+    responses=_READ,
+)
 async def describe_version(request: Request, model_name: str, model_version: str) -> Response:
     model = _model(request, model_name, model_version)
     return JSONResponse([_describe(model, plane_of(request).ready)])

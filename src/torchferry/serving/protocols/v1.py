@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from torchferry.codecs.jsonarray import json_to_array, json_to_batch, to_jsonable
 from torchferry.codecs.jsonio import loads
@@ -24,6 +25,16 @@ from torchferry.serving.protocols.common import (
     Protocol,
     http_traffic_key,
     plane_of,
+)
+from torchferry.serving.protocols.openapi_schemas import (
+    INFER_STATUSES,
+    READ_STATUSES,
+    V1Columns,
+    V1Live,
+    V1Models,
+    V1ModelStatus,
+    V1Rows,
+    errors,
 )
 from torchferry.signature import ModelSignature, TensorSpec
 
@@ -58,11 +69,12 @@ _PREDICT_BODY: dict[str, Any] = {
 _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": '{"predictions": [one per row]} for instances, {"outputs": ...} for inputs',
+        "model": V1Rows | V1Columns,
         "content": {"application/json": {"example": {"predictions": [[3.0, 5.0], [11.0, 13.0]]}}},
     },
-    400: {"description": "Bad JSON, both or neither of instances/inputs, wrong shape or type"},
-    404: {"description": "Unknown model or version"},
+    **errors(INFER_STATUSES),
 }
+_READ = errors(READ_STATUSES)
 
 
 def _is_b64(value: object) -> bool:
@@ -182,13 +194,18 @@ def _status(ready: bool, name: str, versions: list[int]) -> dict[str, Any]:
     }
 
 
-@router.get("/", summary="Server liveness (KServe V1)")
+@router.get("/", summary="Server liveness (KServe V1)", response_model=V1Live, responses=_READ)
 async def server_live() -> JSONResponse:
     # what KServe's ModelServer answers, and its V1 REST client's is_server_live asks
     return JSONResponse({"status": "alive"})
 
 
-@router.get("/v1/models", summary="Names of the loaded models (KServe V1)")
+@router.get(
+    "/v1/models",
+    summary="Names of the loaded models (KServe V1)",
+    response_model=V1Models,
+    responses=_READ,
+)
 async def list_models(request: Request) -> JSONResponse:
     return JSONResponse({"models": plane_of(request).names()})
 
@@ -239,8 +256,21 @@ async def version_predictions_alias(
     return await _predict(request, model_name, model_version)
 
 
-@router.get("/v1/models/{model_name}", summary="Model status: every loaded version")
+def _not_a_predict_path(last: str) -> None:
+    """``GET .../NAME:predict`` fits the status route's template too, but names the predict
+    route (no model name or version has a colon): it is that route's wrong method."""
+    if last.endswith(":predict"):
+        raise StarletteHTTPException(405)
+
+
+@router.get(
+    "/v1/models/{model_name}",
+    summary="Model status: every loaded version",
+    response_model=V1ModelStatus,
+    responses=_READ,
+)
 async def model_status(request: Request, model_name: str) -> JSONResponse:
+    _not_a_predict_path(model_name)
     plane = plane_of(request)
     plane.resolve(model_name)
     versions = [m.version for m in plane.versions(model_name)]
@@ -248,9 +278,13 @@ async def model_status(request: Request, model_name: str) -> JSONResponse:
 
 
 @router.get(
-    "/v1/models/{model_name}/versions/{model_version}", summary="Status of one model version"
+    "/v1/models/{model_name}/versions/{model_version}",
+    summary="Status of one model version",
+    response_model=V1ModelStatus,
+    responses=_READ,
 )
 async def version_status(request: Request, model_name: str, model_version: str) -> JSONResponse:
+    _not_a_predict_path(model_version)
     plane = plane_of(request)
     model = plane.resolve(model_name, model_version)
     return JSONResponse(_status(plane.ready, model_name, [model.version]))

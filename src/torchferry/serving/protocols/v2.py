@@ -27,6 +27,18 @@ from torchferry.serving.protocols.common import (
     plane_of,
     traffic_key,
 )
+from torchferry.serving.protocols.openapi_schemas import (
+    READ_STATUSES,
+    ErrorBody,
+    ModelConfig,
+    ModelMetadata,
+    ModelReady,
+    ModelStats,
+    ServerLive,
+    ServerMetadata,
+    ServerReady,
+    errors,
+)
 from torchferry.serving.protocols.v2_binary import (
     HEADER,
     BinaryReader,
@@ -54,7 +66,12 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 # -- health and server metadata ----------------------------------------------------------------
 
 
-@router.get("/v2/health/live", summary="Server liveness")
+_READ = errors(READ_STATUSES)
+
+
+@router.get(
+    "/v2/health/live", summary="Server liveness", response_model=ServerLive, responses=_READ
+)
 async def server_live() -> JSONResponse:
     return JSONResponse({"live": True})
 
@@ -62,13 +79,20 @@ async def server_live() -> JSONResponse:
 @router.get(
     "/v2/health/ready",
     summary="Server readiness (503 until every model is loaded and batching has started)",
+    response_model=ServerReady,
+    responses=errors(READ_STATUSES, instead={503: ServerReady | ErrorBody}),
 )
 async def server_ready(request: Request) -> JSONResponse:
     ready = plane_of(request).ready
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
-@router.get("/v2", summary="Server metadata: name, version and supported extensions")
+@router.get(
+    "/v2",
+    summary="Server metadata: name, version and supported extensions",
+    response_model=ServerMetadata,
+    responses=_READ,
+)
 async def server_metadata() -> JSONResponse:
     return JSONResponse(
         {"name": "torchferry", "version": torchferry.__version__, "extensions": EXTENSIONS}
@@ -78,13 +102,23 @@ async def server_metadata() -> JSONResponse:
 # -- statistics (declared before /v2/models/{model_name} so that "stats" is not a model) --------
 
 
-@router.get("/v2/models/stats", summary="Statistics of every model version (Triton's shape)")
+@router.get(
+    "/v2/models/stats",
+    summary="Statistics of every model version (Triton's shape)",
+    response_model=ModelStats,
+    responses=_READ,
+)
 async def all_stats(request: Request) -> JSONResponse:
     models = plane_of(request).all()
     return JSONResponse({"model_stats": [model_stats(m) for m in models]})
 
 
-@router.get("/v2/models/{model_name}/stats", summary="Statistics of every version of a model")
+@router.get(
+    "/v2/models/{model_name}/stats",
+    summary="Statistics of every version of a model",
+    response_model=ModelStats,
+    responses=_READ,
+)
 async def stats(request: Request, model_name: str) -> JSONResponse:
     models = plane_of(request).versions(model_name)
     return JSONResponse({"model_stats": [model_stats(m) for m in models]})
@@ -93,6 +127,8 @@ async def stats(request: Request, model_name: str) -> JSONResponse:
 @router.get(
     "/v2/models/{model_name}/versions/{model_version}/stats",
     summary="Statistics of one model version",
+    response_model=ModelStats,
+    responses=_READ,
 )
 async def version_stats(request: Request, model_name: str, model_version: str) -> JSONResponse:
     model = plane_of(request).resolve(model_name, model_version)
@@ -105,6 +141,7 @@ async def version_stats(request: Request, model_name: str, model_version: str) -
 @router.get(
     "/v2/models/{model_name}",
     summary="Model metadata (default version)",
+    response_model=ModelMetadata,
     responses=METADATA_RESPONSES,
 )
 async def metadata(request: Request, model_name: str) -> JSONResponse:
@@ -117,6 +154,7 @@ async def metadata(request: Request, model_name: str) -> JSONResponse:
 @router.get(
     "/v2/models/{model_name}/versions/{model_version}",
     summary="Model version metadata",
+    response_model=ModelMetadata,
     responses=METADATA_RESPONSES,
 )
 async def version_metadata(request: Request, model_name: str, model_version: str) -> JSONResponse:
@@ -134,13 +172,24 @@ def _ready(request: Request, model_name: str, model_version: str | None) -> JSON
     )
 
 
-@router.get("/v2/models/{model_name}/ready", summary="Model readiness (default version)")
+_READY = errors(READ_STATUSES, instead={503: ModelReady | ErrorBody})
+
+
+@router.get(
+    "/v2/models/{model_name}/ready",
+    summary="Model readiness (default version)",
+    response_model=ModelReady,
+    responses=_READY,
+)
 async def ready(request: Request, model_name: str) -> JSONResponse:
     return _ready(request, model_name, None)
 
 
 @router.get(
-    "/v2/models/{model_name}/versions/{model_version}/ready", summary="Model version readiness"
+    "/v2/models/{model_name}/versions/{model_version}/ready",
+    summary="Model version readiness",
+    response_model=ModelReady,
+    responses=_READY,
 )
 async def version_ready(request: Request, model_name: str, model_version: str) -> JSONResponse:
     return _ready(request, model_name, model_version)
@@ -149,6 +198,8 @@ async def version_ready(request: Request, model_name: str, model_version: str) -
 @router.get(
     "/v2/models/{model_name}/config",
     summary="Triton-style model configuration (model_configuration extension)",
+    response_model=ModelConfig,
+    responses=_READ,
 )
 async def config(request: Request, model_name: str) -> JSONResponse:
     plane = plane_of(request)
@@ -159,6 +210,8 @@ async def config(request: Request, model_name: str) -> JSONResponse:
 @router.get(
     "/v2/models/{model_name}/versions/{model_version}/config",
     summary="Triton-style model version configuration",
+    response_model=ModelConfig,
+    responses=_READ,
 )
 async def version_config(request: Request, model_name: str, model_version: str) -> JSONResponse:
     plane = plane_of(request)
@@ -180,6 +233,13 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise InvalidInput(f'{where}: "parameters" must be a JSON object')
+    return value
+
+
+def _request_id(value: Any) -> str | None:
+    """The request's ``id``, a string in V2 (echoed in the answer, whose schema says so)."""
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput(f'the request\'s "id" must be a string, received {kind_of(value)}')
     return value
 
 
@@ -239,7 +299,7 @@ def decode_request(
         arrays,
         binary_outputs=_flag(params, "binary_data_output", "the request", False),
         parameters=params,
-        id=body.get("id"),
+        id=_request_id(body.get("id")),
         deadline=deadline_from(params.get("timeout")),
         priority=priority_from(params.get("priority")),
         protocol="v2",

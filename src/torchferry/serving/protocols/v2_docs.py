@@ -1,10 +1,16 @@
-"""OpenAPI descriptions of the V2 routes: request body schema and example answers for /docs."""
+"""OpenAPI descriptions of the V2 routes: request body schema, example answers and every\nstatus for /docs (the answers' schemas are ``openapi_schemas``' models)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from torchferry.codecs.datatypes import V2_TO_NUMPY
+from torchferry.serving.protocols.openapi_schemas import (
+    INFER_STATUSES,
+    READ_STATUSES,
+    InferResponse,
+    errors,
+)
 
 _TENSOR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -58,10 +64,10 @@ INFER_BODY: dict[str, Any] = {
     }
 }
 
-_ERROR = {"application/json": {"example": {"error": "message naming input, expected, received"}}}
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Outputs, flat row-major data",
+        "model": InferResponse,
         "content": {
             "application/json": {
                 "example": {
@@ -75,12 +81,7 @@ INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
             }
         },
     },
-    400: {
-        "description": "Bad JSON, unknown/missing input, wrong datatype or shape",
-        "content": _ERROR,
-    },
-    404: {"description": "Unknown model or version", "content": _ERROR},
-    500: {"description": "The model raised", "content": _ERROR},
+    **errors(INFER_STATUSES),
 }
 METADATA_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -97,5 +98,5 @@ METADATA_RESPONSES: dict[int | str, dict[str, Any]] = {
             }
         },
     },
-    404: {"description": "Unknown model or version", "content": _ERROR},
+    **errors(READ_STATUSES),
 }
