@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -30,16 +31,24 @@ def test_curl_subcommand_prints_the_line(capsys):
     assert out.startswith("curl -s http://127.0.0.1:8080/predict/digits")
 
 
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, list[str]]:
+    """The demo's store, built once (training takes both cores for ~10 s), and its log."""
+    store = tmp_path_factory.mktemp("demo") / "store"
+    logs: list[str] = []
+    build_demo(store, log=logs.append)
+    return store, logs
+
+
 @pytest.mark.timeout(180)
-def test_build_exports_a_servable_digits_model(tmp_path):
+def test_build_exports_a_servable_digits_model(demo):
     from torchferry.handlers import load_handler
     from torchferry.handlers.base import HandlerRequest
     from torchferry.handlers.payload import PayloadState
     from torchferry.runtimes import load_runtime
 
-    store = tmp_path / "store"
-    logs: list[str] = []
-    archive = build_demo(store, log=logs.append)
+    store, logs = demo
+    archive = ModelStore(store).open("digits")
     # the README's promise (issue 2), checked on the one training the suite needs for it:
     # at least 95% on the held-out digits, trained in under a minute on 2 cores
     (trained,) = [m for line in logs if (m := TRAINED.search(line))]
@@ -74,3 +83,84 @@ def test_build_exports_a_servable_digits_model(tmp_path):
     again = build_demo(store, log=logs.append)
     assert again.path == archive.path and "skipping" in logs[0]
     assert ModelStore(store).versions("digits") == [1]
+
+
+# -- the OpenAPI documents of the demo, as Schemathesis finds them (issue 16) -----------------
+
+#: Bounded: a fixed seed, examples per operation, no shrinking, one worker.
+SCHEMATHESIS = [
+    "--max-examples", "6", "--seed", "20261201", "--no-shrink", "--workers", "1",
+    "--generation-database", "none", "--request-timeout", "30", "--suppress-health-check",
+    "all", "--warnings", "off", "--no-color",
+]  # fmt: skip
+GENERATED = re.compile(r"(?P<cases>\d+) generated")
+
+
+def schemathesis(url: str, cwd: Path, *checks: str) -> tuple[int, str]:
+    """The schemathesis CLI's exit code, and its report with the count of generated cases;
+    in ``cwd``, where it keeps its cache of past failures (so each run starts from none)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "schemathesis.cli", "run", url, *checks, *SCHEMATHESIS]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=240, check=False, cwd=cwd
+    )
+    report = done.stdout + done.stderr
+    assert GENERATED.search(report), report[-3000:]
+    return done.returncode, report
+
+
+@pytest.fixture(scope="module")
+def demo_server(demo, start_server, tmp_path_factory):
+    store, _ = demo
+    args = ["--store", str(store), "--threads", "1", "--log-level", "warning", "--no-grpc"]
+    with start_server(args, tmp_path_factory.mktemp("logs") / "server.log") as server:
+        yield server
+
+
+@pytest.mark.timeout(300)
+def test_the_model_document_passes_every_schemathesis_check(demo_server, tmp_path):
+    """The per-model document's schemas are the signature's: every check, positive and
+    negative cases, including that no schema-valid request is refused."""
+    url = f"{demo_server.url}/v2/models/digits/versions/1/docs/openapi.json"
+    code, report = schemathesis(url, tmp_path, "--checks", "all")
+    assert code == 0, report[-6000:]
+    assert int(GENERATED.search(report)["cases"]) > 100, report[-3000:]
+
+
+def test_the_default_versions_document_is_that_versions_at_the_unversioned_paths(demo_server):
+    with demo_server.client() as http:
+        default = http.get("/v2/models/digits/docs/openapi.json").json()
+        version = http.get("/v2/models/digits/versions/1/docs/openapi.json").json()
+        page = http.get("/v2/models/digits/docs")
+        missing = http.get("/v2/models/nope/docs/openapi.json")
+    assert sorted(default["paths"]) == [
+        "/predict/digits", "/v1/models/digits:predict", "/v2/models/digits/infer"
+    ]  # fmt: skip
+    unversioned = {p.replace("/versions/1", ""): op for p, op in version["paths"].items()}
+    assert default["paths"] == unversioned
+    assert page.status_code == 200 and "/v2/models/digits/docs/openapi.json" in page.text
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]
+
+
+@pytest.mark.timeout(300)
+def test_the_server_document_declares_every_answer_and_status(demo_server, tmp_path):
+    """The server-wide document: no answer that breaks its schema, no status it does not
+    declare, and every other check but two. Its request schemas are generic (it cannot know a
+    model's inputs), so a schema-valid request may still be refused there: the per-model
+    documents cover that. And a negative case may be accepted: Schemathesis sends an
+    object-typed query parameter as other keys, which the server ignores, as servers do."""
+    url = f"{demo_server.url}/openapi.json"
+    excluded = "positive_data_acceptance,negative_data_rejection"
+    code, report = schemathesis(url, tmp_path, "--checks", "all", "--exclude-checks", excluded)
+    assert code == 0, report[-6000:]
+    with demo_server.client() as http:
+        document = http.get("/openapi.json").json()
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            assert "422" not in operation["responses"], (method, path)  # never sent
+    ping = document["paths"]["/ping"]["get"]["responses"]
+    assert ping["404"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/TorchServeError"
+    }

@@ -11,7 +11,8 @@ name; see ``fuzz_openapi_hooks``). The good requests (``fuzz_support.GoodTraffic
 Invariants: no 5xx but the injected fault, the server stays up, every good answer is right,
 and at least 1,000 cases in all. The run is bounded: a fixed seed, a fixed number of examples
 per operation, one schemathesis worker, no shrinking, and a time limit on the whole CLI.
-Only the server-error check runs (the documents are loose in places: issue 16).
+The inference API runs every check that its document must pass (``DOCUMENTED``); the
+management API only the server-error one (its document is not yet typed).
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ HERE = Path(__file__).resolve().parent
 EXAMPLES = 3
 SEED = 20261130
 TIME_LIMIT_S = 120
+#: The inference API's document holds (issue 16): every answer matches its schema and every
+#: status is declared, with every other check Schemathesis has, but three: the injected
+#: fault's 500 (our own check allows exactly that one), and its generic request schemas,
+#: which cannot know a model's inputs (the per-model documents, tests/demo, pass those).
+DOCUMENTED = (
+    "--checks", "all,no_server_error_but_the_fault", "--exclude-checks",
+    "not_a_server_error,positive_data_acceptance,negative_data_rejection",
+)  # fmt: skip
 #: Cases each run sent, by API: the total is checked last.
 CASES: dict[str, int] = {}
 
@@ -39,13 +48,13 @@ CASES: dict[str, int] = {}
 def run_schemathesis(
     schema_url: str, record: Path, env: dict[str, str], examples: int = EXAMPLES,
     seed: int = SEED, phases: str = "coverage,fuzzing", timeout: float = TIME_LIMIT_S,
-    workers: int = 1,
+    workers: int = 1, checks: tuple[str, ...] = ("--checks", "no_server_error_but_the_fault"),
 ) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """The schemathesis CLI against ``schema_url`` with the hooks of fuzz_openapi_hooks;
     every response lands in ``record``, one JSON line each."""
     command = [
         sys.executable, "-m", "schemathesis.cli", "run", schema_url,
-        "--checks", "no_server_error_but_the_fault", "--phases", phases,
+        *checks, "--phases", phases,
         "--max-examples", str(examples), "--seed", str(seed), "--workers", str(workers),
         "--no-shrink", "--generation-database", "none", "--request-timeout", "30",
         "--suppress-health-check", "all", "--warnings", "off", "--no-color",
@@ -106,8 +115,9 @@ def check_run(server, traffic, workers, result, cases: list[dict]) -> None:
 def test_inference_api(server, traffic, workers, tmp_path):
     record = tmp_path / "inference.jsonl"
     result = run_schemathesis(
-        f"{server.url}/openapi.json", record, {"FUZZ_MODELS": ",".join(SERVED)}
-    )
+        f"{server.url}/openapi.json", record, {"FUZZ_MODELS": ",".join(SERVED)},
+        checks=DOCUMENTED,
+    )  # fmt: skip
     cases = read_record(record)
     check_run(server, traffic, workers, result, cases)
     CASES["inference"] = len(cases)
