@@ -39,7 +39,8 @@ def _document(request: Request, name: str, version: str | None) -> JSONResponse:
     plane = plane_of(request)
     model = plane.resolve(name, version)
     shown = None if version is None else model.version
-    return JSONResponse(model_openapi(model.name, shown, model.signature))
+    handler = model.manifest.handler.name
+    return JSONResponse(model_openapi(model.name, shown, model.signature, handler))
 
 
 def _page(request: Request, name: str, version: str | None) -> HTMLResponse:

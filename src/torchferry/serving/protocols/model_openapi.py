@@ -38,6 +38,8 @@ from torchferry.serving.protocols.openapi_schemas import (
 )
 from torchferry.signature import ModelSignature, TensorSpec
 
+#: The handler whose ``/predict`` JSON this document can describe.
+JSON_HANDLER = "tensor"
 #: V2 lists the batch sizes 1 to this (see the module's docstring).
 V2_BATCHES = 3
 _REF = "#/components/schemas/{model}"
@@ -212,9 +214,13 @@ class _Components:
         return declared
 
 
-def model_openapi(name: str, version: int | None, signature: ModelSignature) -> dict[str, Any]:
+def model_openapi(
+    name: str, version: int | None, signature: ModelSignature, handler: str
+) -> dict[str, Any]:
     """The document for ``name`` (its default version when ``version`` is None, which the
-    routes then leave out of their paths)."""
+    routes then leave out of their paths). ``/predict`` goes through the model's handler:
+    it is described for the ``tensor`` handler's JSON only (an image or custom handler
+    takes what its own code says)."""
     at = "" if version is None else f"/versions/{version}"
     components = _Components()
 
@@ -235,10 +241,11 @@ def model_openapi(name: str, version: int | None, signature: ModelSignature) -> 
         f"/v1/models/{name}{at}:predict": operation(
             "V1 predict", _v1_body(signature), V1Rows | V1Columns, "Predictions or outputs"
         ),
-        f"/predict/{name}{at}": operation(
-            "Plain predict", _predict_body(signature), PredictResult, "One result per row"
-        ),
     }
+    if handler == JSON_HANDLER:
+        paths[f"/predict/{name}{at}"] = operation(
+            "Plain predict", _predict_body(signature), PredictResult, "One result per row"
+        )
     which = "the default version" if version is None else f"version {version}"
     return {
         "openapi": "3.1.0",

@@ -1,0 +1,55 @@
+"""Each model's own OpenAPI document, over the live test store: every datatype, several
+inputs, an image model; each operation's example request is answered 200 as documented."""
+
+from __future__ import annotations
+
+import pytest
+
+MODELS = ["adder", "mlp", "strings", "alltypes", "multi", "tiny_image"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_example_request_is_answered(http, name):
+    document = http.get(f"/v2/models/{name}/versions/1/docs/openapi.json").json()
+    assert document["openapi"] == "3.1.0" and name in document["info"]["title"]
+    for path, operations in document["paths"].items():
+        operation = operations["post"]
+        example = operation["requestBody"]["content"]["application/json"]["example"]
+        answer = http.post(path, json=example)
+        assert answer.status_code == 200, (path, example, answer.text)
+        assert set(operation["responses"]) >= {"200", "400", "404", "413", "500", "503"}
+
+
+def test_the_schemas_are_the_signatures(http):
+    document = http.get("/v2/models/multi/docs/openapi.json").json()
+    assert sorted(document["paths"]) == [
+        "/predict/multi", "/v1/models/multi:predict", "/v2/models/multi/infer"
+    ]  # fmt: skip
+    body = document["paths"]["/v2/models/multi/infer"]["post"]["requestBody"]
+    tensors = body["content"]["application/json"]["schema"]["properties"]["inputs"]
+    assert tensors["minItems"] == tensors["maxItems"] == 2
+    a, b = tensors["prefixItems"]
+    assert a["properties"] == {"name": {"const": "a"}, "datatype": {"const": "FP32"}}
+    assert b["properties"]["datatype"] == {"const": "INT64"}
+    # batch 2 of [-1, 3]: shape [2, 3], exactly 6 values, of INT64's range
+    two = b["oneOf"][1]["properties"]
+    assert two["shape"]["prefixItems"] == [{"const": 2}, {"const": 3}]
+    assert two["data"]["minItems"] == two["data"]["maxItems"] == 6
+    assert two["data"]["items"] == {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
+    rows = document["paths"]["/predict/multi"]["post"]["requestBody"]["content"]
+    data = rows["application/json"]["schema"]["properties"]["data"]
+    assert data["required"] == ["a", "b"]
+    assert data["properties"]["a"]["items"] == {
+        "type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3
+    }  # fmt: skip
+
+
+def test_an_image_model_has_no_json_predict(http):
+    paths = http.get("/v2/models/tiny_image/docs/openapi.json").json()["paths"]
+    assert "/predict/tiny_image" not in paths and "/v2/models/tiny_image/infer" in paths
+
+
+def test_unknown_models_and_versions_are_404(http):
+    assert http.get("/v2/models/nope/docs/openapi.json").status_code == 404
+    assert http.get("/v2/models/adder/versions/9/docs/openapi.json").status_code == 404
+    assert http.get("/v2/models/adder/versions/9/docs").status_code == 404
