@@ -26,21 +26,23 @@ def test_the_schemas_are_the_signatures(http):
         "/predict/multi", "/v1/models/multi:predict", "/v2/models/multi/infer"
     ]  # fmt: skip
     body = document["paths"]["/v2/models/multi/infer"]["post"]["requestBody"]
-    tensors = body["content"]["application/json"]["schema"]["properties"]["inputs"]
-    assert tensors["minItems"] == tensors["maxItems"] == 2
-    a, b = tensors["prefixItems"]
-    assert a["properties"] == {"name": {"const": "a"}, "datatype": {"const": "FP32"}}
-    assert b["properties"]["datatype"] == {"const": "INT64"}
+    batches = body["content"]["application/json"]["schema"]["properties"]["inputs"]["oneOf"]
+    assert len(batches) == 3  # batch sizes 1 to 3, each shared by both inputs
+    two = batches[1]
+    assert two["minItems"] == two["maxItems"] == 2
+    a, b = (tensor["properties"] for tensor in two["prefixItems"])
+    assert (a["name"], a["datatype"]) == ({"const": "a"}, {"const": "FP32"})
+    assert b["datatype"] == {"const": "INT64"}
     # batch 2 of [-1, 3]: shape [2, 3], exactly 6 values, of INT64's range
-    two = b["oneOf"][1]["properties"]
-    assert two["shape"]["prefixItems"] == [{"const": 2}, {"const": 3}]
-    assert two["data"]["minItems"] == two["data"]["maxItems"] == 6
-    assert two["data"]["items"] == {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
+    assert a["shape"]["prefixItems"] == b["shape"]["prefixItems"] == [{"const": 2}, {"const": 3}]
+    assert b["data"]["minItems"] == b["data"]["maxItems"] == 6
+    assert b["data"]["items"] == {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
     rows = document["paths"]["/predict/multi"]["post"]["requestBody"]["content"]
-    data = rows["application/json"]["schema"]["properties"]["data"]
+    data = rows["application/json"]["schema"]["properties"]["data"]["oneOf"][0]
     assert data["required"] == ["a", "b"]
-    assert data["properties"]["a"]["items"] == {
-        "type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3
+    assert data["properties"]["a"] == {
+        "type": "array", "minItems": 1, "maxItems": 1,
+        "items": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
     }  # fmt: skip
 
 

@@ -37,15 +37,16 @@ _PAGE = {
 
 def _document(request: Request, name: str, version: str | None) -> JSONResponse:
     plane = plane_of(request)
-    model = plane.resolve(name, version)
+    # without a version, the default one: never a weighted route's random pick
+    model = plane.resolve(name, version if version is not None else plane.default_version(name))
     shown = None if version is None else model.version
     handler = model.manifest.handler.name
     return JSONResponse(model_openapi(model.name, shown, model.signature, handler))
 
 
 def _page(request: Request, name: str, version: str | None) -> HTMLResponse:
-    plane_of(request).resolve(name, version)  # 404 for an unknown model or version
-    at = "" if version is None else f"/versions/{version}"
+    model = plane_of(request).resolve(name, version)  # 404 for an unknown model or version
+    at = "" if version is None else f"/versions/{model.version}"
     return get_swagger_ui_html(
         openapi_url=f"/v2/models/{name}{at}/docs/openapi.json",
         title=f"{name}{at.replace('/versions/', ' version ')}: torchferry",

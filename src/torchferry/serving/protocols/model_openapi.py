@@ -68,38 +68,32 @@ def _nested(element: dict[str, Any], dims: tuple[int, ...]) -> dict[str, Any]:
     return schema
 
 
-def _v2_tensor(spec: TensorSpec, batches: int) -> dict[str, Any]:
+def _v2_tensor(spec: TensorSpec, batch: int) -> dict[str, Any]:
+    """One input of ``batch`` rows: its name, datatype, exact shape and data length."""
     inner = spec.shape[1:]
-    element = element_schema(spec.datatype)
-    fixed = all(d > 0 for d in inner)
-    per_row = math.prod(inner) if fixed else None
-    shapes = []
-    for batch in range(1, batches + 1):
-        dims = [
-            {"const": batch},
-            *({"const": d} if d > 0 else {"type": "integer", "minimum": 1} for d in inner),
-        ]
-        data: dict[str, Any] = {"type": "array", "items": element, "minItems": 1}
-        if per_row is not None:
-            data["minItems"] = data["maxItems"] = batch * per_row
-        shapes.append(
-            {
-                "properties": {
-                    "shape": {
-                        "type": "array",
-                        "prefixItems": dims,
-                        "minItems": len(dims),
-                        "maxItems": len(dims),
-                    },
-                    "data": data,
-                }
-            }
-        )
+    dims = [
+        {"const": batch},
+        *({"const": d} if d > 0 else {"type": "integer", "minimum": 1} for d in inner),
+    ]
+    data: dict[str, Any] = {"type": "array", "items": element_schema(spec.datatype)}
+    if all(d > 0 for d in inner):
+        data["minItems"] = data["maxItems"] = batch * math.prod(inner)
+    else:
+        data["minItems"] = 1
     return {
         "type": "object",
         "required": ["name", "datatype", "shape", "data"],
-        "properties": {"name": {"const": spec.name}, "datatype": {"const": spec.datatype}},
-        "oneOf": shapes,
+        "properties": {
+            "name": {"const": spec.name},
+            "datatype": {"const": spec.datatype},
+            "shape": {
+                "type": "array",
+                "prefixItems": dims,
+                "minItems": len(dims),
+                "maxItems": len(dims),
+            },
+            "data": data,
+        },
     }
 
 
@@ -116,7 +110,19 @@ def _flat(value: Any) -> list[Any]:
 
 
 def _v2_body(signature: ModelSignature, batches: int) -> dict[str, Any]:
-    tensors = [_v2_tensor(spec, batches) for spec in signature.inputs]
+    # one batch size for every input: the inputs array is one of the sizes listed
+    count = len(signature.inputs)
+    inputs = {
+        "oneOf": [
+            {
+                "type": "array",
+                "prefixItems": [_v2_tensor(spec, batch) for spec in signature.inputs],
+                "minItems": count,
+                "maxItems": count,
+            }
+            for batch in range(1, batches + 1)
+        ]
+    }
     example = {
         "inputs": [
             {
@@ -131,31 +137,42 @@ def _v2_body(signature: ModelSignature, batches: int) -> dict[str, Any]:
     schema = {
         "type": "object",
         "required": ["inputs"],
-        "properties": {
-            "id": {"type": ["string", "null"]},
-            "inputs": {
-                "type": "array",
-                "prefixItems": tensors,
-                "minItems": len(tensors),
-                "maxItems": len(tensors),
-            },
-        },
+        "properties": {"id": {"type": ["string", "null"]}, "inputs": inputs},
     }
     return _json_body(schema, example)
 
 
 def _rows(signature: ModelSignature) -> dict[str, Any]:
-    """A batch of rows: the single input's, or ``{name: rows}`` for several."""
+    """A batch of rows: the single input's (any count), or ``{name: rows}`` for several,
+    which must have one count: one of the batch sizes listed for V2."""
     if len(signature.inputs) == 1:
         spec = signature.inputs[0]
         return _nested(element_schema(spec.datatype), spec.shape)
-    return _by_name(
-        {s.name: _nested(element_schema(s.datatype), s.shape) for s in signature.inputs}
-    )
+    return {
+        "oneOf": [
+            _by_name(
+                {
+                    s.name: _nested(element_schema(s.datatype), (batch, *s.shape[1:]))
+                    for s in signature.inputs
+                },
+                closed=True,
+            )
+            for batch in range(1, V2_BATCHES + 1)
+        ]
+    }
 
 
-def _by_name(properties: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "required": list(properties), "properties": dict(properties)}
+def _by_name(properties: dict[str, Any], *, closed: bool = False) -> dict[str, Any]:
+    """An object of exactly these keys when ``closed`` (the server refuses an unknown input
+    name), else of at least these."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "required": list(properties),
+        "properties": dict(properties),
+    }
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
 
 
 def _v1_body(signature: ModelSignature) -> dict[str, Any]:
@@ -165,7 +182,8 @@ def _v1_body(signature: ModelSignature) -> dict[str, Any]:
         example_row: Any = _example_row(spec)
     else:
         row = _by_name(
-            {s.name: _nested(element_schema(s.datatype), s.shape[1:]) for s in signature.inputs}
+            {s.name: _nested(element_schema(s.datatype), s.shape[1:]) for s in signature.inputs},
+            closed=True,
         )
         example_row = {s.name: _example_row(s) for s in signature.inputs}
     # each form without the other's key: a request with both is refused

@@ -178,10 +178,10 @@ _MEANING = {
     503: "Not ready, or overloaded (shed); retry after Retry-After",
     504: "No answer within the request's deadline",
 }
-#: What any route may answer besides its success.
-READ_STATUSES = (400, 401, 403, 404, 429, 500, 503)
+#: What any route may answer besides its success (413: the body limit holds on every route).
+READ_STATUSES = (400, 401, 403, 404, 413, 429, 500, 503)
 #: What a route with a request body (inference) may answer besides its success.
-INFER_STATUSES = (*READ_STATUSES, 413, 415, 504)
+INFER_STATUSES = (*READ_STATUSES, 415, 504)
 
 
 def errors(

@@ -41,6 +41,7 @@ from torchferry.serving.protocols.common import (
 from torchferry.serving.protocols.openapi_schemas import (
     INFER_STATUSES,
     READ_STATUSES,
+    ErrorBody,
     TorchServeError,
     TorchServeModels,
     TorchServeStatus,
@@ -117,6 +118,9 @@ _PREDICT_DOC: dict[str, Any] = {
         },
     },
 }
+#: A body over the limit is refused before any route runs, in the common shape (a chunked one
+#: that reaches the route gets TorchServe's)
+_REFUSED_AT_THE_DOOR = {413: ErrorBody | TorchServeError}
 _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Per request: {label: probability} for classifiers, else the row",
@@ -124,16 +128,20 @@ _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
             "application/json": {"schema": {}, "example": {"tabby": 0.43, "tiger_cat": 0.27}}
         },
     },
-    **errors(INFER_STATUSES, TorchServeError),
+    **errors(INFER_STATUSES, TorchServeError, _REFUSED_AT_THE_DOOR),
 }
-_READ = errors(READ_STATUSES, TorchServeError)
+_READ = errors(READ_STATUSES, TorchServeError, _REFUSED_AT_THE_DOOR)
 
 
 @router.get(
     "/ping",
     summary="TorchServe health check",
     response_model=TorchServeStatus,
-    responses=errors(READ_STATUSES, TorchServeError, {503: TorchServeStatus | TorchServeError}),
+    responses=errors(
+        READ_STATUSES,
+        TorchServeError,
+        {**_REFUSED_AT_THE_DOOR, 503: TorchServeStatus | TorchServeError},
+    ),
 )
 async def ping(request: Request) -> JSONResponse:
     if plane_of(request).ready:
