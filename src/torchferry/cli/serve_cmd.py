@@ -8,12 +8,10 @@ from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
-from torchferry.archive.formats import ONNXRUNTIME_TRT
 from torchferry.cli import err_console
+from torchferry.cli.serve_devices import register_devices, runtime_device_conflict
 from torchferry.cli.serve_security import register_security, security_settings
 from torchferry.cli.sizes import parse_size
-from torchferry.devices import DEVICE_FORMS, parse_device
-from torchferry.errors import DeviceUnavailable
 from torchferry.serving.lifecycle.policy import VersionPolicy
 from torchferry.serving.settings import DEFAULT_MAX_BODY_BYTES, ModelOverride, ServerSettings
 
@@ -98,18 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     grpc.add_argument("--no-grpc", action="store_true", help="serve no gRPC")
     parser.add_argument("--threads", type=int, help="intra-op threads per model (default: cores)")
-    parser.add_argument(
-        "--device",
-        default="cpu",
-        type=device_argument,
-        help="where models run: cpu (default), cuda or cuda:N; a GPU that is not usable "
-        "refuses the model, never runs it on the CPU (docs/gpu.md)",
-    )
-    parser.add_argument(
-        "--runtime",
-        help="serve this runtime where archives have its graph (onnxruntime-trt: TensorRT on "
-        "the ONNX graph, with --device cuda)",
-    )
+    register_devices(parser)
     parser.add_argument("--max-batch-size", type=int, help="batching for every model")
     parser.add_argument("--max-delay-ms", type=float, help="batching for every model")
     parser.add_argument(
@@ -277,26 +264,6 @@ def register_ray(parser: argparse.ArgumentParser) -> None:
     )
     ray.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica (1)")
     ray.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs per replica (0)")
-
-
-def device_argument(text: str) -> str:
-    """``--device``, checked by its form here; whether it is usable, by each engine at load."""
-    try:
-        parse_device(text)
-    except DeviceUnavailable:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use {DEVICE_FORMS}") from None
-    return text
-
-
-def runtime_device_conflict(args: argparse.Namespace) -> str | None:
-    """``--runtime onnxruntime-trt`` off a GPU (``--device cpu``, the default): every ONNX
-    model would fail at load, so the pair is refused before anything starts."""
-    if args.runtime == ONNXRUNTIME_TRT and not parse_device(args.device).is_cuda:
-        return (
-            f"--runtime {ONNXRUNTIME_TRT} runs TensorRT on an NVIDIA GPU: give --device cuda "
-            f"or cuda:N with it (--device is {args.device})"
-        )
-    return None
 
 
 def parse_autoscale(text: str) -> Autoscaling:
