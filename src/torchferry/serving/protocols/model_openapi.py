@@ -9,9 +9,10 @@ name an input the model lacks. Here every input is named, typed and shaped:
 - a fixed dimension is an exact length, a dynamic one is open, except where V2 must state
   a tensor's ``shape`` beside flat ``data``: JSON Schema cannot tie ``shape[0]`` to the
   length of ``data``, so V2's schema lists the batch sizes 1 to ``V2_BATCHES`` (any batch
-  works the same way; V1 and ``/predict``, whose rows carry their own count, stay open);
+  works the same way; V1 and ``/predict``, whose rows carry their own count, stay open,
+  except that several inputs must share one count, so they list the same sizes);
 - a dynamic dimension other than the batch makes V2's ``data`` length open too, and so
-  allows a request whose ``data`` does not fill its ``shape``: the document says so.
+  allows a request whose ``data`` does not fill its ``shape`` (which the server refuses).
 
 Each route has a valid example request built from the signature, and declares every status
 it answers with its error body (``openapi_schemas``).
@@ -109,7 +110,7 @@ def _flat(value: Any) -> list[Any]:
     return [x for item in value for x in _flat(item)] if isinstance(value, list) else [value]
 
 
-def _v2_body(signature: ModelSignature, batches: int) -> dict[str, Any]:
+def _v2_body(signature: ModelSignature) -> dict[str, Any]:
     # one batch size for every input: the inputs array is one of the sizes listed
     count = len(signature.inputs)
     inputs = {
@@ -120,7 +121,7 @@ def _v2_body(signature: ModelSignature, batches: int) -> dict[str, Any]:
                 "minItems": count,
                 "maxItems": count,
             }
-            for batch in range(1, batches + 1)
+            for batch in range(1, V2_BATCHES + 1)
         ]
     }
     example = {
@@ -254,7 +255,7 @@ def model_openapi(
 
     paths = {
         f"/v2/models/{name}{at}/infer": operation(
-            "V2 infer", _v2_body(signature, V2_BATCHES), InferResponse, "Outputs, flat data"
+            "V2 infer", _v2_body(signature), InferResponse, "Outputs, flat data"
         ),
         f"/v1/models/{name}{at}:predict": operation(
             "V1 predict", _v1_body(signature), V1Rows | V1Columns, "Predictions or outputs"
